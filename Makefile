@@ -1,0 +1,64 @@
+# Reproducible test environment: a CPU-only venv with the package versions an
+# AUTOMATIC1111 1.10.1 user has (pyproject's `test` extra), plus Stability-AI's
+# `ldm` package (stable-diffusion-sdkit) that the WebUI side of bksdm_ext uses.
+#
+#   make test   build .venv if needed, then vermin (3.8), py3.8 compileall, pytest
+#   make demo   build .venv if needed, then `bksdm demo`
+#   make .venv  just (re)build the venv; reinstalls when pyproject.toml or this file change
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PY38   ?= $(HOME)/.pyenv/versions/3.8.18/bin/python
+
+# The CPU wheel (found through pip's configured find-links). Naming the local
+# version makes pip fail loudly instead of fetching the multi-GB CUDA torch from
+# PyPI if that wheel is ever missing.
+TORCH_REQ := torch==2.13.0+cpu
+
+# What ldm.modules.diffusionmodules.openaimodel and ldm.models.autoencoder import
+# beyond the `test` extra: autoencoder.py does `import pytorch_lightning`
+# (pinned as in A1111 1.10.1). lightning_fabric (pulled by pytorch_lightning
+# 1.9.4) calls pkg_resources, which setuptools 82 removed; torch needs
+# setuptools>=77.0.3, so setuptools is pinned in between.
+# torchvision is deliberately absent: PyPI's is a CUDA build that cannot be
+# imported against the CPU torch ("operator torchvision::nms does not exist"),
+# and a broken torchvision breaks torchmetrics -> pytorch_lightning -> ldm.
+LDM_REQS := pytorch_lightning==1.9.4 lightning-utilities==0.15.3 setuptools==80.9.0
+
+# Installed without their (stale, conflicting) dependencies: sdkit provides `ldm`;
+# open_clip (A1111's pin, for the SD-v2 text-encoder checks) would otherwise pull
+# torchvision; its image code is stubbed by the one test that imports it.
+SDKIT := stable-diffusion-sdkit==2.1.5 open-clip-torch==2.20.0
+
+# Paths that must stay Python-3.8 compatible; missing ones are skipped.
+PY38_PATHS = $(wildcard bksdm_ext scripts install.py)
+
+.PHONY: .venv test demo
+
+.venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "need Python 3.11 for the torch 2.13.0+cpu cp311 wheel, got " + sys.version)'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --progress-bar off "$(TORCH_REQ)" -e ".[test]" $(LDM_REQS)
+	$(PY) -m pip install -q --progress-bar off --no-deps $(SDKIT)
+	touch $@
+
+test: .venv
+	@if [ -n "$(PY38_PATHS)" ]; then \
+	  echo "+ vermin -t=3.8- $(PY38_PATHS)"; \
+	  $(VENV)/bin/vermin -t=3.8- --violations --no-tips --eval-annotations $(PY38_PATHS); \
+	fi
+	@if [ -x "$(PY38)" ] && [ -n "$(PY38_PATHS)" ]; then \
+	  echo "+ python3.8 -m compileall -q $(PY38_PATHS)"; \
+	  "$(PY38)" -m compileall -q $(PY38_PATHS); \
+	fi
+	$(PY) -m pytest -q
+
+demo: .venv
+	$(VENV)/bin/bksdm demo

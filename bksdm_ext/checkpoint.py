@@ -1,0 +1,135 @@
+"""A1111 single-file checkpoints, read the way A1111 reads them, without loading a model.
+
+`.safetensors` files are memory-mapped; `.ckpt` files go through `safe_pickle`.  Keys
+are normalised as A1111 normalises them before loading (nested ``state_dict``, old
+CLIP key names, SD2-turbo's ``conditioner`` prefix), so everything downstream sees the
+names A1111's model will get.
+"""
+import math
+import zipfile
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple, Union
+
+import torch
+
+from . import safe_pickle
+from .errors import BadInput
+from .safetensors_io import SafetensorsReader, tensor_bytes
+
+CKPT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+# A1111's sd_models.checkpoint_dict_replacements_sd1 (1.6.1 and 1.10.1 alike).
+SD1_REPLACEMENTS = {
+    "cond_stage_model.transformer.embeddings.": "cond_stage_model.transformer.text_model.embeddings.",
+    "cond_stage_model.transformer.encoder.": "cond_stage_model.transformer.text_model.encoder.",
+    "cond_stage_model.transformer.final_layer_norm.":
+        "cond_stage_model.transformer.text_model.final_layer_norm.",
+}
+SD2_TURBO_REPLACEMENTS = {"conditioner.embedders.0.model.": "cond_stage_model.model."}
+SD2_TURBO_PROBE = "conditioner.embedders.0.model.ln_final.weight"
+
+
+class Checkpoint:
+    """Tensor names, shapes and data of one checkpoint file."""
+
+    def __init__(self, path: Union[str, Path]) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise BadInput("%s: no such file" % self.path)
+        suffix = self.path.suffix.lower()
+        self._file: Optional[SafetensorsReader] = None
+        self._tensors: Dict[str, torch.Tensor] = {}
+        if suffix == ".safetensors":
+            self._file = SafetensorsReader(self.path)
+            self.metadata = dict(self._file.metadata)
+            raw_keys = self._file.keys()
+            shapes = {k: e.shape for k, e in self._file.entries.items()}
+        elif suffix in CKPT_SUFFIXES:
+            self._tensors = _load_pickled(self.path)
+            self.metadata = {}
+            raw_keys = list(self._tensors)
+            shapes = {k: tuple(t.shape) for k, t in self._tensors.items()}
+        else:
+            raise BadInput("%s: not a checkpoint (expected .safetensors or .ckpt)" % self.path)
+        self._raw_name = _normalised_names(raw_keys, shapes)
+
+    def keys(self) -> List[str]:
+        return list(self._raw_name)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._raw_name
+
+    def shape(self, key: str) -> Tuple[int, ...]:
+        raw = self._raw_name[key]
+        if self._file is not None:
+            return self._file.entries[raw].shape
+        return tuple(self._tensors[raw].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        raw = self._raw_name[key]
+        if self._file is not None:
+            return self._file.entries[raw].dtype
+        return self._tensors[raw].dtype
+
+    def tensor(self, key: str) -> torch.Tensor:
+        """The tensor; for .safetensors a view of the mapped file (clone it to keep it)."""
+        raw = self._raw_name[key]
+        if self._file is not None:
+            return self._file.tensor(raw)
+        return self._tensors[raw]
+
+    def raw_bytes(self, key: str) -> memoryview:
+        raw = self._raw_name[key]
+        if self._file is not None:
+            return self._file.raw(raw)
+        return tensor_bytes(self._tensors[raw])
+
+    def release(self, key: str) -> None:
+        """Done with this tensor for now: its pages may leave resident memory."""
+        if self._file is not None:
+            self._file.release(self._raw_name[key])
+
+    def numel(self, prefix: str = "") -> int:
+        """Parameters in all tensors whose key starts with `prefix`."""
+        total = 0
+        for key in self._raw_name:
+            if key.startswith(prefix):
+                total += math.prod(self.shape(key))
+        return total
+
+
+def _normalised_names(raw_keys: List[str], shapes: Dict[str, Tuple[int, ...]]) -> Dict[str, str]:
+    """A1111's key normalisation (sd_models.get_state_dict_from_checkpoint): new name -> stored name."""
+    turbo = SD2_TURBO_PROBE in shapes and shapes[SD2_TURBO_PROBE][0] == 1024
+    replacements = SD2_TURBO_REPLACEMENTS if turbo else SD1_REPLACEMENTS
+    names = {}
+    for raw in raw_keys:
+        key = raw
+        for old, new in replacements.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+        names[key] = raw
+    return names
+
+
+def _load_pickled(path: Path) -> Dict[str, torch.Tensor]:
+    try:
+        loaded = torch.load(str(path), map_location="cpu", pickle_module=safe_pickle,
+                            weights_only=False)
+    except safe_pickle.UnpicklingError as e:
+        raise BadInput(
+            "%s: refused: the file holds more than weights (%s), and loading it could run code. "
+            "Use a .safetensors version of this model" % (path, e)
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+        raise BadInput("%s: cannot be read as a checkpoint (%s); it may be truncated: download or "
+                       "copy it again" % (path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                       ) from None
+    if not isinstance(loaded, dict):
+        raise BadInput("%s: holds a %s, not a checkpoint's dictionary of weights"
+                       % (path, type(loaded).__name__))
+    state = loaded.pop("state_dict", loaded)
+    if not isinstance(state, dict):
+        raise BadInput("%s: its 'state_dict' is not a dictionary of weights" % path)
+    state.pop("state_dict", None)
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}

@@ -1,0 +1,169 @@
+"""Teacher checkpoint -> BK-SDM student checkpoint, tensor by tensor.
+
+No model is built: the student's U-Net tensors are the teacher tensors the weight map
+names, renamed, cast and streamed to disk; everything else (VAE, text encoder) is
+copied byte for byte.  Peak memory stays near one tensor plus what the OS caches.
+"""
+import math
+import datetime
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import torch
+
+from . import __version__
+from .arch import Architecture, Removal, preset
+from .checkpoint import Checkpoint
+from .detect import config_path, inspect_checkpoint
+from .errors import BadInput
+from .hashing import a1111_sha256
+from .keymap import UNET_PREFIX, student_sources
+from .ldm_config import dump_config, model_config
+from .safetensors_io import TensorOut, tensor_bytes, write_safetensors
+from .staging import check_writable, staged
+
+DTYPES: Dict[str, Optional[torch.dtype]] = {
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp32": torch.float32,
+    "keep": None,
+}
+MODELSPEC_ARCH = {("sd-v1", "eps"): "stable-diffusion-v1", ("sd-v1", "v"): "stable-diffusion-v1",
+                  ("sd-v2", "eps"): "stable-diffusion-v2-512", ("sd-v2", "v"): "stable-diffusion-v2-768-v"}
+# Keys A1111 never loads into an SD-v1/v2 model (use_ema is False in its configs); they
+# hold a teacher-shaped copy of the U-Net that would be wrong in a student.
+DROPPED_PREFIXES = ("model_ema.",)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class ConversionReport:
+    arch: str
+    family: str
+    parameterization: str
+    parameterization_source: str
+    teacher_unet_params: int
+    student_unet_params: int
+    dtype: str
+    output: str
+    config: str
+    teacher: str
+    teacher_sha256: str
+    dropped_tensors: int
+    seconds: float
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def student_metadata(arch: Architecture, title: str, origin: Dict[str, str]) -> Dict[str, str]:
+    """``modelspec.*`` for model browsers, ``bksdm.*`` for this extension's own checks;
+    `origin` adds the ``bksdm.*`` keys that say where the weights came from."""
+    t = arch.teacher
+    metadata = {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": "%s-bk-%s" % (MODELSPEC_ARCH[t.family, t.parameterization],
+                                                arch.removal.name),
+        "modelspec.title": title,
+        "modelspec.date": datetime.date.today().isoformat(),
+        "modelspec.prediction_type": "v" if t.parameterization == "v" else "epsilon",
+        "bksdm.preset": arch.removal.name,
+        "bksdm.family": t.family,
+        "bksdm.parameterization": t.parameterization,
+        "bksdm.version": __version__,
+    }
+    metadata.update(origin)
+    return metadata
+
+
+def convert_checkpoint(
+    source: Union[str, Path],
+    output: Union[str, Path],
+    arch: Union[str, Removal],
+    dtype: str = "fp16",
+    v_prediction: Optional[bool] = None,
+    overwrite: bool = False,
+    progress: Optional[Progress] = None,
+) -> ConversionReport:
+    """Write `output` (.safetensors) and its .yaml: the `arch` student of `source`
+    (a preset name, or any `Removal` for a custom student)."""
+    started = time.perf_counter()
+    source, output = Path(source), Path(output)
+    removal = arch if isinstance(arch, Removal) else _removal(arch)
+    if dtype not in DTYPES:
+        raise BadInput("unknown dtype '%s'; choose one of: %s" % (dtype, ", ".join(DTYPES)))
+    if output.suffix != ".safetensors":
+        raise BadInput("%s: the output must be a .safetensors file" % output)
+    targets = [output, config_path(output)]
+    if output.resolve() == source.resolve() or targets[1].resolve() == config_path(source).resolve():
+        raise BadInput("%s: the output would replace the source checkpoint or its yaml; "
+                       "choose another name" % output)
+    check_writable(targets, overwrite)
+    ckpt = Checkpoint(source)
+    info = inspect_checkpoint(ckpt, v_prediction)
+    if info.is_student:
+        raise BadInput("%s is already a BK-SDM '%s' student; convert its teacher instead"
+                       % (source, info.preset))
+    student = Architecture(info.arch.teacher, removal)
+    tensors = _student_tensors(ckpt, student, DTYPES[dtype])
+    metadata = student_metadata(student, output.stem, {
+        "bksdm.teacher": source.name, "bksdm.teacher_sha256": a1111_sha256(source)})
+    with staged(targets, overwrite) as (weights_tmp, config_tmp):
+        write_safetensors(weights_tmp, tensors, metadata, progress)
+        config_tmp.write_text(dump_config(model_config(student, info.config)), encoding="utf-8")
+    unet = [t for t in tensors if t.name.startswith(UNET_PREFIX)]
+    return ConversionReport(
+        arch=removal.name,
+        family=info.family,
+        parameterization=info.parameterization,
+        parameterization_source=info.parameterization_source,
+        teacher_unet_params=info.unet_params,
+        student_unet_params=sum(math.prod(t.shape) for t in unet),
+        dtype=str(unet[0].dtype).replace("torch.", ""),
+        output=str(output),
+        config=str(targets[1]),
+        teacher=str(source),
+        teacher_sha256=metadata["bksdm.teacher_sha256"],
+        dropped_tensors=sum(k.startswith(DROPPED_PREFIXES) for k in ckpt.keys()),
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def _removal(arch_name: str) -> Removal:
+    try:
+        return preset(arch_name)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+
+
+def _student_tensors(ckpt: Checkpoint, arch: Architecture, dtype: Optional[torch.dtype]
+                     ) -> List[TensorOut]:
+    unet_keys = [k[len(UNET_PREFIX):] for k in ckpt.keys() if k.startswith(UNET_PREFIX)]
+    try:
+        sources = student_sources(arch, unet_keys)
+    except KeyError as e:
+        raise BadInput("%s: %s" % (ckpt.path, e.args[0])) from None
+    tensors = [_copy(ckpt, k, k, None) for k in ckpt.keys()
+               if not k.startswith(UNET_PREFIX) and not k.startswith(DROPPED_PREFIXES)]
+    tensors += [_copy(ckpt, UNET_PREFIX + teacher, UNET_PREFIX + student, dtype)
+                for student, teacher in sources.items()]
+    return sorted(tensors, key=lambda t: t.name)
+
+
+def _copy(ckpt: Checkpoint, key: str, name: str, dtype: Optional[torch.dtype]) -> TensorOut:
+    """The tensor `key` written as `name`, cast to `dtype` when it is floating point."""
+    source_dtype = ckpt.dtype(key)
+    if dtype is None or dtype == source_dtype or not source_dtype.is_floating_point:
+        return TensorOut(name, source_dtype, ckpt.shape(key), lambda: ckpt.raw_bytes(key),
+                         lambda: ckpt.release(key))
+
+    def cast() -> memoryview:
+        data = tensor_bytes(ckpt.tensor(key).to(dtype))
+        ckpt.release(key)
+        return data
+
+    return TensorOut(name, dtype, ckpt.shape(key), cast)
+

@@ -1,0 +1,259 @@
+"""What a checkpoint is: SD-v1 or v2, teacher or which BK student, and why not when it is
+neither.  Structure comes from tensor names and shapes; what weights cannot tell (head
+counts, v-prediction) comes from the user, the ``.yaml`` beside the file, or metadata."""
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import yaml
+
+from .arch import PRESETS, TEACHER, SD_V1, SD_V2_512, Architecture, Removal, TeacherSpec
+from .checkpoint import Checkpoint
+from .errors import BadInput
+from .keymap import UNET_PREFIX, KeyMap
+from .parts_keymap import TEXT_PREFIX, VAE_PREFIX
+
+
+# (a key that only that kind of file has, what it is)
+FOREIGN_MARKERS = (
+    ("model.diffusion_model.joint_blocks.", "an SD3 checkpoint"),
+    ("model.diffusion_model.double_blocks.", "a Flux checkpoint"),
+    ("conditioner.embedders.1.", "an SDXL checkpoint"),
+    ("model.diffusion_model.label_emb.", "an SDXL checkpoint"),
+    ("lora_unet_", "a LoRA, not a full checkpoint"),
+    ("lora_te_", "a LoRA, not a full checkpoint"),
+    ("encoder.down.0.block.0.", "a VAE, not a full checkpoint"),
+)
+
+
+@dataclass
+class ModelInfo:
+    """A checkpoint's architecture and the facts a conversion report needs."""
+
+    path: Path
+    arch: Architecture
+    parameterization_source: str  # "flag", "yaml", "metadata", "family default"
+    config: Optional[Dict[str, Any]]  # the yaml beside the file, if any
+    unet_params: int
+    text_encoder_params: int
+    vae_params: int
+    unet_dtype: str
+    metadata: Dict[str, str]
+
+    @property
+    def family(self) -> str:
+        return self.arch.teacher.family
+
+    @property
+    def parameterization(self) -> str:
+        return self.arch.teacher.parameterization
+
+    @property
+    def preset(self) -> str:
+        return self.arch.removal.name
+
+    @property
+    def is_student(self) -> bool:
+        return not self.arch.is_teacher
+
+
+def config_path(checkpoint: Path) -> Path:
+    """Where A1111 looks for a checkpoint's config: same name, .yaml."""
+    return checkpoint.with_suffix(".yaml")
+
+
+def read_config(path: Path) -> Optional[Dict[str, Any]]:
+    if not path.is_file():
+        return None
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise BadInput("%s: not a readable yaml config (%s); fix or delete it"
+                       % (path, str(e).splitlines()[0])) from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise BadInput("%s: not an LDM model config (no 'model:' section); fix or delete it" % path)
+    return config
+
+
+def inspect_checkpoint(ckpt: Checkpoint, v_prediction: Optional[bool] = None) -> ModelInfo:
+    """Identify an SD-v1/v2 checkpoint; BadInput for anything else."""
+    keys = ckpt.keys()
+    unet_keys = [k[len(UNET_PREFIX):] for k in keys if k.startswith(UNET_PREFIX)]
+    _refuse_foreign(ckpt, keys, unet_keys)
+    config = read_config(config_path(ckpt.path))
+    family = _family(ckpt, keys)
+    teacher, removal = _structure(ckpt, unet_keys, family)
+    teacher = _apply_config_heads(teacher, config)
+    parameterization, source = _parameterization(v_prediction, config, ckpt.metadata)
+    teacher = replace(teacher, parameterization=parameterization,
+                      sample_size=_sample_size(family, parameterization, config))
+    claimed = ckpt.metadata.get("bksdm.preset")
+    if claimed and claimed != removal.name:
+        raise BadInput("%s: its metadata says BK-SDM '%s' but its U-Net has the layout of '%s'; "
+                       "the file was altered after conversion: convert its teacher again"
+                       % (ckpt.path, claimed, removal.name))
+    dtypes = sorted({str(ckpt.dtype(UNET_PREFIX + k)).replace("torch.", "") for k in unet_keys})
+    return ModelInfo(
+        path=ckpt.path,
+        arch=Architecture(teacher, removal),
+        parameterization_source=source,
+        config=config,
+        unet_params=ckpt.numel(UNET_PREFIX),
+        text_encoder_params=ckpt.numel("cond_stage_model."),
+        vae_params=ckpt.numel(VAE_PREFIX),
+        unet_dtype="/".join(dtypes),
+        metadata=ckpt.metadata,
+    )
+
+
+def _sample_size(family: str, parameterization: str, config: Optional[Dict[str, Any]]) -> int:
+    """Latent side the model was trained at: the yaml says; else SD-2's v models are 768 px."""
+    if config is not None and "image_size" in config["model"].get("params", {}):
+        return int(config["model"]["params"]["image_size"])
+    return 96 if family == "sd-v2" and parameterization == "v" else 64
+
+
+def _refuse_foreign(ckpt: Checkpoint, keys: List[str], unet_keys: List[str]) -> None:
+    for marker, what in FOREIGN_MARKERS:
+        if any(k.startswith(marker) for k in keys):
+            raise BadInput("%s: this is %s; BK-SDM students are made from SD-v1/v2 text-to-image "
+                           "checkpoints" % (ckpt.path, what))
+    if not unet_keys:
+        raise BadInput("%s: not a Stable Diffusion checkpoint (it has no model.diffusion_model.* "
+                       "U-Net weights)" % ckpt.path)
+    conv_in = UNET_PREFIX + "input_blocks.0.0.weight"
+    if conv_in not in ckpt:
+        raise BadInput("%s: its U-Net has no input convolution (%s); not an SD-v1/v2 U-Net"
+                       % (ckpt.path, conv_in))
+    channels = ckpt.shape(conv_in)[1]
+    if channels != 4:
+        what = {9: "an inpainting model", 8: "an instruct-pix2pix model"}.get(
+            channels, "a U-Net with %d input channels" % channels)
+        raise BadInput("%s: this is %s; BK-SDM supports SD-v1/v2 text-to-image U-Nets "
+                       "(4 input channels)" % (ckpt.path, what))
+
+
+def _family(ckpt: Checkpoint, keys: List[str]) -> str:
+    if ckpt.metadata.get("bksdm.family") in TEXT_PREFIX:
+        return ckpt.metadata["bksdm.family"]
+    for family, prefix in TEXT_PREFIX.items():
+        if any(k.startswith(prefix) for k in keys):
+            return family
+    # No text encoder in the file: SD-v2 is the family with linear attention projections.
+    proj = UNET_PREFIX + "input_blocks.1.1.proj_in.weight"
+    return "sd-v2" if proj in ckpt and len(ckpt.shape(proj)) == 2 else "sd-v1"
+
+
+def _structure(ckpt: Checkpoint, unet_keys: List[str], family: str
+               ) -> Tuple[TeacherSpec, Removal]:
+    """(teacher spec, removal) whose block layout is exactly the file's."""
+    def shape(key: str) -> Tuple[int, ...]:
+        return ckpt.shape(UNET_PREFIX + key)
+
+    present = set(unet_keys)
+    levels: List[List[int]] = [[]]
+    index = 1
+    while "input_blocks.%d.0.in_layers.0.weight" % index in present or \
+            "input_blocks.%d.0.op.weight" % index in present:
+        if "input_blocks.%d.0.op.weight" % index in present:
+            levels.append([])
+        else:
+            levels[-1].append(index)
+        index += 1
+    if not all(levels) or len({len(level) for level in levels}) != 1:
+        raise BadInput("%s: its U-Net's down path is not an SD-v1/v2 layout (%s layers per stage)"
+                       % (ckpt.path, [len(level) for level in levels]))
+    model_channels = shape("input_blocks.0.0.weight")[0]
+    widths = [shape("input_blocks.%d.0.out_layers.3.weight" % level[0])[0] for level in levels]
+    attention = ["input_blocks.%d.1.proj_in.weight" % level[0] in present for level in levels]
+    if not any(attention):
+        raise BadInput("%s: its U-Net has no cross-attention; not an SD-v1/v2 U-Net" % ckpt.path)
+    first = next(level[0] for level, a in zip(levels, attention) if a)
+    context_dim = shape("input_blocks.%d.1.transformer_blocks.0.attn2.to_k.weight" % first)[1]
+    base = SD_V1 if family == "sd-v1" else SD_V2_512
+    observed = replace(
+        base,
+        model_channels=model_channels,
+        channel_mult=tuple(w // model_channels for w in widths),
+        attention_levels=tuple(attention),
+        context_dim=context_dim,
+        linear_projection=len(shape("input_blocks.%d.1.proj_in.weight" % first)) == 2,
+    )
+    found = match_layout(observed, len(levels[0]), present, "ldm")
+    if found is None:
+        raise BadInput("%s: its U-Net layout (%d stages, %d layers per stage, middle block %s) is "
+                       "neither an SD-v1/v2 teacher nor a known BK-SDM student"
+                       % (ckpt.path, len(levels), len(levels[0]),
+                          "present" if any(k.startswith("middle_block.") for k in present)
+                          else "absent"))
+    return found
+
+
+def match_layout(observed: TeacherSpec, layers: int, keys: Iterable[str], naming: str
+                 ) -> Optional[Tuple[TeacherSpec, Removal]]:
+    """(teacher, removal) whose blocks are exactly those the U-Net keys belong to.
+
+    `observed` describes the file's own stages (widths, attention) and `layers` its
+    layers per down stage; `naming` is "ldm" or "diffusers".
+    """
+    keys = set(keys)
+    for removal in [TEACHER] + list(PRESETS.values()):
+        teacher = _teacher_of(observed, removal, layers)
+        if teacher is None:
+            continue
+        try:
+            arch = Architecture(teacher, removal)
+        except ValueError:
+            continue
+        keymap = KeyMap(arch)
+        if not keymap.missing_blocks(keys, naming) and all(keymap.block_of(k, naming) for k in keys):
+            return teacher, removal
+    return None
+
+
+def _teacher_of(observed: TeacherSpec, removal: Removal, layers: int) -> Optional[TeacherSpec]:
+    """The teacher a file with this observed structure would come from under `removal`.
+
+    SD teachers have four stages of two layers per down stage; a student with fewer
+    stages lost the innermost ones, which in SD have the width of the stage above and
+    no attention.
+    """
+    kept = len(removal.down_layers) if removal.down_layers else SD_V1.layers_per_stage
+    kept_stages = removal.stages or SD_V1.stages
+    if kept != layers or kept_stages != observed.stages:
+        return None
+    extra = SD_V1.stages - observed.stages
+    return replace(
+        observed,
+        layers_per_stage=SD_V1.layers_per_stage,
+        channel_mult=observed.channel_mult + (observed.channel_mult[-1],) * extra,
+        attention_levels=observed.attention_levels + (False,) * extra,
+    )
+
+
+def _apply_config_heads(teacher: TeacherSpec, config: Optional[Dict[str, Any]]) -> TeacherSpec:
+    """Head counts are not in the weights: take them from the yaml when there is one."""
+    params = _unet_params(config)
+    if params.get("num_head_channels", -1) not in (-1, None):
+        return replace(teacher, head_channels=int(params["num_head_channels"]), num_heads=0)
+    if params.get("num_heads", -1) not in (-1, None):
+        return replace(teacher, num_heads=int(params["num_heads"]), head_channels=0)
+    return teacher
+
+
+def _unet_params(config: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    try:
+        return dict(config["model"]["params"]["unet_config"]["params"])  # type: ignore[index]
+    except (TypeError, KeyError):
+        return {}
+
+
+def _parameterization(v_prediction: Optional[bool], config: Optional[Dict[str, Any]],
+                      metadata: Dict[str, str]) -> Tuple[str, str]:
+    if v_prediction is not None:
+        return ("v" if v_prediction else "eps"), "flag"
+    if config is not None:
+        return config["model"].get("params", {}).get("parameterization", "eps"), "yaml"
+    if metadata.get("bksdm.parameterization") in ("eps", "v"):
+        return metadata["bksdm.parameterization"], "metadata"
+    return "eps", "family default"

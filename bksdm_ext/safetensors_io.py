@@ -1,0 +1,159 @@
+"""Reading and writing .safetensors without holding a model in memory.
+
+The reader memory-maps the file and hands out tensors that are views of it; the
+writer streams tensors one at a time after a header computed up front.  Together they
+convert a multi-GB checkpoint with a peak memory of about one tensor.
+"""
+import json
+import math
+import mmap
+import os
+import struct
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
+
+import torch
+
+from .errors import BadInput
+
+DTYPES: Dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+CODES = {v: k for k, v in DTYPES.items()}
+Buffer = Union[bytes, bytearray, memoryview]
+
+
+class Entry(NamedTuple):
+    dtype: torch.dtype
+    shape: Tuple[int, ...]
+    begin: int  # absolute offsets in the file
+    end: int
+
+
+class SafetensorsReader:
+    """A memory-mapped .safetensors file."""
+
+    def __init__(self, path: Union[str, Path]) -> None:
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            header_len = struct.unpack("<Q", f.read(8))[0] if size >= 8 else size
+            if size < 8 or 8 + header_len > size:
+                raise BadInput(
+                    "%s: not a complete .safetensors file (its header says %d bytes, the file "
+                    "has %d): it is truncated or not a safetensors file; download or copy it again"
+                    % (self.path, header_len + 8, size)
+                )
+            try:
+                header = json.loads(f.read(header_len))
+            except ValueError:
+                raise BadInput("%s: the .safetensors header is damaged; download or copy it again"
+                               % self.path) from None
+            self.metadata: Dict[str, str] = header.pop("__metadata__", None) or {}
+            start = 8 + header_len
+            self.entries: Dict[str, Entry] = {}
+            try:
+                for name, info in header.items():
+                    begin, end = info["data_offsets"]
+                    self.entries[name] = Entry(DTYPES[info["dtype"]], tuple(info["shape"]),
+                                               start + begin, start + end)
+            except (KeyError, TypeError, ValueError):
+                raise BadInput("%s: the .safetensors header lists a tensor it cannot describe "
+                               "(unknown dtype or missing offsets)" % self.path) from None
+            last = max((e.end for e in self.entries.values()), default=start)
+            if last > size:
+                raise BadInput(
+                    "%s: truncated: its tensors need %d bytes, the file has %d; download or copy "
+                    "it again" % (self.path, last, size)
+                )
+            # A private (copy-on-write) map is writable, which torch.frombuffer wants; we never write.
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+
+    def keys(self) -> List[str]:
+        return list(self.entries)
+
+    def raw(self, name: str) -> memoryview:
+        e = self.entries[name]
+        return memoryview(self._map)[e.begin:e.end]
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """A zero-copy view of the file; `.clone()` it to keep it past `release`."""
+        e = self.entries[name]
+        count = (e.end - e.begin) // _itemsize(e.dtype)
+        if count == 0:
+            return torch.empty(e.shape, dtype=e.dtype)
+        flat = torch.frombuffer(self._map, dtype=e.dtype, count=count, offset=e.begin)
+        return flat.reshape(e.shape)
+
+    def release(self, name: str) -> None:
+        """Let the kernel drop the tensor's pages from this process's resident memory."""
+        e = self.entries[name]
+        if self._map is None or e.end == e.begin:
+            return
+        start = e.begin - e.begin % mmap.PAGESIZE
+        self._map.madvise(mmap.MADV_DONTNEED, start, e.end - start)
+
+
+class TensorOut(NamedTuple):
+    """A tensor to write: its bytes are produced only when the writer reaches it, and
+    `written` (if any) is called once they are on disk."""
+
+    name: str
+    dtype: torch.dtype
+    shape: Tuple[int, ...]
+    data: Callable[[], Buffer]
+    written: Optional[Callable[[], None]] = None
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a tensor, without a copy when it is contiguous."""
+    flat = tensor.detach().contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def write_safetensors(path: Union[str, Path], tensors: Iterable[TensorOut],
+                      metadata: Dict[str, str],
+                      progress: Optional[Callable[[int, int], None]] = None) -> None:
+    """Write the file in one pass; `progress(done, total)` is called after each tensor."""
+    tensors = list(tensors)
+    header: Dict[str, object] = {}
+    offset = 0
+    for t in tensors:
+        nbytes = math.prod(t.shape) * _itemsize(t.dtype)
+        header[t.name] = {"dtype": CODES[t.dtype], "shape": list(t.shape),
+                          "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for i, t in enumerate(tensors):
+            data = t.data()
+            expected = header[t.name]["data_offsets"]  # type: ignore[index]
+            if len(data) != expected[1] - expected[0]:
+                raise ValueError("tensor %s produced %d bytes, expected %d"
+                                 % (t.name, len(data), expected[1] - expected[0]))
+            f.write(data)
+            del data
+            if t.written is not None:
+                t.written()
+            if progress is not None:
+                progress(i + 1, len(tensors))
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
