@@ -30,16 +30,25 @@ SD2_TURBO_PROBE = "conditioner.embedders.0.model.ln_final.weight"
 
 
 class Checkpoint:
-    """Tensor names, shapes and data of one checkpoint file."""
+    """Tensor names, shapes and data of one checkpoint file, or of weights in memory."""
 
-    def __init__(self, path: Union[str, Path]) -> None:
+    def __init__(self, path: Union[str, Path], state: Optional[Dict[str, torch.Tensor]] = None,
+                 metadata: Optional[Dict[str, str]] = None) -> None:
+        """Open the file at `path`; or, given `state`, stand for weights already in memory
+        (a model the WebUI has loaded) under that name."""
         self.path = Path(path)
-        if not self.path.is_file():
-            raise BadInput("%s: no such file" % self.path)
-        suffix = self.path.suffix.lower()
+        self.in_memory = state is not None
         self._file: Optional[SafetensorsReader] = None
         self._tensors: Dict[str, torch.Tensor] = {}
-        if suffix == ".safetensors":
+        suffix = self.path.suffix.lower()
+        if state is not None:
+            self._tensors = dict(state)
+            self.metadata = dict(metadata or {})
+            raw_keys = list(self._tensors)
+            shapes = {k: tuple(t.shape) for k, t in self._tensors.items()}
+        elif not self.path.is_file():
+            raise BadInput("%s: no such file" % self.path)
+        elif suffix == ".safetensors":
             self._file = SafetensorsReader(self.path)
             self.metadata = dict(self._file.metadata)
             raw_keys = self._file.keys()

@@ -80,7 +80,7 @@ def student_metadata(arch: Architecture, title: str, origin: Dict[str, str]) -> 
 
 
 def convert_checkpoint(
-    source: Union[str, Path],
+    source: Union[str, Path, Checkpoint],
     output: Union[str, Path],
     arch: Union[str, Removal],
     dtype: str = "fp16",
@@ -89,9 +89,11 @@ def convert_checkpoint(
     progress: Optional[Progress] = None,
 ) -> ConversionReport:
     """Write `output` (.safetensors) and its .yaml: the `arch` student of `source`
-    (a preset name, or any `Removal` for a custom student)."""
+    (a preset name, or any `Removal` for a custom student).  `source` is a file, or a
+    `Checkpoint` (for weights that exist only in memory)."""
     started = time.perf_counter()
-    source, output = Path(source), Path(output)
+    ckpt = source if isinstance(source, Checkpoint) else None
+    source, output = (ckpt.path if ckpt else Path(source)), Path(output)
     removal = arch if isinstance(arch, Removal) else _removal(arch)
     if dtype not in DTYPES:
         raise BadInput("unknown dtype '%s'; choose one of: %s" % (dtype, ", ".join(DTYPES)))
@@ -102,15 +104,17 @@ def convert_checkpoint(
         raise BadInput("%s: the output would replace the source checkpoint or its yaml; "
                        "choose another name" % output)
     check_writable(targets, overwrite)
-    ckpt = Checkpoint(source)
+    ckpt = ckpt or Checkpoint(source)
     info = inspect_checkpoint(ckpt, v_prediction)
     if info.is_student:
         raise BadInput("%s is already a BK-SDM '%s' student; convert its teacher instead"
                        % (source, info.preset))
     student = Architecture(info.arch.teacher, removal)
     tensors = _student_tensors(ckpt, student, DTYPES[dtype])
-    metadata = student_metadata(student, output.stem, {
-        "bksdm.teacher": source.name, "bksdm.teacher_sha256": a1111_sha256(source)})
+    origin = {"bksdm.teacher": source.name}
+    if not ckpt.in_memory:
+        origin["bksdm.teacher_sha256"] = a1111_sha256(source)
+    metadata = student_metadata(student, output.stem, origin)
     with staged(targets, overwrite) as (weights_tmp, config_tmp):
         write_safetensors(weights_tmp, tensors, metadata, progress)
         config_tmp.write_text(dump_config(model_config(student, info.config)), encoding="utf-8")
@@ -126,7 +130,7 @@ def convert_checkpoint(
         output=str(output),
         config=str(targets[1]),
         teacher=str(source),
-        teacher_sha256=metadata["bksdm.teacher_sha256"],
+        teacher_sha256=metadata.get("bksdm.teacher_sha256", ""),
         dropped_tensors=sum(k.startswith(DROPPED_PREFIXES) for k in ckpt.keys()),
         seconds=round(time.perf_counter() - started, 3),
     )

@@ -158,3 +158,19 @@ def test_custom_removal_converts_and_loads(tmp_path):
     state, _ = load_file(out)
     ldm_unet = ldm_from_yaml(out.with_suffix(".yaml"))
     ldm_unet.load_state_dict({k: v.float() for k, v in unet_part(state).items()}, strict=True)
+
+
+def test_weights_in_memory_convert_like_the_file(tmp_path):
+    from bksdm_ext.checkpoint import Checkpoint
+
+    source = write_teacher(tmp_path, TINY["sd-v1"])
+    state, _ = load_file(source)
+    in_memory = Checkpoint(tmp_path / "unsaved-merge.safetensors", state=state)
+    report = convert_checkpoint(in_memory, tmp_path / "m.safetensors", "tiny")
+    convert_checkpoint(source, tmp_path / "f.safetensors", "tiny")
+    from_memory, metadata = load_file(tmp_path / "m.safetensors")
+    from_file, _ = load_file(tmp_path / "f.safetensors")
+    assert set(from_memory) == set(from_file)
+    assert all(torch.equal(from_memory[k], from_file[k]) for k in from_file)
+    assert metadata["bksdm.teacher"] == "unsaved-merge.safetensors"
+    assert "bksdm.teacher_sha256" not in metadata and report.teacher_sha256 == ""
