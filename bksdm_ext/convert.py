@@ -6,6 +6,7 @@ copied byte for byte.  Peak memory stays near one tensor plus what the OS caches
 """
 import math
 import datetime
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -73,6 +74,8 @@ def student_metadata(arch: Architecture, title: str, origin: Dict[str, str]) -> 
         "bksdm.preset": arch.removal.name,
         "bksdm.family": t.family,
         "bksdm.parameterization": t.parameterization,
+        # What the weights cannot tell (head counts), for rebuilding a lost yaml.
+        "bksdm.unet_config": json.dumps(arch.ldm_unet_params(), sort_keys=True),
         "bksdm.version": __version__,
     }
     metadata.update(origin)
@@ -143,17 +146,27 @@ def _removal(arch_name: str) -> Removal:
         raise BadInput(str(e)) from None
 
 
-def _student_tensors(ckpt: Checkpoint, arch: Architecture, dtype: Optional[torch.dtype]
-                     ) -> List[TensorOut]:
+def unet_sources(ckpt: Checkpoint, arch: Architecture) -> Dict[str, str]:
+    """Student U-Net key -> the teacher key in `ckpt` it is copied from (full names)."""
     unet_keys = [k[len(UNET_PREFIX):] for k in ckpt.keys() if k.startswith(UNET_PREFIX)]
     try:
         sources = student_sources(arch, unet_keys)
     except KeyError as e:
         raise BadInput("%s: %s" % (ckpt.path, e.args[0])) from None
+    return {UNET_PREFIX + s: UNET_PREFIX + t for s, t in sources.items()}
+
+
+def student_unet_params(ckpt: Checkpoint, arch: Architecture) -> int:
+    """How many parameters the `arch` student of this teacher will have."""
+    return sum(math.prod(ckpt.shape(t)) for t in unet_sources(ckpt, arch).values())
+
+
+def _student_tensors(ckpt: Checkpoint, arch: Architecture, dtype: Optional[torch.dtype]
+                     ) -> List[TensorOut]:
     tensors = [_copy(ckpt, k, k, None) for k in ckpt.keys()
                if not k.startswith(UNET_PREFIX) and not k.startswith(DROPPED_PREFIXES)]
-    tensors += [_copy(ckpt, UNET_PREFIX + teacher, UNET_PREFIX + student, dtype)
-                for student, teacher in sources.items()]
+    tensors += [_copy(ckpt, teacher, student, dtype)
+                for student, teacher in unet_sources(ckpt, arch).items()]
     return sorted(tensors, key=lambda t: t.name)
 
 

@@ -1,6 +1,7 @@
 """What a checkpoint is: SD-v1 or v2, teacher or which BK student, and why not when it is
 neither.  Structure comes from tensor names and shapes; what weights cannot tell (head
 counts, v-prediction) comes from the user, the ``.yaml`` beside the file, or metadata."""
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
@@ -83,7 +84,7 @@ def inspect_checkpoint(ckpt: Checkpoint, v_prediction: Optional[bool] = None) ->
     config = read_config(config_path(ckpt.path))
     family = _family(ckpt, keys)
     teacher, removal = _structure(ckpt, unet_keys, family)
-    teacher = _apply_config_heads(teacher, config)
+    teacher = _apply_heads(teacher, _unet_params(config, ckpt.metadata))
     parameterization, source = _parameterization(v_prediction, config, ckpt.metadata)
     teacher = replace(teacher, parameterization=parameterization,
                       sample_size=_sample_size(family, parameterization, config))
@@ -231,9 +232,8 @@ def _teacher_of(observed: TeacherSpec, removal: Removal, layers: int) -> Optiona
     )
 
 
-def _apply_config_heads(teacher: TeacherSpec, config: Optional[Dict[str, Any]]) -> TeacherSpec:
-    """Head counts are not in the weights: take them from the yaml when there is one."""
-    params = _unet_params(config)
+def _apply_heads(teacher: TeacherSpec, params: Dict[str, Any]) -> TeacherSpec:
+    """Head counts are not in the weights: take them from the U-Net config when there is one."""
     if params.get("num_head_channels", -1) not in (-1, None):
         return replace(teacher, head_channels=int(params["num_head_channels"]), num_heads=0)
     if params.get("num_heads", -1) not in (-1, None):
@@ -241,10 +241,15 @@ def _apply_config_heads(teacher: TeacherSpec, config: Optional[Dict[str, Any]]) 
     return teacher
 
 
-def _unet_params(config: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+def _unet_params(config: Optional[Dict[str, Any]], metadata: Dict[str, str]) -> Dict[str, Any]:
+    """The LDM U-Net params of the yaml beside the file, else those a student records."""
     try:
         return dict(config["model"]["params"]["unet_config"]["params"])  # type: ignore[index]
     except (TypeError, KeyError):
+        pass
+    try:
+        return dict(json.loads(metadata.get("bksdm.unet_config", "{}")))
+    except (ValueError, TypeError):
         return {}
 
 

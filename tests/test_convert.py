@@ -174,3 +174,16 @@ def test_weights_in_memory_convert_like_the_file(tmp_path):
     assert all(torch.equal(from_memory[k], from_file[k]) for k in from_file)
     assert metadata["bksdm.teacher"] == "unsaved-merge.safetensors"
     assert "bksdm.teacher_sha256" not in metadata and report.teacher_sha256 == ""
+
+
+def test_a_student_without_yaml_keeps_what_the_weights_cannot_tell(tmp_path):
+    from bksdm_ext.checkpoint import Checkpoint
+    from bksdm_ext.detect import inspect_checkpoint
+
+    spec = TINY["sd-v2-v"]  # 8-channel heads and v-prediction: neither is in the weights
+    out = tmp_path / "student.safetensors"
+    convert_checkpoint(write_teacher(tmp_path, spec), out, "small")
+    out.with_suffix(".yaml").unlink()
+    info = inspect_checkpoint(Checkpoint(out))
+    assert info.arch == Architecture(spec, PRESETS["small"])
+    assert info.parameterization_source == "metadata"
