@@ -113,15 +113,10 @@ def convert_checkpoint(
         raise BadInput("%s is already a BK-SDM '%s' student; convert its teacher instead"
                        % (source, info.preset))
     student = Architecture(info.arch.teacher, removal)
-    tensors = _student_tensors(ckpt, student, DTYPES[dtype])
-    origin = {"bksdm.teacher": source.name}
-    if not ckpt.in_memory:
-        origin["bksdm.teacher_sha256"] = a1111_sha256(source)
-    metadata = student_metadata(student, output.stem, origin)
-    with staged(targets, overwrite) as (weights_tmp, config_tmp):
-        write_safetensors(weights_tmp, tensors, metadata, progress)
-        config_tmp.write_text(dump_config(model_config(student, info.config)), encoding="utf-8")
-    unet = [t for t in tensors if t.name.startswith(UNET_PREFIX)]
+    unet = [_copy(ckpt, teacher, name, DTYPES[dtype])
+            for name, teacher in unet_sources(ckpt, student).items()]
+    metadata = write_student(output, student, teacher_parts(ckpt) + unet, info.config,
+                             teacher_origin(ckpt), overwrite, progress)
     return ConversionReport(
         arch=removal.name,
         family=info.family,
@@ -161,13 +156,29 @@ def student_unet_params(ckpt: Checkpoint, arch: Architecture) -> int:
     return sum(math.prod(ckpt.shape(t)) for t in unet_sources(ckpt, arch).values())
 
 
-def _student_tensors(ckpt: Checkpoint, arch: Architecture, dtype: Optional[torch.dtype]
-                     ) -> List[TensorOut]:
-    tensors = [_copy(ckpt, k, k, None) for k in ckpt.keys()
-               if not k.startswith(UNET_PREFIX) and not k.startswith(DROPPED_PREFIXES)]
-    tensors += [_copy(ckpt, teacher, student, dtype)
-                for student, teacher in unet_sources(ckpt, arch).items()]
-    return sorted(tensors, key=lambda t: t.name)
+def teacher_parts(ckpt: Checkpoint) -> List[TensorOut]:
+    """Everything but the U-Net, copied unchanged (minus the EMA copy A1111 never loads)."""
+    return [_copy(ckpt, k, k, None) for k in ckpt.keys()
+            if not k.startswith(UNET_PREFIX) and not k.startswith(DROPPED_PREFIXES)]
+
+
+def teacher_origin(ckpt: Checkpoint) -> Dict[str, str]:
+    """The ``bksdm.*`` metadata that names the teacher a student came from."""
+    origin = {"bksdm.teacher": ckpt.path.name}
+    if not ckpt.in_memory:
+        origin["bksdm.teacher_sha256"] = a1111_sha256(ckpt.path)
+    return origin
+
+
+def write_student(output: Path, arch: Architecture, tensors: List[TensorOut],
+                  teacher_config: Optional[Dict[str, Any]], origin: Dict[str, str],
+                  overwrite: bool = False, progress: Optional[Progress] = None) -> Dict[str, str]:
+    """Write a student's .safetensors and .yaml atomically; returns the metadata written."""
+    metadata = student_metadata(arch, output.stem, origin)
+    with staged([output, config_path(output)], overwrite) as (weights_tmp, config_tmp):
+        write_safetensors(weights_tmp, sorted(tensors, key=lambda t: t.name), metadata, progress)
+        config_tmp.write_text(dump_config(model_config(arch, teacher_config)), encoding="utf-8")
+    return metadata
 
 
 def _copy(ckpt: Checkpoint, key: str, name: str, dtype: Optional[torch.dtype]) -> TensorOut:
