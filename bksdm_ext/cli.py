@@ -33,6 +33,18 @@ def _import_diffusers(args: argparse.Namespace) -> Dict[str, Any]:
                             ).as_dict()
 
 
+def _distill(args: argparse.Namespace) -> Dict[str, Any]:
+    from dataclasses import fields
+
+    from .distill import distill
+    from .distill_config import DistillConfig
+
+    options = {f.name: getattr(args, f.name) for f in fields(DistillConfig)
+               if getattr(args, f.name, None) is not None}
+    output = distill(DistillConfig(**options), resume=args.resume)
+    return {"output": str(output), "config": str(output.with_suffix(".yaml")), "run": args.out}
+
+
 def _demo(args: argparse.Namespace) -> Dict[str, Any]:
     from .demo import run_demo
 
@@ -75,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--json", action="store_true")
     imp.set_defaults(run=_import_diffusers, render=_render_conversion)
 
+    _add_distill(commands)
+
     demo = commands.add_parser(
         "demo", help="make a tiny random SD-v1 checkpoint, convert it and compare the student "
                      "with its teacher (no download, a few seconds on a CPU)")
@@ -83,6 +97,59 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(run=_demo, render=_render_info)
     return parser
+
+
+def _add_distill(commands: Any) -> None:
+    from .distill_config import DistillConfig
+
+    defaults = DistillConfig(teacher="", data="", out="")
+    distill = commands.add_parser(
+        "distill", help="retrain a BK-SDM student by knowledge distillation from its teacher",
+        description="Task + output-KD + feature-KD distillation (the paper's recipe and "
+                    "defaults). The run folder gets events.jsonl, checkpoints/, samples/ and "
+                    "finally the student as an A1111 .safetensors + .yaml. Several GPUs: "
+                    "accelerate launch --multi_gpu -m bksdm_ext distill ...")
+    distill.add_argument("--teacher", required=True, help="SD-v1/v2 checkpoint (.safetensors/.ckpt)")
+    distill.add_argument("--arch", default=defaults.arch, choices=list(PRESETS))
+    distill.add_argument("--data", required=True,
+                         help="folder of images with captions (image.txt beside image.png, or "
+                              "metadata.jsonl / metadata.csv with file_name and text)")
+    distill.add_argument("--out", required=True, help="run folder")
+    distill.add_argument("--resume", action="store_true", help="continue the run in --out")
+    for name, kind, help_text in (
+            ("steps", int, "optimizer steps"),
+            ("batch_size", int, "images per GPU per micro-step"),
+            ("grad_accum", int, "micro-steps per optimizer step"),
+            ("lr", float, "AdamW learning rate (constant)"),
+            ("resolution", int, "training resolution (shorter edge, then center crop)"),
+            ("save_every", int, "checkpoint every N steps (0: only at the end)"),
+            ("keep_last", int, "checkpoints to keep"),
+            ("sample_every", int, "teacher-vs-student samples every N steps (0: never)"),
+            ("seed", int, "seed of data order and noise"),
+            ("lambda_task", float, "weight of the task loss"),
+            ("lambda_output", float, "weight of the output-KD loss"),
+            ("lambda_feature", float, "weight of the feature-KD loss"),
+            ("ema_decay", float, "EMA decay"),
+            ("log_every", int, "event-file line every N steps"),
+            ("cache_dir", str, "where encoded latents/captions go (default: <out>/cache)")):
+        flag = "--" + name.replace("_", "-")
+        distill.add_argument(flag, dest=name, type=kind, default=None,
+                             help="%s (default %s)" % (help_text, getattr(defaults, name)))
+    distill.add_argument("--mixed-precision", dest="mixed_precision", choices=["no", "fp16", "bf16"],
+                         default=None, help="default fp16")
+    distill.add_argument("--export-dtype", dest="export_dtype", choices=["fp16", "bf16", "fp32"],
+                         default=None, help="precision of exported students (default fp16)")
+    distill.add_argument("--sample-prompt", dest="sample_prompts", action="append", default=None,
+                         help="a prompt for the sample grids (repeatable)")
+    distill.add_argument("--no-ema", dest="ema", action="store_false", default=None)
+    distill.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing",
+                         action="store_false", default=None)
+    distill.add_argument("--no-flip", dest="flip", action="store_false", default=None)
+    distill.add_argument("--use-8bit-adam", dest="use_8bit_adam", action="store_true", default=None,
+                         help="bitsandbytes' 8-bit AdamW (needs bitsandbytes)")
+    _add_v_prediction(distill)
+    distill.add_argument("--json", action="store_true")
+    distill.set_defaults(run=_distill, render=_render_info)
 
 
 def _add_dtype(parser: argparse.ArgumentParser) -> None:

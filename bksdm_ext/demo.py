@@ -13,13 +13,13 @@ from typing import Any, Dict, Union
 
 import torch
 
-from .arch import SD_V1, Architecture
+from .arch import SD_V1, Architecture, TeacherSpec
 from .checkpoint import Checkpoint
 from .convert import convert_checkpoint
 from .detect import config_path, inspect_checkpoint
 from .keymap import UNET_PREFIX, KeyMap
 from .ldm_config import dump_config, model_config
-from .loading import load_text_encoder, load_unet, load_vae
+from .loading import TEXT_ACTIVATION, load_text_encoder, load_unet, load_vae
 from .parts_keymap import TEXT_PREFIX, VAE_PREFIX, clip_to_ldm, vae_to_ldm
 from .safetensors_io import TensorOut, tensor_bytes, write_safetensors
 
@@ -28,24 +28,25 @@ IMAGE_SIZE = 64
 STEPS = 10
 
 
-def write_tiny_teacher(path: Path) -> None:
-    """A random SD-v1-shaped checkpoint small enough to run anywhere, with its yaml."""
+def write_tiny_teacher(path: Path, teacher: TeacherSpec = TINY_SD_V1) -> None:
+    """A random SD-shaped checkpoint small enough to run anywhere, with its yaml."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(0)
-    arch = Architecture(TINY_SD_V1)
+    arch = Architecture(teacher)
     unet = UNet2DConditionModel(**arch.diffusers_config())
     vae = AutoencoderKL(block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1)
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=1, vocab_size=1000,
-                                        max_position_embeddings=77, hidden_act="quick_gelu"))
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=teacher.context_dim, intermediate_size=128,
+                                        num_hidden_layers=2, num_attention_heads=1,
+                                        vocab_size=49408, max_position_embeddings=77,
+                                        hidden_act=TEXT_ACTIVATION[teacher.family]))
     state = {UNET_PREFIX + k: v for k, v in
              KeyMap(arch).convert_to_ldm(unet.state_dict()).items()}
     state.update({VAE_PREFIX + k: v for k, v in vae_to_ldm(vae.state_dict()).items()})
-    state.update({TEXT_PREFIX["sd-v1"] + k: v for k, v in
-                  clip_to_ldm(text.state_dict(), "sd-v1").items()})
+    state.update({TEXT_PREFIX[teacher.family] + k: v for k, v in
+                  clip_to_ldm(text.state_dict(), teacher.family).items()})
     write_safetensors(path, [TensorOut(k, v.dtype, tuple(v.shape), lambda v=v: tensor_bytes(v))
                              for k, v in sorted(state.items())], {})
     config = model_config(arch)

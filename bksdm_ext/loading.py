@@ -94,3 +94,25 @@ def load_text_encoder(ckpt: Checkpoint, family: str) -> Any:
     if problems:
         raise ValueError("text encoder weights do not fit: " + ", ".join(sorted(problems)[:5]))
     return model.float()
+
+
+def noise_scheduler(info: ModelInfo) -> Any:
+    """The teacher's training noise schedule (DDPM, scaled-linear β) from its yaml, else SD's."""
+    from diffusers import DDPMScheduler
+
+    params = ((info.config or {}).get("model") or {}).get("params") or {}
+    return DDPMScheduler(
+        num_train_timesteps=int(params.get("timesteps", 1000)),
+        beta_start=float(params.get("linear_start", 0.00085)),
+        beta_end=float(params.get("linear_end", 0.012)),
+        beta_schedule="scaled_linear",
+        prediction_type="v_prediction" if info.parameterization == "v" else "epsilon",
+        clip_sample=False,
+        steps_offset=1,
+    )
+
+
+def latent_scale(info: ModelInfo) -> float:
+    """What VAE latents are multiplied by before the U-Net sees them (0.18215 for SD-v1/v2)."""
+    params = ((info.config or {}).get("model") or {}).get("params") or {}
+    return float(params.get("scale_factor", 0.18215))

@@ -1,0 +1,224 @@
+"""Captioned image folders, in the layouts WebUI users already have.
+
+The layout follows from what is in the folder:
+
+- ``metadata.jsonl`` or ``metadata.csv`` (diffusers' imagefolder): rows with ``file_name``
+  (relative to the folder, subfolders allowed) and ``text``;
+- otherwise pairs (kohya / A1111 training): every image, in any subfolder, with its caption
+  in a same-stem ``.txt`` (or kohya's ``.caption``) beside it.
+
+Single bad images or missing captions are collected and reported, not fatal, so one stray
+file does not stop a long run; a folder with nothing usable is a BadInput before any model
+loads.
+"""
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from .errors import BadInput
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+CAPTION_SUFFIXES = (".txt", ".caption")
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+EXPECTED_LAYOUT = (
+    "put a caption file with the same name beside each image (cat.png + cat.txt), or add a "
+    'metadata.jsonl with one {"file_name": "cat.png", "text": "a photo of a cat"} per line, '
+    "or a metadata.csv with file_name and text columns"
+)
+
+
+@dataclass
+class Example:
+    image: Path
+    caption: str
+
+
+@dataclass
+class DatasetScan:
+    folder: Path
+    layout: str  # "pairs", "metadata.jsonl" or "metadata.csv"
+    examples: List[Example]
+    unreadable: List[Path]  # images PIL cannot open or verify, or rows naming no file
+    missing_captions: List[Path]  # no caption file, an empty one, or no metadata row
+
+    def summary(self) -> str:
+        """One line for a log or the UI."""
+        line = "%s with captions (%s)" % (_count(len(self.examples), "image"), self.layout)
+        skipped = []
+        if self.unreadable:
+            skipped.append("{:,} unreadable".format(len(self.unreadable)))
+        if self.missing_captions:
+            skipped.append("{:,} without caption".format(len(self.missing_captions)))
+        return line + ("; " + ", ".join(skipped) if skipped else "")
+
+    def problems(self, limit: int = 10) -> List[str]:
+        """What was skipped, one file a line, the first `limit` of them."""
+        lines = ["%s: %s" % (path, "not a readable image; replace or remove it" if path.is_file()
+                             else "no such file, but %s lists it" % self.layout)
+                 for path in self.unreadable[:limit]]
+        for path in self.missing_captions[:limit - len(lines)]:
+            if self.layout == "pairs":
+                fix = "write its caption into %s" % path.with_suffix(".txt").name
+            else:
+                fix = "add a row for it to %s" % self.layout
+            lines.append("%s: no caption; %s" % (path, fix))
+        hidden = len(self.unreadable) + len(self.missing_captions) - len(lines)
+        return lines + (["... and {:,} more".format(hidden)] if hidden else [])
+
+
+def scan_dataset(folder: Union[str, Path]) -> DatasetScan:
+    """Find the examples in `folder`, in sorted order, checking that each image opens."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BadInput("%s: no such folder; give the folder that holds the training images"
+                       % folder)
+    images = sorted(_images(folder))
+    layout = next((name for name in METADATA_FILES if (folder / name).is_file()), "pairs")
+    if layout == "pairs":
+        candidates = [(image, _caption_file(image)) for image in images]
+    else:
+        rows = _metadata_rows(folder / layout)
+        listed = {image for image, _ in rows}
+        candidates = rows + [(image, "") for image in images if image not in listed]
+        candidates.sort(key=lambda candidate: candidate[0])
+    scan = DatasetScan(folder, layout, [], [], [])
+    for image, caption in candidates:
+        if not caption:
+            scan.missing_captions.append(image)
+        elif not _readable(image):
+            scan.unreadable.append(image)
+        else:
+            scan.examples.append(Example(image, caption))
+    if not scan.examples:
+        if candidates:
+            found = "of %s, %d unreadable and %d without caption" % (
+                _count(len(candidates), "image"), len(scan.unreadable), len(scan.missing_captions))
+        else:
+            found = "found no .png, .jpg, .jpeg, .webp or .bmp files"
+        raise BadInput("%s: no captioned images to train on (%s); %s"
+                       % (folder, found, EXPECTED_LAYOUT))
+    return scan
+
+
+def load_image(path: Path, resolution: int, flip: bool = False) -> torch.Tensor:
+    """The image as the VAE wants it: RGB, shorter edge scaled to `resolution` and center
+    cropped to a square (as diffusers' train_text_to_image does), optionally mirrored,
+    float [3, resolution, resolution] in [-1, 1].
+
+    Photos are turned upright by their EXIF orientation, as viewers show them, and
+    transparent areas become white rather than whatever colour hides under them.
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened).convert("RGBA")
+    except Exception as e:  # PIL raises many exception types for damaged files
+        raise BadInput("%s: cannot be decoded as an image (%s); replace or remove it"
+                       % (path, e)) from None
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    image = Image.alpha_composite(white, image).convert("RGB")
+    # The shorter edge becomes `resolution`, the longer one is truncated like torchvision's.
+    width, height = image.size
+    if width <= height:
+        size = (resolution, int(resolution * height / width))
+    else:
+        size = (int(resolution * width / height), resolution)
+    image = image.resize(size, Image.BICUBIC)
+    left = int(round((size[0] - resolution) / 2.0))
+    top = int(round((size[1] - resolution) / 2.0))
+    image = image.crop((left, top, left + resolution, top + resolution))
+    if flip:
+        image = ImageOps.mirror(image)
+    pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    return pixels.float() / 127.5 - 1.0
+
+
+def _count(n: int, noun: str) -> str:
+    return "{:,} {}{}".format(n, noun, "" if n == 1 else "s")
+
+
+def _images(folder: Path) -> Iterator[Path]:
+    """Image files under `folder`, skipping hidden folders (.ipynb_checkpoints, caches)."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
+                yield Path(root) / name
+
+
+def _caption_file(image: Path) -> str:
+    """The caption beside `image`; "" when there is none."""
+    for suffix in CAPTION_SUFFIXES:
+        path = image.with_suffix(suffix)
+        if path.is_file():
+            return _read_text(path).strip()
+    return ""
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise BadInput("%s: not UTF-8 text; save it with UTF-8 encoding" % path) from None
+
+
+def _metadata_rows(path: Path) -> List[Tuple[Path, str]]:
+    """(image, caption) for every row; a row without a usable text has caption ""."""
+    if path.suffix == ".jsonl":
+        records = _jsonl_records(path)
+    else:
+        records = _csv_records(path)
+    rows = []
+    for line, record in records:
+        name = record.get("file_name")
+        if not isinstance(name, str) or not name.strip():
+            raise BadInput('%s, line %d: no "file_name"; each row names an image relative to '
+                           "the folder, with its caption in \"text\"" % (path, line))
+        text = record.get("text")
+        rows.append((path.parent / name.strip(), text.strip() if isinstance(text, str) else ""))
+    return rows
+
+
+def _jsonl_records(path: Path) -> List[Tuple[int, Dict[str, Any]]]:
+    records = []
+    for line, text in enumerate(_read_text(path).splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except ValueError as e:
+            raise BadInput("%s, line %d: not valid JSON (%s); write one JSON object per line"
+                           % (path, line, e)) from None
+        if not isinstance(record, dict):
+            raise BadInput('%s, line %d: not a JSON object; write {"file_name": ..., "text": ...}'
+                           % (path, line))
+        records.append((line, record))
+    return records
+
+
+def _csv_records(path: Path) -> List[Tuple[int, Dict[str, Optional[str]]]]:
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    columns = reader.fieldnames or []
+    if "file_name" not in columns or "text" not in columns:
+        raise BadInput("%s: the header has columns %s; it needs file_name and text"
+                       % (path, ", ".join(columns) or "none"))
+    return [(reader.line_num, record) for record in reader]
+
+
+def _readable(image: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(image) as opened:
+            opened.verify()
+        return True
+    except Exception:  # PIL raises many exception types for damaged files
+        return False

@@ -1,0 +1,45 @@
+"""The settings of a distillation run, importable without torch (the CLI builds its
+help from the defaults)."""
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+SAMPLE_PROMPTS = (
+    "a photo of an astronaut riding a horse on the moon",
+    "a golden retriever puppy playing in the snow",
+    "a cozy cabin in the woods, oil painting",
+)
+
+
+@dataclass
+class DistillConfig:
+    """A run's settings; the defaults are the paper's (BK-SDM, SD-v1, 0.22M/2.3M pairs)."""
+
+    teacher: str
+    data: str
+    out: str
+    arch: str = "small"
+    steps: int = 50_000
+    batch_size: int = 64
+    grad_accum: int = 4
+    lr: float = 5e-5
+    resolution: int = 512
+    mixed_precision: str = "fp16"  # "no", "fp16" or "bf16"
+    lambda_task: float = 1.0
+    lambda_output: float = 1.0
+    lambda_feature: float = 1.0
+    max_grad_norm: float = 1.0
+    ema: bool = True
+    ema_decay: float = 0.9999
+    gradient_checkpointing: bool = True
+    use_8bit_adam: bool = False
+    flip: bool = True
+    save_every: int = 1000
+    keep_last: int = 2
+    sample_every: int = 1000
+    sample_prompts: Sequence[str] = SAMPLE_PROMPTS
+    sample_steps: int = 20
+    seed: int = 0
+    v_prediction: Optional[bool] = None
+    export_dtype: str = "fp16"
+    cache_dir: Optional[str] = None  # default: <out>/cache
+    log_every: int = 10

@@ -1,0 +1,243 @@
+"""Encode each training image and caption once, and read them back every step.
+
+Distillation shows every image many times; running the VAE and the text encoder on it
+each step is the largest avoidable cost.  The cache keeps, per example, the VAE latent
+distribution's mean and std (the trainer samples ``(mean + std * noise) * scaling_factor``
+each step, so sampling stays random), the same for the mirrored image when flips are on,
+and the caption's text embedding, the [77, D] encoder output the U-Net conditions on.
+
+Layout of the cache folder:
+
+- ``index.json``: format, fingerprint, shard size, example count, finished shards;
+- ``shard-00000.safetensors``…: examples [k * shard_size, (k + 1) * shard_size) as
+  ``mean``, ``std`` (and ``mean_flipped``, ``std_flipped``) [n, C, h, w] and ``embedding``
+  [n, 77, D], their captions in the file's metadata;
+- ``added/00000000.safetensors``…: one example each, from `LatentCache.add`.
+
+Everything is stored float16: it halves disk and page cache, and its ~1e-3 relative error
+is far below the noise training adds.  `item` hands back float32.  Files are written under
+a temporary name and renamed, so an interrupted build leaves only whole shards, which the
+next build reuses.
+"""
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from safetensors.torch import save_file
+
+from .dataset import DatasetScan, Example, load_image
+from .safetensors_io import SafetensorsReader
+
+FORMAT = "1"  # changes when what the shards hold changes, so old caches are rebuilt
+SHARD_SIZE = 1024
+ImageEncoder = Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+CaptionEncoder = Callable[[List[str]], torch.Tensor]
+
+
+def dataset_fingerprint(scan: DatasetScan) -> str:
+    """A digest of each example's image path (relative to the folder), size, modification
+    time and caption: editing, replacing, adding or recaptioning anything changes it."""
+    digest = hashlib.sha256()
+    for example in scan.examples:
+        stat = example.image.stat()
+        name = Path(os.path.relpath(example.image, scan.folder)).as_posix()
+        record = [name, stat.st_size, stat.st_mtime_ns, example.caption]
+        digest.update(json.dumps(record).encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def cache_fingerprint(scan: DatasetScan, resolution: int, flip: bool,
+                      **encoders: str) -> Dict[str, str]:
+    """What a cache of `scan` depends on; `encoders` name the VAE and text encoder (for
+    instance their weights' hashes), since a different encoder gives different latents."""
+    fingerprint = {"dataset": dataset_fingerprint(scan), "resolution": str(resolution),
+                   "flip": str(bool(flip))}
+    fingerprint.update(encoders)
+    return fingerprint
+
+
+class LatentCache:
+    """Encoded examples in `root`, valid for `fingerprint` (from `cache_fingerprint`).
+
+    A cache whose stored fingerprint differs is never read: `build` and `add` delete it
+    first.  Indexes run over the dataset's examples, in scan order, then the added ones.
+    """
+
+    def __init__(self, root: Path, fingerprint: Dict[str, str],
+                 shard_size: int = SHARD_SIZE) -> None:
+        self.root = Path(root)
+        self.fingerprint = dict(fingerprint)
+        self.shard_size = shard_size
+        self.stats: Dict[str, int] = {"encoded": 0, "reused": 0}
+        self._readers: Dict[Path, SafetensorsReader] = {}
+        self._index = self._load_index()
+        self._added = sorted((self.root / "added").glob("*.safetensors")) if self._index else []
+        # Dataset examples readable now: all of them once a build has finished.
+        self._count = self._index["count"] if self.is_complete() else 0
+
+    def is_complete(self) -> bool:
+        """Whether every dataset example is encoded for this fingerprint."""
+        return (self._index is not None and self._index["complete"]
+                and all((self.root / name).is_file() for name in self._index["shards"]))
+
+    def build(self, scan: DatasetScan, encode_images: ImageEncoder,
+              encode_captions: CaptionEncoder, resolution: int, flip: bool,
+              batch_size: int = 8, progress: Optional[Callable[[int, int], None]] = None) -> None:
+        """Encode what is not cached yet, reusing finished shards.
+
+        `encode_images` gets float32 CPU images [B, 3, H, W] in [-1, 1] (B up to
+        `batch_size`, twice that with flips: originals then mirrors) and returns the latent
+        distribution's (mean, std), each [B, C, h, w]; `encode_captions` gets captions and
+        returns embeddings [B, 77, D].  Both run under torch.no_grad.  `progress(done, total)`
+        follows examples.
+        """
+        expected = cache_fingerprint(scan, resolution, flip)
+        if {key: self.fingerprint.get(key) for key in expected} != expected:
+            raise ValueError("the cache fingerprint does not describe this dataset, resolution "
+                             "and flip setting; make it with cache_fingerprint()")
+        if self._index is None:
+            self._reset()
+        index = self._index
+        total = len(scan.examples)
+        index.update(count=total, complete=False)
+        self._count = 0
+        self.stats = {"encoded": 0, "reused": 0}
+        for number, first in enumerate(range(0, total, self.shard_size)):
+            examples = scan.examples[first:first + self.shard_size]
+            path = self._shard(number)
+            if path.name in index["shards"] and path.is_file():
+                self.stats["reused"] += len(examples)
+                if progress is not None:
+                    progress(first + len(examples), total)
+                continue
+            parts = []
+            for start in range(0, len(examples), batch_size):
+                batch = examples[start:start + batch_size]
+                parts.append(_encode(batch, encode_images, encode_captions, resolution, flip))
+                if progress is not None:
+                    progress(first + start + len(batch), total)
+            self._save(path, {key: torch.cat([part[key] for part in parts]) for key in parts[0]},
+                       [example.caption for example in examples])
+            if path.name not in index["shards"]:
+                index["shards"].append(path.name)
+            self._write_index()
+            self.stats["encoded"] += len(examples)
+        index["complete"] = True
+        self._write_index()
+        self._count = total
+
+    def __len__(self) -> int:
+        return self._count + len(self._added)
+
+    def item(self, index: int, flipped: bool = False) -> Dict[str, torch.Tensor]:
+        """{"mean", "std": [C, h, w], "embedding": [77, D]}, float32.  `flipped` picks the
+        mirrored image's latents; added examples have none and give their only ones."""
+        reader, row = self._locate(index)
+        keys = ["mean", "std"]
+        if flipped and index < self._count:
+            if "mean_flipped" not in reader.entries:
+                raise ValueError("the cache was built without flips; build it with flip=True")
+            keys = ["mean_flipped", "std_flipped"]
+        return {"mean": reader.tensor(keys[0])[row].float(),
+                "std": reader.tensor(keys[1])[row].float(),
+                "embedding": reader.tensor("embedding")[row].float()}
+
+    def caption(self, index: int) -> str:
+        reader, row = self._locate(index)
+        return json.loads(reader.metadata["captions"])[row]
+
+    def add(self, mean: torch.Tensor, std: torch.Tensor, embedding: torch.Tensor,
+            caption: str) -> None:
+        """Append one example (e.g. a teacher-generated latent, std zero), on disk at once.
+        Shapes as `item` returns them."""
+        if self._index is None:
+            self._reset()
+        folder = self.root / "added"
+        folder.mkdir(exist_ok=True)
+        path = folder / ("%08d.safetensors" % len(self._added))
+        tensors = {"mean": mean, "std": std, "embedding": embedding}
+        self._save(path, {key: value.detach().to("cpu", torch.float16).unsqueeze(0)
+                          for key, value in tensors.items()}, [caption])
+        self._added.append(path)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """Memory maps cannot be pickled (DataLoader workers on Windows pickle the
+        dataset); each copy maps the files again when it first reads."""
+        state = dict(self.__dict__)
+        state["_readers"] = {}
+        return state
+
+    def _key(self) -> Dict[str, Any]:
+        return {"format": FORMAT, "fingerprint": self.fingerprint, "shard_size": self.shard_size}
+
+    def _load_index(self) -> Optional[Dict[str, Any]]:
+        """The stored index if it belongs to this fingerprint, else None."""
+        try:
+            index = json.loads((self.root / "index.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        stored = {key: index.get(key) for key in self._key()}
+        return index if stored == self._key() else None
+
+    def _reset(self) -> None:
+        """Delete whatever a different fingerprint left and start an empty index."""
+        self._readers.clear()
+        self.root.mkdir(parents=True, exist_ok=True)
+        for path in list(self.root.glob("shard-*")) + list((self.root / "added").glob("*")):
+            path.unlink()
+        self._added = []
+        self._count = 0
+        self._index = dict(self._key(), count=0, shards=[], complete=False)
+        self._write_index()
+
+    def _write_index(self) -> None:
+        path = self.root / "index.json"
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(self._index, indent=1), encoding="utf-8")
+        os.replace(str(temporary), str(path))
+
+    def _save(self, path: Path, tensors: Dict[str, torch.Tensor], captions: List[str]) -> None:
+        temporary = path.with_name(path.name + ".tmp")
+        save_file({key: value.contiguous() for key, value in tensors.items()}, str(temporary),
+                  metadata={"captions": json.dumps(captions)})
+        self._readers.pop(path, None)
+        os.replace(str(temporary), str(path))
+
+    def _shard(self, number: int) -> Path:
+        return self.root / ("shard-%05d.safetensors" % number)
+
+    def _locate(self, index: int) -> Tuple[SafetensorsReader, int]:
+        if not 0 <= index < len(self):
+            raise IndexError("example %d of a cache of %d" % (index, len(self)))
+        if index < self._count:
+            number, row = divmod(index, self.shard_size)
+            path = self._shard(number)
+        else:
+            path, row = self._added[index - self._count], 0
+        reader = self._readers.get(path)
+        if reader is None:
+            reader = self._readers[path] = SafetensorsReader(path)
+        return reader, row
+
+
+def _encode(batch: List[Example], encode_images: ImageEncoder, encode_captions: CaptionEncoder,
+            resolution: int, flip: bool) -> Dict[str, torch.Tensor]:
+    """One batch's tensors, float16 on the CPU."""
+    images = torch.stack([load_image(example.image, resolution) for example in batch])
+    if flip:
+        images = torch.cat([images, images.flip(-1)])
+    with torch.no_grad():
+        mean, std = encode_images(images)
+        embedding = encode_captions([example.caption for example in batch])
+    if mean.shape[0] != len(images) or std.shape != mean.shape or embedding.shape[0] != len(batch):
+        raise ValueError("the encoders returned %s, %s and %s for %d images and %d captions"
+                         % (tuple(mean.shape), tuple(std.shape), tuple(embedding.shape),
+                            len(images), len(batch)))
+    n = len(batch)
+    tensors = {"mean": mean[:n], "std": std[:n], "embedding": embedding}
+    if flip:
+        tensors.update(mean_flipped=mean[n:], std_flipped=std[n:])
+    return {key: value.detach().to("cpu", torch.float16) for key, value in tensors.items()}
