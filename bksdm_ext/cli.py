@@ -45,6 +45,28 @@ def _distill(args: argparse.Namespace) -> Dict[str, Any]:
     return {"output": str(output), "config": str(output.with_suffix(".yaml")), "run": args.out}
 
 
+def _bench(args: argparse.Namespace) -> Dict[str, Any]:
+    from .latency import LatencySettings, measure_all
+
+    settings = LatencySettings(steps=args.steps, sampler=args.sampler, size=args.size,
+                               cfg_scale=args.cfg_scale, runs=args.runs, warmup=args.warmup,
+                               seed=args.seed)
+    progress = None if args.json else (lambda name: print("measuring %s ..." % name, file=sys.stderr))
+    return {"results": [r.as_dict() for r in measure_all(args.models, settings, progress)]}
+
+
+def _render_bench(result: Dict[str, Any]) -> str:
+    from .latency import LatencyResult, Spread, table
+
+    rows = []
+    for r in result["results"]:
+        r = dict(r)
+        for key in ("seconds_per_image", "unet_ms_per_step", "vae_decode_ms", "text_encoder_ms"):
+            r[key] = Spread(**r[key])
+        rows.append(LatencyResult(**r))
+    return table(rows)
+
+
 def _demo(args: argparse.Namespace) -> Dict[str, Any]:
     from .demo import run_demo
 
@@ -88,6 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(run=_import_diffusers, render=_render_conversion)
 
     _add_distill(commands)
+
+    bench = commands.add_parser(
+        "bench", help="generation latency of a teacher and its students (diffusers, this device)",
+        description="Times one image end to end and its parts (U-Net per step with the CFG "
+                    "batch, VAE decode, text encoder): medians over --runs after warm-up. "
+                    "Defaults are the paper's Jetson AGX Orin setup.")
+    bench.add_argument("models", nargs="+", help="A1111 checkpoints (teacher first is clearest)")
+    bench.add_argument("--steps", type=int, default=20)
+    bench.add_argument("--sampler", default="dpmpp_2m_karras",
+                       choices=["dpmpp_2m_karras", "dpmpp_2m", "euler", "euler_a", "ddim", "pndm"])
+    bench.add_argument("--size", type=int, default=512)
+    bench.add_argument("--cfg-scale", dest="cfg_scale", type=float, default=7.0)
+    bench.add_argument("--runs", type=int, default=5)
+    bench.add_argument("--warmup", type=int, default=1)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(run=_bench, render=_render_bench)
 
     demo = commands.add_parser(
         "demo", help="make a tiny random SD-v1 checkpoint, convert it and compare the student "

@@ -1,0 +1,219 @@
+"""Generation latency of a teacher and its students, measured with diffusers.
+
+What the paper reports for Jetson AGX Orin is the end-to-end time of one image (20
+steps of DPM++ 2M Karras, 512², CFG 7, batch 1).  Besides that, each part is timed on
+its own (U-Net per step with its CFG batch, VAE decode, text encoder), so a speed-up
+can be traced to the U-Net where BK-SDM removes blocks.  Medians over timed runs after
+warm-up, with the spread.
+"""
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+
+from .checkpoint import Checkpoint
+from .detect import inspect_checkpoint
+from .loading import load_text_encoder, load_unet, load_vae, noise_scheduler
+
+# sampler name -> (diffusers scheduler class name, extra config)
+SAMPLERS: Dict[str, Any] = {
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+}
+# The paper's Jetson AGX Orin 32GB figures (A1111 1.6.1, 20 steps DPM++ 2M Karras, 512², CFG 7).
+PAPER_ORIN_SECONDS = {"SDM-v1.5": 4.9, "BK-SDM-Base-2M": 3.4}
+
+
+@dataclass
+class LatencySettings:
+    steps: int = 20
+    sampler: str = "dpmpp_2m_karras"
+    size: int = 512
+    cfg_scale: float = 7.0
+    batch: int = 1
+    seed: int = 0
+    warmup: int = 1
+    runs: int = 5
+    prompt: str = "a photo of an astronaut riding a horse on mars"
+
+
+@dataclass
+class Spread:
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Spread":
+        return cls(statistics.median(values), min(values), max(values))
+
+
+@dataclass
+class LatencyResult:
+    model: str
+    preset: str
+    unet_params: int
+    device: str
+    seconds_per_image: Spread
+    unet_ms_per_step: Spread
+    vae_decode_ms: Spread
+    text_encoder_ms: Spread
+    peak_memory_gib: Optional[float]
+    speedup: float = 1.0
+    settings: Dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+class _Stopwatch:
+    """Times every call of a module (forward hooks) or function, synchronising the GPU."""
+
+    def __init__(self, device: torch.device, module: Optional[torch.nn.Module] = None) -> None:
+        self.device = device
+        self.calls: List[float] = []
+        self._started = 0.0
+        self._handles = [] if module is None else [module.register_forward_pre_hook(self.start),
+                                                   module.register_forward_hook(self.stop)]
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self, *args: Any) -> None:
+        self._sync()
+        self._started = time.perf_counter()
+
+    def stop(self, *args: Any) -> None:
+        self._sync()
+        self.calls.append(time.perf_counter() - self._started)
+
+    def wrap(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self.start()
+            result = function(*args, **kwargs)
+            self.stop()
+            return result
+        return timed
+
+    def take(self) -> List[float]:
+        calls, self.calls = self.calls, []
+        return calls
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def _pipeline(path: Path, settings: LatencySettings, device: torch.device) -> Any:
+    import diffusers
+
+    from .tokenizer import clip_tokenizer
+
+    ckpt = Checkpoint(path)
+    info = inspect_checkpoint(ckpt)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    class_name, extra = SAMPLERS[settings.sampler]
+    scheduler = getattr(diffusers, class_name).from_config(noise_scheduler(info).config, **extra)
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=load_vae(ckpt), text_encoder=load_text_encoder(ckpt, info.family),
+        tokenizer=clip_tokenizer(info.family), unet=load_unet(ckpt, info), scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device, dtype), info
+
+
+def _run(pipe: Any, settings: LatencySettings) -> None:
+    pipe(settings.prompt, height=settings.size, width=settings.size,
+         num_inference_steps=settings.steps, guidance_scale=settings.cfg_scale,
+         num_images_per_prompt=settings.batch,
+         generator=torch.Generator().manual_seed(settings.seed))
+
+
+def measure(path: Union[str, Path], settings: LatencySettings,
+            device: Optional[torch.device] = None) -> LatencyResult:
+    """Warm up, then time `settings.runs` generations of one model."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    path = Path(path)
+    pipe, info = _pipeline(path, settings, device)
+    watches = {name: _Stopwatch(device, module) for name, module in
+               (("unet", pipe.unet), ("text", pipe.text_encoder))}
+    # A pipeline calls the VAE's decode, not its forward: time that.
+    decode = _Stopwatch(device)
+    original_decode = pipe.vae.decode
+    pipe.vae.decode = decode.wrap(original_decode)
+    for _ in range(settings.warmup):
+        _run(pipe, settings)
+    for watch in list(watches.values()) + [decode]:
+        watch.take()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    totals, unet, vae, text = [], [], [], []
+    for _ in range(settings.runs):
+        started = time.perf_counter()
+        _run(pipe, settings)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        totals.append(time.perf_counter() - started)
+        unet.append(1000 * sum(watches["unet"].take()) / settings.steps)
+        vae.append(1000 * sum(decode.take()))
+        text.append(1000 * sum(watches["text"].take()))
+    for watch in list(watches.values()) + [decode]:
+        watch.close()
+    pipe.vae.decode = original_decode
+    return LatencyResult(
+        model=path.name, preset=info.preset, unet_params=info.unet_params,
+        device=_device_name(device),
+        seconds_per_image=Spread.of([t / settings.batch for t in totals]),
+        unet_ms_per_step=Spread.of(unet), vae_decode_ms=Spread.of(vae),
+        text_encoder_ms=Spread.of(text),
+        peak_memory_gib=(torch.cuda.max_memory_allocated(device) / 2 ** 30
+                         if device.type == "cuda" else None),
+        settings=asdict(settings))
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return "CPU (%s)" % (platform.processor() or platform.machine())
+
+
+def measure_all(paths: Sequence[Union[str, Path]], settings: LatencySettings,
+                progress: Optional[Callable[[str], None]] = None) -> List[LatencyResult]:
+    """Every model in turn; speed-ups are relative to the teacher (else the first model)."""
+    results = []
+    for path in paths:
+        if progress is not None:
+            progress(Path(path).name)
+        results.append(measure(path, settings))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    reference = next((r for r in results if r.preset == "teacher"), results[0])
+    for result in results:
+        result.speedup = reference.seconds_per_image.median / result.seconds_per_image.median
+    return results
+
+
+def table(results: Sequence[LatencyResult]) -> str:
+    head = ("model", "preset", "U-Net params", "s/image (min-max)", "U-Net ms/step", "VAE ms",
+            "text ms", "peak GiB", "speed-up")
+    rows = [head] + [(
+        r.model, r.preset, format(r.unet_params, ","),
+        "%.3f (%.3f-%.3f)" % (r.seconds_per_image.median, r.seconds_per_image.low,
+                              r.seconds_per_image.high),
+        "%.1f" % r.unet_ms_per_step.median, "%.1f" % r.vae_decode_ms.median,
+        "%.1f" % r.text_encoder_ms.median,
+        "-" if r.peak_memory_gib is None else "%.2f" % r.peak_memory_gib,
+        "%.2fx" % r.speedup) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in rows)
