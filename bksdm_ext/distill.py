@@ -79,7 +79,18 @@ class Batches:
 
 
 def distill(cfg: DistillConfig, resume: bool = False) -> Path:
-    """Train, checkpoint, export; returns the final student's .safetensors path."""
+    """Train, checkpoint, export; returns the final student's .safetensors path.  A run
+    that fails says why in its event file too (the WebUI's job list reads it there)."""
+    try:
+        return _distill(cfg, resume)
+    except BaseException as e:
+        events = RunPaths(Path(cfg.out)).events
+        if os.environ.get("RANK", "0") == "0" and events.is_file():
+            EventLog(events).write("error", kind=type(e).__name__, message=str(e))
+        raise
+
+
+def _distill(cfg: DistillConfig, resume: bool) -> Path:
     from accelerate import Accelerator
 
     paths = RunPaths(Path(cfg.out))
@@ -263,7 +274,9 @@ def _optimizer(cfg: DistillConfig, student: torch.nn.Module) -> torch.optim.Opti
         except ImportError:
             raise BadInput("--use-8bit-adam needs bitsandbytes: pip install bitsandbytes") from None
         return bitsandbytes.optim.AdamW8bit(student.parameters(), **kwargs)
-    return torch.optim.AdamW(student.parameters(), **kwargs)
+    # The fused CUDA kernel (torch >= 2.0) updates all parameters in a few launches.
+    return torch.optim.AdamW(student.parameters(), fused=next(student.parameters()).is_cuda,
+                             **kwargs)
 
 
 def _use_xformers(teacher: torch.nn.Module, student: torch.nn.Module, device: torch.device) -> None:

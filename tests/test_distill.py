@@ -228,3 +228,17 @@ def test_sample_grids_show_teacher_and_student_side_by_side(teacher, data, tmp_p
     assert event["step"] == 2 and Path(event["path"]).is_file()
     left, right = grid.crop((0, 0, 32, 32)), grid.crop((32, 0, 64, 32))
     assert list(left.getdata()) != list(right.getdata())
+
+
+def test_a_failing_run_records_why_in_its_events(teacher, data, tmp_path, monkeypatch):
+    from bksdm_ext import distill as distill_module
+
+    def broken(*args):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(distill_module, "student_from_teacher", broken)
+    out = tmp_path / "fails"
+    with pytest.raises(RuntimeError):
+        distill(config(teacher, data, out))
+    last = read_events(out / "events.jsonl")[-1]
+    assert last["event"] == "error" and "out of memory" in last["message"]
