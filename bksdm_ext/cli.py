@@ -6,9 +6,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 from . import __version__
 from .arch import PRESETS
-from .errors import BadInput
+from .errors import BadInput, Stopped
 
 EXIT_BAD_INPUT = 2
+EXIT_STOPPED = 3
 
 
 def _convert(args: argparse.Namespace) -> Dict[str, Any]:
@@ -248,6 +249,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except BadInput as e:
         print("bksdm %s: error: %s" % (args.command, e), file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Stopped as e:
+        print("bksdm %s: %s" % (args.command, e), file=sys.stderr)
+        return EXIT_STOPPED
     except KeyboardInterrupt:
         print("bksdm %s: interrupted; nothing was written" % args.command, file=sys.stderr)
         return 130

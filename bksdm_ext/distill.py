@@ -23,7 +23,7 @@ from .convert import DTYPES, teacher_origin, teacher_parts, write_student
 from .dataset import scan_dataset
 from .detect import ModelInfo, inspect_checkpoint
 from .distill_config import DistillConfig
-from .errors import BadInput
+from .errors import BadInput, Stopped
 from .events import EventLog
 from .kd import EMA, FeatureTaps, LossWeights, kd_loss, student_from_teacher
 from .keymap import UNET_PREFIX, KeyMap
@@ -35,11 +35,13 @@ from .safetensors_io import TensorOut, tensor_bytes
 class RunPaths:
     out: Path
     events: Path = field(init=False)
+    stop: Path = field(init=False)
     checkpoints: Path = field(init=False)
     samples: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.events = self.out / "events.jsonl"
+        self.stop = self.out / "STOP"  # "save" or "discard": stop at the next step
         self.checkpoints = self.out / "checkpoints"
         self.samples = self.out / "samples"
 
@@ -83,6 +85,8 @@ def distill(cfg: DistillConfig, resume: bool = False) -> Path:
     that fails says why in its event file too (the WebUI's job list reads it there)."""
     try:
         return _distill(cfg, resume)
+    except Stopped:
+        raise
     except BaseException as e:
         events = RunPaths(Path(cfg.out)).events
         if os.environ.get("RANK", "0") == "0" and events.is_file():
@@ -181,6 +185,16 @@ def _distill(cfg: DistillConfig, resume: bool) -> Path:
         if samples is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
             path = samples.write(step, _student_weights(accelerator.unwrap_model(student), ema))
             _event(log, "samples", step=step, path=str(path))
+        request = _stop_request(paths, accelerator)
+        if request and step < cfg.steps:
+            if request == "save":
+                _save_state(paths, step, accelerator, student, optimizer, scheduler, ema,
+                            generator, batches, cfg, ckpt, info, arch, log)
+            _event(log, "stopped", step=step, saved=request == "save")
+            progress.close()
+            raise Stopped("stopped at step %d%s" % (step, "; checkpoint saved, continue with "
+                                                   "--resume" if request == "save" else
+                                                   "; nothing saved"))
     progress.close()
     teacher_taps.close()
     student_taps.close()
@@ -368,6 +382,20 @@ def _save_state(paths: RunPaths, step: int, accelerator: Any, student: Any, opti
         shutil.rmtree(old)
     _event(log, "checkpoint", step=step, path=str(target),
            student=str(target / student_file.name))
+
+
+def _stop_request(paths: RunPaths, accelerator: Any) -> str:
+    """"save", "discard" or "" from the run folder's STOP file, as process 0 sees it (all
+    processes must stop at the same step)."""
+    request = ""
+    if accelerator.is_main_process and paths.stop.is_file():
+        request = "save" if paths.stop.read_text().strip() == "save" else "discard"
+        paths.stop.unlink()
+    if accelerator.num_processes > 1:
+        shared = [request]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        request = shared[0]
+    return request
 
 
 def _gather(state: torch.Tensor, accelerator: Any) -> List[torch.Tensor]:

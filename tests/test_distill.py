@@ -242,3 +242,32 @@ def test_a_failing_run_records_why_in_its_events(teacher, data, tmp_path, monkey
         distill(config(teacher, data, out))
     last = read_events(out / "events.jsonl")[-1]
     assert last["event"] == "error" and "out of memory" in last["message"]
+
+
+@pytest.mark.parametrize("request_kind", ["save", "discard"])
+def test_a_stop_file_stops_at_the_next_step(teacher, data, tmp_path, monkeypatch, request_kind):
+    from bksdm_ext import distill as distill_module
+    from bksdm_ext.errors import Stopped
+
+    out = tmp_path / request_kind
+    real_batch = distill_module._batch
+    calls = []
+
+    def batch_then_ask_to_stop(*args):
+        calls.append(1)
+        if len(calls) == 2:  # during step 2
+            (out / "STOP").write_text(request_kind)
+        return real_batch(*args)
+
+    monkeypatch.setattr(distill_module, "_batch", batch_then_ask_to_stop)
+    with pytest.raises(Stopped):
+        distill(config(teacher, data, out, steps=10))
+    stopped = read_events(out / "events.jsonl")[-1]
+    assert stopped["event"] == "stopped" and stopped["step"] == 2
+    assert stopped["saved"] == (request_kind == "save")
+    assert (out / "checkpoints" / "step-0000002").is_dir() == (request_kind == "save")
+    assert not (out / "STOP").exists()
+    if request_kind == "save":
+        monkeypatch.setattr(distill_module, "_batch", real_batch)
+        distill(config(teacher, data, out, steps=3), resume=True)
+        assert read_events(out / "events.jsonl")[-1]["event"] == "done"
