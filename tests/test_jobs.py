@@ -1,0 +1,111 @@
+"""Background jobs with real worker processes running tiny distillations on the CPU."""
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from bksdm_ext.demo import write_tiny_teacher
+from bksdm_ext.jobs import (CANCELLED, FAILED, INTERRUPTED, QUEUED, RUNNING, SUCCEEDED,
+                            JobRunner)
+from test_distill import make_dataset
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    teacher = root / "tiny.safetensors"
+    write_tiny_teacher(teacher)
+    return teacher, make_dataset(root / "data")
+
+
+def distill_args(inputs, steps=2, **extra):
+    teacher, data = inputs
+    args = ["--teacher", str(teacher), "--data", str(data), "--arch", "small", "--steps",
+            str(steps), "--batch-size", "2", "--grad-accum", "1", "--resolution", "32",
+            "--mixed-precision", "no", "--sample-every", "0", "--no-ema",
+            "--no-gradient-checkpointing", "--log-every", "1",
+            "--save-every", str(extra.pop("save_every", 0))]
+    return args
+
+
+def wait(runner, job_id, until, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runner.poll()
+        job = runner.job(job_id)
+        if until(job):
+            return job
+        time.sleep(0.5)
+    raise AssertionError("job %s stuck in %s: %s" % (job_id, runner.job(job_id).state,
+                                                     runner.log_tail(job_id)))
+
+
+def first_step_done(runner, job_id):
+    return lambda job: any(e["event"] == "step" for e in runner.events(job_id))
+
+
+def test_a_job_runs_to_success_and_the_next_one_waits_for_the_device(inputs, tmp_path):
+    finished = []
+    runner = JobRunner(tmp_path / "jobs", on_finish=finished.append)
+    first = runner.submit("distill", distill_args(inputs), device="cpu", title="first")
+    second = runner.submit("distill", distill_args(inputs), device="cpu", title="second")
+    assert runner.job(first.id).state == RUNNING and runner.job(second.id).state == QUEUED
+    done = wait(runner, first.id, lambda job: job.state == SUCCEEDED)
+    assert Path(done.result).is_file() and done.result.startswith(str(runner.folder(first.id)))
+    assert [job.title for job in finished] == ["first"]
+    wait(runner, second.id, lambda job: job.state == SUCCEEDED)
+    assert "distilling" in runner.log_tail(first.id)
+
+
+def test_cancel_stops_a_running_job_and_saves_nothing(inputs, tmp_path):
+    runner = JobRunner(tmp_path / "jobs")
+    job = runner.submit("distill", distill_args(inputs, steps=500), device="cpu")
+    wait(runner, job.id, first_step_done(runner, job.id))
+    runner.cancel(job.id)
+    cancelled = wait(runner, job.id, lambda job: job.state == CANCELLED)
+    assert "nothing saved" in cancelled.reason
+    assert not (runner.folder(job.id) / "checkpoints").exists()
+    queued = runner.submit("distill", distill_args(inputs), device="cpu")
+    other = runner.submit("distill", distill_args(inputs), device="cpu")
+    assert runner.cancel(other.id).state == CANCELLED  # still queued: cancelled at once
+    wait(runner, queued.id, lambda job: job.state == SUCCEEDED)
+
+
+def test_a_killed_worker_is_interrupted_after_a_restart_and_resumes_to_the_end(inputs, tmp_path):
+    runner = JobRunner(tmp_path / "jobs")
+    job = runner.submit("distill", distill_args(inputs, steps=40, save_every=2), device="cpu")
+    wait(runner, job.id, lambda j: any(e["event"] == "checkpoint" for e in runner.events(job.id)))
+    os.kill(runner.job(job.id).pid, signal.SIGKILL)
+    time.sleep(0.5)
+    restarted = JobRunner(tmp_path / "jobs")  # the WebUI starts again
+    interrupted = restarted.job(job.id)
+    assert interrupted.state == INTERRUPTED and "resume" in interrupted.reason
+    restarted.resume(job.id)
+    done = wait(restarted, job.id, lambda j: j.state == SUCCEEDED, timeout=600)
+    events = restarted.events(job.id)
+    assert events[-1]["event"] == "done" and events[-1]["step"] == 40
+    assert any(e["event"] == "start" and e["resumed_from"] for e in events)
+    assert Path(done.result).is_file()
+
+
+def test_a_running_job_is_reattached_after_a_restart(inputs, tmp_path):
+    runner = JobRunner(tmp_path / "jobs")
+    job = runner.submit("distill", distill_args(inputs, steps=500), device="cpu")
+    wait(runner, job.id, first_step_done(runner, job.id))
+    restarted = JobRunner(tmp_path / "jobs")
+    assert restarted.job(job.id).state == RUNNING
+    restarted.cancel(job.id, save=True)
+    cancelled = wait(restarted, job.id, lambda j: j.state == CANCELLED)
+    assert "checkpoint saved" in cancelled.reason
+    assert (restarted.folder(job.id) / "checkpoints").is_dir()
+
+
+def test_a_failing_job_reports_its_reason(inputs, tmp_path):
+    runner = JobRunner(tmp_path / "jobs")
+    args = distill_args(inputs)
+    args[args.index("--teacher") + 1] = str(tmp_path / "missing.safetensors")
+    job = runner.submit("distill", args, device="cpu")
+    failed = wait(runner, job.id, lambda j: j.state == FAILED)
+    assert "missing.safetensors" in failed.reason and "no such file" in failed.reason
