@@ -73,7 +73,7 @@ class LatencyResult:
         return asdict(self)
 
 
-class _Stopwatch:
+class Stopwatch:
     """Times every call of a module (forward hooks) or function, synchronising the GPU."""
 
     def __init__(self, device: torch.device, module: Optional[torch.nn.Module] = None) -> None:
@@ -139,47 +139,57 @@ def _run(pipe: Any, settings: LatencySettings) -> None:
 
 def measure(path: Union[str, Path], settings: LatencySettings,
             device: Optional[torch.device] = None) -> LatencyResult:
-    """Warm up, then time `settings.runs` generations of one model."""
+    """Warm up, then time `settings.runs` generations of one model with diffusers."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = Path(path)
     pipe, info = _pipeline(path, settings, device)
-    watches = {name: _Stopwatch(device, module) for name, module in
-               (("unet", pipe.unet), ("text", pipe.text_encoder))}
-    # A pipeline calls the VAE's decode, not its forward: time that.
-    decode = _Stopwatch(device)
-    original_decode = pipe.vae.decode
-    pipe.vae.decode = decode.wrap(original_decode)
-    for _ in range(settings.warmup):
-        _run(pipe, settings)
-    for watch in list(watches.values()) + [decode]:
-        watch.take()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    totals, unet, vae, text = [], [], [], []
-    for _ in range(settings.runs):
-        started = time.perf_counter()
-        _run(pipe, settings)
+    timings = time_generation(lambda: _run(pipe, settings), pipe.unet, pipe.text_encoder,
+                              pipe.vae, settings, device)
+    return LatencyResult(model=path.name, preset=info.preset, unet_params=info.unet_params,
+                         device=device_name(device), settings=asdict(settings), **timings)
+
+
+def time_generation(generate: Callable[[], None], unet: torch.nn.Module,
+                    text_encoder: torch.nn.Module, vae: Any, settings: LatencySettings,
+                    device: torch.device) -> Dict[str, Any]:
+    """Time `generate` end to end and its parts, for diffusers and A1111 alike: the U-Net
+    and text encoder by forward hooks, the VAE by its ``decode`` (what pipelines call)."""
+    unet_watch, text_watch, decode = (Stopwatch(device, unet), Stopwatch(device, text_encoder),
+                                      Stopwatch(device))
+    original_decode = vae.decode
+    vae.decode = decode.wrap(original_decode)
+    try:
+        for _ in range(settings.warmup):
+            generate()
+        for watch in (unet_watch, text_watch, decode):
+            watch.take()
         if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        totals.append(time.perf_counter() - started)
-        unet.append(1000 * sum(watches["unet"].take()) / settings.steps)
-        vae.append(1000 * sum(decode.take()))
-        text.append(1000 * sum(watches["text"].take()))
-    for watch in list(watches.values()) + [decode]:
-        watch.close()
-    pipe.vae.decode = original_decode
-    return LatencyResult(
-        model=path.name, preset=info.preset, unet_params=info.unet_params,
-        device=_device_name(device),
-        seconds_per_image=Spread.of([t / settings.batch for t in totals]),
-        unet_ms_per_step=Spread.of(unet), vae_decode_ms=Spread.of(vae),
-        text_encoder_ms=Spread.of(text),
-        peak_memory_gib=(torch.cuda.max_memory_allocated(device) / 2 ** 30
-                         if device.type == "cuda" else None),
-        settings=asdict(settings))
+            torch.cuda.reset_peak_memory_stats(device)
+        totals, unet_ms, vae_ms, text_ms = [], [], [], []
+        for _ in range(settings.runs):
+            started = time.perf_counter()
+            generate()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            totals.append((time.perf_counter() - started) / settings.batch)
+            unet_ms.append(1000 * sum(unet_watch.take()) / settings.steps)
+            vae_ms.append(1000 * sum(decode.take()))
+            text_ms.append(1000 * sum(text_watch.take()))
+    finally:
+        vae.decode = original_decode
+        unet_watch.close()
+        text_watch.close()
+    return {
+        "seconds_per_image": Spread.of(totals),
+        "unet_ms_per_step": Spread.of(unet_ms),
+        "vae_decode_ms": Spread.of(vae_ms),
+        "text_encoder_ms": Spread.of(text_ms),
+        "peak_memory_gib": (torch.cuda.max_memory_allocated(device) / 2 ** 30
+                            if device.type == "cuda" else None),
+    }
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform
@@ -189,7 +199,7 @@ def _device_name(device: torch.device) -> str:
 
 def measure_all(paths: Sequence[Union[str, Path]], settings: LatencySettings,
                 progress: Optional[Callable[[str], None]] = None) -> List[LatencyResult]:
-    """Every model in turn; speed-ups are relative to the teacher (else the first model)."""
+    """Every model in turn, with speed-ups."""
     results = []
     for path in paths:
         if progress is not None:
@@ -197,10 +207,15 @@ def measure_all(paths: Sequence[Union[str, Path]], settings: LatencySettings,
         results.append(measure(path, settings))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    set_speedups(results)
+    return results
+
+
+def set_speedups(results: Sequence[LatencyResult]) -> None:
+    """Speed-ups relative to the teacher among the results, else to the first one."""
     reference = next((r for r in results if r.preset == "teacher"), results[0])
     for result in results:
         result.speedup = reference.seconds_per_image.median / result.seconds_per_image.median
-    return results
 
 
 def table(results: Sequence[LatencyResult]) -> str:
