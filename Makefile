@@ -4,7 +4,8 @@
 #
 #   make test   build .venv if needed, then vermin (3.8), py3.8 compileall, pytest
 #   make demo   build .venv if needed, then `bksdm demo`
-#   make .venv  just (re)build the venv; reinstalls when pyproject.toml or this file change
+#   make .venv  just (re)build the venv; reinstalls when pyproject.toml or this file change;
+#               also installs Debian's chromium (for tests/test_browser.py) when it is missing
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := test
@@ -35,12 +36,26 @@ LDM_REQS := pytorch_lightning==1.9.4 lightning-utilities==0.15.3 setuptools==80.
 # torchvision; its image code is stubbed by the one test that imports it.
 SDKIT := stable-diffusion-sdkit==2.1.5 open-clip-torch==2.20.0
 
+# The browser tests/test_browser.py drives through Playwright (never `playwright install`).
+# Installed with apt-get when missing (needs root, as in CI); where that is impossible
+# the browser test skips, except under CI=true, where it fails.
+CHROMIUM := /usr/bin/chromium
+
 # Paths that must stay Python-3.8 compatible; missing ones are skipped.
 PY38_PATHS = $(wildcard bksdm_ext scripts install.py)
 
 .PHONY: .venv test demo
 
-.venv: $(STAMP)
+.venv: $(STAMP) $(CHROMIUM)
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "+ apt-get install chromium"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+	  echo "$(CHROMIUM) is missing and cannot be installed here (needs root and apt-get): tests/test_browser.py will skip"; \
+	fi
 
 $(STAMP): pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "need Python 3.11 for the torch 2.13.0+cpu cp311 wheel, got " + sys.version)'

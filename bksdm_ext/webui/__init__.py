@@ -1,0 +1,1 @@
+"""The WebUI side of BK-SDM: the only code that imports AUTOMATIC1111's ``modules``."""

@@ -1,0 +1,87 @@
+"""Every A1111 call the extension makes, in one place, written for 1.6.1 and 1.10.1 alike.
+
+Where the two differ (FACTS §6b) the difference is handled here: options are read with
+a default because 1.6 does not store defaults, the loaded model is read without
+triggering a load, and callbacks are registered without 1.7+'s ``name=``.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from modules import sd_models, shared
+
+# A1111 wraps the text encoder when it hijacks a model; its weights keep their place.
+HIJACK_PREFIX = ("cond_stage_model.wrapped.", "cond_stage_model.")
+
+
+def opt(key: str, default: Any) -> Any:
+    return getattr(shared.opts, key, default)
+
+
+def checkpoint_dir() -> Path:
+    """Where new students go: the extension's setting, else --ckpt-dir, else models/Stable-diffusion."""
+    configured = opt("bksdm_output_dir", "")
+    if configured:
+        return Path(configured)
+    ckpt_dir = getattr(shared.cmd_opts, "ckpt_dir", None)
+    return Path(ckpt_dir) if ckpt_dir else Path(sd_models.model_path)
+
+
+@dataclass
+class LoadedModel:
+    title: str
+    filename: Path
+    parameterization: str  # "eps" or "v"
+    model: Any
+
+    @property
+    def has_file(self) -> bool:
+        return self.filename.is_file()
+
+    def unet(self) -> torch.nn.Module:
+        return self.model.model.diffusion_model
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        """The model's weights under the names A1111 files use (no copies)."""
+        old, new = HIJACK_PREFIX
+        return {(new + k[len(old):] if k.startswith(old) else k): v
+                for k, v in self.model.state_dict().items()}
+
+
+def loaded_model() -> Optional[LoadedModel]:
+    """The model A1111 has loaded now, or None; never starts a load itself."""
+    model = sd_models.model_data.sd_model
+    info = getattr(model, "sd_checkpoint_info", None)
+    if model is None or info is None:
+        return None
+    return LoadedModel(title=info.title, filename=Path(info.filename),
+                       parameterization=getattr(model, "parameterization", "eps"), model=model)
+
+
+def refresh_checkpoints() -> None:
+    sd_models.list_models()
+
+
+def checkpoint_title(filename: Path) -> Optional[str]:
+    """The dropdown title of a listed file (titles gain a [hash] only once it is loaded)."""
+    for info in sd_models.checkpoints_list.values():
+        if Path(info.filename) == filename:
+            return info.title
+    return None
+
+
+class Progress:
+    """Conversion progress shown by A1111's progress bar (it reads ``shared.state``)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        shared.state.job_count = 1
+
+    def __call__(self, done: int, total: int) -> None:
+        if shared.state.interrupted:
+            raise InterruptedError("interrupted")
+        shared.state.sampling_steps = total
+        shared.state.sampling_step = done
+        shared.state.textinfo = "%s: %d/%d tensors" % (self.label, done, total)

@@ -1,0 +1,162 @@
+"""The Convert sub-tab: turn the loaded checkpoint into a BK-SDM student that appears in
+the checkpoint dropdown, with A1111's own progress bar while it is written."""
+import html
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import gradio as gr
+
+from ..arch import PRESETS, Architecture
+from ..checkpoint import Checkpoint
+from ..convert import DTYPES, convert_checkpoint, student_unet_params
+from ..detect import ModelInfo, inspect_checkpoint
+from ..errors import BadInput
+from . import a1111, guard
+
+PRESET_LABELS = {"Base": "base", "Small": "small", "Tiny": "tiny", "Mid-stage removed": "mid-removed"}
+LABEL_OF = {v: k for k, v in PRESET_LABELS.items()}
+# A file name A1111 lists and every OS accepts: no separators, no leading dot.
+VALID_NAME = re.compile(r"^\w[\w .()\[\]+,-]*$")
+
+
+def _loaded() -> Tuple[Optional[a1111.LoadedModel], Optional[Checkpoint], Optional[ModelInfo], str]:
+    """The loaded model, its weights as a checkpoint and what it is, or the reason it can't be used."""
+    loaded = a1111.loaded_model()
+    if loaded is None:
+        return None, None, None, ("No checkpoint is loaded: pick an SD-v1 or SD-v2 checkpoint in the "
+                                  "dropdown at the top, then press ↻ here.")
+    # A .safetensors file says what the model is (its header alone); the loaded weights may
+    # be wrong (a wrong yaml zero-fills blocks), or the only copy (an unsaved merge).
+    on_disk = loaded.has_file and loaded.filename.suffix == ".safetensors"
+    ckpt = (Checkpoint(loaded.filename) if on_disk
+            else Checkpoint(loaded.filename, state=loaded.state_dict()))
+    try:
+        info = inspect_checkpoint(ckpt, v_prediction=loaded.parameterization == "v")
+    except BadInput as e:
+        return loaded, None, None, "Cannot convert %s: %s" % (loaded.title, _after_path(e))
+    if info.is_student:
+        return loaded, None, None, ("%s is already a BK-SDM %s student: load its teacher to convert."
+                                    % (loaded.title, LABEL_OF.get(info.preset, info.preset)))
+    return loaded, ckpt, info, ""
+
+
+def _after_path(error: BadInput) -> str:
+    """Core messages start with the file path; in the tab the title already says which model."""
+    text = str(error)
+    return text.split(": ", 1)[1] if ": " in text else text
+
+
+def loaded_summary() -> str:
+    warnings = "".join("⛔ %s  \n" % html.escape(p) for p in guard.last_problem)
+    loaded, _, info, problem = _loaded()
+    if problem:
+        return warnings + "⚠️ " + html.escape(problem)
+    assert loaded is not None and info is not None
+    source = "file" if loaded.has_file else "weights in memory (no file: e.g. an unsaved merge)"
+    return warnings + ("**Loaded:** %s  \n**Family:** %s, %s prediction · **U-Net:** %s parameters · "
+            "**Source:** %s" % (html.escape(loaded.title), info.family.upper(),
+                                 "v" if info.parameterization == "v" else "ε",
+                                 format(info.unet_params, ","), source))
+
+
+def preset_preview(label: str) -> str:
+    """What the preset removes and what it gives, for the loaded teacher."""
+    removal = PRESETS[PRESET_LABELS[label]]
+    _, ckpt, info, problem = _loaded()
+    lines = ["**%s**: %s." % (label, removal.summary)]
+    if info is not None and ckpt is not None:
+        student = student_unet_params(ckpt, Architecture(info.arch.teacher, removal))
+        lines.append("U-Net parameters %s → %s (%.1f%% smaller)."
+                     % (format(info.unet_params, ","), format(student, ","),
+                        100 * (1 - student / info.unet_params)))
+    if removal.paper_speed_ratio:
+        lines.append("Paper: U-Net step time %.2f× the teacher's." % removal.paper_speed_ratio)
+    lines.append("A converted student needs distillation retraining (Distill tab) to draw well.")
+    return "  \n".join(lines)
+
+
+def default_name(label: str) -> str:
+    loaded = a1111.loaded_model()
+    stem = loaded.filename.stem if loaded is not None else "model"
+    return "%s-bk-%s" % (stem, PRESET_LABELS[label])
+
+
+def output_path(name: str, overwrite: bool) -> Path:
+    name = name.strip()
+    if name.lower().endswith(".safetensors"):
+        name = name[: -len(".safetensors")]
+    if not name:
+        raise BadInput("Enter a name for the new checkpoint.")
+    if ".." in name or not VALID_NAME.match(name):
+        raise BadInput("'%s' is not a valid checkpoint name: use letters, digits, spaces and "
+                       "- _ . ( ) [ ] + , only, with no folders and no '..'." % name)
+    path = a1111.checkpoint_dir() / (name + ".safetensors")
+    if path.exists() and not overwrite:
+        raise BadInput("%s already exists: choose another name or tick Overwrite." % path.name)
+    return path
+
+
+def convert(id_task: str, label: str, name: str, dtype: str, overwrite: bool) -> List[Any]:
+    """Convert the loaded model; returns [new checkpoint title, Load-button update, message]."""
+    try:
+        loaded, ckpt, info, problem = _loaded()
+        if problem:
+            raise BadInput(problem)
+        assert loaded is not None and ckpt is not None
+        output = output_path(name, overwrite)
+        report = convert_checkpoint(ckpt if not loaded.has_file else loaded.filename, output,
+                                    PRESET_LABELS[label], dtype=dtype,
+                                    v_prediction=loaded.parameterization == "v",
+                                    overwrite=overwrite, progress=a1111.Progress("Converting"))
+    except BadInput as e:
+        return ["", gr.update(visible=False), _message("error", str(e))]
+    except InterruptedError:
+        return ["", gr.update(visible=False), _message("error", "Interrupted: nothing was written.")]
+    a1111.refresh_checkpoints()
+    title = a1111.checkpoint_title(output) or output.name
+    text = ("Wrote %s (%s parameters, %s) and its .yaml in %.1f s. It is in the checkpoint "
+            "dropdown now." % (output, format(report.student_unet_params, ","), report.dtype,
+                                report.seconds))
+    return [title, gr.update(visible=True), _message("success", text)]
+
+
+def _message(kind: str, text: str) -> str:
+    return '<div class="bksdm-message bksdm-%s">%s</div>' % (kind, html.escape(text))
+
+
+def build() -> None:
+    """Create the tab's components inside the current gradio Blocks context."""
+    from modules.call_queue import wrap_gradio_gpu_call
+
+    default_label = LABEL_OF.get(a1111.opt("bksdm_default_preset", "small"), "Small")
+    with gr.Row():
+        summary = gr.Markdown(elem_id="bksdm_loaded")
+        refresh = gr.Button("↻", elem_id="bksdm_refresh_loaded", scale=0, min_width=40)
+    preset = gr.Radio(list(PRESET_LABELS), value=default_label, label="Preset",
+                      elem_id="bksdm_preset")
+    preview = gr.Markdown(elem_id="bksdm_preview")
+    with gr.Row():
+        name = gr.Textbox(label="New checkpoint name", elem_id="bksdm_output_name")
+        dtype = gr.Dropdown(list(DTYPES), value=a1111.opt("bksdm_default_dtype", "fp16"),
+                            label="U-Net precision", elem_id="bksdm_dtype")
+        overwrite = gr.Checkbox(False, label="Overwrite", elem_id="bksdm_overwrite")
+    id_task = gr.Textbox(visible=False)
+    run = gr.Button("Convert", variant="primary", elem_id="bksdm_convert")
+    gr.HTML(elem_id="bksdm_convert_progress")
+    result = gr.HTML(elem_id="bksdm_convert_result")
+    converted = gr.Textbox(visible=False, elem_id="bksdm_converted_title")
+    load = gr.Button("Load it now", visible=False, elem_id="bksdm_load_now")
+
+    def show_loaded(label: str) -> Dict[Any, Any]:
+        return {summary: loaded_summary(), preview: preset_preview(label),
+                name: default_name(label)}
+
+    refresh.click(show_loaded, inputs=[preset], outputs=[summary, preview, name])
+    preset.change(lambda label: {preview: preset_preview(label), name: default_name(label)},
+                  inputs=[preset], outputs=[preview, name])
+    run.click(wrap_gradio_gpu_call(convert, extra_outputs=["", gr.update()]),
+              _js="bksdm_convert_submit", inputs=[id_task, preset, name, dtype, overwrite],
+              outputs=[converted, load, result])
+    converted.change(None, _js="bksdm_refresh_checkpoints", inputs=[converted], outputs=[])
+    load.click(None, _js="bksdm_load_checkpoint", inputs=[converted], outputs=[])

@@ -1,0 +1,15 @@
+"""A1111 entry point of the BK-SDM extension: registers the tab, settings and load checks.
+
+A1111 puts the extension folder on sys.path only while this script runs, so the
+package is imported here, students' U-Net class included: their yaml names
+``bksdm_ext.ldm_unet.NoMiddleBlockUNetModel``, and scripts load before the start-up model.
+"""
+from modules import script_callbacks
+
+import bksdm_ext.ldm_unet  # noqa: F401 - makes students' yaml target importable
+from bksdm_ext.webui import guard, settings, ui
+
+guard.patch_config_lookup()
+script_callbacks.on_ui_tabs(ui.on_ui_tabs)
+script_callbacks.on_ui_settings(settings.on_ui_settings)
+script_callbacks.on_model_loaded(guard.check_loaded_model)

@@ -1,0 +1,3 @@
+"""Stand-in for A1111 1.10.1 ``launch.py``: what an extension's ``install.py`` imports (see modules/launch_utils.py)."""
+
+from modules.launch_utils import args, python, is_installed, run_pip, run_extension_installer  # noqa: F401

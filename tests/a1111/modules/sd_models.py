@@ -1,0 +1,316 @@
+"""Stand-in for A1111 1.10.1 ``modules/sd_models.py``: listing, choosing and loading checkpoints.
+
+Listing: ``.ckpt``/``.safetensors`` files (not ``.vae.*``) under ``--ckpt-dir`` and ``models/Stable-diffusion``,
+in natural order; a file's title is its path relative to that folder, plus `` [<sha256[:10]>]`` once it was hashed
+(hashing happens when it is loaded).
+
+Loading (``load_model``): state dict (``get_checkpoint_state_dict``) -> ``sd_models_config.find_checkpoint_config``
+(looked up on the module at each call) -> ``OmegaConf.load`` + ``repair_config`` -> ``instantiate_from_config`` ->
+``load_model_weights`` (``load_state_dict(strict=False)``: missing and unexpected keys are ignored silently) ->
+``sd_checkpoint_info``/``sd_model_checkpoint``/``sd_model_hash``/``used_config``/``is_sd1``/``is_sd2`` set ->
+``script_callbacks.model_loaded_callback``. 1.10.1 creates Linear/Conv2d/MultiheadAttention layers on the meta
+device and materializes the ones the checkpoint lacks as zeros; here those layers are zero-filled before the
+weights are applied, with the same result (norm layers keep their init values; not with
+``--disable-model-loading-ram-optimization``). Reloading into a model built from the same yaml keeps the old values
+of missing weights. Unless ``--no-half`` the model is cast to float16, except ``alphas_cumprod``.
+
+The model: the yaml's ``LatentDiffusion`` is built as ``StandInLatentDiffusion`` (no text encoder, VAE or
+sampling; tests cannot download CLIP): the real ``ldm`` U-Net from ``unet_config`` at
+``sd_model.model.diffusion_model``, ``parameterization``, the ``betas``/``alphas_cumprod`` buffers, and
+``apply_model``. One model at a time: no checkpoint cache, no RAM/VRAM shuffling, no fp8, hijack or lowvram.
+"""
+
+import importlib
+import os
+import re
+import sys
+import threading
+
+import safetensors.torch
+import torch
+from omegaconf import OmegaConf
+
+from modules import devices, errors, hashes, paths_internal, script_callbacks, sd_models_config, shared
+
+model_dir = "Stable-diffusion"
+model_path = os.path.join(paths_internal.models_path, model_dir)  # standin_app.reset re-points it
+
+checkpoints_list = {}  # title -> CheckpointInfo
+checkpoint_aliases = {}  # any id (title, name, hash, ...) -> CheckpointInfo
+
+
+class CheckpointInfo:
+    def __init__(self, filename):
+        self.filename = filename
+        self.is_safetensors = filename.lower().endswith(".safetensors")
+        full = os.path.abspath(filename)
+        self.name = os.path.basename(filename)
+        for folder in (shared.cmd_opts.ckpt_dir, model_path):
+            if folder and full.startswith(os.path.join(os.path.abspath(folder), "")):
+                self.name = os.path.relpath(full, os.path.abspath(folder))
+                break
+        self.name_for_extra = os.path.basename(os.path.splitext(filename)[0])
+        self.model_name = re.sub(r"[\\/]", "_", os.path.splitext(self.name)[0])
+
+        self.sha256 = hashes.sha256_from_cache(filename, "checkpoint/" + self.name)
+        self.shorthash = self.sha256[:10] if self.sha256 else None
+        suffix = " [%s]" % self.shorthash if self.shorthash else ""
+        self.title = self.name + suffix
+        self.short_title = self.name_for_extra + suffix
+        self.ids = [self.model_name, self.title, self.name, self.name_for_extra]
+        if self.shorthash:
+            self.ids += [self.shorthash, self.sha256, self.short_title]
+
+    def register(self):
+        checkpoint_aliases.update(dict.fromkeys(self.ids, self))
+        checkpoints_list.update({self.title: self})
+
+    def calculate_shorthash(self):
+        """Hashes the file (once); the entry's title gains `` [hash]``, in place in ``checkpoints_list``."""
+        self.sha256 = hashes.sha256(self.filename, "checkpoint/" + self.name)
+        if self.sha256 is None:
+            return None
+        short = self.sha256[:10]
+        if short != self.shorthash:
+            self.shorthash = short
+            self.title = "%s [%s]" % (self.name, short)
+            self.short_title = "%s [%s]" % (self.name_for_extra, short)
+            self.ids += [short, self.sha256, self.title, self.short_title]
+            retitled = [(self.title if info is self else title, info) for title, info in checkpoints_list.items()]
+            checkpoints_list.clear()
+            checkpoints_list.update(retitled)
+            self.register()
+        return short
+
+
+def setup_model():
+    if not os.path.isdir(model_path):
+        os.makedirs(model_path)
+
+
+def checkpoint_tiles(use_short=False):
+    field = "short_title" if use_short else "title"
+    return [getattr(info, field) for info in checkpoints_list.values()]
+
+
+def list_models():
+    for registry in (checkpoints_list, checkpoint_aliases):
+        registry.clear()
+    found = []
+    for folder in (shared.cmd_opts.ckpt_dir, model_path):
+        if not folder or not os.path.isdir(folder):
+            continue
+        files = [os.path.join(root, name) for root, _, names in os.walk(folder, followlinks=True) for name in names]
+        for path in sorted(files, key=lambda p: [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p)]):
+            lower = path.lower()
+            wanted = lower.endswith((".ckpt", ".safetensors")) and not lower.endswith((".vae.ckpt", ".vae.safetensors"))
+            if wanted and os.path.exists(path) and path not in found:
+                found.append(path)
+    for path in found:
+        CheckpointInfo(path).register()
+
+
+def select_checkpoint():
+    """The checkpoint the setting names, else the first listed one; FileNotFoundError when none is listed."""
+    wanted = shared.opts.sd_model_checkpoint
+    if wanted in checkpoint_aliases:
+        return checkpoint_aliases[wanted]
+    if not checkpoints_list:
+        folders = [f for f in (model_path, shared.cmd_opts.ckpt_dir) if f]
+        raise FileNotFoundError("No checkpoints found in %s: can't run without one." % ", ".join(folders))
+    fallback = next(iter(checkpoints_list.values()))
+    if wanted is not None:
+        print("Checkpoint %s not found; loading %s instead" % (wanted, fallback.title), file=sys.stderr)
+    return fallback
+
+
+def get_state_dict_from_checkpoint(pl_sd):
+    """The weights of a (possibly ``{"state_dict": ...}``-wrapped) checkpoint; pre-``text_model`` CLIP keys renamed."""
+    if isinstance(pl_sd.get("state_dict"), dict):
+        pl_sd = pl_sd["state_dict"]
+    clip = "cond_stage_model.transformer."
+    old_parts = ("embeddings.", "encoder.", "final_layer_norm.")
+    return {(clip + "text_model." + k[len(clip):] if k.startswith(clip) and k[len(clip):].startswith(old_parts) else k): v
+            for k, v in pl_sd.items()}
+
+
+def read_state_dict(checkpoint_file, print_global_state=False, map_location=None):
+    where = str(map_location or shared.weight_load_location or devices.get_optimal_device_name())
+    if checkpoint_file.lower().endswith(".safetensors"):
+        loaded = safetensors.torch.load_file(checkpoint_file, device=where)
+    else:
+        # torch's weights_only loading stands in for 1.10.1's restricted unpickler
+        loaded = torch.load(checkpoint_file, map_location=where)
+    if print_global_state:
+        print("Global step:", loaded.get("global_step"))
+    return get_state_dict_from_checkpoint(loaded)
+
+
+def get_checkpoint_state_dict(checkpoint_info: CheckpointInfo, timer):
+    short = checkpoint_info.calculate_shorthash()
+    print("Loading weights [%s] from %s" % (short, checkpoint_info.filename))
+    return read_state_dict(checkpoint_info.filename)
+
+
+def set_model_type(model, state_dict):
+    # as 1.10.1 tells them apart: SD-v2's OpenCLIP text encoder has a .model
+    sd2 = hasattr(model.cond_stage_model, "model")
+    model.is_sd1, model.is_sd2 = not sd2, sd2
+    model.is_sdxl = model.is_ssd = model.is_sd3 = False
+
+
+def load_model_weights(model, checkpoint_info: CheckpointInfo, state_dict, timer):
+    short = checkpoint_info.calculate_shorthash()
+    shared.opts.data.update(sd_model_checkpoint=checkpoint_info.title)
+    weights = get_checkpoint_state_dict(checkpoint_info, timer) if state_dict is None else state_dict
+
+    set_model_type(model, weights)
+    model.load_state_dict(weights, strict=False)
+
+    schedule = model.alphas_cumprod  # stays float32 in a float16 model, as in 1.10.1
+    model.to(torch.float16 if not shared.cmd_opts.no_half else torch.float32)
+    model.alphas_cumprod = model.alphas_cumprod_original = schedule
+    model.sd_model_hash, model.sd_model_checkpoint, model.sd_checkpoint_info = short, checkpoint_info.filename, checkpoint_info
+
+
+def repair_config(sd_config, state_dict=None):
+    unet = sd_config.model.params.get("unet_config")
+    if unet is not None:
+        unet.params.use_checkpoint = False  # no gradient checkpointing for inference
+        if shared.cmd_opts.no_half:
+            unet.params.use_fp16 = False
+
+
+class SdModelData:
+    def __init__(self):
+        self.sd_model, self.loaded_sd_models, self.was_loaded_at_least_once = None, [], False
+        self.lock = threading.RLock()
+
+    def get_sd_model(self):
+        """The loaded model; until one was loaded, asking loads one (failures are printed and give None)."""
+        with self.lock:
+            if self.sd_model is None and not self.was_loaded_at_least_once:
+                try:
+                    load_model()
+                except Exception as e:
+                    errors.display(e, "loading the checkpoint", full_traceback=True)
+        return self.sd_model
+
+    def set_sd_model(self, v, already_loaded=False):
+        others = [m for m in self.loaded_sd_models if m is not v]
+        self.loaded_sd_models = others if v is None else [v] + others
+        self.sd_model = v
+
+
+model_data = SdModelData()
+
+
+def send_model_to_device(m):
+    m.to(shared.device or devices.cpu)
+
+
+def send_model_to_trash(m):
+    m.to(device="meta")
+    devices.torch_gc()
+
+
+class StandInLatentDiffusion(torch.nn.Module):
+    """(stand-in) built from the ``params`` of a yaml whose model target is ldm's ``LatentDiffusion``."""
+
+    def __init__(self, unet_config, cond_stage_config=None, parameterization="eps", conditioning_key=None,
+                 timesteps=1000, linear_start=1e-4, linear_end=2e-2, **other_params):
+        super().__init__()
+        import ldm.util
+
+        self.parameterization = parameterization
+        self.conditioning_key = conditioning_key
+        self.model = torch.nn.Module()  # ldm's DiffusionWrapper
+        self.model.diffusion_model = ldm.util.instantiate_from_config(unet_config)
+        self.cond_stage_model = torch.nn.Module()  # parameter-less placeholder
+        if str((cond_stage_config or {}).get("target", "")).endswith("FrozenOpenCLIPEmbedder"):
+            self.cond_stage_model.model = torch.nn.Module()
+        self.first_stage_model = None
+        # ldm's "linear" schedule
+        betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, timesteps, dtype=torch.float64) ** 2
+        self.num_timesteps = int(timesteps)
+        self.register_buffer("betas", betas.float())
+        self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0).float())
+
+    def apply_model(self, x_noisy, t, cond, return_ids=False):
+        """The U-Net's output for a cross-attention context (a tensor, a list of them or ``{"c_crossattn": [...]}``)."""
+        if isinstance(cond, dict):
+            cond = cond["c_crossattn"]
+        context = torch.cat(cond, 1) if isinstance(cond, (list, tuple)) else cond
+        return self.model.diffusion_model(x_noisy, t, context=context)
+
+
+standin_model_targets = {
+    "ldm.models.diffusion.ddpm.LatentDiffusion": "modules.sd_models.StandInLatentDiffusion",
+}
+
+
+def instantiate_from_config(config, state_dict=None):
+    target = standin_model_targets.get(config["target"], config["target"])
+    return get_obj_from_str(target)(**config.get("params", {}))
+
+
+def get_obj_from_str(string, reload=False):
+    module_name, _, attribute = string.rpartition(".")
+    module = importlib.import_module(module_name)
+    if reload:
+        module = importlib.reload(module)
+    return getattr(module, attribute)
+
+
+def load_model(checkpoint_info=None, already_loaded_state_dict=None):
+    info = checkpoint_info or select_checkpoint()
+    if model_data.sd_model is not None:  # one model at a time
+        send_model_to_trash(model_data.sd_model)
+    model_data.sd_model, model_data.loaded_sd_models = None, []
+
+    weights = already_loaded_state_dict
+    if weights is None:
+        weights = get_checkpoint_state_dict(info, None)
+    yaml_path = sd_models_config.find_checkpoint_config(weights, info)
+    config = OmegaConf.load(yaml_path)
+    repair_config(config, weights)
+    print("Creating model from config:", yaml_path)
+
+    model = instantiate_from_config(config.model, weights)
+    model.used_config = yaml_path
+    if not shared.cmd_opts.disable_model_loading_ram_optimization:
+        # what 1.10.1's meta-device creation leaves in layers the checkpoint does not fill
+        with torch.no_grad():
+            for layer in model.modules():
+                if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.MultiheadAttention)):
+                    for weight in layer.parameters(recurse=False):
+                        weight.zero_()
+    load_model_weights(model, info, weights, None)
+
+    send_model_to_device(model)
+    model.eval()
+    model_data.set_sd_model(model)
+    model_data.was_loaded_at_least_once = True
+    script_callbacks.model_loaded_callback(model)
+    print("Model loaded:", info.title)
+    return model
+
+
+def reload_model_weights(sd_model=None, info=None, forced_reload=False):
+    """Makes ``info`` (default: the setting's checkpoint) the loaded model: nothing to do when it already is,
+    new weights into the current model when the yaml is the same, else a fresh ``load_model``."""
+    wanted = info or select_checkpoint()
+    current = sd_model or model_data.sd_model
+    if current is not None and not forced_reload and current.sd_model_checkpoint == wanted.filename:
+        return current
+
+    weights = get_checkpoint_state_dict(wanted, None)
+    yaml_path = sd_models_config.find_checkpoint_config(weights, wanted)
+    if current is None or yaml_path != current.used_config:
+        return load_model(wanted, already_loaded_state_dict=weights)
+
+    load_model_weights(current, wanted, weights, None)
+    send_model_to_device(current)
+    model_data.set_sd_model(current)
+    script_callbacks.model_loaded_callback(current)
+    return current

@@ -1,0 +1,202 @@
+"""The Convert tab in a real browser: the stand-in WebUI page (tests/a1111) with the extension's JavaScript and
+A1111's page helpers (progress bar, selectCheckpoint, tab-change callbacks), driven by headless Debian Chromium
+through Playwright.
+
+Needs /usr/bin/chromium (`apt-get install chromium`; the Makefile's .venv target installs it) and the `playwright`
+package (pyproject's `test` extra; `playwright install` is never needed). Without them the test is skipped, except
+under CI (CI=true, as .ci/run sets it), where it fails.
+"""
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tiny import TINY, write_teacher
+from webui_env import load, standin_app, start_webui
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+SCREENSHOT_COPY = Path("/tmp/bksdm-convert-tab.png")
+TIMEOUT_MS = 60000
+
+
+def _missing_browser():
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright for Python is not installed (pip install -e '.[test]')"
+    if not os.access(CHROMIUM, os.X_OK):
+        return "Debian Chromium is missing: %s (apt-get install chromium, or `make .venv` as root)" % CHROMIUM
+    return None
+
+
+@pytest.fixture
+def browser():
+    missing = _missing_browser()
+    if missing:
+        if IN_CI:
+            pytest.fail("CI needs the browser test: " + missing)
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def webui(tmp_path):
+    folder = start_webui(tmp_path / "webui")
+    teacher = write_teacher(folder, TINY["sd-v1"])
+    load(teacher)
+    yield folder
+    standin_app.reset(tmp_path / "after")
+
+
+@pytest.fixture
+def slow_progress(monkeypatch):
+    """A tiny model converts in a blink; 5 ms per tensor lets the progress bar be seen polling."""
+    from bksdm_ext.webui import a1111
+
+    report = a1111.Progress.__call__
+
+    def slowly(self, done, total):
+        time.sleep(0.005)
+        report(self, done, total)
+
+    monkeypatch.setattr(a1111.Progress, "__call__", slowly)
+
+
+def _wait_for(condition, what, timeout=TIMEOUT_MS / 1000):
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.1)
+
+
+def _loaded_file():
+    from modules import sd_models
+
+    model = sd_models.model_data.sd_model
+    info = getattr(model, "sd_checkpoint_info", None)
+    return Path(info.filename) if info is not None else None
+
+
+def _dropdown_options(page):
+    """The checkpoint dropdown's choices, read by opening it as a user would."""
+    page.locator("#setting_sd_model_checkpoint input").click()
+    options = page.locator("#setting_sd_model_checkpoint ul.options li")
+    options.first.wait_for()
+    texts = [t.replace("✓", "").strip() for t in options.all_inner_texts()]
+    return texts
+
+
+def test_convert_tab_in_the_browser(browser, webui, slow_progress, tmp_path):
+    from playwright.sync_api import expect
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    teacher = webui / "teacher.safetensors"
+    student = webui / "teacher-bk-small.safetensors"
+    _, url = standin_app.launch()
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        # only the stand-in server is reachable (gradio's page also asks for web fonts)
+        page.route(re.compile(r"^(?!%s/).*" % re.escape(url)), lambda route: route.abort())
+        js_errors, progress_polls = [], []
+        page.on("pageerror", lambda error: js_errors.append(str(error)))
+        page.on("request", lambda request: progress_polls.append(request.post_data)
+                if request.url.endswith("/internal/progress") else None)
+
+        page.goto(url + "/")
+        page.locator("#tab_bksdm").wait_for(state="attached")
+        page.evaluate("window.bksdmSamePage = true")
+        checkpoint = page.locator("#setting_sd_model_checkpoint input")
+        expect(checkpoint).to_have_value(re.compile(r"^teacher\.safetensors \["))
+
+        # Opening the tab fills in the loaded model (bksdm.js clicks ↻ on tab change).
+        summary = page.locator("#bksdm_loaded").first
+        page.locator("#tabs > .tab-nav > button", has_text="BK-SDM").click()
+        expect(summary).to_contain_text("Loaded: teacher.safetensors")
+        expect(summary).to_contain_text("SD-V1, ε prediction")
+
+        name = page.locator("#bksdm_output_name textarea")
+        page.locator("#bksdm_preset label", has_text="Tiny").click()
+        expect(name).to_have_value("teacher-bk-tiny")
+        page.locator("#bksdm_preset label", has_text="Small").click()
+        expect(name).to_have_value("teacher-bk-small")
+        expect(page.locator("#bksdm_preview").first).to_contain_text("smaller")
+
+        # Convert, with A1111's progress bar above the progress slot while it runs.
+        page.evaluate("""() => {
+            window.bksdmProgressSeen = [];
+            new MutationObserver(() => {
+                const bar = document.querySelector('.progressDiv');
+                if (bar) window.bksdmProgressSeen.push(bar.textContent);
+            }).observe(document.body, {childList: true, subtree: true, characterData: true});
+        }""")
+        page.locator("#bksdm_convert").click()
+        bar = page.locator(".progressDiv")
+        expect(bar).to_contain_text(re.compile(r"Converting: \d+/\d+ tensors"))
+        page.screenshot(path=str(shots / "2-converting.png"), full_page=True)
+        result = page.locator("#bksdm_convert_result").first
+        expect(result.locator(".bksdm-success")).to_contain_text("Wrote %s" % student)
+        expect(result).to_contain_text("Time taken")
+        expect(bar).to_have_count(0)  # the bar removed itself when the task completed
+        page.screenshot(path=str(shots / "3-converted.png"), full_page=True)
+        try:
+            shutil.copyfile(str(shots / "3-converted.png"), str(SCREENSHOT_COPY))
+        except OSError:
+            pass
+
+        assert student.is_file() and student.with_suffix(".yaml").is_file()
+        polls = [json.loads(body) for body in progress_polls]
+        assert polls and all(re.match(r"^task\(\w+\)$", p["id_task"]) and p["live_preview"] is False
+                              for p in polls)
+        assert any(re.search(r"Converting: \d+/\d+ tensors", text)
+                   for text in page.evaluate("window.bksdmProgressSeen"))
+
+        # The new checkpoint is in the dropdown without reloading the page.
+        assert student.name in _dropdown_options(page)
+        page.keyboard.press("Escape")
+        assert page.evaluate("window.bksdmSamePage") is True
+
+        # "Load it now" selects it (A1111's selectCheckpoint) and A1111 loads it.
+        page.locator("#bksdm_load_now").click()
+        expect(checkpoint).to_have_value(re.compile(r"^%s \[[0-9a-f]{10}\]$" % re.escape(student.name)))
+        _wait_for(lambda: _loaded_file() == student, "the student to be the loaded model")
+        from modules import shared
+
+        assert shared.opts.sd_model_checkpoint.startswith(student.name)
+        page.locator("#bksdm_refresh_loaded").click()
+        expect(summary).to_contain_text("already a BK-SDM Small student")
+
+        # Back to the teacher through the dropdown, then an invalid name is refused clearly.
+        checkpoint.click()
+        page.locator("#setting_sd_model_checkpoint ul.options li", has_text="teacher.safetensors").click()
+        _wait_for(lambda: _loaded_file() == teacher, "the teacher to be loaded again")
+        page.locator("#bksdm_refresh_loaded").click()
+        expect(summary).to_contain_text("Loaded: teacher.safetensors")
+        before = sorted(p.name for p in webui.parent.parent.rglob("*"))
+        name.fill("../evil")
+        page.locator("#bksdm_convert").click()
+        expect(result.locator(".bksdm-error")).to_contain_text("'../evil' is not a valid checkpoint name")
+        expect(page.locator("#bksdm_load_now")).to_be_hidden()
+        page.screenshot(path=str(shots / "4-invalid-name.png"), full_page=True)
+        assert sorted(p.name for p in webui.parent.parent.rglob("*")) == before
+
+        assert page.evaluate("window.bksdmSamePage") is True
+        assert js_errors == []
+    finally:
+        standin_app.stop()
