@@ -2,12 +2,21 @@
 // Uses A1111's globals (randomId, requestProgress, selectCheckpoint, gradioApp,
 // onUiTabChange, get_uiCurrentTabContent), which 1.6 and 1.10 both have.
 
-function bksdm_convert_submit() {
-    var args = Array.prototype.slice.call(arguments);
+// The first input of a progress-tracked button is a hidden task id, as in A1111's own tabs.
+function bksdm_submit_with_progress(progressId, args) {
+    args = Array.prototype.slice.call(args);
     var id = randomId();
-    requestProgress(id, gradioApp().getElementById("bksdm_convert_progress"), null, function() {});
+    requestProgress(id, gradioApp().getElementById(progressId), null, function() {});
     args[0] = id;
     return args;
+}
+
+function bksdm_convert_submit() {
+    return bksdm_submit_with_progress("bksdm_convert_progress", arguments);
+}
+
+function bksdm_latency_submit() {
+    return bksdm_submit_with_progress("bksdm_latency_progress", arguments);
 }
 
 function bksdm_refresh_checkpoints(title) {

@@ -127,7 +127,10 @@ def test_load_model_builds_ldm_unet_from_yaml_next_to_checkpoint(a1111, tmp_path
 
     dropped = "model.diffusion_model.time_embed.0.weight"  # a Linear weight missing from the file
     path = str(tmp_path / "webui" / "models" / "Stable-diffusion" / "tiny.safetensors")
-    sd = write_checkpoint(path, seed=1, drop=[dropped], extra={"cond_stage_model.unused": torch.ones(3), "junk": torch.zeros(1)}, yaml_text=tiny_yaml("v"))
+    real_parts = {  # what real checkpoints hold for CLIP and the VAE: other names and shapes than the stand-in's
+        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": torch.ones(5, 7),
+        "first_stage_model.decoder.conv_out.weight": torch.ones(3, 8, 3, 3)}
+    sd = write_checkpoint(path, seed=1, drop=[dropped], extra={"cond_stage_model.unused": torch.ones(3), "junk": torch.zeros(1), **real_parts}, yaml_text=tiny_yaml("v"))
     sd_models.list_models()
 
     seen = []
@@ -151,7 +154,14 @@ def test_load_model_builds_ldm_unet_from_yaml_next_to_checkpoint(a1111, tmp_path
 
     with torch.no_grad():
         out = model.apply_model(torch.randn(1, 4, 8, 8), torch.tensor([10]), torch.randn(1, 3, 32))
+        text = model.get_learned_conditioning(["a cat", "a dog, at night"])
+        again = model.get_learned_conditioning(["a dog, at night"])
     assert out.shape == (1, 4, 8, 8)
+    # the stand-in text encoder (context_dim from the yaml) and VAE: fixed weights, outside state_dict()
+    assert text.shape == (2, 77, 32) and torch.equal(text[1], again[0]) and not torch.equal(text[0], text[1])
+    assert model.decode_first_stage(torch.randn(2, 4, 8, 8)).shape == (2, 3, 64, 64)
+    assert isinstance(model.cond_stage_model, torch.nn.Module) and not hasattr(model.cond_stage_model, "model")
+    assert not any(k.startswith(("cond_stage_model.", "first_stage_model.")) for k in weights)
 
     # without a yaml next to it, the config is guessed from the keys (SD1 -> configs/v1-inference.yaml)
     assert sd_models_config.find_checkpoint_config(sd, None) == sd_models_config.config_default
@@ -181,6 +191,8 @@ def test_checkpoint_setting_change_reloads_and_half_precision(tmp_path):
         model = shared.sd_model
         assert model.sd_checkpoint_info.name == "two.safetensors" and len(seen) == 2 and seen[-1] is model
         assert (first.is_sd1, model.is_sd2) == (True, True)  # SD2 = OpenCLIP text encoder, as 1.10.1's set_model_type
+        assert isinstance(model.cond_stage_model.model, torch.nn.Module)  # what set_model_type looks for
+        assert model.cond_stage_model.model.token_embedding.dtype == torch.float16  # cast with the model
         assert torch.equal(model.state_dict()["model.diffusion_model.out.2.weight"].float(), second["model.diffusion_model.out.2.weight"].half().float())
     finally:
         standin_app.reset(tmp_path / "webui-after")
@@ -317,3 +329,250 @@ def test_gpu_call_wrapper_tracks_the_task_reports_errors_and_adds_the_time(a1111
     assert outputs[:2] == ("", None) and "<div class='error'>ValueError: bad &lt;input&gt;</div>" in outputs[2]
     assert "Time taken" in outputs[2] and "task(def)" in progress.finished_tasks
     assert call_queue.wrap_gradio_gpu_call(job)("not a task", True)[:2] == (None, "")
+
+
+# -- txt2img: modules.processing ------------------------------------------------------------------------------------
+
+
+class Probe:
+    """Counts what the extension's Latency panel times: U-Net and text-encoder forward calls (hooks) and
+    ``first_stage_model.decode`` (the attribute replaced by a wrapper)."""
+
+    def __init__(self, model, state, on_unet=None):
+        self.unet, self.text, self.decode = [], [], []
+        self.model, self.state, self.on_unet = model, state, on_unet
+        self.handles = [model.model.diffusion_model.register_forward_hook(self._unet),
+                        model.cond_stage_model.register_forward_hook(self._text)]
+        self.original_decode = model.first_stage_model.decode
+        model.first_stage_model.decode = self._decode
+
+    def _unet(self, module, args, output):
+        x, t = args[:2]
+        self.unet.append((tuple(x.shape), self.state.sampling_step, self.state.sampling_steps))
+        if self.on_unet is not None:
+            self.on_unet(len(self.unet))
+
+    def _text(self, module, args, output):
+        self.text.append((list(args[0]), tuple(output.shape)))
+
+    def _decode(self, z):
+        self.decode.append(tuple(z.shape))
+        return self.original_decode(z)
+
+    def close(self):
+        for handle in self.handles:
+            handle.remove()
+        self.model.first_stage_model.decode = self.original_decode
+
+
+def txt2img(**kwargs):
+    """A txt2img job the way the Latency panel makes one."""
+    from modules import processing, shared
+
+    args = dict(sd_model=shared.sd_model, prompt="a red bicycle", negative_prompt="", seed=123, batch_size=1, n_iter=1,
+                steps=4, cfg_scale=7.0, width=64, height=64, do_not_save_samples=True, do_not_save_grid=True,
+                sampler_name="DPM++ 2M", scheduler="Karras")
+    args.update(kwargs)
+    p = processing.StableDiffusionProcessingTxt2Img(**args)
+    try:
+        return p, processing.process_images(p)
+    finally:
+        p.close()
+
+
+@pytest.fixture
+def tiny_model(a1111, tmp_path):
+    from modules import sd_models
+
+    write_checkpoint(str(tmp_path / "ckpts" / "tiny.safetensors"), seed=3, yaml_text=tiny_yaml())
+    sd_models.list_models()
+    return sd_models.load_model()
+
+
+def test_processing_dataclasses_have_the_fields_of_1_10_1():
+    from dataclasses import fields
+
+    from modules import processing
+
+    names = [f.name for f in fields(processing.StableDiffusionProcessingTxt2Img)]
+    assert names[:23] == ["sd_model", "outpath_samples", "outpath_grids", "prompt", "prompt_for_display", "negative_prompt",
+                          "styles", "seed", "subseed", "subseed_strength", "seed_resize_from_h", "seed_resize_from_w",
+                          "seed_enable_extras", "sampler_name", "scheduler", "batch_size", "n_iter", "steps", "cfg_scale",
+                          "width", "height", "restore_faces", "tiling"]
+    assert {"do_not_save_samples", "do_not_save_grid", "override_settings", "enable_hr", "hr_scheduler", "force_task_id"} <= set(names)
+    assert len(names) == 102 and "token_merging_ratio" not in names  # no annotation there in 1.10.1 either
+    defaults = {f.name: f.default for f in fields(processing.StableDiffusionProcessingTxt2Img) if f.init}
+    assert (defaults["steps"], defaults["cfg_scale"], defaults["width"], defaults["seed"], defaults["scheduler"]) == (50, 7.0, 512, -1, None)
+    assert defaults["denoising_strength"] == 0.75  # txt2img's own default overrides the base class's None
+    assert {f.name for f in fields(processing.StableDiffusionProcessing)} < set(names)
+
+
+@pytest.mark.parametrize("parameterization,text_encoder", [
+    ("eps", "ldm.modules.encoders.modules.FrozenCLIPEmbedder"),
+    ("v", "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder"),
+])
+def test_process_images_runs_the_text_encoder_unet_and_vae_like_a1111(a1111, tmp_path, parameterization, text_encoder):
+    from PIL import Image
+    from modules import devices, sd_models
+
+    write_checkpoint(str(tmp_path / "ckpts" / "tiny.safetensors"), seed=3, yaml_text=tiny_yaml(parameterization, text_encoder))
+    sd_models.list_models()
+    model = sd_models.load_model()
+    assert model.is_sd2 == (parameterization == "v")
+    assert torch.device(devices.device) == torch.device("cpu") and devices.dtype == torch.float32  # --use-cpu all --no-half
+
+    state = a1111.state
+    state.begin(job="task(probe)")
+    probe = Probe(model, state)
+    try:
+        p, processed = txt2img(sd_model=None)  # the passed model is ignored: p.sd_model is always shared.sd_model
+    finally:
+        probe.close()
+    assert p.sd_model is model
+
+    # negative prompt then prompt, one text-encoder call each; 4 steps = 4 U-Net calls on the CFG batch; one decode
+    assert probe.text == [([""], (1, 77, 32)), (["a red bicycle"], (1, 77, 32))]
+    assert [shape for shape, _, _ in probe.unet] == [(2, 4, 8, 8)] * 4
+    assert probe.decode == [(1, 4, 8, 8)]
+    # shared.state as 1.10.1 leaves it: the sampler's step counters (0-based, written after each step) and one job done
+    assert [(step, steps) for _, step, steps in probe.unet] == [(0, 4), (0, 4), (1, 4), (2, 4)]
+    assert (state.sampling_steps, state.sampling_step, state.job_no, state.job_count, state.job) == (4, 0, 1, 1, "task(probe)")
+    assert model.first_stage_model.decode == probe.original_decode  # the wrapper is gone again
+
+    image, = processed.images
+    assert isinstance(image, Image.Image) and image.size == (64, 64) and image.mode == "RGB"
+    assert processed.seed == 123 and processed.info == image.info["parameters"] == processed.infotexts[0]
+    assert processed.info.startswith("a red bicycle\nSteps: 4, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.0, Seed: 123, Size: 64x64, Model hash: ")
+    assert processed.info.endswith("Model: tiny, Version: v1.10.1")
+    assert len(set(image.getdata())) > 1  # a picture, not a flat colour
+
+    # the same job again: the same image, and the text encoder is not run (1.10.1's persistent cond cache)
+    probe = Probe(model, state)
+    try:
+        _, again = txt2img()
+        a1111.opts.set("persistent_cond_cache", False)
+        _, third = txt2img()  # still cached from before; close() now forgets the conds
+        _, fourth = txt2img()
+    finally:
+        probe.close()
+    assert again.images[0].tobytes() == image.tobytes() == fourth.images[0].tobytes()
+    assert [texts for texts, _ in probe.text] == [[""], ["a red bicycle"]] and len(probe.unet) == 12
+
+
+def test_batches_and_iterations_update_the_state_per_iteration(tiny_model, a1111):
+    state = a1111.state
+    state.begin(job="task(batch)")
+    probe = Probe(tiny_model, state)
+    try:
+        p, processed = txt2img(batch_size=2, n_iter=2, steps=2, seed=7, prompt="two cats", negative_prompt="blurry",
+                               sampler_name="Euler", scheduler=None)
+    finally:
+        probe.close()
+    assert [shape for shape, _, _ in probe.unet] == [(4, 4, 8, 8)] * 4  # 2 iterations x 2 steps, prompt + negative rows
+    assert probe.text == [(["blurry"], (1, 77, 32)), (["two cats"], (1, 77, 32))]  # once per distinct text, then cached
+    assert probe.decode == [(1, 4, 8, 8)] * 4  # 1.10.1 decodes image by image
+    assert (state.job_no, state.job_count, state.job) == (2, 2, "Batch 2 out of 2")
+    assert p.scheduler == "Automatic"  # None autocorrected, as 1.10.1 does
+    assert len(processed.images) == 4 and processed.all_seeds == [7, 8, 9, 10]
+    assert ["Seed: %d," % seed in text for seed, text in zip(processed.all_seeds, processed.infotexts)] == [True] * 4
+    assert "Negative prompt: blurry\nSteps: 2, Sampler: Euler, Schedule type: Automatic, CFG scale: 7.0" in processed.info
+    assert processed.images[0].tobytes() != processed.images[1].tobytes()  # other seed, other noise
+
+
+def test_interrupt_stops_sampling_and_later_iterations(tiny_model, a1111):
+    state = a1111.state
+    state.begin(job="task(stop)")
+
+    def interrupt_after_the_second(calls):
+        if calls == 2:
+            state.interrupt()
+
+    probe = Probe(tiny_model, state, on_unet=interrupt_after_the_second)
+    try:
+        _, processed = txt2img(steps=10, n_iter=3, prompt="a slow job")
+    finally:
+        probe.close()
+    # the step after the interrupt never reaches the U-Net; the latent so far is still decoded (as in 1.10.1)
+    assert len(probe.unet) == 2 and probe.decode == [(1, 4, 8, 8)] and len(processed.images) == 1
+    assert (state.job_no, state.sampling_steps) == (1, 10)
+
+    probe = Probe(tiny_model, state)  # interrupted before it starts: nothing runs, a Processed all the same
+    try:
+        _, processed = txt2img(prompt="never made")
+    finally:
+        probe.close()
+    assert (probe.unet, probe.text, probe.decode, processed.images) == ([], [], [], [])
+    assert processed.info.startswith("never made\nSteps: 4")
+
+    state.begin(job="task(skip)")  # skip: this iteration stops, the next one runs
+    probe = Probe(tiny_model, state, on_unet=lambda calls: state.skip() if calls == 1 else None)
+    try:
+        _, processed = txt2img(steps=3, n_iter=2, prompt="skip one")
+    finally:
+        probe.close()
+    assert len(probe.unet) == 1 + 3 and len(probe.decode) == 2 and len(processed.images) == 2
+
+
+def test_sampler_names_as_1_10_1_handles_them(tiny_model, a1111, caplog):
+    from modules import sd_samplers
+
+    with pytest.raises(AssertionError, match="bad sampler name: Nope"):
+        sd_samplers.create_sampler("Nope", tiny_model)
+    with pytest.raises(NotImplementedError, match="stand-in"):
+        sd_samplers.create_sampler("DDIM", tiny_model)  # a real 1.10.1 sampler the stand-in does not have
+    assert sd_samplers.get_sampler_and_scheduler("DPM++ 2M Karras", None, convert_automatic=False) == ("DPM++ 2M", "Karras")
+    assert sd_samplers.get_sampler_and_scheduler("DPM++ 2M Karras", None) == ("DPM++ 2M", "Automatic")  # its default
+    assert sd_samplers.get_sampler_and_scheduler("Euler a", "Karras") == ("Euler a", "Karras")
+
+    # process_images autocorrects an unknown sampler to the first one, with a warning, instead of failing
+    with caplog.at_level("WARNING"):
+        p, processed = txt2img(sampler_name="Nope", scheduler="Karras", steps=2)
+    assert (p.sampler_name, p.scheduler) == ("DPM++ 2M", "Karras") and len(processed.images) == 1
+    assert 'Sampler Scheduler autocorrection: "Nope" -> "DPM++ 2M"' in caplog.text
+    # 1.6-style "DPM++ 2M Karras" as the sampler name works too: split into sampler and scheduler
+    p, _ = txt2img(sampler_name="DPM++ 2M Karras", scheduler=None, steps=2)
+    assert (p.sampler_name, p.scheduler) == ("DPM++ 2M", "Karras")
+
+
+def test_override_settings_apply_during_the_job_only(tiny_model, a1111):
+    a1111.opts.set("batch_cond_uncond", True)  # a stored setting (in config.json)
+    seen = []
+    probe = Probe(tiny_model, a1111.state, on_unet=lambda calls: seen.append(a1111.opts.batch_cond_uncond))
+    try:
+        txt2img(steps=2, batch_size=2, override_settings={"batch_cond_uncond": False})
+    finally:
+        probe.close()
+    # without batch_cond_uncond the prompt rows and the negative rows go through the U-Net separately
+    assert [shape for shape, _, _ in probe.unet] == [(2, 4, 8, 8)] * 4 and seen == [False] * 4
+    assert a1111.opts.batch_cond_uncond is True
+
+    # as in 1.10.1, only settings stored in opts.data are put back: one never set (no config.json entry) keeps the
+    # override
+    assert "s_min_uncond" not in a1111.opts.data
+    txt2img(steps=1, override_settings={"s_min_uncond": 2.0})
+    assert a1111.opts.s_min_uncond == 2.0
+
+
+@pytest.mark.parametrize("name", ["sample_euler", "sample_dpmpp_2m"])
+def test_sampling_loops_reach_what_the_denoiser_predicts(name):
+    from modules import sd_samplers_kdiffusion
+
+    target = torch.randn(2, 4, 8, 8)
+    sigmas = torch.tensor([14.6, 6.0, 2.0, 0.5, 0.03, 0.0])
+    steps = []
+    x = sd_samplers_kdiffusion.__dict__[name](lambda x, sigma: target, torch.randn(2, 4, 8, 8) * 14.6, sigmas,
+                                              callback=lambda d: steps.append(d["i"]))
+    assert torch.allclose(x, target, atol=1e-5) and steps == [0, 1, 2, 3, 4]
+
+
+def test_sides_that_are_multiples_of_8_work_once_a_model_is_loaded(tiny_model, a1111, tmp_path):
+    import ldm.modules.diffusionmodules.openaimodel as openaimodel
+
+    probe = Probe(tiny_model, a1111.state)
+    try:
+        _, processed = txt2img(width=32, height=40, steps=2)  # latents 4x5: the skip connections are resized
+    finally:
+        probe.close()
+    assert processed.images[0].size == (32, 40) and probe.decode == [(1, 4, 5, 4)]
+    standin_app.reset(tmp_path / "restarted")  # a fresh WebUI: ldm's U-Net module sees plain torch again
+    assert openaimodel.th is torch

@@ -200,3 +200,48 @@ def test_convert_tab_in_the_browser(browser, webui, slow_progress, tmp_path):
         assert js_errors == []
     finally:
         standin_app.stop()
+
+
+def test_latency_tab_in_the_browser(browser, webui, tmp_path):
+    from playwright.sync_api import expect
+
+    from bksdm_ext.convert import convert_checkpoint
+
+    convert_checkpoint(webui / "teacher.safetensors", webui / "teacher-bk-tiny.safetensors", "tiny",
+                       dtype="fp32")
+    _, url = standin_app.launch()
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 1200})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.route(re.compile(r"^(?!%s/).*" % re.escape(url)), lambda route: route.abort())
+        js_errors = []
+        page.on("pageerror", lambda error: js_errors.append(str(error)))
+        page.goto(url + "/")
+        page.locator("#tabs > .tab-nav > button", has_text="BK-SDM").click()
+        page.locator("#bksdm_tabs button", has_text="Latency").click()
+        expect(page.locator("#bksdm_device").first).to_contain_text("Device:")
+        page.locator("#bksdm_latency_refresh").click()
+        models = page.locator("#bksdm_latency_models label")
+        expect(models).to_have_count(2)
+        for label in models.all():
+            label.click()
+        for field, value in (("Steps", "2"), ("Width = height", "32"), ("Timed runs", "1"),
+                             ("Warm-up runs", "0")):
+            box = page.get_by_label(re.compile("^" + re.escape(field)))
+            box.fill(value)
+        page.locator("#bksdm_latency_run").click()
+        result = page.locator("#bksdm_latency_result").first
+        expect(result.locator(".bksdm-success")).to_contain_text("Measured 2 checkpoints")
+        rows = page.locator("#bksdm_latency_table tbody tr")
+        expect(rows).to_have_count(2)
+        expect(rows.nth(1)).to_contain_text("tiny")
+        expect(page.locator("#bksdm_latency_chart img")).to_have_count(1)
+        page.screenshot(path=str(tmp_path / "latency.png"), full_page=True)
+        try:
+            shutil.copyfile(str(tmp_path / "latency.png"), "/tmp/bksdm-latency-tab.png")
+        except OSError:
+            pass
+        assert _loaded_file() == webui / "teacher.safetensors"
+        assert js_errors == []
+    finally:
+        standin_app.stop()

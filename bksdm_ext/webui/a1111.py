@@ -6,11 +6,13 @@ triggering a load, and callbacks are registered without 1.7+'s ``name=``.
 """
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from modules import sd_models, shared
+
+from ..errors import BadInput
 
 # A1111 wraps the text encoder when it hijacks a model; its weights keep their place.
 HIJACK_PREFIX = ("cond_stage_model.wrapped.", "cond_stage_model.")
@@ -62,6 +64,34 @@ def loaded_model() -> Optional[LoadedModel]:
 
 def refresh_checkpoints() -> None:
     sd_models.list_models()
+
+
+def checkpoint_infos() -> List[Any]:
+    """The dropdown's checkpoints (A1111 CheckpointInfo objects)."""
+    return list(sd_models.checkpoints_list.values())
+
+
+def load_checkpoint(title: str) -> None:
+    """Load a listed checkpoint as the dropdown would (the setting itself is left alone)."""
+    info = sd_models.checkpoint_aliases.get(title)
+    if info is None:
+        raise BadInput("%s is no longer in the checkpoint list; press ↻ and choose again" % title)
+    sd_models.reload_model_weights(info=info)
+
+
+def data_dir() -> Path:
+    """The extension's folder for its own files (latency history, jobs)."""
+    from modules import paths_internal
+
+    folder = Path(paths_internal.data_path) / "bksdm"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def webui_version() -> str:
+    from modules import launch_utils
+
+    return launch_utils.git_tag()
 
 
 def checkpoint_title(filename: Path) -> Optional[str]:

@@ -1,9 +1,9 @@
-"""The BK-SDM tab: Convert now; Distill, DreamBooth, Jobs and Latency say what is coming."""
+"""The BK-SDM tab: Convert and Latency; Distill, DreamBooth and Jobs say what is coming."""
 from typing import List, Tuple
 
 import gradio as gr
 
-from . import convert_tab
+from . import convert_tab, latency_tab
 
 COMING = {
     "Distill": "Retrain a converted student by knowledge distillation from its teacher "
@@ -13,8 +13,6 @@ COMING = {
                   "Not built yet.",
     "Jobs": "Progress, loss curves and samples of running distillation and DreamBooth jobs. "
             "Not built yet.",
-    "Latency": "Measure generation latency of the teacher and its students on this device "
-               "(Jetson AGX Orin first). Not built yet.",
 }
 
 
@@ -26,4 +24,6 @@ def on_ui_tabs() -> List[Tuple[gr.Blocks, str, str]]:
             for title, text in COMING.items():
                 with gr.Tab(title, elem_id="bksdm_tab_" + title.lower()):
                     gr.Markdown(text, elem_classes=["bksdm-coming"])
+            with gr.Tab("Latency", elem_id="bksdm_tab_latency"):
+                latency_tab.build()
     return [(ui, "BK-SDM", "bksdm")]

@@ -41,8 +41,9 @@ def _parse_args(args, data_dir, models_dir=None):
 
 def reset(data_dir=None, args=None):
     """WebUI start-up under ``data_dir`` with command-line ``args`` (default ``$COMMANDLINE_ARGS``, never
-    sys.argv): fresh options (``data_dir/config.json``), state, device, callbacks, extension list, checkpoint
-    list, caches, progress queues and recorded run_pip calls; no model loaded. Returns ``modules.shared``."""
+    sys.argv): fresh options (``data_dir/config.json``), state, device and dtypes, callbacks, extension list,
+    checkpoint list, caches (hashes, processing's cond cache), ldm's U-Net module without the model hijack, progress
+    queues and recorded run_pip calls; no model loaded. Returns ``modules.shared``."""
     stop()
     from modules import paths_internal
 
@@ -54,8 +55,10 @@ def reset(data_dir=None, args=None):
 
     import gradio as gr
     import launch
+    import torch
     from modules import (call_queue, devices, extensions, hashes, launch_utils, options, progress, script_callbacks,
-                         script_loading, scripts, sd_models, shared, shared_cmd_options, shared_options, shared_state)
+                         script_loading, scripts, sd_hijack_unet, sd_models, shared, shared_cmd_options, shared_options,
+                         shared_state)
 
     shared_cmd_options.cmd_opts = shared.cmd_opts = launch_utils.args = launch.args = cmd_opts
     shared.config_filename = cmd_opts.ui_settings_file
@@ -71,6 +74,9 @@ def reset(data_dir=None, args=None):
     progress.current_task = None
     for queue in (progress.pending_tasks, progress.finished_tasks, progress.recorded_results):
         queue.clear()
+    sd_hijack_unet._undo()
+    if "modules.processing" in sys.modules:  # a restart forgets the cond caches
+        sys.modules["modules.processing"]._clear_cond_caches()
     if hasattr(shared, "GradioTemplateResponseOriginal"):  # undo ui_gradio_extensions.reload_javascript
         gr.routes.templates.TemplateResponse = shared.GradioTemplateResponseOriginal
     os.makedirs(paths_internal.extensions_dir, exist_ok=True)
@@ -81,6 +87,8 @@ def reset(data_dir=None, args=None):
     shared.opts.load(shared.config_filename)
     on_cpu = "all" in cmd_opts.use_cpu or "sd" in cmd_opts.use_cpu
     shared.device = devices.device = devices.cpu if on_cpu else devices.get_optimal_device()
+    devices.dtype = devices.dtype_unet = torch.float32 if cmd_opts.no_half else torch.float16
+    devices.dtype_vae = devices.dtype_inference = devices.dtype
     shared.weight_load_location = None if cmd_opts.lowram else "cpu"
     shared.state = shared_state.State()
     shared.opts.onchange("sd_model_checkpoint", call_queue.wrap_queued_call(lambda: sd_models.reload_model_weights()), call=False)

@@ -52,3 +52,8 @@ def run_extension_installer(extension_dir):
         errors.report(str(e))
     finally:
         sys.path = saved
+
+
+def git_tag():
+    """the WebUI's version tag (the real one asks git, then CHANGELOG.md)"""
+    return "v1.10.1"

@@ -14,23 +14,33 @@ weights are applied, with the same result (norm layers keep their init values; n
 ``--disable-model-loading-ram-optimization``). Reloading into a model built from the same yaml keeps the old values
 of missing weights. Unless ``--no-half`` the model is cast to float16, except ``alphas_cumprod``.
 
-The model: the yaml's ``LatentDiffusion`` is built as ``StandInLatentDiffusion`` (no text encoder, VAE or
-sampling; tests cannot download CLIP): the real ``ldm`` U-Net from ``unet_config`` at
-``sd_model.model.diffusion_model``, ``parameterization``, the ``betas``/``alphas_cumprod`` buffers, and
-``apply_model``. One model at a time: no checkpoint cache, no RAM/VRAM shuffling, no fp8, hijack or lowvram.
+The model: the yaml's ``LatentDiffusion`` is built as ``StandInLatentDiffusion`` (tests cannot download CLIP or a
+VAE): the real ``ldm`` U-Net from ``unet_config`` at ``sd_model.model.diffusion_model``, ``parameterization``, the
+``betas``/``alphas_cumprod`` buffers, a small stand-in text encoder at ``cond_stage_model`` (prompt words hashed to
+tokens -> ``[B, 77, context_dim]``; SD-v2 yamls give it a ``.model`` child like OpenCLIP's, which is how
+``set_model_type`` tells SD-v2) and a stand-in VAE at ``first_stage_model`` (``decode(z)``: ``[B, 4, h, w]`` ->
+``[B, 3, 8h, 8w]`` by one fixed upsampling convolution), and ldm's ``get_learned_conditioning``, ``apply_model``,
+``decode_first_stage`` and ``ema_scope``. The text encoder's and VAE's weights are fixed random values (the same for
+every model, never from the global RNG) held as non-persistent buffers: they are moved and cast with the model but
+are not in ``state_dict()`` and ``load_state_dict`` never sees them, so a checkpoint's real CLIP/VAE tensors stay
+unexpected keys (ignored, whatever their shapes) and ``state_dict()`` has only the U-Net and the schedule.
+Of 1.10.1's model hijack only ``sd_hijack_unet.th`` is applied (U-Net skip connections resized, so sides that are
+multiples of 8 work). One model at a time: no checkpoint cache, no RAM/VRAM shuffling, no fp8 or lowvram.
 """
 
+import contextlib
 import importlib
 import os
 import re
 import sys
 import threading
+import zlib
 
 import safetensors.torch
 import torch
 from omegaconf import OmegaConf
 
-from modules import devices, errors, hashes, paths_internal, script_callbacks, sd_models_config, shared
+from modules import devices, errors, hashes, paths_internal, script_callbacks, sd_hijack_unet, sd_models_config, shared
 
 model_dir = "Stable-diffusion"
 model_path = os.path.join(paths_internal.models_path, model_dir)  # standin_app.reset re-points it
@@ -214,27 +224,107 @@ def send_model_to_trash(m):
     devices.torch_gc()
 
 
+def _fixed_random(seed, *shape):
+    """stand-in weights: the same values for every model, without touching the global RNG"""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+class StandInTokenEmbedding(torch.nn.Module):
+    """(stand-in) token and position embeddings, as non-persistent buffers (see the module docstring)."""
+
+    def __init__(self, vocab_size, width, length, seed):
+        super().__init__()
+        self.register_buffer("token_embedding", _fixed_random(seed, vocab_size, width), persistent=False)
+        self.register_buffer("positional_embedding", 0.1 * _fixed_random(seed + 1, length, width), persistent=False)
+
+    def forward(self, tokens):
+        x = self.token_embedding[tokens] + self.positional_embedding
+        return torch.nn.functional.layer_norm(x, x.shape[-1:])
+
+
+class StandInTextEncoder(torch.nn.Module):
+    """(stand-in) ``cond_stage_model``: ``forward(texts)`` -> ``[len(texts), 77, width]``, as A1111's hijacked CLIP
+    returns for prompts of up to 75 tokens. Tokens: lower-cased words and punctuation, each hashed (crc32) into the
+    vocabulary, between start and end tokens, padded with the end token, longer prompts cut (A1111 would add
+    77-token chunks). The embeddings sit at ``.transformer`` (SD-v1's CLIP) or ``.model`` (SD-v2's OpenCLIP)."""
+
+    vocab_size = 1024
+    max_length = 77
+
+    def __init__(self, width, openclip=False):
+        super().__init__()
+        self.child_name = "model" if openclip else "transformer"
+        setattr(self, self.child_name, StandInTokenEmbedding(self.vocab_size, width, self.max_length, 1000))
+
+    def tokenize(self, texts):
+        start, end = self.vocab_size - 2, self.vocab_size - 1
+        rows = []
+        for text in texts:
+            words = re.findall(r"\w+|[^\w\s]", str(text).lower())[:self.max_length - 2]
+            ids = [start] + [zlib.crc32(w.encode("utf8")) % start for w in words] + [end]
+            rows.append(ids + [end] * (self.max_length - len(ids)))
+        return rows
+
+    def forward(self, texts):
+        embedder = getattr(self, self.child_name)
+        tokens = torch.tensor(self.tokenize(texts), device=embedder.token_embedding.device)
+        return embedder(tokens)
+
+
+class StandInAutoencoderKL(torch.nn.Module):
+    """(stand-in) ``first_stage_model``: ``decode(z)`` -> ``[B, 3, 8h, 8w]`` by one fixed random transposed
+    convolution (kernel 8, stride 8); ``dtype``/``device`` as ldm's LightningModule has them. No encoder."""
+
+    def __init__(self, latent_channels=4):
+        super().__init__()
+        self.register_buffer("weight", 0.5 * _fixed_random(2000, latent_channels, 3, 8, 8), persistent=False)
+        self.register_buffer("bias", torch.zeros(3), persistent=False)
+
+    @property
+    def dtype(self):
+        return self.weight.dtype
+
+    @property
+    def device(self):
+        return self.weight.device
+
+    def decode(self, z):
+        return torch.nn.functional.conv_transpose2d(z.to(self.weight.dtype), self.weight, self.bias, stride=8)
+
+
 class StandInLatentDiffusion(torch.nn.Module):
     """(stand-in) built from the ``params`` of a yaml whose model target is ldm's ``LatentDiffusion``."""
 
     def __init__(self, unet_config, cond_stage_config=None, parameterization="eps", conditioning_key=None,
-                 timesteps=1000, linear_start=1e-4, linear_end=2e-2, **other_params):
+                 timesteps=1000, linear_start=1e-4, linear_end=2e-2, scale_factor=1.0, channels=4, **other_params):
         super().__init__()
         import ldm.util
 
         self.parameterization = parameterization
         self.conditioning_key = conditioning_key
+        self.scale_factor = float(scale_factor)
+        self.channels = int(channels)
+        self.cond_stage_key = "txt"
         self.model = torch.nn.Module()  # ldm's DiffusionWrapper
+        self.model.conditioning_key = conditioning_key
         self.model.diffusion_model = ldm.util.instantiate_from_config(unet_config)
-        self.cond_stage_model = torch.nn.Module()  # parameter-less placeholder
-        if str((cond_stage_config or {}).get("target", "")).endswith("FrozenOpenCLIPEmbedder"):
-            self.cond_stage_model.model = torch.nn.Module()
-        self.first_stage_model = None
+        context_dim = unet_config.get("params", {}).get("context_dim") or 768
+        openclip = str((cond_stage_config or {}).get("target", "")).endswith("FrozenOpenCLIPEmbedder")
+        self.cond_stage_model = StandInTextEncoder(int(context_dim), openclip=openclip)
+        self.first_stage_model = StandInAutoencoderKL(self.channels)
         # ldm's "linear" schedule
         betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, timesteps, dtype=torch.float64) ** 2
         self.num_timesteps = int(timesteps)
         self.register_buffer("betas", betas.float())
         self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0).float())
+
+    @contextlib.contextmanager
+    def ema_scope(self, context=None):
+        yield  # no EMA weights in the stand-in
+
+    def get_learned_conditioning(self, c):
+        """The text encoder's output for a list of prompts (a forward call of ``cond_stage_model``)."""
+        return self.cond_stage_model(c)
 
     def apply_model(self, x_noisy, t, cond, return_ids=False):
         """The U-Net's output for a cross-attention context (a tensor, a list of them or ``{"c_crossattn": [...]}``)."""
@@ -242,6 +332,11 @@ class StandInLatentDiffusion(torch.nn.Module):
             cond = cond["c_crossattn"]
         context = torch.cat(cond, 1) if isinstance(cond, (list, tuple)) else cond
         return self.model.diffusion_model(x_noisy, t, context=context)
+
+    @torch.no_grad()
+    def decode_first_stage(self, z, predict_cids=False, force_not_quantize=False):
+        """Latents -> images in about [-1, 1] (``first_stage_model.decode``, looked up at each call)."""
+        return self.first_stage_model.decode(z / self.scale_factor)
 
 
 standin_model_targets = {
@@ -286,6 +381,7 @@ def load_model(checkpoint_info=None, already_loaded_state_dict=None):
                     for weight in layer.parameters(recurse=False):
                         weight.zero_()
     load_model_weights(model, info, weights, None)
+    sd_hijack_unet._apply()  # 1.10.1's model hijack: U-Net skip connections resize (sides multiples of 8)
 
     send_model_to_device(model)
     model.eval()

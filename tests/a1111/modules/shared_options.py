@@ -1,5 +1,5 @@
-"""Stand-in for A1111 1.10.1 ``modules/shared_options.py``: the two options the stand-in page needs, with 1.10.1's
-keys, labels, defaults and sections (the real module defines a few hundred more)."""
+"""Stand-in for A1111 1.10.1 ``modules/shared_options.py``: the options the stand-in page and ``processing`` read,
+with 1.10.1's keys, labels, defaults and sections (the real module defines a few hundred more)."""
 
 import gradio as gr
 
@@ -7,6 +7,9 @@ from modules import shared_items
 from modules.options import OptionInfo
 
 restricted_opts = set()
+
+_optimizations = dict(section=("optimizations", "Optimizations"), category_id="sd")
+_sampler_params = dict(section=("sampler-params", "Sampler parameters"), category_id="sd")
 
 options_templates = {
     "sd_model_checkpoint": OptionInfo(
@@ -16,4 +19,12 @@ options_templates = {
         section=("sd", "Stable Diffusion"), category_id="sd"),
     "quicksettings_list": OptionInfo(
         ["sd_model_checkpoint"], "Quicksettings list", section=("ui", "User interface"), category_id="ui"),
+    # read by processing: the cond cache, the CFG batch, the sampler parameters p.fill_fields_from_opts takes
+    "s_min_uncond": OptionInfo(0.0, "Negative Guidance minimum sigma", gr.Slider, {"minimum": 0.0, "maximum": 15.0, "step": 0.01}, infotext="NGMS", **_optimizations),
+    "persistent_cond_cache": OptionInfo(True, "Persistent cond cache", **_optimizations),
+    "batch_cond_uncond": OptionInfo(True, "Batch cond/uncond", **_optimizations),
+    "s_churn": OptionInfo(0.0, "sigma churn", gr.Slider, {"minimum": 0.0, "maximum": 100.0, "step": 0.01}, infotext="Sigma churn", **_sampler_params),
+    "s_tmin": OptionInfo(0.0, "sigma tmin", gr.Slider, {"minimum": 0.0, "maximum": 10.0, "step": 0.01}, infotext="Sigma tmin", **_sampler_params),
+    "s_tmax": OptionInfo(0.0, "sigma tmax", gr.Slider, {"minimum": 0.0, "maximum": 999.0, "step": 0.01}, infotext="Sigma tmax", **_sampler_params),
+    "s_noise": OptionInfo(1.0, "sigma noise", gr.Slider, {"minimum": 0.0, "maximum": 1.1, "step": 0.001}, infotext="Sigma noise", **_sampler_params),
 }

@@ -1,0 +1,271 @@
+"""The Latency sub-tab: teacher and students timed through the WebUI's own txt2img
+pipeline on this device, next to the paper's Jetson AGX Orin figures.
+
+The end-to-end seconds are what A1111's "Time taken" shows; the parts (U-Net per step
+with its CFG batch, VAE decode, text encoder) are timed by hooks on the loaded model.
+Checkpoints are switched for the user and the original one is loaded again afterwards,
+also when a run fails or is interrupted.
+"""
+import csv
+import html
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+import gradio as gr
+import torch
+
+from .. import device_info
+from ..checkpoint import Checkpoint
+from ..detect import inspect_checkpoint
+from ..errors import BadInput
+from ..latency import (PAPER_ORIN_SECONDS, LatencyResult, LatencySettings, set_speedups,
+                       table, time_generation)
+from . import a1111
+
+SAMPLER = "DPM++ 2M Karras"  # the paper's Orin setup: 20 steps, 512², CFG 7, batch 1
+HISTORY_COLUMNS = ("time", "device", "board", "power_mode", "webui", "model", "preset",
+                   "unet_params", "steps", "sampler", "size", "cfg_scale", "batch", "runs",
+                   "seconds_per_image", "seconds_low", "seconds_high", "unet_ms_per_step",
+                   "vae_decode_ms", "text_encoder_ms", "peak_memory_gib", "speedup")
+
+
+def candidates() -> List[str]:
+    """Checkpoints worth timing: the loaded one and every BK student in the dropdown."""
+    titles = []
+    loaded = a1111.loaded_model()
+    if loaded is not None:
+        titles.append(loaded.title)
+    for info in a1111.checkpoint_infos():
+        if info.title not in titles and _is_student(Path(info.filename)):
+            titles.append(info.title)
+    return titles
+
+
+def _is_student(path: Path) -> bool:
+    if path.suffix != ".safetensors":
+        return False
+    try:
+        return inspect_checkpoint(Checkpoint(path)).is_student
+    except BadInput:
+        return False
+
+
+def _processing(settings: LatencySettings, sampler: str) -> Any:
+    """A txt2img job as A1111 runs it: 1.9+ splits "DPM++ 2M Karras" into a sampler and a
+    scheduler, 1.6 has it as one sampler."""
+    from modules import processing, shared
+
+    kwargs: Dict[str, Any] = dict(
+        sd_model=shared.sd_model, prompt=settings.prompt, negative_prompt="",
+        seed=settings.seed, batch_size=settings.batch, n_iter=1, steps=settings.steps,
+        cfg_scale=settings.cfg_scale, width=settings.size, height=settings.size,
+        do_not_save_samples=True, do_not_save_grid=True, sampler_name=sampler)
+    names = {f.name for f in fields(processing.StableDiffusionProcessingTxt2Img)}
+    if "scheduler" in names and sampler.endswith(" Karras"):
+        kwargs.update(sampler_name=sampler[: -len(" Karras")], scheduler="Karras")
+    return processing.StableDiffusionProcessingTxt2Img(**kwargs)
+
+
+def _generate(settings: LatencySettings, sampler: str) -> None:
+    from modules import processing, shared
+
+    # A1111 keeps the last prompt's encoding between jobs (persistent_cond_cache): drop it,
+    # so every timed run encodes its prompt like a user's first generation does.
+    for cache in ("cached_c", "cached_uc"):
+        if hasattr(processing.StableDiffusionProcessing, cache):
+            setattr(processing.StableDiffusionProcessing, cache, [None, None])
+    p = _processing(settings, sampler)
+    try:
+        processing.process_images(p)
+    finally:
+        p.close()
+    if shared.state.interrupted:
+        raise InterruptedError("interrupted")
+
+
+def measure_loaded(title: str, settings: LatencySettings, sampler: str) -> LatencyResult:
+    from modules import devices, shared
+
+    model = shared.sd_model
+    timings = time_generation(lambda: _generate(settings, sampler), model.model.diffusion_model,
+                              model.cond_stage_model, model.first_stage_model, settings,
+                              torch.device(devices.device))
+    info = inspect_checkpoint(Checkpoint(model.sd_checkpoint_info.filename))
+    return LatencyResult(model=title, preset=info.preset, unet_params=info.unet_params,
+                         device=device_info.software()["gpu"], settings=asdict(settings),
+                         **timings)
+
+
+def run(titles: Sequence[str], settings: LatencySettings, sampler: str = SAMPLER
+        ) -> List[LatencyResult]:
+    """Time each checkpoint in turn, then load the original one again, whatever happens."""
+    from modules import shared
+
+    original = a1111.loaded_model()
+    shared.state.job_count = len(titles) * (settings.warmup + settings.runs)
+    results = []
+    try:
+        for title in titles:
+            a1111.load_checkpoint(title)
+            with device_info.TegraMonitor() as monitor:
+                result = measure_loaded(title, settings, sampler)
+            result.settings["tegra"] = monitor.peak()
+            results.append(result)
+    finally:
+        if original is not None:
+            a1111.load_checkpoint(original.title)
+    set_speedups(results)
+    return results
+
+
+# -- results ------------------------------------------------------------------------
+
+
+def history_path() -> Path:
+    return a1111.data_dir() / "latency_history.csv"
+
+
+def append_history(results: Sequence[LatencyResult], sampler: str) -> Path:
+    """One row per model with the device and settings, so runs stay comparable later."""
+    path = history_path()
+    jetson = device_info.jetson_status() or {}
+    new = not path.is_file()
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, HISTORY_COLUMNS)
+        if new:
+            writer.writeheader()
+        for r in results:
+            s = r.settings
+            writer.writerow({
+                "time": time.strftime("%Y-%m-%d %H:%M:%S"), "device": r.device,
+                "board": jetson.get("board", ""), "power_mode": jetson.get("power_mode", ""),
+                "webui": a1111.webui_version(), "model": r.model, "preset": r.preset,
+                "unet_params": r.unet_params, "steps": s["steps"], "sampler": sampler,
+                "size": s["size"], "cfg_scale": s["cfg_scale"], "batch": s["batch"],
+                "runs": s["runs"], "seconds_per_image": round(r.seconds_per_image.median, 4),
+                "seconds_low": round(r.seconds_per_image.low, 4),
+                "seconds_high": round(r.seconds_per_image.high, 4),
+                "unet_ms_per_step": round(r.unet_ms_per_step.median, 2),
+                "vae_decode_ms": round(r.vae_decode_ms.median, 2),
+                "text_encoder_ms": round(r.text_encoder_ms.median, 2),
+                "peak_memory_gib": "" if r.peak_memory_gib is None else round(r.peak_memory_gib, 3),
+                "speedup": round(r.speedup, 3)})
+    return path
+
+
+def chart(results: Sequence[LatencyResult]) -> Path:
+    """Seconds per image of each model beside the paper's Orin figures, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r.model for r in results] + ["paper (Orin): %s" % k for k in PAPER_ORIN_SECONDS]
+    seconds = [r.seconds_per_image.median for r in results] + list(PAPER_ORIN_SECONDS.values())
+    colors = ["#3b7dd8"] * len(results) + ["#b0b0b0"] * len(PAPER_ORIN_SECONDS)
+    figure, axes = plt.subplots(figsize=(8, 0.5 + 0.45 * len(labels)))
+    bars = axes.barh(labels[::-1], seconds[::-1], color=colors[::-1])
+    for bar, r in zip(bars[::-1], list(results) + [None] * len(PAPER_ORIN_SECONDS)):
+        text = "%.2f s" % bar.get_width() + ("  (%.2fx)" % r.speedup if r is not None else "")
+        axes.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, " " + text, va="center")
+    axes.set_xlabel("seconds per image")
+    axes.set_xlim(0, max(seconds) * 1.35)
+    figure.tight_layout()
+    path = a1111.data_dir() / "latency_chart.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def device_panel() -> str:
+    soft = device_info.software()
+    lines = ["**Device:** %s · torch %s · CUDA %s · xformers %s · WebUI %s" % (
+        html.escape(soft["gpu"]), soft["torch"], soft["cuda"], soft["xformers"],
+        html.escape(a1111.webui_version()))]
+    jetson = device_info.jetson_status()
+    if jetson is not None:
+        lines.append("**Jetson:** %s · L4T %s (JetPack %s) · power mode %s · clocks locked: %s" % (
+            html.escape(str(jetson["board"])), jetson["l4t"], jetson["jetpack"],
+            jetson["power_mode"], jetson["clocks_locked"]))
+        lines += ["⚠️ " + html.escape(w) for w in jetson["warnings"]]
+    return "  \n".join(lines)
+
+
+def run_from_ui(id_task: str, titles: List[str], steps: float, size: float, cfg_scale: float,
+                runs: float, warmup: float, seed: float) -> Tuple[Any, ...]:
+    """[table rows, chart, CSV, message]."""
+    if not titles:
+        return None, None, None, _message("error", "Choose at least one checkpoint.")
+    settings = LatencySettings(steps=int(steps), size=int(size), cfg_scale=float(cfg_scale),
+                               runs=int(runs), warmup=int(warmup), seed=int(seed))
+    try:
+        results = run(titles, settings)
+    except InterruptedError:
+        return None, None, None, _message("error", "Interrupted; the original checkpoint is "
+                                                   "loaded again.")
+    except BadInput as e:
+        return None, None, None, _message("error", str(e))
+    rows = [[r.model, r.preset, r.unet_params, round(r.seconds_per_image.median, 3),
+             "%.3f–%.3f" % (r.seconds_per_image.low, r.seconds_per_image.high),
+             round(r.unet_ms_per_step.median, 1), round(r.vae_decode_ms.median, 1),
+             round(r.text_encoder_ms.median, 1),
+             "" if r.peak_memory_gib is None else round(r.peak_memory_gib, 2),
+             "%.2fx" % r.speedup] for r in results]
+    history = append_history(results, SAMPLER)
+    print("[BK-SDM] latency\n" + table(results))
+    text = "Measured %d checkpoints; the original checkpoint is loaded again." % len(results)
+    for r in results:  # Jetson readings during the run (jtop or tegrastats), when there are any
+        tegra = r.settings.get("tegra") or {}
+        if tegra:
+            text += " %s: peak RAM %s MB, GPU load %s%%, power %s W (mean %s W)." % (
+                r.model, tegra.get("ram_used_mb_max"), tegra.get("gpu_load_pct_max"),
+                tegra.get("power_w_max"), tegra.get("power_w_mean"))
+    return rows, str(chart(results)), str(history), _message("success", text)
+
+
+def _message(kind: str, text: str) -> str:
+    return '<div class="bksdm-message bksdm-%s">%s</div>' % (kind, html.escape(text))
+
+
+HEADERS = ["model", "preset", "U-Net params", "s/image", "min–max", "U-Net ms/step", "VAE ms",
+           "text ms", "peak GiB", "speed-up"]
+
+
+def build() -> None:
+    """Create the tab's components inside the current gradio Blocks context."""
+    from modules.call_queue import wrap_gradio_gpu_call
+
+    defaults = LatencySettings(runs=3)
+    gr.Markdown(device_panel(), elem_id="bksdm_device")
+    with gr.Row():
+        models = gr.CheckboxGroup(candidates(), label="Checkpoints to time",
+                                  elem_id="bksdm_latency_models")
+        refresh = gr.Button("↻", elem_id="bksdm_latency_refresh", scale=0, min_width=40)
+    with gr.Row():
+        steps = gr.Number(defaults.steps, label="Steps (%s)" % SAMPLER, precision=0)
+        size = gr.Number(defaults.size, label="Width = height", precision=0)
+        cfg_scale = gr.Number(defaults.cfg_scale, label="CFG scale")
+        runs = gr.Number(defaults.runs, label="Timed runs", precision=0)
+        warmup = gr.Number(defaults.warmup, label="Warm-up runs", precision=0)
+        seed = gr.Number(defaults.seed, label="Seed", precision=0)
+    id_task = gr.Textbox(visible=False)
+    start = gr.Button("Measure", variant="primary", elem_id="bksdm_latency_run")
+    gr.HTML(elem_id="bksdm_latency_progress")
+    results = gr.Dataframe(headers=HEADERS, interactive=False, elem_id="bksdm_latency_table")
+    with gr.Row():
+        picture = gr.Image(label="Seconds per image (paper: Jetson AGX Orin 32GB, A1111 1.6.1)",
+                           interactive=False, elem_id="bksdm_latency_chart")
+        history = gr.File(label="History (CSV)", interactive=False, elem_id="bksdm_latency_csv")
+    message = gr.HTML(elem_id="bksdm_latency_result")
+
+    def refreshed() -> Dict[str, Any]:
+        a1111.refresh_checkpoints()
+        return gr.update(choices=candidates())
+
+    refresh.click(refreshed, outputs=[models])
+    start.click(wrap_gradio_gpu_call(run_from_ui, extra_outputs=[None, None, None]),
+                _js="bksdm_latency_submit",
+                inputs=[id_task, models, steps, size, cfg_scale, runs, warmup, seed],
+                outputs=[results, picture, history, message])

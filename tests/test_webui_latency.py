@@ -1,0 +1,110 @@
+"""The Latency panel inside the A1111 1.10.1 stand-in: A1111's own txt2img pipeline times
+teacher and students, the original checkpoint comes back, results land in a table, a chart
+and a CSV history."""
+import csv
+from pathlib import Path
+
+import pytest
+
+from bksdm_ext.convert import convert_checkpoint
+from tiny import TINY, write_teacher
+from webui_env import load, standin_app, start_webui
+
+
+@pytest.fixture
+def webui(tmp_path):
+    folder = start_webui(tmp_path / "webui")
+    teacher = write_teacher(folder, TINY["sd-v1"])
+    for preset in ("small", "tiny"):
+        convert_checkpoint(teacher, folder / ("teacher-bk-%s.safetensors" % preset), preset,
+                           dtype="fp32")
+    load(teacher)
+    yield folder
+    standin_app.reset(tmp_path / "after")
+
+
+def _loaded_name():
+    from modules import sd_models
+
+    return Path(sd_models.model_data.sd_model.sd_checkpoint_info.filename).name
+
+
+def test_panel_times_each_model_and_loads_the_original_again(webui):
+    from bksdm_ext.webui import latency_tab
+
+    titles = latency_tab.candidates()
+    assert [t.split(" [")[0] for t in titles] == [
+        "teacher.safetensors", "teacher-bk-small.safetensors", "teacher-bk-tiny.safetensors"]
+    rows, chart, history, message = latency_tab.run_from_ui(
+        "task(1)", titles, steps=3, size=32, cfg_scale=7, runs=2, warmup=1, seed=1)
+    assert "bksdm-success" in message and _loaded_name() == "teacher.safetensors"
+    assert [(row[0].split(" [")[0], row[1]) for row in rows] == [
+        ("teacher.safetensors", "teacher"), ("teacher-bk-small.safetensors", "small"),
+        ("teacher-bk-tiny.safetensors", "tiny")]
+    assert rows[0][-1] == "1.00x" and all(row[3] > 0 and row[5] > 0 for row in rows)
+    assert all(row[7] > 0 for row in rows)  # the text encoder ran in every timed run
+    assert Path(chart).is_file() and Path(chart).stat().st_size > 1000
+    with open(history, newline="") as f:
+        recorded = list(csv.DictReader(f))
+    assert [r["preset"] for r in recorded] == ["teacher", "small", "tiny"]
+    assert all(r["steps"] == "3" and r["sampler"] == "DPM++ 2M Karras" and r["device"]
+               and r["webui"] == "v1.10.1" for r in recorded)
+    latency_tab.run_from_ui("task(2)", titles[:1], steps=2, size=32, cfg_scale=7, runs=1,
+                            warmup=0, seed=1)
+    with open(history, newline="") as f:
+        assert len(list(csv.DictReader(f))) == 4  # history grows, nothing is overwritten
+
+
+def test_the_original_checkpoint_is_restored_after_a_failure(webui, monkeypatch):
+    from bksdm_ext.webui import latency_tab
+
+    real = latency_tab.measure_loaded
+    seen = []
+
+    def fails_on_the_second(title, *args):
+        seen.append(title)
+        if len(seen) == 2:
+            raise RuntimeError("out of memory (simulated)")
+        return real(title, *args)
+
+    monkeypatch.setattr(latency_tab, "measure_loaded", fails_on_the_second)
+    from bksdm_ext.latency import LatencySettings
+
+    with pytest.raises(RuntimeError):
+        latency_tab.run(latency_tab.candidates(), LatencySettings(steps=2, size=32, runs=1))
+    assert _loaded_name() == "teacher.safetensors"
+
+
+def test_device_panel_shows_jetson_facts_only_on_a_jetson(webui, monkeypatch):
+    from bksdm_ext import device_info
+    from bksdm_ext.webui import latency_tab
+
+    assert "Jetson" not in latency_tab.device_panel()
+    assert "WebUI v1.10.1" in latency_tab.device_panel()
+    monkeypatch.setattr(device_info, "jetson_status", lambda: {
+        "board": "NVIDIA Jetson AGX Orin Developer Kit", "l4t": "35.4.1", "jetpack": "5.1.2",
+        "power_mode": "MODE_30W", "power_mode_id": 3, "clocks_locked": False,
+        "warnings": ["Power mode is MODE_30W, not MAXN"]})
+    panel = latency_tab.device_panel()
+    assert "AGX Orin" in panel and "JetPack 5.1.2" in panel and "⚠️ Power mode is MODE_30W" in panel
+
+
+def test_jetson_readings_during_the_run_are_reported(webui, monkeypatch):
+    from bksdm_ext import device_info
+    from bksdm_ext.webui import latency_tab
+
+    class Monitor:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def peak(self):
+            return {"source": "tegrastats", "samples": 3, "ram_used_mb_max": 5637,
+                    "gpu_load_pct_max": 99, "power_w_max": 31.2, "power_w_mean": 25.0}
+
+    monkeypatch.setattr(device_info, "TegraMonitor", Monitor)
+    message = latency_tab.run_from_ui("task(3)", latency_tab.candidates()[:1], steps=2, size=32,
+                                      cfg_scale=7, runs=1, warmup=0, seed=1)[3]
+    assert "peak RAM 5637 MB, GPU load 99%, power 31.2 W (mean 25.0 W)" in message
