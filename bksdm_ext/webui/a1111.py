@@ -42,9 +42,6 @@ class LoadedModel:
     def has_file(self) -> bool:
         return self.filename.is_file()
 
-    def unet(self) -> torch.nn.Module:
-        return self.model.model.diffusion_model
-
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """The model's weights under the names A1111 files use (no copies)."""
         old, new = HIJACK_PREFIX
