@@ -17,6 +17,7 @@ from .arch import SD_V1, Architecture, TeacherSpec
 from .checkpoint import Checkpoint
 from .convert import convert_checkpoint
 from .detect import config_path, inspect_checkpoint
+from .generation import make_pipeline
 from .keymap import UNET_PREFIX, KeyMap
 from .ldm_config import dump_config, model_config
 from .loading import TEXT_ACTIVATION, load_text_encoder, load_unet, load_vae
@@ -68,19 +69,10 @@ def prompt_embeddings(text_encoder: Any, prompt: str) -> torch.Tensor:
 
 def generate(path: Path, prompt: str) -> Dict[str, Any]:
     """One image with diffusers' DPM++ 2M Karras from a fixed seed; returns image and timing."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
     ckpt = Checkpoint(path)
     info = inspect_checkpoint(ckpt)
     text_encoder = load_text_encoder(ckpt, info.family)
-    scheduler = DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012,
-                                            beta_schedule="scaled_linear", steps_offset=1,
-                                            use_karras_sigmas=True)
-    pipe = StableDiffusionPipeline(vae=load_vae(ckpt), text_encoder=text_encoder, tokenizer=None,
-                                   unet=load_unet(ckpt, info), scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = make_pipeline(load_unet(ckpt, info), load_vae(ckpt), info)
     started = time.perf_counter()
     image = pipe(prompt_embeds=prompt_embeddings(text_encoder, prompt),
                  negative_prompt_embeds=prompt_embeddings(text_encoder, ""),

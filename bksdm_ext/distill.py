@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -29,28 +29,9 @@ from .kd import EMA, FeatureTaps, LossWeights, kd_loss, student_from_teacher
 from .keymap import UNET_PREFIX, KeyMap
 from .latent_cache import LatentCache, cache_fingerprint
 from .loading import latent_scale, load_text_encoder, load_unet, load_vae, noise_scheduler
+from .generation import make_pipeline
+from .runs import RunPaths, event, progress_bar
 from .safetensors_io import TensorOut, tensor_bytes
-
-@dataclass
-class RunPaths:
-    out: Path
-    events: Path = field(init=False)
-    stop: Path = field(init=False)
-    checkpoints: Path = field(init=False)
-    samples: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.events = self.out / "events.jsonl"
-        self.stop = self.out / "STOP"  # "save" or "discard": stop at the next step
-        self.checkpoints = self.out / "checkpoints"
-        self.samples = self.out / "samples"
-
-    def checkpoint(self, step: int) -> Path:
-        return self.checkpoints / ("step-%07d" % step)
-
-    def latest_checkpoint(self) -> Optional[Path]:
-        found = sorted(self.checkpoints.glob("step-*[0-9]")) if self.checkpoints.is_dir() else []
-        return found[-1] if found else None
 
 
 class Batches:
@@ -100,7 +81,7 @@ def _distill(cfg: DistillConfig, resume: bool) -> Path:
     paths = RunPaths(Path(cfg.out))
     ckpt, info, arch = _teacher(cfg)
     scan = scan_dataset(cfg.data)  # an empty or missing dataset fails before any model loads
-    start_checkpoint = _resume_point(paths, resume)
+    start_checkpoint = paths.resume_point(resume)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.grad_accum,
                               cpu=not torch.cuda.is_available())
@@ -109,7 +90,7 @@ def _distill(cfg: DistillConfig, resume: bool) -> Path:
         paths.out.mkdir(parents=True, exist_ok=True)
         (paths.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
     log = EventLog(paths.events) if main else None
-    _event(log, "start", arch=arch.removal.name, family=info.family,
+    event(log, "start", arch=arch.removal.name, family=info.family,
            parameterization=info.parameterization, dataset=scan.summary(),
            problems=scan.problems(), processes=accelerator.num_processes,
            resumed_from=str(start_checkpoint) if start_checkpoint else None)
@@ -141,7 +122,7 @@ def _distill(cfg: DistillConfig, resume: bool) -> Path:
                            generator, batches)
     samples = _Sampler(cfg, ckpt, info, teacher, paths, device) if main and cfg.sample_every else None
 
-    progress = _progress_bar(cfg.steps, step, main)
+    progress = progress_bar(cfg.steps, step, main, "distilling")
     started, first_step = time.perf_counter(), step
     alphas = noise.alphas_cumprod.to(device)
     while step < cfg.steps:
@@ -176,7 +157,7 @@ def _distill(cfg: DistillConfig, resume: bool) -> Path:
         progress.update(1)
         progress.set_postfix(loss="%.4f" % totals["loss"])
         if step % cfg.log_every == 0 or step == cfg.steps:
-            _event(log, "step", step=step, lr=scheduler.get_last_lr()[0],
+            event(log, "step", step=step, lr=scheduler.get_last_lr()[0],
                    **_speed(started, first_step, step, cfg, accelerator.num_processes, device),
                    **totals)
         if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps):
@@ -184,13 +165,13 @@ def _distill(cfg: DistillConfig, resume: bool) -> Path:
                         batches, cfg, ckpt, info, arch, log)
         if samples is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
             path = samples.write(step, _student_weights(accelerator.unwrap_model(student), ema))
-            _event(log, "samples", step=step, path=str(path))
+            event(log, "samples", step=step, path=str(path))
         request = _stop_request(paths, accelerator)
         if request and step < cfg.steps:
             if request == "save":
                 _save_state(paths, step, accelerator, student, optimizer, scheduler, ema,
                             generator, batches, cfg, ckpt, info, arch, log)
-            _event(log, "stopped", step=step, saved=request == "save")
+            event(log, "stopped", step=step, saved=request == "save")
             progress.close()
             raise Stopped("stopped at step %d%s" % (step, "; checkpoint saved, continue with "
                                                    "--resume" if request == "save" else
@@ -206,7 +187,7 @@ def _distill(cfg: DistillConfig, resume: bool) -> Path:
     if main:
         _export(final, _student_weights(accelerator.unwrap_model(student), ema), arch, ckpt,
                 info, cfg, step)
-        _event(log, "done", step=step, output=str(final),
+        event(log, "done", step=step, output=str(final),
                replicas_agree=all(torch.equal(c, checksums[0]) for c in checksums))
     accelerator.wait_for_everyone()
     return final
@@ -224,16 +205,6 @@ def _teacher(cfg: DistillConfig) -> Tuple[Checkpoint, ModelInfo, Architecture]:
         return ckpt, info, Architecture(info.arch.teacher, preset(cfg.arch))
     except ValueError as e:
         raise BadInput(str(e)) from None
-
-
-def _resume_point(paths: RunPaths, resume: bool) -> Optional[Path]:
-    latest = paths.latest_checkpoint()
-    if resume and latest is None:
-        raise BadInput("%s: nothing to resume (no checkpoints/step-* folder)" % paths.out)
-    if not resume and latest is not None:
-        raise BadInput("%s already holds a run (%s); pass --resume to continue it or choose "
-                       "another --out" % (paths.out, latest.name))
-    return latest if resume else None
 
 
 def _cache(cfg: DistillConfig, paths: RunPaths, ckpt: Checkpoint, info: ModelInfo, scan: Any,
@@ -254,12 +225,12 @@ def _cache(cfg: DistillConfig, paths: RunPaths, ckpt: Checkpoint, info: ModelInf
                 dist = vae.encode(images.to(accelerator.device)).latent_dist
                 return dist.mean.cpu(), dist.std.cpu()
 
-            bar = _progress_bar(len(scan.examples), 0, True, "encoding dataset")
+            bar = progress_bar(len(scan.examples), 0, True, "encoding dataset")
             cache.build(scan, encode_images, encode_text, cfg.resolution, cfg.flip,
                         progress=lambda done, total: bar.update(done - bar.n))
             bar.close()
             del vae
-    _event(log, "cache", path=str(root), examples=len(cache), **cache.stats)
+    event(log, "cache", path=str(root), examples=len(cache), **cache.stats)
     return cache
 
 
@@ -380,17 +351,14 @@ def _save_state(paths: RunPaths, step: int, accelerator: Any, student: Any, opti
     os.replace(temp, target)
     for old in sorted(paths.checkpoints.glob("step-*[0-9]"))[:-max(cfg.keep_last, 1)]:
         shutil.rmtree(old)
-    _event(log, "checkpoint", step=step, path=str(target),
+    event(log, "checkpoint", step=step, path=str(target),
            student=str(target / student_file.name))
 
 
 def _stop_request(paths: RunPaths, accelerator: Any) -> str:
     """"save", "discard" or "" from the run folder's STOP file, as process 0 sees it (all
     processes must stop at the same step)."""
-    request = ""
-    if accelerator.is_main_process and paths.stop.is_file():
-        request = "save" if paths.stop.read_text().strip() == "save" else "discard"
-        paths.stop.unlink()
+    request = paths.take_stop_request() if accelerator.is_main_process else ""
     if accelerator.num_processes > 1:
         shared = [request]
         torch.distributed.broadcast_object_list(shared, src=0)
@@ -461,14 +429,7 @@ class _Sampler:
 
     @torch.no_grad()
     def _images(self, unet: torch.nn.Module) -> List[Any]:
-        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
-
-        sampler = DPMSolverMultistepScheduler.from_config(noise_scheduler(self.info).config,
-                                                          use_karras_sigmas=True)
-        pipe = StableDiffusionPipeline(vae=self.vae, text_encoder=None, tokenizer=None, unet=unet,
-                                       scheduler=sampler, safety_checker=None,
-                                       feature_extractor=None, requires_safety_checker=False)
-        pipe.set_progress_bar_config(disable=True)
+        pipe = make_pipeline(unet, self.vae, self.info)
         size = self.cfg.resolution
         images = []
         for i, embedding in enumerate(self.embeddings):
@@ -496,14 +457,3 @@ class _Sampler:
         path = self.paths.samples / ("step-%07d.png" % step)
         grid.save(path)
         return path
-
-
-def _progress_bar(total: int, initial: int, enabled: bool, desc: str = "distilling") -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, dynamic_ncols=True)
-
-
-def _event(log: Optional[EventLog], event: str, **fields: Any) -> None:
-    if log is not None:
-        log.write(event, **fields)

@@ -16,17 +16,9 @@ import torch
 
 from .checkpoint import Checkpoint
 from .detect import inspect_checkpoint
-from .loading import load_text_encoder, load_unet, load_vae, noise_scheduler
+from .generation import make_pipeline
+from .loading import load_text_encoder, load_unet, load_vae
 
-# sampler name -> (diffusers scheduler class name, extra config)
-SAMPLERS: Dict[str, Any] = {
-    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "ddim": ("DDIMScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
-}
 # The paper's Jetson AGX Orin 32GB figures (A1111 1.6.1, 20 steps DPM++ 2M Karras, 512², CFG 7).
 PAPER_ORIN_SECONDS = {"SDM-v1.5": 4.9, "BK-SDM-Base-2M": 3.4}
 
@@ -113,20 +105,14 @@ class Stopwatch:
 
 
 def _pipeline(path: Path, settings: LatencySettings, device: torch.device) -> Any:
-    import diffusers
-
     from .tokenizer import clip_tokenizer
 
     ckpt = Checkpoint(path)
     info = inspect_checkpoint(ckpt)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    class_name, extra = SAMPLERS[settings.sampler]
-    scheduler = getattr(diffusers, class_name).from_config(noise_scheduler(info).config, **extra)
-    pipe = diffusers.StableDiffusionPipeline(
-        vae=load_vae(ckpt), text_encoder=load_text_encoder(ckpt, info.family),
-        tokenizer=clip_tokenizer(info.family), unet=load_unet(ckpt, info), scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = make_pipeline(load_unet(ckpt, info), load_vae(ckpt), info, settings.sampler,
+                         text_encoder=load_text_encoder(ckpt, info.family),
+                         tokenizer=clip_tokenizer(info.family))
     return pipe.to(device, dtype), info
 
 

@@ -1,0 +1,45 @@
+"""Images (or latents) from a U-Net with diffusers, for every part that generates: sample
+grids, latency, the demo, DreamBooth's class images and teacher-made training data.
+
+Samplers are named as A1111 users know them; each maps to a diffusers scheduler built
+on the model's own training noise schedule (from its yaml), so SD-v2 v-models sample right.
+"""
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from .detect import ModelInfo
+from .loading import noise_scheduler
+
+# sampler name -> (diffusers scheduler class name, extra config)
+SAMPLERS: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+}
+DEFAULT_SAMPLER = "dpmpp_2m_karras"
+
+
+def make_sampler(info: ModelInfo, name: str = DEFAULT_SAMPLER) -> Any:
+    import diffusers
+
+    class_name, extra = SAMPLERS[name]
+    return getattr(diffusers, class_name).from_config(noise_scheduler(info).config, **extra)
+
+
+def make_pipeline(unet: torch.nn.Module, vae: Any, info: ModelInfo,
+                  sampler: str = DEFAULT_SAMPLER, text_encoder: Optional[Any] = None,
+                  tokenizer: Optional[Any] = None) -> Any:
+    """A StableDiffusionPipeline around already-loaded parts, progress bar off (callers
+    show their own).  Without a text encoder it takes ``prompt_embeds``."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   unet=unet, scheduler=make_sampler(info, sampler),
+                                   safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
