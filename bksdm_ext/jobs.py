@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .errors import BadInput
 from .events import read_events
@@ -36,14 +36,56 @@ class Job:
     device: str  # "cuda:0", "cpu", ...: one running job per device
     title: str = ""
     processes: int = 1  # > 1: accelerate launch --multi_gpu (DDP)
+    free_vram: bool = False  # the WebUI moves its model out of GPU memory while this runs
     state: str = QUEUED
     reason: str = ""  # why it failed, was cancelled or interrupted
     result: str = ""  # the exported checkpoint of a finished run
+    registered: str = ""  # where the WebUI put it for its checkpoint dropdown
     resume: bool = False
     pid: Optional[int] = None
     created: float = field(default_factory=time.time)
     started: Optional[float] = None
     ended: Optional[float] = None
+
+
+# Fields of a `step` event that are not a loss (everything else numeric is plotted).
+NOT_LOSSES = {"time", "event", "step", "lr", "it_s", "samples_s", "eta_s", "peak_mem_gb",
+              "images_s", "total"}
+
+
+@dataclass
+class Progress:
+    """Where a run is, read from its event file: what the Jobs tab and `bksdm jobs` show."""
+
+    step: int = 0
+    total: Optional[int] = None
+    eta_s: Optional[float] = None
+    it_s: Optional[float] = None
+    losses: Dict[str, List[Tuple[int, float]]] = field(default_factory=dict)  # name -> (step, value)
+
+    @property
+    def fraction(self) -> float:
+        return min(self.step / self.total, 1.0) if self.total else 0.0
+
+
+def progress_of(events: List[Dict]) -> Progress:
+    """The total comes from the `start` event's ``total_steps``; runs that do not say it are
+    estimated from their rate and ETA."""
+    progress = Progress()
+    for e in events:
+        if e.get("event") == "start" and e.get("total_steps"):
+            progress.total = int(e["total_steps"])
+        if e.get("event") != "step":
+            continue
+        progress.step, progress.eta_s, progress.it_s = int(e["step"]), e.get("eta_s"), e.get("it_s")
+        for key, value in e.items():
+            if key not in NOT_LOSSES and isinstance(value, (int, float)):
+                progress.losses.setdefault(key, []).append((progress.step, float(value)))
+    if progress.total is None and progress.eta_s is not None and progress.it_s:
+        progress.total = progress.step + int(round(progress.eta_s * progress.it_s))
+    if events and events[-1].get("event") == "done":
+        progress.total = progress.step = int(events[-1].get("step") or progress.step)
+    return progress
 
 
 def default_device() -> str:
@@ -56,11 +98,12 @@ class JobRunner:
     """Owns a folder of jobs; `poll()` moves them along (the WebUI calls it on a timer)."""
 
     def __init__(self, root: Path, python: str = sys.executable,
+                 on_start: Optional[Callable[[Job], None]] = None,
                  on_finish: Optional[Callable[[Job], None]] = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.python = python
-        self.on_finish = on_finish
+        self.on_start, self.on_finish = on_start, on_finish
         self._processes: Dict[str, subprocess.Popen] = {}
         self._lock = threading.RLock()
         self.poll()  # after a restart: re-attach live processes, mark dead ones interrupted
@@ -93,12 +136,12 @@ class JobRunner:
 
     # -- actions ------------------------------------------------------------------
     def submit(self, kind: str, argv: List[str], device: Optional[str] = None, title: str = "",
-               processes: int = 1) -> Job:
+               processes: int = 1, free_vram: bool = False) -> Job:
         if kind not in KINDS:
             raise BadInput("unknown job kind '%s'; one of: %s" % (kind, ", ".join(KINDS)))
         job_id = "%s-%s-%s" % (time.strftime("%Y%m%d-%H%M%S"), kind, uuid.uuid4().hex[:6])
         job = Job(id=job_id, kind=kind, argv=list(argv), device=device or default_device(),
-                  title=title or kind, processes=processes)
+                  title=title or kind, processes=processes, free_vram=free_vram)
         with self._lock:
             self.folder(job_id).mkdir()
             self._write(job)
@@ -155,6 +198,8 @@ class JobRunner:
         return [self.python] + bksdm
 
     def _start(self, job: Job) -> None:
+        if self.on_start is not None:
+            self.on_start(job)
         env = dict(os.environ)
         if job.device.startswith("cuda:") and job.processes == 1:
             env["CUDA_VISIBLE_DEVICES"] = job.device.split(":", 1)[1]
@@ -200,9 +245,13 @@ class JobRunner:
 
     def _finish(self, job: Job, state: str, reason: str) -> None:
         job.state, job.reason, job.ended = state, reason, time.time()
-        self._write(job)
         if self.on_finish is not None:
-            self.on_finish(job)
+            try:
+                self.on_finish(job)  # e.g. fills in job.registered
+            except Exception as e:  # the run itself is done: say what went wrong after it
+                job.reason = ("%s; " % job.reason if job.reason else "") + (
+                    "afterwards: %s: %s" % (type(e).__name__, e))
+        self._write(job)
 
     def _read(self, folder: Path) -> Job:
         return Job(**json.loads((folder / "job.json").read_text(encoding="utf-8")))

@@ -1,4 +1,4 @@
-// BK-SDM extension: wire the Convert tab to A1111's progress bar and checkpoint dropdown.
+// BK-SDM extension: wire its tabs to A1111's progress bar and checkpoint dropdown.
 // Uses A1111's globals (randomId, requestProgress, selectCheckpoint, gradioApp,
 // onUiTabChange, get_uiCurrentTabContent), which 1.6 and 1.10 both have.
 
@@ -39,3 +39,12 @@ onUiTabChange(function() {
         if (refresh) refresh.click();
     }
 });
+
+// Jobs tab: click its ↻ every few seconds while the tab is on screen and "Auto-refresh"
+// is ticked, so progress, loss curve, samples and log follow a running job by themselves.
+setInterval(function() {
+    var app = gradioApp();
+    var refresh = app.getElementById("bksdm_jobs_refresh");
+    var auto = app.querySelector("#bksdm_jobs_auto input");
+    if (refresh && auto && auto.checked && refresh.offsetParent !== null) refresh.click();
+}, 3000);

@@ -7,9 +7,11 @@ package is imported here, students' U-Net class included: their yaml names
 from modules import script_callbacks
 
 import bksdm_ext.ldm_unet  # noqa: F401 - makes students' yaml target importable
-from bksdm_ext.webui import guard, settings, ui
+from bksdm_ext.webui import guard, jobs_service, settings, ui
 
 guard.patch_config_lookup()
 script_callbacks.on_ui_tabs(ui.on_ui_tabs)
 script_callbacks.on_ui_settings(settings.on_ui_settings)
 script_callbacks.on_model_loaded(guard.check_loaded_model)
+# Re-attach jobs that outlived a restart, and keep the queue moving from the start.
+script_callbacks.on_app_started(lambda demo, app: jobs_service.runner())

@@ -76,6 +76,29 @@ def load_checkpoint(title: str) -> None:
     sd_models.reload_model_weights(info=info)
 
 
+def free_vram() -> None:
+    """What Settings › Actions › "Unload SD checkpoint to RAM" does: 1.10 moves the model to
+    the CPU, 1.6 drops it."""
+    sd_models.unload_model_weights()
+
+
+def restore_vram() -> None:
+    """Undo `free_vram` as A1111's own "Load SD checkpoint to VRAM" button does: 1.10 moves
+    the kept model back, 1.6 (model dropped, no ``send_model_to_device`` use) loads it again."""
+    model = sd_models.model_data.sd_model
+    if model is not None and hasattr(sd_models, "send_model_to_device"):
+        sd_models.send_model_to_device(model)
+    else:
+        sd_models.reload_model_weights()
+
+
+def queue_lock() -> Any:
+    """The lock A1111 holds while it generates; model moves wait for it."""
+    from modules import call_queue
+
+    return call_queue.queue_lock
+
+
 def data_dir() -> Path:
     """The extension's folder for its own files (latency history, jobs)."""
     from modules import paths_internal

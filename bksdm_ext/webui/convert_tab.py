@@ -13,6 +13,7 @@ from ..convert import DTYPES, convert_checkpoint, student_unet_params
 from ..detect import ModelInfo, inspect_checkpoint
 from ..errors import BadInput
 from . import a1111, guard
+from .messages import message
 
 PRESET_LABELS = {"Base": "base", "Small": "small", "Tiny": "tiny", "Mid-stage removed": "mid-removed"}
 LABEL_OF = {v: k for k, v in PRESET_LABELS.items()}
@@ -110,19 +111,15 @@ def convert(id_task: str, label: str, name: str, dtype: str, overwrite: bool) ->
                                     v_prediction=loaded.parameterization == "v",
                                     overwrite=overwrite, progress=a1111.Progress("Converting"))
     except BadInput as e:
-        return ["", gr.update(visible=False), _message("error", str(e))]
+        return ["", gr.update(visible=False), message("error", str(e))]
     except InterruptedError:
-        return ["", gr.update(visible=False), _message("error", "Interrupted: nothing was written.")]
+        return ["", gr.update(visible=False), message("error", "Interrupted: nothing was written.")]
     a1111.refresh_checkpoints()
     title = a1111.checkpoint_title(output) or output.name
     text = ("Wrote %s (%s parameters, %s) and its .yaml in %.1f s. It is in the checkpoint "
             "dropdown now." % (output, format(report.student_unet_params, ","), report.dtype,
                                 report.seconds))
-    return [title, gr.update(visible=True), _message("success", text)]
-
-
-def _message(kind: str, text: str) -> str:
-    return '<div class="bksdm-message bksdm-%s">%s</div>' % (kind, html.escape(text))
+    return [title, gr.update(visible=True), message("success", text)]
 
 
 def build() -> None:

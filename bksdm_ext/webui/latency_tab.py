@@ -22,7 +22,8 @@ from ..detect import inspect_checkpoint
 from ..errors import BadInput
 from ..latency import (PAPER_ORIN_SECONDS, LatencyResult, LatencySettings, set_speedups,
                        table, time_generation)
-from . import a1111
+from . import a1111, checkpoints
+from .messages import message
 
 SAMPLER = "DPM++ 2M Karras"  # the paper's Orin setup: 20 steps, 512², CFG 7, batch 1
 HISTORY_COLUMNS = ("time", "device", "board", "power_mode", "webui", "model", "preset",
@@ -33,23 +34,9 @@ HISTORY_COLUMNS = ("time", "device", "board", "power_mode", "webui", "model", "p
 
 def candidates() -> List[str]:
     """Checkpoints worth timing: the loaded one and every BK student in the dropdown."""
-    titles = []
     loaded = a1111.loaded_model()
-    if loaded is not None:
-        titles.append(loaded.title)
-    for info in a1111.checkpoint_infos():
-        if info.title not in titles and _is_student(Path(info.filename)):
-            titles.append(info.title)
-    return titles
-
-
-def _is_student(path: Path) -> bool:
-    if path.suffix != ".safetensors":
-        return False
-    try:
-        return inspect_checkpoint(Checkpoint(path)).is_student
-    except BadInput:
-        return False
+    titles = [loaded.title] if loaded is not None else []
+    return titles + [t for t in checkpoints.titles(teachers=False) if t not in titles]
 
 
 def _processing(settings: LatencySettings, sampler: str) -> Any:
@@ -197,16 +184,16 @@ def run_from_ui(id_task: str, titles: List[str], steps: float, size: float, cfg_
                 runs: float, warmup: float, seed: float) -> Tuple[Any, ...]:
     """[table rows, chart, CSV, message]."""
     if not titles:
-        return None, None, None, _message("error", "Choose at least one checkpoint.")
+        return None, None, None, message("error", "Choose at least one checkpoint.")
     settings = LatencySettings(steps=int(steps), size=int(size), cfg_scale=float(cfg_scale),
                                runs=int(runs), warmup=int(warmup), seed=int(seed))
     try:
         results = run(titles, settings)
     except InterruptedError:
-        return None, None, None, _message("error", "Interrupted; the original checkpoint is "
+        return None, None, None, message("error", "Interrupted; the original checkpoint is "
                                                    "loaded again.")
     except BadInput as e:
-        return None, None, None, _message("error", str(e))
+        return None, None, None, message("error", str(e))
     rows = [[r.model, r.preset, r.unet_params, round(r.seconds_per_image.median, 3),
              "%.3f–%.3f" % (r.seconds_per_image.low, r.seconds_per_image.high),
              round(r.unet_ms_per_step.median, 1), round(r.vae_decode_ms.median, 1),
@@ -222,11 +209,7 @@ def run_from_ui(id_task: str, titles: List[str], steps: float, size: float, cfg_
             text += " %s: peak RAM %s MB, GPU load %s%%, power %s W (mean %s W)." % (
                 r.model, tegra.get("ram_used_mb_max"), tegra.get("gpu_load_pct_max"),
                 tegra.get("power_w_max"), tegra.get("power_w_mean"))
-    return rows, str(chart(results)), str(history), _message("success", text)
-
-
-def _message(kind: str, text: str) -> str:
-    return '<div class="bksdm-message bksdm-%s">%s</div>' % (kind, html.escape(text))
+    return rows, str(chart(results)), str(history), message("success", text)
 
 
 HEADERS = ["model", "preset", "U-Net params", "s/image", "min–max", "U-Net ms/step", "VAE ms",

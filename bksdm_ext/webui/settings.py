@@ -21,6 +21,10 @@ def on_ui_settings() -> None:
         "bksdm_default_dtype": shared.OptionInfo(
             "fp16", "Default U-Net precision of converted students", gr.Radio,
             {"choices": list(DTYPES)}, section=SECTION),
+        "bksdm_free_vram": shared.OptionInfo(
+            False, "Free the WebUI model's VRAM while a BK-SDM job trains on the GPU "
+                   "(default of the tabs' checkbox; the model is reloaded afterwards)",
+            section=SECTION),
     }
     for key, info in options.items():
         shared.opts.add_option(key, info)

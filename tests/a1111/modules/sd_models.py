@@ -215,6 +215,13 @@ class SdModelData:
 model_data = SdModelData()
 
 
+def send_model_to_cpu(m):
+    if m is not None:
+        m.to(devices.cpu)
+
+    devices.torch_gc()
+
+
 def send_model_to_device(m):
     m.to(shared.device or devices.cpu)
 
@@ -410,3 +417,10 @@ def reload_model_weights(sd_model=None, info=None, forced_reload=False):
     model_data.set_sd_model(current)
     script_callbacks.model_loaded_callback(current)
     return current
+
+
+def unload_model_weights(sd_model=None, info=None):
+    """1.10.1 keeps the model, on the CPU (1.6.1 drops it: ``model_data.sd_model = None``)."""
+    send_model_to_cpu(sd_model or shared.sd_model)
+
+    return sd_model

@@ -1,0 +1,150 @@
+"""The Distill sub-tab: retrain a BK-SDM student from a teacher in the dropdown, as a
+background job, on a captioned image folder, on images the teacher makes itself, or both.
+
+Everything the job needs is checked here before it is queued (teacher file, dataset
+counts and problems), so a mistake shows up at once instead of in a log minutes later.
+"""
+from typing import Any, Dict
+
+import gradio as gr
+
+from ..dataset import scan_dataset
+from ..distill_config import DistillConfig
+from ..errors import BadInput
+from . import a1111, checkpoints, job_form
+from .convert_tab import LABEL_OF, PRESET_LABELS
+from .messages import message
+
+SOURCES = ("Image folder", "Teacher-made (no dataset)", "Image folder + teacher-made")
+DEFAULTS = DistillConfig(teacher="", data="", out="")
+
+
+def check_dataset(folder: str) -> str:
+    """Counts of captioned images and the first problems, as the job will see them."""
+    try:
+        scan = scan_dataset(folder.strip())
+    except BadInput as e:
+        return message("error", str(e))
+    problems = scan.problems()
+    text = "%s: %s." % (scan.folder, scan.summary())
+    if problems:
+        text += " Skipped: " + "; ".join(problems)
+    return message("success" if not problems else "error", text)
+
+
+def data_flags(source: str, folder: str, synthetic: int, prompts: str) -> Dict[str, Any]:
+    """The --data (and --synthetic, --prompts) flags for a data source."""
+    uses_folder, uses_teacher = source != SOURCES[1], source != SOURCES[0]
+    values: Dict[str, Any] = {}
+    if uses_folder:
+        scan_dataset(folder.strip())  # BadInput: no folder, no captioned images
+        values["data"] = folder.strip()
+    if uses_teacher:
+        if int(synthetic or 0) < 1:
+            raise BadInput("Set how many images the teacher should make (at least 1).")
+        if uses_folder:
+            values["synthetic"] = int(synthetic)
+        else:
+            values["data"] = "teacher:%d" % int(synthetic)
+        values["prompts"] = prompts.strip()
+    return values
+
+
+def start(teacher_title: str, preset_label: str, source: str, folder: str, synthetic: int,
+          prompts: str, negative_prompt: str, random_conditioning: bool, steps: int,
+          batch_size: int, grad_accum: int, lr: float, resolution: int, precision: str,
+          gradient_checkpointing: bool, ema: bool, use_8bit_adam: bool, save_every: int,
+          sample_every: int, sample_prompts: str, free_vram: bool, gpus: float) -> str:
+    try:
+        teacher = checkpoints.filename(teacher_title)
+        model = checkpoints.describe(teacher)
+        if model is not None and model.is_student:
+            raise BadInput("%s is a BK-SDM student; choose the teacher it was made from."
+                           % teacher.name)
+        values: Dict[str, Any] = {"teacher": str(teacher), "arch": PRESET_LABELS[preset_label]}
+        values.update(data_flags(source, folder, synthetic, prompts))
+        if source != SOURCES[0]:
+            values.update(negative_prompt=negative_prompt.strip(),
+                          random_conditioning=random_conditioning)
+        values.update(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+                      resolution=resolution, mixed_precision=precision, save_every=save_every,
+                      sample_every=sample_every, use_8bit_adam=use_8bit_adam,
+                      no_gradient_checkpointing=not gradient_checkpointing, no_ema=not ema)
+        argv = job_form.flags(values)
+        for prompt in [p.strip() for p in sample_prompts.splitlines() if p.strip()]:
+            argv += ["--sample-prompt", prompt]
+        title = "Distill %s → BK-%s" % (teacher.stem, preset_label)
+        job = job_form.submit("distill", argv, title, free_vram, gpus)
+    except BadInput as e:
+        return message("error", str(e))
+    return job_form.submitted(job)
+
+
+def teacher_choices() -> Dict[str, Any]:
+    """A dropdown update listing the teachers, the loaded one chosen."""
+    a1111.refresh_checkpoints()
+    titles = checkpoints.titles(students=False)
+    return gr.update(choices=titles, value=titles[0] if titles else None)
+
+
+def build() -> None:
+    titles = checkpoints.titles(students=False)
+    with gr.Row():
+        teacher = gr.Dropdown(titles, value=titles[0] if titles else None, label="Teacher (SD-v1/v2 checkpoint)",
+                              elem_id="bksdm_distill_teacher", scale=4)
+        refresh = gr.Button("↻", elem_id="bksdm_distill_refresh", scale=0, min_width=40)
+        preset = gr.Radio(list(PRESET_LABELS), label="Student preset", elem_id="bksdm_distill_preset",
+                          value=LABEL_OF.get(a1111.opt("bksdm_default_preset", "small"), "Small"))
+    source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Training data",
+                      elem_id="bksdm_distill_source")
+    with gr.Row():
+        folder = gr.Textbox(label="Image folder (images with .txt captions, or metadata.jsonl/csv)",
+                            elem_id="bksdm_distill_folder", scale=4)
+        check = gr.Button("Check", elem_id="bksdm_distill_check", scale=0, min_width=80)
+    checked = gr.HTML(elem_id="bksdm_distill_checked")
+    with gr.Row():
+        synthetic = gr.Number(2000, label="Teacher-made images", precision=0,
+                              elem_id="bksdm_distill_synthetic")
+        prompts = gr.Textbox(label="Prompts (a .txt file, a caption folder or a dataset folder; "
+                                   "empty: built-in generator)", elem_id="bksdm_distill_prompts")
+        negative = gr.Textbox(label="Negative prompt", elem_id="bksdm_distill_negative")
+        random_conditioning = gr.Checkbox(False, label="Random conditioning",
+                                          elem_id="bksdm_distill_random_conditioning")
+    with gr.Row():
+        steps = gr.Number(DEFAULTS.steps, label="Steps", precision=0, elem_id="bksdm_distill_steps")
+        batch_size = gr.Number(DEFAULTS.batch_size, label="Batch per GPU", precision=0,
+                               elem_id="bksdm_distill_batch")
+        grad_accum = gr.Number(DEFAULTS.grad_accum, label="Gradient accumulation", precision=0,
+                               elem_id="bksdm_distill_accum")
+        lr = gr.Number(DEFAULTS.lr, label="Learning rate", elem_id="bksdm_distill_lr")
+        resolution = gr.Number(DEFAULTS.resolution, label="Resolution", precision=0,
+                               elem_id="bksdm_distill_resolution")
+    with gr.Row():
+        precision = gr.Dropdown(["fp16", "bf16", "no"], value=job_form.default_precision(),
+                                label="Mixed precision", elem_id="bksdm_distill_precision")
+        gradient_checkpointing = gr.Checkbox(DEFAULTS.gradient_checkpointing,
+                                             label="Gradient checkpointing")
+        ema = gr.Checkbox(DEFAULTS.ema, label="EMA of the weights")
+        use_8bit_adam = gr.Checkbox(False, label="8-bit AdamW (bitsandbytes)")
+        free_vram = gr.Checkbox(a1111.opt("bksdm_free_vram", False),
+                                label="Free the WebUI's VRAM while it runs",
+                                elem_id="bksdm_distill_free_vram")
+        gpus = gr.Number(1, label="GPUs", precision=0, visible=job_form.gpu_count() > 1)
+    with gr.Row():
+        save_every = gr.Number(DEFAULTS.save_every, label="Checkpoint every N steps", precision=0,
+                               elem_id="bksdm_distill_save_every")
+        sample_every = gr.Number(DEFAULTS.sample_every, label="Samples every N steps (0: never)",
+                                 precision=0, elem_id="bksdm_distill_sample_every")
+        sample_prompts = gr.Textbox("\n".join(DEFAULTS.sample_prompts), lines=3,
+                                    label="Sample prompts (one per line)")
+    run = gr.Button("Start distillation", variant="primary", elem_id="bksdm_distill_start")
+    result = gr.HTML(elem_id="bksdm_distill_result")
+    job_form.controls("distill")
+
+    refresh.click(teacher_choices, outputs=[teacher])
+    check.click(check_dataset, inputs=[folder], outputs=[checked])
+    run.click(start, inputs=[teacher, preset, source, folder, synthetic, prompts, negative,
+                             random_conditioning, steps, batch_size, grad_accum, lr, resolution,
+                             precision, gradient_checkpointing, ema, use_8bit_adam, save_every,
+                             sample_every, sample_prompts, free_vram, gpus],
+              outputs=[result])

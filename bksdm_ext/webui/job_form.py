@@ -1,0 +1,77 @@
+"""What the Distill and DreamBooth tabs share: turning a form into a queued job and the
+Cancel / Save and stop / Resume row for the tab's newest job."""
+from typing import Any, Dict, List
+
+import gradio as gr
+import torch
+
+from ..errors import BadInput
+from ..jobs import Job, progress_of
+from . import jobs_service, jobs_tab
+from .messages import message
+
+
+def flags(values: Dict[str, Any]) -> List[str]:
+    """``{"steps": 400, "use_8bit_adam": True, "lora": False}`` → ``--steps 400 --use-8bit-adam``."""
+    argv: List[str] = []
+    for key, value in values.items():
+        if value is None or value is False or value == "":
+            continue
+        argv.append("--" + key.replace("_", "-"))
+        if value is not True:
+            argv.append(str(value))
+    return argv
+
+
+def default_precision() -> str:
+    return "fp16" if torch.cuda.is_available() else "no"
+
+
+def gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def submit(kind: str, argv: List[str], title: str, free_vram: bool, gpus: float = 1) -> Job:
+    processes = max(int(gpus or 1), 1)
+    if processes > max(gpu_count(), 1):
+        raise BadInput("%d GPUs asked for, %d found." % (processes, gpu_count()))
+    return jobs_service.runner().submit(kind, argv, title=title, free_vram=free_vram,
+                                        processes=processes)
+
+
+def submitted(job: Job) -> str:
+    where = ("started on %s" % job.device if job.state == "running" else
+             "queued behind the job running on %s" % job.device)
+    return message("success", "%s: %s. Follow it in the Jobs tab." % (job.title, where))
+
+
+def newest(kind: str) -> str:
+    """The dropdown label of the newest job of `kind`, or ""."""
+    jobs = [job for job in jobs_service.runner().jobs() if job.kind == kind]
+    return jobs_service.label(jobs[-1]) if jobs else ""
+
+
+def status(kind: str) -> str:
+    label = newest(kind)
+    if not label:
+        return ""
+    runner = jobs_service.runner()
+    job = runner.job(jobs_service.job_id(label))
+    return jobs_tab.progress_bar_html(job, progress_of(runner.events(job.id)))
+
+
+def controls(kind: str) -> None:
+    """Status of the tab's newest job, with its buttons; the message says what happened."""
+    with gr.Row():
+        state = gr.HTML(elem_id="bksdm_%s_job_status" % kind)
+        refresh = gr.Button("↻", elem_id="bksdm_%s_job_refresh" % kind, scale=0, min_width=40)
+    with gr.Row():
+        buttons = [(gr.Button(text, elem_id="bksdm_%s_%s" % (kind, action)), action)
+                   for text, action in (("Cancel", "cancel"), ("Save and stop", "save"),
+                                        ("Resume", "resume"))]
+    result = gr.HTML(elem_id="bksdm_%s_job_message" % kind)
+    refresh.click(lambda: status(kind), outputs=[state], show_progress=False)
+    for button, action in buttons:
+        button.click(lambda action=action: jobs_tab.act(action, newest(kind)),
+                     outputs=[result]).then(lambda: status(kind), outputs=[state],
+                                            show_progress=False)

@@ -1,0 +1,165 @@
+"""The Jobs sub-tab: every background job with its state, progress and ETA, loss curve,
+latest sample grid and log, with Cancel / Save and stop / Resume.  The page refreshes it
+every few seconds while "Auto-refresh" is ticked (javascript/bksdm.js)."""
+import html
+import time
+from pathlib import Path
+from typing import Any, List, Optional
+
+import gradio as gr
+
+from ..errors import BadInput
+from ..jobs import FINISHED, RUNNING, SUCCEEDED, Job, Progress, progress_of
+from . import a1111, jobs_service
+from .messages import message
+
+STATE_ICONS = {"queued": "⏳", "running": "▶️", "succeeded": "✅", "failed": "❌",
+               "cancelled": "⏹", "interrupted": "⚠️"}
+
+
+def duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "–"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return "%dh%02dm" % (hours, minutes) if hours else "%dm%02ds" % (minutes, secs)
+
+
+def progress_line(job: Job, progress: Progress) -> str:
+    if job.state in FINISHED and job.state != SUCCEEDED:
+        return "%s %s: %s" % (STATE_ICONS[job.state], job.state, job.reason)
+    if job.state != RUNNING:
+        return "%s %s" % (STATE_ICONS[job.state], job.state)
+    total = "/%d" % progress.total if progress.total else ""
+    rate = " · %.2f it/s" % progress.it_s if progress.it_s else ""
+    return "%s step %d%s (%.0f%%)%s · ETA %s" % (
+        STATE_ICONS[job.state], progress.step, total, 100 * progress.fraction, rate,
+        duration(progress.eta_s))
+
+
+def progress_bar_html(job: Job, progress: Progress) -> str:
+    fraction = 1.0 if job.state == SUCCEEDED else progress.fraction
+    return ('<div class="bksdm-job-bar"><div class="bksdm-job-bar-fill bksdm-job-%s" '
+            'style="width: %.1f%%"></div></div><div class="bksdm-job-line">%s</div>'
+            % (job.state, 100 * fraction, html.escape(progress_line(job, progress))))
+
+
+def jobs_table(jobs: List[Job]) -> List[List[Any]]:
+    rows = []
+    for job in reversed(jobs):
+        progress = progress_of(jobs_service.runner().events(job.id))
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created))
+        rows.append([job.title, job.kind, "%s %s" % (STATE_ICONS[job.state], job.state),
+                     "%.0f%%" % (100 * (1.0 if job.state == SUCCEEDED else progress.fraction)),
+                     duration(progress.eta_s) if job.state == RUNNING else "",
+                     started, job.id])
+    return rows
+
+
+def loss_plot(folder: Path, progress: Progress) -> Optional[str]:
+    """The loss curves as a PNG in the job folder, redrawn only when there are new points."""
+    if not progress.losses:
+        return None
+    target = folder / ("loss-%d.png" % progress.step)
+    if not target.is_file():
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        for old in folder.glob("loss-*.png"):
+            old.unlink()
+        figure, axes = plt.subplots(figsize=(7, 3.2))
+        for name, points in sorted(progress.losses.items()):
+            axes.plot([s for s, _ in points], [v for _, v in points], label=name,
+                      linewidth=2.2 if name == "loss" else 1.2)
+        axes.set_xlabel("step")
+        axes.set_yscale("log" if all(v > 0 for p in progress.losses.values() for _, v in p)
+                        else "linear")
+        axes.legend(loc="upper right", fontsize="small")
+        axes.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(target, dpi=90)
+        plt.close(figure)
+    return str(target)
+
+
+def details(selected: str) -> List[Any]:
+    """[jobs table, job dropdown, progress, loss plot, samples, log, result title]."""
+    runner = jobs_service.runner()
+    runner.poll()
+    jobs = runner.jobs()
+    labels = jobs_service.job_labels(jobs)
+    if selected not in labels:
+        selected = labels[0] if labels else None
+    chooser = gr.update(choices=labels, value=selected)
+    job_id = jobs_service.job_id(selected)
+    if not job_id:
+        return [jobs_table(jobs), chooser, "<i>No jobs yet: start one in the Distill or "
+                "DreamBooth tab.</i>", None, None, "", ""]
+    job = runner.job(job_id)
+    folder = runner.folder(job_id)
+    progress = progress_of(runner.events(job_id))
+    grid = jobs_service.latest_samples(folder)
+    registered = a1111.checkpoint_title(Path(job.registered)) if job.registered else None
+    return [jobs_table(jobs), chooser, progress_bar_html(job, progress), loss_plot(folder, progress),
+            str(grid) if grid else None, runner.log_tail(job_id), registered or ""]
+
+
+def act(action: str, selected: str) -> str:
+    """Cancel, save and stop, or resume the selected job; returns a message."""
+    job_id = jobs_service.job_id(selected)
+    try:
+        if not job_id:
+            raise BadInput("Choose a job first.")
+        runner = jobs_service.runner()
+        if action == "resume":
+            job = runner.resume(job_id)
+            return message("success", "%s is queued again and resumes from its last checkpoint."
+                           % job.title)
+        job = runner.cancel(job_id, save=action == "save")
+    except BadInput as e:
+        return message("error", str(e))
+    if job.state == RUNNING:
+        text = ("%s stops at its next step%s." % (
+            job.title, ", after saving a checkpoint you can resume" if action == "save" else
+            "; nothing is saved"))
+    else:
+        text = "%s is %s." % (job.title, job.state)
+    return message("success", text)
+
+
+HEADERS = ["job", "kind", "state", "progress", "ETA", "created", "id"]
+
+
+def build() -> None:
+    with gr.Row():
+        chooser = gr.Dropdown([], label="Job", elem_id="bksdm_jobs_select", scale=4)
+        # Read by javascript/bksdm.js, which clicks ↻ every few seconds while it is ticked.
+        gr.Checkbox(True, label="Auto-refresh", elem_id="bksdm_jobs_auto", scale=1)
+        refresh = gr.Button("↻", elem_id="bksdm_jobs_refresh", scale=0, min_width=40)
+    bar = gr.HTML(elem_id="bksdm_jobs_progress")
+    with gr.Row():
+        cancel = gr.Button("Cancel", elem_id="bksdm_jobs_cancel")
+        save = gr.Button("Save and stop", elem_id="bksdm_jobs_save")
+        resume = gr.Button("Resume", elem_id="bksdm_jobs_resume")
+        load = gr.Button("Load the result", elem_id="bksdm_jobs_load")
+    result = gr.HTML(elem_id="bksdm_jobs_message")
+    with gr.Row():
+        plot = gr.Image(label="Loss", interactive=False, elem_id="bksdm_jobs_loss")
+        samples = gr.Image(label="Latest samples (teacher | student)", interactive=False,
+                           elem_id="bksdm_jobs_samples")
+    log = gr.Textbox(label="Log (last lines)", lines=10, max_lines=10, interactive=False,
+                     elem_id="bksdm_jobs_log")
+    table = gr.Dataframe(headers=HEADERS, interactive=False, elem_id="bksdm_jobs_table")
+    registered = gr.Textbox(visible=False, elem_id="bksdm_jobs_result_title")
+
+    outputs = [table, chooser, bar, plot, samples, log, registered]
+    refresh.click(details, inputs=[chooser], outputs=outputs, show_progress=False)
+    chooser.select(details, inputs=[chooser], outputs=outputs, show_progress=False)
+    for button, action in ((cancel, "cancel"), (save, "save"), (resume, "resume")):
+        button.click(lambda selected, action=action: act(action, selected), inputs=[chooser],
+                     outputs=[result]).then(details, inputs=[chooser], outputs=outputs,
+                                            show_progress=False)
+    registered.change(None, _js="bksdm_refresh_checkpoints", inputs=[registered], outputs=[])
+    load.click(None, _js="bksdm_load_checkpoint", inputs=[registered], outputs=[])

@@ -1,0 +1,140 @@
+"""The Distill, DreamBooth and Jobs tabs inside the A1111 1.10.1 stand-in, with real
+worker processes training tiny models on the CPU."""
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bksdm_ext.demo import write_tiny_teacher
+from bksdm_ext.jobs import CANCELLED, SUCCEEDED
+from test_convert import ldm_from_yaml, load_file, unet_part
+from test_distill import make_dataset
+from test_jobs import wait
+from webui_env import standin_app, start_webui
+
+FAST = dict(steps=6, batch_size=2, grad_accum=1, lr=1e-3, resolution=32, precision="no",
+            gradient_checkpointing=False, ema=False, use_8bit_adam=False, save_every=3,
+            sample_every=3, sample_prompts="a red circle", gpus=1)
+
+
+@pytest.fixture
+def webui(tmp_path):
+    folder = start_webui(tmp_path / "webui")
+    write_tiny_teacher(folder / "tiny-sd.safetensors")
+    from modules import sd_models
+
+    sd_models.list_models()
+    yield folder
+    standin_app.reset(tmp_path / "after")
+
+
+def tabs():
+    from bksdm_ext.webui import distill_tab, jobs_service, jobs_tab
+
+    return distill_tab, jobs_service, jobs_tab
+
+
+def start_distill(tab, teacher_title, data, free_vram=False, **changes):
+    form = dict(FAST, **changes)
+    return tab.start(teacher_title, "Small", tab.SOURCES[0], str(data), 0, "", "", False,
+                     form["steps"], form["batch_size"], form["grad_accum"], form["lr"],
+                     form["resolution"], form["precision"], form["gradient_checkpointing"],
+                     form["ema"], form["use_8bit_adam"], form["save_every"],
+                     form["sample_every"], form["sample_prompts"], free_vram, form["gpus"])
+
+
+def test_a_distillation_started_in_the_tab_lands_in_the_dropdown_with_a_card(webui, tmp_path):
+    from modules import sd_models
+
+    distill_tab, jobs_service, jobs_tab = tabs()
+    data = make_dataset(tmp_path / "data")
+    title = distill_tab.checkpoints.titles(students=False)[0]
+    assert "tiny-sd" in title
+    checked = distill_tab.check_dataset(str(data))
+    assert "8 images with captions" in checked and "bksdm-success" in checked
+
+    message = start_distill(distill_tab, title, data)
+    assert "bksdm-success" in message, message
+    runner = jobs_service.runner()
+    job = runner.jobs()[-1]
+    assert job.kind == "distill" and "--arch small" in " ".join(job.argv)
+    job = wait(runner, job.id, lambda j: j.state not in ("queued", "running"))
+    assert job.state == SUCCEEDED, runner.log_tail(job.id)
+
+    registered = Path(job.registered)
+    assert registered.parent == webui and registered.is_file()
+    assert registered.with_suffix(".yaml").is_file()
+    card = registered.with_suffix(".preview.png")
+    with Image.open(card) as image:
+        assert image.size == (32, 32)  # the student's first sample, cropped from the grid
+    assert registered in {Path(i.filename) for i in sd_models.checkpoints_list.values()}
+    state, metadata = load_file(registered)
+    assert metadata["bksdm.preset"] == "small" and metadata["bksdm.distilled_steps"] == "6"
+    ldm_from_yaml(registered.with_suffix(".yaml")).load_state_dict(unet_part(state), strict=True)
+
+    table, chooser, bar, plot, samples, log, result_title = jobs_tab.details("")
+    assert chooser["value"] == jobs_service.label(job) and table[0][2].endswith("succeeded")
+    assert "width: 100.0%" in bar and Path(plot).is_file() and Path(samples).is_file()
+    assert "distilling" in log and result_title == sd_models.checkpoint_aliases[
+        result_title].title
+
+    # A second run of the same teacher never overwrites the first student.
+    again = jobs_service.free_name(webui, registered.stem)
+    assert again.name == registered.stem + "-2.safetensors"
+
+
+def test_bad_input_is_refused_before_anything_is_queued(webui, tmp_path):
+    distill_tab, jobs_service, _ = tabs()
+    title = distill_tab.checkpoints.titles(students=False)[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for message in (start_distill(distill_tab, title, tmp_path / "missing"),
+                    start_distill(distill_tab, title, empty),
+                    start_distill(distill_tab, "gone.safetensors", empty)):
+        assert "bksdm-error" in message
+    assert "no such folder" in start_distill(distill_tab, title, tmp_path / "missing")
+    assert "no captioned images" in start_distill(distill_tab, title, empty)
+    assert "not in the checkpoint list" in start_distill(distill_tab, "gone.safetensors", empty)
+    assert jobs_service.runner().jobs() == []
+
+
+def test_a_job_that_frees_vram_moves_the_model_out_and_back(webui, tmp_path, monkeypatch):
+    """As A1111's own Unload/Load buttons do; the stand-in records the calls it gets."""
+    from modules import sd_models
+
+    from bksdm_ext.webui import a1111
+    from webui_env import load
+
+    distill_tab, jobs_service, jobs_tab = tabs()
+    load(webui / "tiny-sd.safetensors")
+    calls = []
+    for name in ("unload_model_weights", "send_model_to_device"):
+        real = getattr(sd_models, name)
+        monkeypatch.setattr(sd_models, name, lambda *a, real=real, name=name, **k: (
+            calls.append(name), real(*a, **k))[1])
+    runner = jobs_service.runner()
+    job = runner.submit("distill", ["--teacher", "x"], device="cuda:0", title="t",
+                        free_vram=True)
+    job = wait(runner, job.id, lambda j: j.state not in ("queued", "running"))
+    assert job.state == "failed" and calls[:1] == ["unload_model_weights"]
+    jobs_service._give_vram_back(runner)
+    assert calls == ["unload_model_weights", "send_model_to_device"]
+    assert a1111.loaded_model() is not None
+
+
+def test_cancel_and_resume_from_the_tab_buttons(webui, tmp_path):
+    distill_tab, jobs_service, jobs_tab = tabs()
+    data = make_dataset(tmp_path / "data")
+    title = distill_tab.checkpoints.titles(students=False)[0]
+    start_distill(distill_tab, title, data, steps=400, save_every=1, sample_every=0)
+    runner = jobs_service.runner()
+    job = runner.jobs()[-1]
+    wait(runner, job.id, lambda j: any(e["event"] == "checkpoint" for e in runner.events(j.id)))
+    assert "stops at its next step" in jobs_tab.act("save", jobs_service.label(job))
+    job = wait(runner, job.id, lambda j: j.state == CANCELLED)
+    assert "checkpoint saved" in job.reason
+    assert "queued again" in jobs_tab.act("resume", jobs_service.label(job))
+    wait(runner, job.id, lambda j: j.state == "running")
+    assert "bksdm-success" in jobs_tab.act("cancel", jobs_service.label(job))
+    job = wait(runner, job.id, lambda j: j.state == CANCELLED)
+    assert "nothing saved" in job.reason
