@@ -218,7 +218,7 @@ def test_latency_tab_in_the_browser(browser, webui, tmp_path):
         page.on("pageerror", lambda error: js_errors.append(str(error)))
         page.goto(url + "/")
         page.locator("#tabs > .tab-nav > button", has_text="BK-SDM").click()
-        page.locator("#bksdm_tabs button", has_text="Latency").click()
+        page.locator("#bksdm_tabs > .tab-nav > button", has_text="Latency").click()
         expect(page.locator("#bksdm_device").first).to_contain_text("Device:")
         page.locator("#bksdm_latency_refresh").click()
         models = page.locator("#bksdm_latency_models label")
@@ -242,6 +242,66 @@ def test_latency_tab_in_the_browser(browser, webui, tmp_path):
         except OSError:
             pass
         assert _loaded_file() == webui / "teacher.safetensors"
+        assert js_errors == []
+    finally:
+        standin_app.stop()
+
+
+def test_distill_tab_starts_a_job_the_jobs_tab_follows_and_cancels(browser, webui, tmp_path):
+    from playwright.sync_api import expect
+
+    from bksdm_ext.demo import write_tiny_teacher
+    from bksdm_ext.webui import jobs_service
+    from test_distill import make_dataset
+
+    write_tiny_teacher(webui / "tiny-sd.safetensors")  # a whole tiny model: the job trains it
+    data = make_dataset(tmp_path / "data")
+    _, url = standin_app.launch()
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.route(re.compile(r"^(?!%s/).*" % re.escape(url)), lambda route: route.abort())
+        js_errors = []
+        page.on("pageerror", lambda error: js_errors.append(str(error)))
+        page.goto(url + "/")
+        page.locator("#tabs > .tab-nav > button", has_text="BK-SDM").click()
+        page.locator("#bksdm_tabs > .tab-nav > button", has_text="Distill").click()
+
+        page.locator("#bksdm_distill_refresh").click()
+        page.locator("#bksdm_distill_teacher input").click()
+        page.locator("#bksdm_distill_teacher ul.options li", has_text="tiny-sd.safetensors").click()
+        page.locator("#bksdm_distill_folder textarea").fill(str(data))
+        page.locator("#bksdm_distill_check").click()
+        expect(page.locator("#bksdm_distill_checked").first).to_contain_text("8 images with captions")
+        for elem_id, value in (("steps", "400"), ("batch", "2"), ("accum", "1"), ("lr", "0.001"),
+                               ("resolution", "32"), ("save_every", "0"), ("sample_every", "0")):
+            page.locator("#bksdm_distill_%s input" % elem_id).fill(value)
+        for label in ("Gradient checkpointing", "EMA of the weights"):
+            page.get_by_label(label).first.uncheck()
+        page.locator("#bksdm_distill_start").click()
+        expect(page.locator("#bksdm_distill_result").first).to_contain_text("Follow it in the Jobs tab")
+
+        page.locator("#bksdm_tabs > .tab-nav > button", has_text="Jobs").click()
+        progress = page.locator("#bksdm_jobs_progress").first
+        # No clicks: the page's own timer refreshes the tab while the job runs.
+        expect(progress).to_contain_text(re.compile(r"step [1-9]\d*/400 \(\d+%\).*ETA \d+m"),
+                                         timeout=120000)
+        expect(page.locator("#bksdm_jobs_loss img")).to_have_count(1)
+        expect(page.locator("#bksdm_jobs_log textarea")).to_have_value(re.compile("distilling"))
+        expect(page.locator("#bksdm_jobs_table tbody tr")).to_have_count(1)
+        page.screenshot(path=str(tmp_path / "jobs.png"), full_page=True)
+        try:
+            shutil.copyfile(str(tmp_path / "jobs.png"), "/tmp/bksdm-jobs-tab.png")
+        except OSError:
+            pass
+
+        page.locator("#bksdm_jobs_cancel").click()
+        expect(page.locator("#bksdm_jobs_message").first).to_contain_text("stops at its next step")
+        expect(progress).to_contain_text("cancelled: stopped at step", timeout=120000)
+        job = jobs_service.runner().jobs()[-1]
+        assert job.state == "cancelled" and "nothing saved" in job.reason
+        argv = " ".join(job.argv)
+        assert "--data %s" % data in argv and "--steps 400" in argv and "--no-ema" in argv
         assert js_errors == []
     finally:
         standin_app.stop()

@@ -30,6 +30,8 @@ def progress_line(job: Job, progress: Progress) -> str:
         return "%s %s: %s" % (STATE_ICONS[job.state], job.state, job.reason)
     if job.state != RUNNING:
         return "%s %s" % (STATE_ICONS[job.state], job.state)
+    if not progress.step:
+        return "%s starting: loading the models and data" % STATE_ICONS[job.state]
     total = "/%d" % progress.total if progress.total else ""
     rate = " · %.2f it/s" % progress.it_s if progress.it_s else ""
     return "%s step %d%s (%.0f%%)%s · ETA %s" % (
