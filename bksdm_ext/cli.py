@@ -46,6 +46,34 @@ def _distill(args: argparse.Namespace) -> Dict[str, Any]:
     return {"output": str(output), "config": str(output.with_suffix(".yaml")), "run": args.out}
 
 
+def _dreambooth(args: argparse.Namespace) -> Dict[str, Any]:
+    from dataclasses import fields
+
+    from .dreambooth import dreambooth
+    from .dreambooth_config import DreamBoothConfig
+
+    options = {f.name: getattr(args, f.name) for f in fields(DreamBoothConfig)
+               if getattr(args, f.name, None) is not None}
+    output = dreambooth(DreamBoothConfig(**options), resume=args.resume)
+    result = {"output": str(output), "config": str(output.with_suffix(".yaml")), "run": args.out}
+    lora = output.with_name(output.stem + "-lora.safetensors")
+    if args.lora and lora.is_file():
+        result["lora"] = str(lora)
+    return result
+
+
+def _synth(args: argparse.Namespace) -> Dict[str, Any]:
+    from dataclasses import fields
+
+    from .synth import synth, synth_summary
+    from .synth_config import SynthConfig
+
+    options = {f.name: getattr(args, f.name) for f in fields(SynthConfig)
+               if getattr(args, f.name, None) is not None}
+    run = synth(SynthConfig(**options), resume=args.resume)
+    return dict(synth_summary(run), output=str(run))
+
+
 def _bench(args: argparse.Namespace) -> Dict[str, Any]:
     from .latency import LatencySettings, measure_all
 
@@ -111,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(run=_import_diffusers, render=_render_conversion)
 
     _add_distill(commands)
+    _add_synth(commands)
+    _add_dreambooth(commands)
 
     bench = commands.add_parser(
         "bench", help="generation latency of a teacher and its students (diffusers, this device)",
@@ -153,7 +183,10 @@ def _add_distill(commands: Any) -> None:
     distill.add_argument("--arch", default=defaults.arch, choices=list(PRESETS))
     distill.add_argument("--data", required=True,
                          help="folder of images with captions (image.txt beside image.png, or "
-                              "metadata.jsonl / metadata.csv with file_name and text)")
+                              "metadata.jsonl / metadata.csv with file_name and text); or "
+                              "teacher:N (the teacher makes N image/caption pairs first, from "
+                              "--prompts); or a .txt prompt file (one pair per prompt); or a "
+                              "finished `bksdm synth` run folder")
     distill.add_argument("--out", required=True, help="run folder")
     distill.add_argument("--resume", action="store_true", help="continue the run in --out")
     for name, kind, help_text in (
@@ -171,7 +204,17 @@ def _add_distill(commands: Any) -> None:
             ("lambda_feature", float, "weight of the feature-KD loss"),
             ("ema_decay", float, "EMA decay"),
             ("log_every", int, "event-file line every N steps"),
-            ("cache_dir", str, "where encoded latents/captions go (default: <out>/cache)")):
+            ("cache_dir", str, "where encoded latents/captions go (default: <out>/cache)"),
+            ("synthetic", int, "with a dataset folder as --data: this many teacher-made pairs "
+                               "as well"),
+            ("negative_prompt", str, "negative prompt of the teacher-made pairs"),
+            ("synth_cfg_scale", float, "CFG scale of the teacher-made pairs"),
+            ("synth_steps", int, "sampler steps of the teacher-made pairs"),
+            ("synth_sampler", str, "sampler of the teacher-made pairs"),
+            ("synth_batch_size", int, "images per teacher batch when making pairs"),
+            ("synth_preview", int, "teacher-made images decoded for the preview grid"),
+            ("random_conditioning_p", float, "with --random-conditioning: share of examples "
+                                             "whose caption meets an unrelated latent")):
         flag = "--" + name.replace("_", "-")
         distill.add_argument(flag, dest=name, type=kind, default=None,
                              help="%s (default %s)" % (help_text, getattr(defaults, name)))
@@ -181,6 +224,13 @@ def _add_distill(commands: Any) -> None:
                          default=None, help="precision of exported students (default fp16)")
     distill.add_argument("--sample-prompt", dest="sample_prompts", action="append", default=None,
                          help="a prompt for the sample grids (repeatable)")
+    distill.add_argument("--prompts", dest="prompts", default=None,
+                         help="prompts of the teacher-made pairs: a .txt file (one a line), a "
+                              "folder of .txt captions, a dataset folder, or builtin (default)")
+    distill.add_argument("--random-conditioning", dest="random_conditioning",
+                         action="store_true", default=None,
+                         help="pair some captions with unrelated latents (arXiv 2504.02011; "
+                              "off by default: not yet shown to help here)")
     distill.add_argument("--no-ema", dest="ema", action="store_false", default=None)
     distill.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing",
                          action="store_false", default=None)
@@ -190,6 +240,112 @@ def _add_distill(commands: Any) -> None:
     _add_v_prediction(distill)
     distill.add_argument("--json", action="store_true")
     distill.set_defaults(run=_distill, render=_render_info)
+
+
+def _add_dreambooth(commands: Any) -> None:
+    from .dreambooth_config import FULL_LR, DreamBoothConfig
+
+    defaults = DreamBoothConfig(model="", instance_dir="", instance_prompt="", class_prompt="",
+                                out="")
+    dreambooth = commands.add_parser(
+        "dreambooth", help="finetune a model (BK-SDM student or SD-v1/v2) on a few photos of "
+                           "a subject",
+        description="DreamBooth with prior preservation (the paper's recipe and defaults): "
+                    "U-Net and text encoder finetuned jointly on the instance photos, class "
+                    "images generated once by --class-model and reused. The run folder gets "
+                    "events.jsonl, checkpoints/, samples/, the class images and finally the "
+                    "finetuned model as an A1111 .safetensors + .yaml (with --lora also a "
+                    "LoRA file for A1111's Lora extension).")
+    dreambooth.add_argument("--model", required=True, help="checkpoint to finetune (.safetensors/.ckpt)")
+    dreambooth.add_argument("--instance-dir", dest="instance_dir", required=True,
+                            help="folder with the photos of the subject")
+    dreambooth.add_argument("--instance-prompt", dest="instance_prompt", required=True,
+                            help='prompt of every photo, e.g. "a [V] dog"')
+    dreambooth.add_argument("--class-prompt", dest="class_prompt", default="",
+                            help='the class without the identifier, e.g. "a dog" (needed with '
+                                 "prior preservation)")
+    dreambooth.add_argument("--out", required=True, help="run folder")
+    dreambooth.add_argument("--resume", action="store_true", help="continue the run in --out")
+    dreambooth.add_argument("--class-model", dest="class_model", default=None,
+                            help="model that generates the class images (default: --model)")
+    dreambooth.add_argument("--class-dir", dest="class_dir", default=None,
+                            help="where class-image folders go, to share them between runs "
+                                 "(default: the run folder)")
+    for name, kind, help_text in (
+            ("num_class_images", int, "class images for prior preservation"),
+            ("steps", int, "optimizer steps"),
+            ("resolution", int, "training resolution (shorter edge, then random crop)"),
+            ("lr", float, "AdamW learning rate (constant); with --lora only when given"),
+            ("batch_size", int, "instance images per step (plus as many class images)"),
+            ("prior_weight", float, "weight of the prior-preservation loss"),
+            ("lora_rank", int, "LoRA rank (alpha = rank)"),
+            ("lora_lr", float, "learning rate in LoRA mode"),
+            ("save_every", int, "checkpoint every N steps (0: never)"),
+            ("sample_every", int, "before/after sample grid every N steps (0: never)"),
+            ("seed", int, "seed of data order, crops and noise"),
+            ("log_every", int, "event-file line every N steps")):
+        flag = "--" + name.replace("_", "-")
+        default = FULL_LR if name == "lr" else getattr(defaults, name)
+        dreambooth.add_argument(flag, dest=name, type=kind, default=None,
+                                help="%s (default %s)" % (help_text, default))
+    dreambooth.add_argument("--no-prior-preservation", dest="prior_preservation",
+                            action="store_false", default=None)
+    dreambooth.add_argument("--no-train-text-encoder", dest="train_text_encoder",
+                            action="store_false", default=None)
+    dreambooth.add_argument("--lora", action="store_true", default=None,
+                            help="train LoRA adapters instead of all weights (needs peft)")
+    dreambooth.add_argument("--mixed-precision", dest="mixed_precision",
+                            choices=["no", "fp16", "bf16"], default=None,
+                            help="autocast on a GPU (default fp16; a CPU runs fp32)")
+    dreambooth.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing",
+                            action="store_false", default=None)
+    dreambooth.add_argument("--use-8bit-adam", dest="use_8bit_adam", action="store_true",
+                            default=None, help="bitsandbytes' 8-bit AdamW (needs bitsandbytes)")
+    dreambooth.add_argument("--sample-prompt", dest="sample_prompts", action="append",
+                            default=None, help="a prompt for the sample grids (repeatable; "
+                                               "default: the instance prompt)")
+    dreambooth.add_argument("--export-dtype", dest="export_dtype", choices=["fp16", "bf16", "fp32"],
+                            default=None, help="precision of the finetuned weights (default fp16)")
+    dreambooth.add_argument("--json", action="store_true")
+    dreambooth.set_defaults(run=_dreambooth, render=_render_info)
+
+
+def _add_synth(commands: Any) -> None:
+    from .synth_config import SynthSettings
+
+    defaults = SynthSettings(count=0)
+    synth = commands.add_parser(
+        "synth", help="let the teacher make distillation data: latents + text embeddings "
+                      "for N prompts, no dataset needed",
+        description="The teacher samples --count images (image i: prompt i, seed --seed + i) "
+                    "and writes their latents and the prompts' text embeddings into a "
+                    "training cache in --out, with prompts.txt and a decoded preview grid "
+                    "(samples/preview.png). Use the folder as `bksdm distill --data OUT`. "
+                    "--resume continues a stopped or killed run without duplicates or gaps.")
+    synth.add_argument("--teacher", required=True, help="SD-v1/v2 checkpoint (.safetensors/.ckpt)")
+    synth.add_argument("--count", type=int, required=True,
+                       help="number of image/caption pairs (0 with a prompt file: one per prompt)")
+    synth.add_argument("--out", required=True, help="run folder")
+    synth.add_argument("--resume", action="store_true", help="continue the run in --out")
+    synth.add_argument("--prompts", default=None,
+                       help="a .txt file (one prompt a line, cycled with new seeds when "
+                            "shorter than --count), a folder of .txt captions, a dataset "
+                            "folder, or builtin (default: seeded, de-duplicated generator)")
+    for name, kind, help_text in (
+            ("negative_prompt", str, "negative prompt"),
+            ("cfg_scale", float, "classifier-free guidance scale"),
+            ("steps", int, "sampler steps"),
+            ("sampler", str, "dpmpp_2m_karras, dpmpp_2m, euler, euler_a, ddim or pndm"),
+            ("resolution", int, "image size (the distillation's training resolution)"),
+            ("batch_size", int, "images per teacher batch"),
+            ("seed", int, "seed of image 0 (image i gets seed + i) and of the built-in prompts"),
+            ("preview", int, "first images decoded into samples/preview.png")):
+        default = getattr(defaults, name)
+        synth.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                           help="%s (default %s)" % (help_text, "none" if default == "" else default))
+    _add_v_prediction(synth)
+    synth.add_argument("--json", action="store_true")
+    synth.set_defaults(run=_synth, render=_render_info)
 
 
 def _add_dtype(parser: argparse.ArgumentParser) -> None:

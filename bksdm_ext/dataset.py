@@ -79,7 +79,7 @@ def scan_dataset(folder: Union[str, Path]) -> DatasetScan:
     if not folder.is_dir():
         raise BadInput("%s: no such folder; give the folder that holds the training images"
                        % folder)
-    images = sorted(_images(folder))
+    images = sorted(image_files(folder))
     layout = next((name for name in METADATA_FILES if (folder / name).is_file()), "pairs")
     if layout == "pairs":
         candidates = [(image, _caption_file(image)) for image in images]
@@ -92,7 +92,7 @@ def scan_dataset(folder: Union[str, Path]) -> DatasetScan:
     for image, caption in candidates:
         if not caption:
             scan.missing_captions.append(image)
-        elif not _readable(image):
+        elif not is_readable_image(image):
             scan.unreadable.append(image)
         else:
             scan.examples.append(Example(image, caption))
@@ -145,7 +145,7 @@ def _count(n: int, noun: str) -> str:
     return "{:,} {}{}".format(n, noun, "" if n == 1 else "s")
 
 
-def _images(folder: Path) -> Iterator[Path]:
+def image_files(folder: Path) -> Iterator[Path]:
     """Image files under `folder`, skipping hidden folders (.ipynb_checkpoints, caches)."""
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -213,7 +213,7 @@ def _csv_records(path: Path) -> List[Tuple[int, Dict[str, Optional[str]]]]:
     return [(reader.line_num, record) for record in reader]
 
 
-def _readable(image: Path) -> bool:
+def is_readable_image(image: Path) -> bool:
     from PIL import Image
 
     try:

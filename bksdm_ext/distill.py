@@ -3,76 +3,50 @@
 Loss = λ_sd·task + λ_out·output-KD + λ_feat·feature-KD (kd.py), teacher frozen in half
 precision on a GPU, student initialised from the teacher through the weight map.  Images
 and captions are encoded once into an on-disk cache (latent_cache.py), so a step runs
-only the two U-Nets.  All randomness comes from one generator per process whose state
+only the two U-Nets.  The data can also be teacher-made (synth.py: ``--data teacher:N``,
+a prompt file, a ``bksdm synth`` run, or a dataset plus ``--synthetic N``); those pairs
+enter the cache as latents and never pass through the VAE encoder.  All randomness comes from one generator per process whose state
 is checkpointed with the data position, so a resumed run repeats the losses of an
 uninterrupted one.  ``accelerate launch -m bksdm_ext distill ...`` runs it with DDP.
 """
 import json
-import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
 from .arch import Architecture, preset
 from .checkpoint import Checkpoint
 from .convert import DTYPES, teacher_origin, teacher_parts, write_student
-from .dataset import scan_dataset
+from .dataset import DatasetScan, scan_dataset
 from .detect import ModelInfo, inspect_checkpoint
 from .distill_config import DistillConfig
-from .errors import BadInput, Stopped
+from .errors import BadInput
 from .events import EventLog
 from .kd import EMA, FeatureTaps, LossWeights, kd_loss, student_from_teacher
 from .keymap import UNET_PREFIX, KeyMap
-from .latent_cache import LatentCache, cache_fingerprint
-from .loading import latent_scale, load_text_encoder, load_unet, load_vae, noise_scheduler
+from .latent_cache import CacheUnion, LatentCache, cache_fingerprint, teacher_identity
+from .loading import latent_scale, load_unet, load_vae, noise_scheduler
 from .generation import make_pipeline
-from .runs import RunPaths, event, progress_bar
+from .noising import Batches, noised, randn
+from .optim import adamw
+from .runs import RunPaths, event, failures_reported, progress_bar, stop_run
 from .safetensors_io import TensorOut, tensor_bytes
+from .synth import (SynthFolder, SynthPlan, TeacherSampler, finished_synthetic_cache,
+                    plan_synthesis, synthesize)
+from .synth_config import training_data
+from .text_encoding import text_encoder_fn
 
-
-class Batches:
-    """Which cache entries each process trains on: an epoch is a seeded permutation of the
-    dataset, consumed `global_batch` entries at a time; each process takes its slice.
-    The whole state is one integer, `position`, so resuming continues the same sequence."""
-
-    def __init__(self, size: int, batch_size: int, rank: int, world: int, seed: int) -> None:
-        self.size, self.batch_size, self.rank, self.world, self.seed = size, batch_size, rank, world, seed
-        self.position = 0
-
-    def next(self) -> List[int]:
-        global_batch = self.batch_size * self.world
-        indices = [self._at(self.position + i) for i in range(global_batch)]
-        self.position += global_batch
-        return indices[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-
-    def _at(self, position: int) -> int:
-        epoch, offset = divmod(position, self.size)
-        return int(self._permutation(epoch)[offset])
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        cached = getattr(self, "_cached", None)
-        if cached is None or cached[0] != epoch:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._cached = (epoch, torch.randperm(self.size, generator=generator))
-        return self._cached[1]
+Cache = Union[LatentCache, CacheUnion]
 
 
 def distill(cfg: DistillConfig, resume: bool = False) -> Path:
     """Train, checkpoint, export; returns the final student's .safetensors path.  A run
     that fails says why in its event file too (the WebUI's job list reads it there)."""
-    try:
+    with failures_reported(cfg.out):
         return _distill(cfg, resume)
-    except Stopped:
-        raise
-    except BaseException as e:
-        events = RunPaths(Path(cfg.out)).events
-        if os.environ.get("RANK", "0") == "0" and events.is_file():
-            EventLog(events).write("error", kind=type(e).__name__, message=str(e))
-        raise
 
 
 def _distill(cfg: DistillConfig, resume: bool) -> Path:
@@ -80,8 +54,13 @@ def _distill(cfg: DistillConfig, resume: bool) -> Path:
 
     paths = RunPaths(Path(cfg.out))
     ckpt, info, arch = _teacher(cfg)
-    scan = scan_dataset(cfg.data)  # an empty or missing dataset fails before any model loads
-    start_checkpoint = paths.resume_point(resume)
+    # An empty or missing dataset, or bad prompts, fail before any model loads.
+    data = training_data(cfg.data, cfg.synthetic, cfg.prompts)
+    scan = scan_dataset(data.dataset) if data.dataset is not None else None
+    plan = (plan_synthesis(ckpt, info, cfg.synth_settings(data.synthetic, data.prompts))
+            if data.teacher_makes_data() else None)
+    made = finished_synthetic_cache(data.synth_run) if data.synth_run is not None else None
+    start_checkpoint = _resume_point(paths, resume, plan is not None)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.grad_accum,
                               cpu=not torch.cuda.is_available())
@@ -90,21 +69,26 @@ def _distill(cfg: DistillConfig, resume: bool) -> Path:
         paths.out.mkdir(parents=True, exist_ok=True)
         (paths.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
     log = EventLog(paths.events) if main else None
-    event(log, "start", arch=arch.removal.name, family=info.family,
-           parameterization=info.parameterization, dataset=scan.summary(),
-           problems=scan.problems(), processes=accelerator.num_processes,
+    event(log, "start", total_steps=cfg.steps, arch=arch.removal.name, family=info.family,
+           parameterization=info.parameterization,
+           dataset=scan.summary() if scan is not None else None,
+           problems=scan.problems() if scan is not None else [],
+           synthetic=dict(plan.description(), count=plan.settings.count) if plan else None,
+           synth_run=str(data.synth_run) if data.synth_run is not None else None,
+           random_conditioning=cfg.random_conditioning_p if cfg.random_conditioning else None,
+           processes=accelerator.num_processes,
            resumed_from=str(start_checkpoint) if start_checkpoint else None)
 
     device = accelerator.device
     teacher_dtype = torch.float16 if device.type == "cuda" else torch.float32
     teacher = load_unet(ckpt, info).to(device, teacher_dtype).requires_grad_(False).eval()
-    cache = _cache(cfg, paths, ckpt, info, scan, accelerator, log)
+    cache = _training_cache(cfg, paths, ckpt, info, teacher, scan, plan, made, accelerator, log)
     student = student_from_teacher(teacher, arch).to(device).train()
     if cfg.gradient_checkpointing:
         student.enable_gradient_checkpointing()
     _use_xformers(teacher, student, device)
     ema = EMA(student, cfg.ema_decay) if cfg.ema else None
-    optimizer = _optimizer(cfg, student)
+    optimizer = adamw(list(student.parameters()), cfg.lr, cfg.use_8bit_adam)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)  # constant
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     pairs = arch.feature_kd_pairs()
@@ -128,13 +112,12 @@ def _distill(cfg: DistillConfig, resume: bool) -> Path:
     while step < cfg.steps:
         totals: Dict[str, float] = {}
         for _ in range(cfg.grad_accum):
-            batch = _batch(cache, batches.next(), generator, cfg.flip, device)
-            latents = (batch["mean"] + batch["std"] * _randn(batch["mean"], generator)) * scale
-            eps = _randn(latents, generator)
-            timesteps = torch.randint(0, noise.config.num_train_timesteps, (latents.shape[0],),
-                                      generator=generator).to(device)
-            noisy = _add_noise(alphas, latents, eps, timesteps)
-            target = eps if info.parameterization == "eps" else _velocity(alphas, latents, eps, timesteps)
+            indices = batches.next()
+            batch = _batch(cache, indices, generator, cfg.flip, device)
+            if cfg.random_conditioning:
+                _unrelated_latents(batch, cache, indices, generator, cfg.random_conditioning_p)
+            latents = (batch["mean"] + batch["std"] * randn(batch["mean"], generator)) * scale
+            noisy, timesteps, target = noised(latents, alphas, info.parameterization, generator)
             with torch.no_grad(), accelerator.autocast():
                 teacher_pred = teacher(noisy.to(teacher_dtype), timesteps,
                                        batch["embedding"].to(teacher_dtype)).sample
@@ -168,14 +151,9 @@ def _distill(cfg: DistillConfig, resume: bool) -> Path:
             event(log, "samples", step=step, path=str(path))
         request = _stop_request(paths, accelerator)
         if request and step < cfg.steps:
-            if request == "save":
-                _save_state(paths, step, accelerator, student, optimizer, scheduler, ema,
-                            generator, batches, cfg, ckpt, info, arch, log)
-            event(log, "stopped", step=step, saved=request == "save")
-            progress.close()
-            raise Stopped("stopped at step %d%s" % (step, "; checkpoint saved, continue with "
-                                                   "--resume" if request == "save" else
-                                                   "; nothing saved"))
+            stop_run(request, step, lambda: _save_state(
+                paths, step, accelerator, student, optimizer, scheduler, ema, generator, batches,
+                cfg, ckpt, info, arch, log), log, progress)
     progress.close()
     teacher_taps.close()
     student_taps.close()
@@ -207,13 +185,54 @@ def _teacher(cfg: DistillConfig) -> Tuple[Checkpoint, ModelInfo, Architecture]:
         raise BadInput(str(e)) from None
 
 
-def _cache(cfg: DistillConfig, paths: RunPaths, ckpt: Checkpoint, info: ModelInfo, scan: Any,
-           accelerator: Any, log: Optional[EventLog]) -> LatentCache:
+def _resume_point(paths: RunPaths, resume: bool, synthesizes: bool) -> Optional[Path]:
+    """The checkpoint to continue from.  A run stopped while the teacher was still making
+    its data has none yet, but resumes too: the synthesis continues where it stopped."""
+    if resume and synthesizes and paths.latest_checkpoint() is None:
+        return None
+    return paths.resume_point(resume)
+
+
+def _cache_root(cfg: DistillConfig, paths: RunPaths) -> Path:
+    return Path(cfg.cache_dir) if cfg.cache_dir else paths.out / "cache"
+
+
+def _training_cache(cfg: DistillConfig, paths: RunPaths, ckpt: Checkpoint, info: ModelInfo,
+                    teacher: torch.nn.Module, scan: Optional[DatasetScan],
+                    plan: Optional[SynthPlan], made: Optional[LatentCache], accelerator: Any,
+                    log: Optional[EventLog]) -> Cache:
+    """Everything the run trains on, as one cache: the encoded dataset, then the pairs the
+    teacher makes now, then those of a finished synth run."""
+    real = _cache(cfg, paths, ckpt, info, scan, accelerator, log) if scan is not None else None
+    synthetic = [_synthetic_cache(cfg, paths, ckpt, info, teacher, plan, accelerator, log)
+                 if plan is not None else None, made]
+    caches = [cache for cache in [real] + synthetic if cache is not None]
+    event(log, "data", examples=sum(map(len, caches)), real=len(real) if real else 0,
+          synthetic=sum(len(cache) for cache in synthetic if cache is not None))
+    return caches[0] if len(caches) == 1 else CacheUnion(caches)
+
+
+def _synthetic_cache(cfg: DistillConfig, paths: RunPaths, ckpt: Checkpoint, info: ModelInfo,
+                     teacher: torch.nn.Module, plan: SynthPlan, accelerator: Any,
+                     log: Optional[EventLog]) -> LatentCache:
+    """The pairs the (already loaded) teacher makes, in ``<cache>/synthetic``: made by the
+    main process, kept across stops, reused by any run with the same settings."""
+    folder = SynthFolder(_cache_root(cfg, paths) / "synthetic")
+    with accelerator.main_process_first():
+        if accelerator.is_main_process:
+            paths.checkpoints.mkdir(parents=True, exist_ok=True)  # resumable from here on
+            synthesize(folder, plan, lambda: TeacherSampler(ckpt, info, teacher, plan.settings,
+                                                            accelerator.device),
+                       paths, log, job=False)
+        return LatentCache(folder.cache, plan.fingerprint())
+
+
+def _cache(cfg: DistillConfig, paths: RunPaths, ckpt: Checkpoint, info: ModelInfo,
+           scan: DatasetScan, accelerator: Any, log: Optional[EventLog]) -> LatentCache:
     """The encoded dataset; built by the main process, with the encoders loaded only then."""
-    root = Path(cfg.cache_dir) if cfg.cache_dir else paths.out / "cache"
-    teacher_file = ckpt.path.stat()
-    fingerprint = cache_fingerprint(scan, cfg.resolution, bool(cfg.flip), encoders="%s:%d:%d" % (
-        ckpt.path.name, teacher_file.st_size, int(teacher_file.st_mtime)))
+    root = _cache_root(cfg, paths)
+    fingerprint = cache_fingerprint(scan, cfg.resolution, bool(cfg.flip),
+                                    encoders=teacher_identity(ckpt.path))
     with accelerator.main_process_first():  # the main process builds, the others then read
         cache = LatentCache(root, fingerprint)
         if accelerator.is_main_process and not cache.is_complete():
@@ -234,36 +253,6 @@ def _cache(cfg: DistillConfig, paths: RunPaths, ckpt: Checkpoint, info: ModelInf
     return cache
 
 
-def text_encoder_fn(ckpt: Checkpoint, info: ModelInfo, device: torch.device) -> Any:
-    """captions -> the embeddings the U-Net is conditioned on, with the checkpoint's own
-    text encoder and a CLIP tokenizer from files already on the machine."""
-    from .tokenizer import clip_tokenizer
-
-    tokenizer = clip_tokenizer(info.family)
-    encoder = load_text_encoder(ckpt, info.family).to(device).eval()
-
-    @torch.no_grad()
-    def encode(captions: List[str]) -> torch.Tensor:
-        ids = tokenizer(list(captions), padding="max_length", truncation=True,
-                        max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
-        return encoder(ids.to(device))[0].cpu()
-
-    return encode
-
-
-def _optimizer(cfg: DistillConfig, student: torch.nn.Module) -> torch.optim.Optimizer:
-    kwargs = dict(lr=cfg.lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    if cfg.use_8bit_adam:
-        try:
-            import bitsandbytes
-        except ImportError:
-            raise BadInput("--use-8bit-adam needs bitsandbytes: pip install bitsandbytes") from None
-        return bitsandbytes.optim.AdamW8bit(student.parameters(), **kwargs)
-    # The fused CUDA kernel (torch >= 2.0) updates all parameters in a few launches.
-    return torch.optim.AdamW(student.parameters(), fused=next(student.parameters()).is_cuda,
-                             **kwargs)
-
-
 def _use_xformers(teacher: torch.nn.Module, student: torch.nn.Module, device: torch.device) -> None:
     """xformers' attention where it is installed and works (a GPU); else PyTorch's SDPA,
     which diffusers uses by default."""
@@ -280,12 +269,7 @@ def _use_xformers(teacher: torch.nn.Module, student: torch.nn.Module, device: to
 # -- one step ---------------------------------------------------------------------
 
 
-def _randn(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Noise from the run's own CPU generator: the same numbers on any device, resumable."""
-    return torch.randn(like.shape, generator=generator).to(like.device, like.dtype)
-
-
-def _batch(cache: LatentCache, indices: List[int], generator: torch.Generator, flip: bool,
+def _batch(cache: Cache, indices: List[int], generator: torch.Generator, flip: bool,
            device: torch.device) -> Dict[str, torch.Tensor]:
     flips = torch.rand(len(indices), generator=generator) < 0.5
     items = [cache.item(i, flipped=bool(f) and flip) for i, f in zip(indices, flips)]
@@ -293,16 +277,20 @@ def _batch(cache: LatentCache, indices: List[int], generator: torch.Generator, f
             for key in ("mean", "std", "embedding")}
 
 
-def _add_noise(alphas: torch.Tensor, latents: torch.Tensor, eps: torch.Tensor,
-               timesteps: torch.Tensor) -> torch.Tensor:
-    a = alphas[timesteps].view(-1, 1, 1, 1)
-    return a.sqrt() * latents + (1 - a).sqrt() * eps
-
-
-def _velocity(alphas: torch.Tensor, latents: torch.Tensor, eps: torch.Tensor,
-              timesteps: torch.Tensor) -> torch.Tensor:
-    a = alphas[timesteps].view(-1, 1, 1, 1)
-    return a.sqrt() * eps - (1 - a).sqrt() * latents
+def _unrelated_latents(batch: Dict[str, torch.Tensor], cache: Cache, indices: List[int],
+                       generator: torch.Generator, p: float) -> None:
+    """Random conditioning (arXiv 2504.02011): with probability `p` an example keeps its
+    caption embedding but takes the latents of another, random example.  The teacher's
+    answer for a caption over an image it does not describe is still a lesson for the
+    student, so the captions cover more of the condition space than the images do."""
+    size = len(cache)
+    chosen = (torch.rand(len(indices), generator=generator) < p).tolist()
+    shifts = torch.randint(1, max(size, 2), (len(indices),), generator=generator).tolist()
+    for row, (index, swap, shift) in enumerate(zip(indices, chosen, shifts)):
+        if swap and size > 1:
+            other = cache.item((index + shift) % size)  # never the example itself
+            batch["mean"][row] = other["mean"].to(batch["mean"].device)
+            batch["std"][row] = other["std"].to(batch["std"].device)
 
 
 def _speed(started: float, first_step: int, step: int, cfg: DistillConfig, processes: int,
@@ -329,30 +317,25 @@ def _save_state(paths: RunPaths, step: int, accelerator: Any, student: Any, opti
     generators = _gather(generator.get_state(), accelerator)
     if not accelerator.is_main_process:
         return
-    target = paths.checkpoint(step)
-    temp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir(parents=True)
     scaler = getattr(accelerator, "scaler", None)
-    torch.save({
-        "step": step,
-        "data_position": batches.position,
-        "generators": generators,
-        "student": accelerator.unwrap_model(student).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "ema": ema.state_dict() if ema is not None else None,
-    }, str(temp / "train_state.pt"))
-    student_file = temp / ("student-step-%07d.safetensors" % step)
-    _export(student_file, _student_weights(accelerator.unwrap_model(student), ema), arch, ckpt,
-            info, cfg, step)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(temp, target)
-    for old in sorted(paths.checkpoints.glob("step-*[0-9]"))[:-max(cfg.keep_last, 1)]:
-        shutil.rmtree(old)
-    event(log, "checkpoint", step=step, path=str(target),
-           student=str(target / student_file.name))
+    student_name = "student-step-%07d.safetensors" % step
+
+    def fill(folder: Path) -> None:
+        torch.save({
+            "step": step,
+            "data_position": batches.position,
+            "generators": generators,
+            "student": accelerator.unwrap_model(student).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "ema": ema.state_dict() if ema is not None else None,
+        }, str(folder / "train_state.pt"))
+        _export(folder / student_name, _student_weights(accelerator.unwrap_model(student), ema),
+                arch, ckpt, info, cfg, step)
+
+    target = paths.write_checkpoint(step, fill, cfg.keep_last)
+    event(log, "checkpoint", step=step, path=str(target), student=str(target / student_name))
 
 
 def _stop_request(paths: RunPaths, accelerator: Any) -> str:

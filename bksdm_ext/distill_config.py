@@ -3,6 +3,8 @@ help from the defaults)."""
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from .synth_config import SynthSettings
+
 SAMPLE_PROMPTS = (
     "a photo of an astronaut riding a horse on the moon",
     "a golden retriever puppy playing in the snow",
@@ -15,7 +17,7 @@ class DistillConfig:
     """A run's settings; the defaults are the paper's (BK-SDM, SD-v1, 0.22M/2.3M pairs)."""
 
     teacher: str
-    data: str
+    data: str  # a dataset folder, teacher:N, a .txt prompt file or a `bksdm synth` run folder
     out: str
     arch: str = "small"
     steps: int = 50_000
@@ -43,3 +45,22 @@ class DistillConfig:
     export_dtype: str = "fp16"
     cache_dir: Optional[str] = None  # default: <out>/cache
     log_every: int = 10
+    # Teacher-made pairs, made inside the run before training (synth.py).
+    synthetic: int = 0  # with a dataset folder as --data: this many more, teacher-made
+    prompts: Optional[str] = None  # their prompt source; None: the built-in generator
+    negative_prompt: str = SynthSettings.negative_prompt
+    synth_cfg_scale: float = SynthSettings.cfg_scale
+    synth_steps: int = SynthSettings.steps
+    synth_sampler: str = SynthSettings.sampler
+    synth_batch_size: int = SynthSettings.batch_size
+    synth_preview: int = SynthSettings.preview
+    # Random conditioning (arXiv 2504.02011): some captions meet unrelated latents.
+    random_conditioning: bool = False
+    random_conditioning_p: float = 0.5
+
+    def synth_settings(self, count: int, prompts: Optional[str]) -> SynthSettings:
+        """How the teacher makes this run's pairs: at the training resolution, from the
+        run's seed."""
+        return SynthSettings(count, prompts, self.negative_prompt, self.synth_cfg_scale,
+                             self.synth_steps, self.synth_sampler, self.resolution,
+                             self.synth_batch_size, self.seed, self.synth_preview)

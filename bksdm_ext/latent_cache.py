@@ -12,13 +12,16 @@ Layout of the cache folder:
 - ``shard-00000.safetensors``…: examples [k * shard_size, (k + 1) * shard_size) as
   ``mean``, ``std`` (and ``mean_flipped``, ``std_flipped``) [n, C, h, w] and ``embedding``
   [n, 77, D], their captions in the file's metadata;
-- ``added/00000000.safetensors``…: one example each, from `LatentCache.add`.
+- ``added/00000000.safetensors``…: examples from `LatentCache.add` / `add_batch` (for
+  instance teacher-made ones), each file named by the index of its first example among
+  the added ones, so one file per batch keeps 100k examples to 25k files.
 
 Everything is stored float16: it halves disk and page cache, and its ~1e-3 relative error
 is far below the noise training adds.  `item` hands back float32.  Files are written under
 a temporary name and renamed, so an interrupted build leaves only whole shards, which the
 next build reuses.
 """
+import bisect
 import hashlib
 import json
 import os
@@ -49,6 +52,13 @@ def dataset_fingerprint(scan: DatasetScan) -> str:
     return digest.hexdigest()
 
 
+def teacher_identity(path: Path) -> str:
+    """Name, size and modification time of a checkpoint: cheap to take on a multi-GB file,
+    and changed by any edit or replacement of it."""
+    stat = Path(path).stat()
+    return "%s:%d:%d" % (Path(path).name, stat.st_size, int(stat.st_mtime))
+
+
 def cache_fingerprint(scan: DatasetScan, resolution: int, flip: bool,
                       **encoders: str) -> Dict[str, str]:
     """What a cache of `scan` depends on; `encoders` name the VAE and text encoder (for
@@ -74,7 +84,7 @@ class LatentCache:
         self.stats: Dict[str, int] = {"encoded": 0, "reused": 0}
         self._readers: Dict[Path, SafetensorsReader] = {}
         self._index = self._load_index()
-        self._added = sorted((self.root / "added").glob("*.safetensors")) if self._index else []
+        self._find_added()
         # Dataset examples readable now: all of them once a build has finished.
         self._count = self._index["count"] if self.is_complete() else 0
 
@@ -130,7 +140,7 @@ class LatentCache:
         self._count = total
 
     def __len__(self) -> int:
-        return self._count + len(self._added)
+        return self._count + self._added_total
 
     def item(self, index: int, flipped: bool = False) -> Dict[str, torch.Tensor]:
         """{"mean", "std": [C, h, w], "embedding": [77, D]}, float32.  `flipped` picks the
@@ -153,15 +163,27 @@ class LatentCache:
             caption: str) -> None:
         """Append one example (e.g. a teacher-generated latent, std zero), on disk at once.
         Shapes as `item` returns them."""
+        self.add_batch(mean[None], std[None], embedding[None], [caption])
+
+    def add_batch(self, mean: torch.Tensor, std: torch.Tensor, embedding: torch.Tensor,
+                  captions: List[str]) -> None:
+        """Append len(captions) examples as one file, on disk at once: `item`'s shapes with
+        a leading batch dimension.  A kill leaves whole batches only."""
+        if mean.shape[0] != len(captions) or std.shape != mean.shape or \
+                embedding.shape[0] != len(captions):
+            raise ValueError("add_batch got %s, %s and %s for %d captions" % (
+                tuple(mean.shape), tuple(std.shape), tuple(embedding.shape), len(captions)))
         if self._index is None:
             self._reset()
         folder = self.root / "added"
         folder.mkdir(exist_ok=True)
-        path = folder / ("%08d.safetensors" % len(self._added))
+        path = folder / ("%08d.safetensors" % self._added_total)
         tensors = {"mean": mean, "std": std, "embedding": embedding}
-        self._save(path, {key: value.detach().to("cpu", torch.float16).unsqueeze(0)
-                          for key, value in tensors.items()}, [caption])
+        self._save(path, {key: value.detach().to("cpu", torch.float16)
+                          for key, value in tensors.items()}, list(captions))
         self._added.append(path)
+        self._added_starts.append(self._added_total)
+        self._added_total += len(captions)
 
     def __getstate__(self) -> Dict[str, Any]:
         """Memory maps cannot be pickled (DataLoader workers on Windows pickle the
@@ -188,10 +210,24 @@ class LatentCache:
         self.root.mkdir(parents=True, exist_ok=True)
         for path in list(self.root.glob("shard-*")) + list((self.root / "added").glob("*")):
             path.unlink()
-        self._added = []
         self._count = 0
         self._index = dict(self._key(), count=0, shards=[], complete=False)
+        self._find_added()  # none now
         self._write_index()
+
+    def _find_added(self) -> None:
+        """The added files and where each starts; the last one's header says its length."""
+        found = sorted((self.root / "added").glob("*.safetensors")) if self._index else []
+        self._added: List[Path] = found
+        self._added_starts: List[int] = [int(path.stem) for path in found]
+        self._added_total = (self._added_starts[-1] + self._reader(found[-1]).entries["mean"]
+                             .shape[0]) if found else 0
+
+    def _reader(self, path: Path) -> SafetensorsReader:
+        reader = self._readers.get(path)
+        if reader is None:
+            reader = self._readers[path] = SafetensorsReader(path)
+        return reader
 
     def _write_index(self) -> None:
         path = self.root / "index.json"
@@ -216,11 +252,38 @@ class LatentCache:
             number, row = divmod(index, self.shard_size)
             path = self._shard(number)
         else:
-            path, row = self._added[index - self._count], 0
-        reader = self._readers.get(path)
-        if reader is None:
-            reader = self._readers[path] = SafetensorsReader(path)
-        return reader, row
+            added = index - self._count
+            number = bisect.bisect_right(self._added_starts, added) - 1
+            path, row = self._added[number], added - self._added_starts[number]
+        return self._reader(path), row
+
+
+class CacheUnion:
+    """Several caches read as one (a dataset's and a teacher-made one): indexes run over
+    the first cache's examples, then the next one's."""
+
+    def __init__(self, caches: List[LatentCache]) -> None:
+        self.caches = list(caches)
+        self.starts = [0]
+        for cache in self.caches:
+            self.starts.append(self.starts[-1] + len(cache))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def item(self, index: int, flipped: bool = False) -> Dict[str, torch.Tensor]:
+        cache, inner = self._locate(index)
+        return cache.item(inner, flipped)
+
+    def caption(self, index: int) -> str:
+        cache, inner = self._locate(index)
+        return cache.caption(inner)
+
+    def _locate(self, index: int) -> Tuple[LatentCache, int]:
+        if not 0 <= index < len(self):
+            raise IndexError("example %d of %d" % (index, len(self)))
+        number = bisect.bisect_right(self.starts, index) - 1
+        return self.caches[number], index - self.starts[number]
 
 
 def _encode(batch: List[Example], encode_images: ImageEncoder, encode_captions: CaptionEncoder,

@@ -6,11 +6,14 @@ the protocol the job runner and the WebUI read from it.
 ``stopped``, ``error``); a ``STOP`` file holding "save" or "discard" asks the run to stop
 at its next step; ``checkpoints/step-NNNNNNN`` folders let ``--resume`` continue it.
 """
+import os
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
-from .errors import BadInput
+from .errors import BadInput, Stopped
 from .events import EventLog
 
 
@@ -34,6 +37,20 @@ class RunPaths:
     def latest_checkpoint(self) -> Optional[Path]:
         found = sorted(self.checkpoints.glob("step-*[0-9]")) if self.checkpoints.is_dir() else []
         return found[-1] if found else None
+
+    def write_checkpoint(self, step: int, fill: Callable[[Path], None], keep_last: int) -> Path:
+        """``checkpoints/step-N``, filled by `fill(folder)` under a temporary name and then
+        renamed, so a kill never leaves half a checkpoint; only the newest `keep_last` stay."""
+        target = self.checkpoint(step)
+        temp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(temp, ignore_errors=True)
+        temp.mkdir(parents=True)
+        fill(temp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(temp, target)
+        for old in sorted(self.checkpoints.glob("step-*[0-9]"))[:-max(keep_last, 1)]:
+            shutil.rmtree(old)
+        return target
 
     def resume_point(self, resume: bool) -> Optional[Path]:
         """The checkpoint to continue from; refuses to start over an existing run."""
@@ -65,3 +82,30 @@ def event(log: Optional[EventLog], name: str, **fields: Any) -> None:
     """Write an event where there is a log (only process 0 of a DDP run has one)."""
     if log is not None:
         log.write(name, **fields)
+
+
+@contextmanager
+def failures_reported(out: Union[str, Path]) -> Iterator[None]:
+    """A run that fails says why in its event file too, where the job list reads it (a
+    stopped run has already said so; in DDP only process 0 writes)."""
+    try:
+        yield
+    except Stopped:
+        raise
+    except BaseException as e:
+        events = RunPaths(Path(out)).events
+        if os.environ.get("RANK", "0") == "0" and events.is_file():
+            EventLog(events).write("error", kind=type(e).__name__, message=str(e))
+        raise
+
+
+def stop_run(request: str, step: int, save: Callable[[], None], log: Optional[EventLog],
+             progress: Any) -> None:
+    """End a run at a STOP request ("save" checkpoints first): the `stopped` event the job
+    list reads, then `Stopped` for the command line's exit code."""
+    if request == "save":
+        save()
+    event(log, "stopped", step=step, saved=request == "save")
+    progress.close()
+    raise Stopped("stopped at step %d%s" % (step, "; checkpoint saved, continue with --resume"
+                                            if request == "save" else "; nothing saved"))

@@ -33,13 +33,6 @@ def make_dataset(folder: Path, n: int = 8) -> Path:
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("teacher") / "tiny-sd-v1.safetensors"
-    write_tiny_teacher(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data") / "pairs")
 
@@ -114,15 +107,23 @@ def test_v_prediction_teacher_trains_on_velocity(tmp_path, data):
     assert metadata["bksdm.parameterization"] == "v"
 
 
-def test_velocity_target_is_diffusers_own():
-    from bksdm_ext.distill import _velocity
+def test_noising_and_targets_are_diffusers_own():
     from diffusers import DDPMScheduler
+
+    from bksdm_ext.noising import noised
 
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                               prediction_type="v_prediction")
-    latents, noise, t = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.tensor([1, 500, 999])
-    assert torch.allclose(_velocity(scheduler.alphas_cumprod, latents, noise, t),
-                          scheduler.get_velocity(latents, noise, t), atol=1e-6)
+    latents = torch.randn(3, 4, 8, 8)
+    for parameterization in ("eps", "v"):
+        noisy, t, target = noised(latents, scheduler.alphas_cumprod, parameterization,
+                                  torch.Generator().manual_seed(0))
+        same = torch.Generator().manual_seed(0)  # the draws noised() makes, in its order
+        eps = torch.randn(latents.shape, generator=same)
+        assert torch.equal(t, torch.randint(0, 1000, (3,), generator=same))
+        assert torch.allclose(noisy, scheduler.add_noise(latents, eps, t), atol=1e-6)
+        expected = eps if parameterization == "eps" else scheduler.get_velocity(latents, eps, t)
+        assert torch.allclose(target, expected, atol=1e-6)
 
 
 def test_the_cache_is_reused_and_no_image_is_encoded_again(teacher, data, tmp_path, monkeypatch):
