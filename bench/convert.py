@@ -44,7 +44,9 @@ def sd_v1_shapes():
                             down_block_types=("DownEncoderBlock2D",) * 4,
                             up_block_types=("UpDecoderBlock2D",) * 4,
                             layers_per_block=2, latent_channels=4).state_dict()
-        text = CLIPTextModel(CLIPTextConfig()).state_dict()  # CLIP ViT-L/14's text tower
+        text = CLIPTextModel(CLIPTextConfig(  # CLIP ViT-L/14's text tower (the default is 512 wide)
+            hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+            projection_dim=768)).state_dict()
     shapes = {UNET_PREFIX + k: v.shape for k, v in KeyMap(arch).convert_to_ldm(unet).items()}
     shapes.update({VAE_PREFIX + k: v.shape for k, v in vae_to_ldm(vae).items()})
     shapes.update({TEXT_PREFIX["sd-v1"] + k: v.shape for k, v in clip_to_ldm(text, "sd-v1").items()})

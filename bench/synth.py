@@ -32,23 +32,14 @@ from bksdm_ext.checkpoint import Checkpoint  # noqa: E402
 from bksdm_ext.detect import inspect_checkpoint  # noqa: E402
 from bksdm_ext.latent_cache import LatentCache  # noqa: E402
 from bksdm_ext.loading import load_unet  # noqa: E402
-from bksdm_ext.parts_keymap import TEXT_PREFIX, clip_to_ldm  # noqa: E402
 from bksdm_ext.safetensors_io import TensorOut, tensor_bytes, write_safetensors  # noqa: E402
 from bksdm_ext.synth import TeacherSampler  # noqa: E402
 from bksdm_ext.synth_config import SynthSettings  # noqa: E402
 
 
 def write_teacher(path: Path) -> None:
-    """A random full-size SD-v1 A1111 file, fp16.  bench/convert.py's shapes take
-    transformers' default CLIPTextConfig (512 wide); SD-v1's CLIP ViT-L/14 is 768 wide."""
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    prefix = TEXT_PREFIX["sd-v1"]
-    shapes = {k: v for k, v in sd_v1_shapes().items() if not k.startswith(prefix)}
-    with torch.device("meta"):
-        text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072,
-                                            num_attention_heads=12, projection_dim=768))
-    shapes.update({prefix + k: v.shape for k, v in clip_to_ldm(text.state_dict(), "sd-v1").items()})
+    """A random full-size SD-v1 A1111 file, fp16."""
+    shapes = sd_v1_shapes()
     generator = torch.Generator().manual_seed(0)
 
     def random(shape):

@@ -61,6 +61,7 @@ class Progress:
     total: Optional[int] = None
     eta_s: Optional[float] = None
     it_s: Optional[float] = None
+    phase: str = "training"  # or "teacher data": images the teacher is making first
     losses: Dict[str, List[Tuple[int, float]]] = field(default_factory=dict)  # name -> (step, value)
 
     @property
@@ -69,18 +70,24 @@ class Progress:
 
 
 def progress_of(events: List[Dict]) -> Progress:
-    """The total comes from the `start` event's ``total_steps``; runs that do not say it are
-    estimated from their rate and ETA."""
-    progress = Progress()
+    """Training totals come from the `start` event's ``total_steps``, teacher-data totals
+    from `synth` events; runs that say neither are estimated from their rate and ETA."""
+    progress, training_total = Progress(), None
     for e in events:
-        if e.get("event") == "start" and e.get("total_steps"):
-            progress.total = int(e["total_steps"])
-        if e.get("event") != "step":
-            continue
-        progress.step, progress.eta_s, progress.it_s = int(e["step"]), e.get("eta_s"), e.get("it_s")
-        for key, value in e.items():
-            if key not in NOT_LOSSES and isinstance(value, (int, float)):
-                progress.losses.setdefault(key, []).append((progress.step, float(value)))
+        name = e.get("event")
+        if name == "start":
+            training_total = e.get("total_steps")
+        elif name == "synth":
+            progress.phase, progress.step, progress.total = "teacher data", e["done"], e["total"]
+            progress.eta_s, progress.it_s = e.get("eta_s"), e.get("images_s")
+        elif name == "step":
+            losses = {key: float(value) for key, value in e.items()
+                      if key not in NOT_LOSSES and isinstance(value, (int, float))}
+            if losses or progress.phase != "teacher data":  # not a synth job's own progress
+                progress.phase, progress.total = "training", training_total
+            progress.step, progress.eta_s, progress.it_s = int(e["step"]), e.get("eta_s"), e.get("it_s")
+            for key, value in losses.items():
+                progress.losses.setdefault(key, []).append((progress.step, value))
     if progress.total is None and progress.eta_s is not None and progress.it_s:
         progress.total = progress.step + int(round(progress.eta_s * progress.it_s))
     if events and events[-1].get("event") == "done":

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tiny import TINY, write_teacher
-from webui_env import load, standin_app, start_webui
+from webui_env import load, standin_app, start_webui, stop_jobs
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -59,6 +59,7 @@ def webui(tmp_path):
     teacher = write_teacher(folder, TINY["sd-v1"])
     load(teacher)
     yield folder
+    stop_jobs()
     standin_app.reset(tmp_path / "after")
 
 

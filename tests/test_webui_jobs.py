@@ -10,7 +10,7 @@ from bksdm_ext.jobs import CANCELLED, SUCCEEDED
 from test_convert import ldm_from_yaml, load_file, unet_part
 from test_distill import make_dataset
 from test_jobs import wait
-from webui_env import standin_app, start_webui
+from webui_env import standin_app, start_webui, stop_jobs
 
 FAST = dict(steps=6, batch_size=2, grad_accum=1, lr=1e-3, resolution=32, precision="no",
             gradient_checkpointing=False, ema=False, use_8bit_adam=False, save_every=3,
@@ -25,6 +25,7 @@ def webui(tmp_path):
 
     sd_models.list_models()
     yield folder
+    stop_jobs()
     standin_app.reset(tmp_path / "after")
 
 
@@ -138,3 +139,106 @@ def test_cancel_and_resume_from_the_tab_buttons(webui, tmp_path):
     assert "bksdm-success" in jobs_tab.act("cancel", jobs_service.label(job))
     job = wait(runner, job.id, lambda j: j.state == CANCELLED)
     assert "nothing saved" in job.reason
+
+
+def test_dreambooth_started_in_the_tab_lands_in_the_dropdown(webui, tmp_path):
+    from bksdm_ext.webui import dreambooth_tab, jobs_service
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, color in enumerate(("red", "blue")):
+        Image.new("RGB", (40, 48), color).save(photos / ("dog%d.png" % i))
+    title = dreambooth_tab.checkpoints.titles()[0]
+    choices, proposed = dreambooth_tab.class_model_choices(title)
+    assert proposed == dreambooth_tab.SAME_MODEL and title in choices  # a teacher makes its own
+
+    def start(folder, instance_prompt="a photo of sks dog"):
+        return dreambooth_tab.start(title, proposed, str(folder), instance_prompt,
+                                    "a photo of a dog", 1, 2, 1e-4, 32, True, True, False, 16,
+                                    1e-4, "no", False, False, False)
+
+    assert "no such folder" in start(tmp_path / "missing")
+    assert "Write the instance prompt" in start(photos, instance_prompt=" ")
+    assert jobs_service.runner().jobs() == []
+    assert "bksdm-success" in start(photos)
+    runner = jobs_service.runner()
+    job = runner.jobs()[-1]
+    assert job.kind == "dreambooth"
+    job = wait(runner, job.id, lambda j: j.state not in ("queued", "running"), timeout=600)
+    assert job.state == SUCCEEDED, runner.log_tail(job.id)
+    registered = Path(job.registered)
+    assert registered.parent == webui and registered.with_suffix(".yaml").is_file()
+    assert registered.with_suffix(".preview.png").is_file()
+    state, metadata = load_file(registered)
+    assert metadata["bksdm.dreambooth_instance_prompt"] == "a photo of sks dog"
+    ldm_from_yaml(registered.with_suffix(".yaml")).load_state_dict(unet_part(state), strict=True)
+    from bksdm_ext.webui import a1111
+
+    shared = list((a1111.data_dir() / "class-images").glob("class-*/*.png"))
+    assert len(shared) == 1  # kept outside the job: the next run with this class reuses them
+
+
+def test_a_lora_result_goes_to_the_lora_folder_beside_the_merged_checkpoint(webui, tmp_path):
+    """What registering a LoRA DreamBooth job puts where (its training is tested in
+    test_dreambooth.py): the merged checkpoint in the dropdown, the LoRA in models/Lora."""
+    import shutil
+
+    from bksdm_ext.events import EventLog
+    from bksdm_ext.jobs import Job
+    from bksdm_ext.webui import a1111
+
+    _, jobs_service, _ = tabs()
+    folder = jobs_service.jobs_root() / "db-lora"
+    folder.mkdir(parents=True)
+    merged = folder / "tiny-sd-dreambooth.safetensors"
+    shutil.copy(str(webui / "tiny-sd.safetensors"), str(merged))
+    shutil.copy(str(webui / "tiny-sd.yaml"), str(merged.with_suffix(".yaml")))
+    lora = folder / "tiny-sd-dreambooth-lora.safetensors"
+    lora.write_bytes(b"lora bytes")
+    EventLog(folder / "events.jsonl").write("done", step=4, output=str(merged), lora=str(lora))
+    job = Job(id="db-lora", kind="dreambooth", argv=[], device="cpu", state=SUCCEEDED,
+              result=str(merged))
+
+    target = jobs_service.register(job)
+    assert target == webui / merged.name and target.with_suffix(".yaml").is_file()
+    assert (a1111.lora_dir() / lora.name).read_bytes() == b"lora bytes"
+    assert jobs_service.register(job).name == "tiny-sd-dreambooth-2.safetensors"
+    assert (a1111.lora_dir() / "tiny-sd-dreambooth-lora-2.safetensors").is_file()
+
+
+def test_teacher_made_data_is_shown_with_its_counts_prompts_and_grid(webui, tmp_path):
+    distill_tab, jobs_service, jobs_tab = tabs()
+    title = distill_tab.checkpoints.titles(students=False)[0]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox in the snow\na lighthouse at dusk\n")
+    form = dict(FAST, steps=2, save_every=0, sample_every=0)
+    message = distill_tab.start(
+        title, "Small", distill_tab.SOURCES[1], "", 4, str(prompts), "blurry", False,
+        form["steps"], form["batch_size"], form["grad_accum"], form["lr"], form["resolution"],
+        form["precision"], False, False, False, form["save_every"], form["sample_every"], "",
+        False, 1)
+    assert "bksdm-success" in message, message
+    runner = jobs_service.runner()
+    job = runner.jobs()[-1]
+    assert "--data teacher:4" in " ".join(job.argv)
+    job = wait(runner, job.id, lambda j: j.state not in ("queued", "running"), timeout=600)
+    assert job.state == SUCCEEDED, runner.log_tail(job.id)
+
+    *_, text, grid = jobs_tab.details(jobs_service.label(job))
+    assert "4 of 4 image/caption pairs" in text and "negative prompt 'blurry'" in text
+    assert "prompt file prompts.txt" in text and "2 distinct, cycled with new seeds" in text
+    assert "made by tiny-sd.safetensors with" in text
+    assert "a lighthouse at dusk" in text and Path(grid).is_file()
+
+
+def test_progress_reads_the_teacher_data_phase_then_training():
+    from bksdm_ext.jobs import progress_of
+
+    events = [{"event": "start", "total_steps": 10},
+              {"event": "synth", "done": 2, "total": 8, "images_s": 0.5, "eta_s": 12}]
+    making = progress_of(events)
+    assert (making.phase, making.step, making.total, making.eta_s) == ("teacher data", 2, 8, 12)
+    events.append({"event": "step", "step": 3, "loss": 0.5, "it_s": 1.0, "eta_s": 7})
+    training = progress_of(events)
+    assert (training.phase, training.step, training.total) == ("training", 3, 10)
+    assert training.losses == {"loss": [(3, 0.5)]} and training.fraction == 0.3

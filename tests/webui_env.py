@@ -31,3 +31,19 @@ def load(path: Path):
     info = next(i for i in sd_models.checkpoints_list.values() if Path(i.filename) == path)
     shared.opts.set("sd_model_checkpoint", info.title)
     return sd_models.model_data.sd_model
+
+
+def stop_jobs():
+    """Kill the worker processes of jobs a test left running (they run in sessions of their
+    own and would otherwise outlive the test)."""
+    import signal
+
+    from bksdm_ext.webui import jobs_service
+
+    runner = jobs_service._runner
+    for job in runner.jobs() if runner is not None else []:
+        if job.state == "running" and job.pid:
+            try:
+                os.killpg(job.pid, signal.SIGKILL)
+            except OSError:
+                pass

@@ -22,6 +22,14 @@ def opt(key: str, default: Any) -> Any:
     return getattr(shared.opts, key, default)
 
 
+def lora_dir() -> Path:
+    """Where A1111's built-in Lora extension looks (its ``--lora-dir``, else models/Lora)."""
+    from modules import paths_internal
+
+    configured = getattr(shared.cmd_opts, "lora_dir", None)
+    return Path(configured) if configured else Path(paths_internal.models_path) / "Lora"
+
+
 def checkpoint_dir() -> Path:
     """Where new students go: the extension's setting, else --ckpt-dir, else models/Stable-diffusion."""
     configured = opt("bksdm_output_dir", "")

@@ -10,24 +10,12 @@ from typing import Any, Dict, List, Tuple
 
 import gradio as gr
 
-from ..dataset import IMAGE_SUFFIXES
+from ..dreambooth import instance_images
 from ..errors import BadInput
 from . import a1111, checkpoints, job_form
 from .messages import message
 
 SAME_MODEL = "(the model itself)"
-
-
-def instance_images(folder: str) -> List[Path]:
-    path = Path(folder.strip())
-    if not folder.strip() or not path.is_dir():
-        raise BadInput("%s: no such folder; give the folder with the subject's images."
-                       % (folder.strip() or "Instance folder"))
-    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not images:
-        raise BadInput("%s holds no .png, .jpg, .jpeg, .webp or .bmp images of the subject."
-                       % path)
-    return images
 
 
 def class_model_choices(model_title: str) -> Tuple[List[str], str]:
@@ -51,7 +39,9 @@ def start(model_title: str, class_title: str, folder: str, instance_prompt: str,
           free_vram: bool) -> str:
     try:
         model = checkpoints.filename(model_title)
-        images = instance_images(folder)
+        if not folder.strip():
+            raise BadInput("Give the folder with the photos of your subject.")
+        images = instance_images(Path(folder.strip()))
         if not instance_prompt.strip():
             raise BadInput("Write the instance prompt, e.g. 'a photo of sks dog'.")
         if prior and not class_prompt.strip():
@@ -65,7 +55,9 @@ def start(model_title: str, class_title: str, folder: str, instance_prompt: str,
             "no_gradient_checkpointing": not gradient_checkpointing,
             "use_8bit_adam": use_8bit_adam}
         if prior:
-            values["num_class_images"] = num_class_images
+            # One shared folder: a later run with the same class prompt reuses the images.
+            values.update(num_class_images=num_class_images,
+                          class_dir=str(a1111.data_dir() / "class-images"))
             if class_title and class_title != SAME_MODEL:
                 values["class_model"] = str(checkpoints.filename(class_title))
         if lora:

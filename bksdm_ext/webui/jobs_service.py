@@ -9,7 +9,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from ..events import read_events
 from ..jobs import RUNNING, SUCCEEDED, Job, JobRunner
@@ -83,8 +83,16 @@ def register(job: Job) -> Path:
     if grid is not None:
         write_preview(grid, target.with_suffix(".preview.png"))
     _place(result, target)
+    lora = done_event(jobs_root() / job.id).get("lora")
+    if lora:  # DreamBooth's LoRA file, for A1111's Lora extension (keys of this student)
+        _place(Path(lora), free_name(a1111.lora_dir(), Path(lora).stem))
     a1111.refresh_checkpoints()
     return target
+
+
+def done_event(folder: Path) -> Dict[str, Any]:
+    events = read_events(folder / "events.jsonl")
+    return events[-1] if events and events[-1].get("event") == "done" else {}
 
 
 def free_name(folder: Path, stem: str) -> Path:

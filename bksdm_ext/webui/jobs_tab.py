@@ -4,7 +4,7 @@ every few seconds while "Auto-refresh" is ticked (javascript/bksdm.js)."""
 import html
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import gradio as gr
 
@@ -33,9 +33,11 @@ def progress_line(job: Job, progress: Progress) -> str:
     if not progress.step:
         return "%s starting: loading the models and data" % STATE_ICONS[job.state]
     total = "/%d" % progress.total if progress.total else ""
-    rate = " · %.2f it/s" % progress.it_s if progress.it_s else ""
-    return "%s step %d%s (%.0f%%)%s · ETA %s" % (
-        STATE_ICONS[job.state], progress.step, total, 100 * progress.fraction, rate,
+    unit, rate_unit = (("step", "it/s") if progress.phase == "training" else
+                       ("teacher making training images", "images/s"))
+    rate = " · %.2f %s" % (progress.it_s, rate_unit) if progress.it_s else ""
+    return "%s %s %d%s (%.0f%%)%s · ETA %s" % (
+        STATE_ICONS[job.state], unit, progress.step, total, 100 * progress.fraction, rate,
         duration(progress.eta_s))
 
 
@@ -86,8 +88,33 @@ def loss_plot(folder: Path, progress: Progress) -> Optional[str]:
     return str(target)
 
 
+def teacher_data(folder: Path) -> Tuple[str, Optional[str]]:
+    """What a job's teacher-made data is, said plainly: how many pairs, from which prompts,
+    with which settings, and a grid of them ("", None for a job without any)."""
+    from ..synth import synth_summary
+
+    try:
+        summary = synth_summary(folder)
+    except BadInput:
+        return "", None
+    lines = ["**Teacher-made training data:** %s of %s image/caption pairs, made by %s with "
+             "%s, %s steps, CFG %s at %s px%s." % (
+                 format(summary["made"], ","), format(summary["wanted"], ","),
+                 html.escape(summary["teacher"].split(":")[0]), summary["sampler"],
+                 summary["steps"], summary["cfg_scale"], summary["resolution"],
+                 (", negative prompt '%s'" % html.escape(summary["negative_prompt"])
+                  if summary["negative_prompt"] else "")),
+             "**Prompts:** %s (%s distinct%s)." % (
+                 html.escape(str(summary["prompt_source"])),
+                 format(summary["distinct_prompts"], ","),
+                 ", cycled with new seeds" if summary["cycled"] else "")]
+    lines += ["- " + html.escape(prompt) for prompt in summary["example_prompts"]]
+    return "  \n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:]), summary["preview"]
+
+
 def details(selected: str) -> List[Any]:
-    """[jobs table, job dropdown, progress, loss plot, samples, log, result title]."""
+    """[jobs table, job dropdown, progress, loss plot, samples, log, result title,
+    teacher-data text, teacher-data grid]."""
     runner = jobs_service.runner()
     runner.poll()
     jobs = runner.jobs()
@@ -98,14 +125,15 @@ def details(selected: str) -> List[Any]:
     job_id = jobs_service.job_id(selected)
     if not job_id:
         return [jobs_table(jobs), chooser, "<i>No jobs yet: start one in the Distill or "
-                "DreamBooth tab.</i>", None, None, "", ""]
+                "DreamBooth tab.</i>", None, None, "", "", "", None]
     job = runner.job(job_id)
     folder = runner.folder(job_id)
     progress = progress_of(runner.events(job_id))
     grid = jobs_service.latest_samples(folder)
     registered = a1111.checkpoint_title(Path(job.registered)) if job.registered else None
     return [jobs_table(jobs), chooser, progress_bar_html(job, progress), loss_plot(folder, progress),
-            str(grid) if grid else None, runner.log_tail(job_id), registered or ""]
+            str(grid) if grid else None, runner.log_tail(job_id), registered or "",
+            *teacher_data(folder)]
 
 
 def act(action: str, selected: str) -> str:
@@ -149,14 +177,18 @@ def build() -> None:
     result = gr.HTML(elem_id="bksdm_jobs_message")
     with gr.Row():
         plot = gr.Image(label="Loss", interactive=False, elem_id="bksdm_jobs_loss")
-        samples = gr.Image(label="Latest samples (teacher | student)", interactive=False,
+        samples = gr.Image(label="Latest samples (teacher | student, or before | after)", interactive=False,
                            elem_id="bksdm_jobs_samples")
+    with gr.Accordion("Teacher-made training data", open=True):
+        made = gr.Markdown(elem_id="bksdm_jobs_teacher_data")
+        made_grid = gr.Image(label="The first teacher-made images", interactive=False,
+                             elem_id="bksdm_jobs_teacher_grid")
     log = gr.Textbox(label="Log (last lines)", lines=10, max_lines=10, interactive=False,
                      elem_id="bksdm_jobs_log")
     table = gr.Dataframe(headers=HEADERS, interactive=False, elem_id="bksdm_jobs_table")
     registered = gr.Textbox(visible=False, elem_id="bksdm_jobs_result_title")
 
-    outputs = [table, chooser, bar, plot, samples, log, registered]
+    outputs = [table, chooser, bar, plot, samples, log, registered, made, made_grid]
     refresh.click(details, inputs=[chooser], outputs=outputs, show_progress=False)
     chooser.select(details, inputs=[chooser], outputs=outputs, show_progress=False)
     for button, action in ((cancel, "cancel"), (save, "save"), (resume, "resume")):
