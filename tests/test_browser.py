@@ -228,7 +228,7 @@ def test_latency_tab_in_the_browser(browser, webui, tmp_path):
             label.click()
         for field, value in (("Steps", "2"), ("Width = height", "32"), ("Timed runs", "1"),
                              ("Warm-up runs", "0")):
-            box = page.get_by_label(re.compile("^" + re.escape(field)))
+            box = page.locator("#bksdm_tab_latency").get_by_label(re.compile("^" + re.escape(field)))
             box.fill(value)
         page.locator("#bksdm_latency_run").click()
         result = page.locator("#bksdm_latency_result").first
