@@ -290,6 +290,7 @@ def test_distill_tab_starts_a_job_the_jobs_tab_follows_and_cancels(browser, webu
         expect(page.locator("#bksdm_jobs_loss img")).to_have_count(1)
         expect(page.locator("#bksdm_jobs_log textarea")).to_have_value(re.compile("distilling"))
         expect(page.locator("#bksdm_jobs_table tbody tr")).to_have_count(1)
+        expect(page.locator("#bksdm_jobs_table thead")).to_contain_text("state")
         page.screenshot(path=str(tmp_path / "jobs.png"), full_page=True)
         try:
             shutil.copyfile(str(tmp_path / "jobs.png"), "/tmp/bksdm-jobs-tab.png")

@@ -74,7 +74,9 @@ def test_a_distillation_started_in_the_tab_lands_in_the_dropdown_with_a_card(web
     ldm_from_yaml(registered.with_suffix(".yaml")).load_state_dict(unet_part(state), strict=True)
 
     table, chooser, bar, plot, samples, log, result_title, made, _ = jobs_tab.details("")
-    assert chooser["value"] == jobs_service.label(job) and table[0][2].endswith("succeeded")
+    assert chooser["value"] == jobs_service.label(job)
+    assert table["headers"][:3] == ["job", "kind", "state"]
+    assert table["data"][0][2].endswith("succeeded")
     assert "width: 100.0%" in bar and Path(plot).is_file() and Path(samples).is_file()
     assert "distilling" in log and made == ""  # trained on real images only
     assert result_title == sd_models.checkpoint_aliases[result_title].title

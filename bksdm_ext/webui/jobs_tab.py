@@ -4,7 +4,7 @@ every few seconds while "Auto-refresh" is ticked (javascript/bksdm.js)."""
 import html
 import time
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import gradio as gr
 
@@ -48,7 +48,9 @@ def progress_bar_html(job: Job, progress: Progress) -> str:
             % (job.state, 100 * fraction, html.escape(progress_line(job, progress))))
 
 
-def jobs_table(jobs: List[Job]) -> List[List[Any]]:
+def jobs_table(jobs: List[Job]) -> Dict[str, Any]:
+    """The table's value with its headers spelled out: given an empty list, gradio 3.41
+    would number the columns instead."""
     rows = []
     for job in reversed(jobs):
         progress = progress_of(jobs_service.runner().events(job.id))
@@ -57,7 +59,7 @@ def jobs_table(jobs: List[Job]) -> List[List[Any]]:
                      "%.0f%%" % (100 * (1.0 if job.state == SUCCEEDED else progress.fraction)),
                      duration(progress.eta_s) if job.state == RUNNING else "",
                      started, job.id])
-    return rows
+    return {"headers": HEADERS, "data": rows or [[""] * len(HEADERS)]}
 
 
 def loss_plot(folder: Path, progress: Progress) -> Optional[str]:
