@@ -109,3 +109,28 @@ def test_a_failing_job_reports_its_reason(inputs, tmp_path):
     job = runner.submit("distill", args, device="cpu")
     failed = wait(runner, job.id, lambda j: j.state == FAILED)
     assert "missing.safetensors" in failed.reason and "no such file" in failed.reason
+
+
+def test_the_command_line_queues_watches_and_lists_jobs(inputs, tmp_path, capsys):
+    import json
+
+    from bksdm_ext.cli import main
+
+    root = str(tmp_path / "jobs")
+    for title in ("first", "second"):
+        assert main(["jobs", "submit", "--root", root, "--device", "cpu", "--title", title,
+                     "distill"] + distill_args(inputs)) == 0
+    capsys.readouterr()
+    assert main(["jobs", "list", "--root", root, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["jobs"]
+    assert [(j["title"], j["state"]) for j in listed] == [("first", RUNNING), ("second", QUEUED)]
+
+    assert main(["jobs", "watch", "--root", root, "--interval", "0.5", "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)["jobs"]
+    assert [(j["state"], j["step"], j["total"]) for j in done] == [(SUCCEEDED, 2, 2)] * 2
+    assert all(Path(j["result"]).is_file() for j in done)
+
+    assert main(["jobs", "submit", "--root", root, "distill", "--out", "x"]) == 2
+    assert "leave out --out" in capsys.readouterr().err
+    assert main(["jobs", "resume", "--root", root, done[0]["id"]]) == 2
+    assert "only a stopped job can resume" in capsys.readouterr().err
