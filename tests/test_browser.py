@@ -203,6 +203,20 @@ def test_convert_tab_in_the_browser(browser, webui, slow_progress, tmp_path):
         standin_app.stop()
 
 
+def _open_tab(browser, url, sub_tab, height):
+    """The page with BK-SDM › `sub_tab` open, only the stand-in server reachable; returns it
+    and the list its JavaScript errors go to."""
+    page = browser.new_page(viewport={"width": 1280, "height": height})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.route(re.compile(r"^(?!%s/).*" % re.escape(url)), lambda route: route.abort())
+    js_errors = []
+    page.on("pageerror", lambda error: js_errors.append(str(error)))
+    page.goto(url + "/")
+    page.locator("#tabs > .tab-nav > button", has_text="BK-SDM").click()
+    page.locator("#bksdm_tabs > .tab-nav > button", has_text=sub_tab).click()
+    return page, js_errors
+
+
 def test_latency_tab_in_the_browser(browser, webui, tmp_path):
     from playwright.sync_api import expect
 
@@ -212,14 +226,7 @@ def test_latency_tab_in_the_browser(browser, webui, tmp_path):
                        dtype="fp32")
     _, url = standin_app.launch()
     try:
-        page = browser.new_page(viewport={"width": 1280, "height": 1200})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.route(re.compile(r"^(?!%s/).*" % re.escape(url)), lambda route: route.abort())
-        js_errors = []
-        page.on("pageerror", lambda error: js_errors.append(str(error)))
-        page.goto(url + "/")
-        page.locator("#tabs > .tab-nav > button", has_text="BK-SDM").click()
-        page.locator("#bksdm_tabs > .tab-nav > button", has_text="Latency").click()
+        page, js_errors = _open_tab(browser, url, "Latency", 1200)
         expect(page.locator("#bksdm_device").first).to_contain_text("Device:")
         page.locator("#bksdm_latency_refresh").click()
         models = page.locator("#bksdm_latency_models label")
@@ -259,14 +266,7 @@ def test_distill_tab_starts_a_job_the_jobs_tab_follows_and_cancels(browser, webu
     data = make_dataset(tmp_path / "data")
     _, url = standin_app.launch()
     try:
-        page = browser.new_page(viewport={"width": 1280, "height": 1400})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.route(re.compile(r"^(?!%s/).*" % re.escape(url)), lambda route: route.abort())
-        js_errors = []
-        page.on("pageerror", lambda error: js_errors.append(str(error)))
-        page.goto(url + "/")
-        page.locator("#tabs > .tab-nav > button", has_text="BK-SDM").click()
-        page.locator("#bksdm_tabs > .tab-nav > button", has_text="Distill").click()
+        page, js_errors = _open_tab(browser, url, "Distill", 1400)
 
         page.locator("#bksdm_distill_refresh").click()
         page.locator("#bksdm_distill_teacher input").click()
