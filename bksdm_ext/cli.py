@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, List, Optional
 from . import __version__
 from .arch import PRESETS
 from .errors import BadInput, Stopped
+from .samplers import DEFAULT_SAMPLER, SAMPLERS
 
 EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 3
@@ -150,8 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Defaults are the paper's Jetson AGX Orin setup.")
     bench.add_argument("models", nargs="+", help="A1111 checkpoints (teacher first is clearest)")
     bench.add_argument("--steps", type=int, default=20)
-    bench.add_argument("--sampler", default="dpmpp_2m_karras",
-                       choices=["dpmpp_2m_karras", "dpmpp_2m", "euler", "euler_a", "ddim", "pndm"])
+    bench.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=list(SAMPLERS))
     bench.add_argument("--size", type=int, default=512)
     bench.add_argument("--cfg-scale", dest="cfg_scale", type=float, default=7.0)
     bench.add_argument("--runs", type=int, default=5)
@@ -336,7 +336,7 @@ def _add_synth(commands: Any) -> None:
             ("negative_prompt", str, "negative prompt"),
             ("cfg_scale", float, "classifier-free guidance scale"),
             ("steps", int, "sampler steps"),
-            ("sampler", str, "dpmpp_2m_karras, dpmpp_2m, euler, euler_a, ddim or pndm"),
+            ("sampler", str, ", ".join(SAMPLERS)),
             ("resolution", int, "image size (the distillation's training resolution)"),
             ("batch_size", int, "images per teacher batch"),
             ("seed", int, "seed of image 0 (image i gets seed + i) and of the built-in prompts"),

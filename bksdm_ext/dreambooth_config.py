@@ -5,10 +5,12 @@ finetuned jointly, AdamW 1e-6 constant, 800 steps, batch 1 instance + 1 class im
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from .samplers import DEFAULT_SAMPLER
+
 FULL_LR = 1e-6
 LORA_LR = 1e-4
 # Class-image generation: A1111's default sampler and the paper's guidance scale.
-CLASS_SAMPLER = "dpmpp_2m_karras"
+CLASS_SAMPLER = DEFAULT_SAMPLER
 CLASS_STEPS = 25
 CLASS_GUIDANCE = 7.5
 

@@ -1,26 +1,16 @@
 """Images (or latents) from a U-Net with diffusers, for every part that generates: sample
 grids, latency, the demo, DreamBooth's class images and teacher-made training data.
 
-Samplers are named as A1111 users know them; each maps to a diffusers scheduler built
-on the model's own training noise schedule (from its yaml), so SD-v2 v-models sample right.
+Each sampler (samplers.py) maps to a diffusers scheduler built on the model's own
+training noise schedule (from its yaml), so SD-v2 v-models sample right.
 """
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional
 
 import torch
 
 from .detect import ModelInfo
 from .loading import noise_scheduler
-
-# sampler name -> (diffusers scheduler class name, extra config)
-SAMPLERS: Dict[str, Tuple[str, Dict[str, Any]]] = {
-    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "ddim": ("DDIMScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
-}
-DEFAULT_SAMPLER = "dpmpp_2m_karras"
+from .samplers import DEFAULT_SAMPLER, SAMPLERS
 
 
 def make_sampler(info: ModelInfo, name: str = DEFAULT_SAMPLER) -> Any:

@@ -18,6 +18,7 @@ from .checkpoint import Checkpoint
 from .detect import inspect_checkpoint
 from .generation import make_pipeline
 from .loading import load_text_encoder, load_unet, load_vae
+from .samplers import DEFAULT_SAMPLER
 
 # The paper's Jetson AGX Orin 32GB figures (A1111 1.6.1, 20 steps DPM++ 2M Karras, 512², CFG 7).
 PAPER_ORIN_SECONDS = {"SDM-v1.5": 4.9, "BK-SDM-Base-2M": 3.4}
@@ -26,7 +27,7 @@ PAPER_ORIN_SECONDS = {"SDM-v1.5": 4.9, "BK-SDM-Base-2M": 3.4}
 @dataclass
 class LatencySettings:
     steps: int = 20
-    sampler: str = "dpmpp_2m_karras"
+    sampler: str = DEFAULT_SAMPLER
     size: int = 512
     cfg_scale: float = 7.0
     batch: int = 1

@@ -28,11 +28,12 @@ from .checkpoint import Checkpoint
 from .detect import ModelInfo, inspect_checkpoint
 from .errors import BadInput, Stopped
 from .events import EventLog
-from .generation import SAMPLERS, make_pipeline
+from .generation import make_pipeline
 from .latent_cache import LatentCache, teacher_identity
 from .loading import latent_scale, load_unet, load_vae
 from .prompts import BUILTIN, PromptSet, load_prompts
 from .runs import RunPaths, event, failures_reported, progress_bar
+from .samplers import SAMPLERS
 from .synth_config import MARKER, SynthConfig, SynthSettings
 from .text_encoding import text_encoder_fn
 

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import BadInput
+from .samplers import DEFAULT_SAMPLER
 
 MARKER = "synth.json"  # in a folder of teacher-made data: its settings, what it depends on
 TEACHER_DATA = "teacher:"  # --data teacher:N
@@ -19,7 +20,7 @@ class SynthSettings:
     negative_prompt: str = ""
     cfg_scale: float = 7.5
     steps: int = 20
-    sampler: str = "dpmpp_2m_karras"
+    sampler: str = DEFAULT_SAMPLER
     resolution: int = 512
     batch_size: int = 4
     seed: int = 0

@@ -120,8 +120,7 @@ def build() -> None:
         resolution = gr.Number(DEFAULTS.resolution, label="Resolution", precision=0,
                                elem_id="bksdm_distill_resolution")
     with gr.Row():
-        precision = gr.Dropdown(["fp16", "bf16", "no"], value=job_form.default_precision(),
-                                label="Mixed precision", elem_id="bksdm_distill_precision")
+        precision = job_form.precision_dropdown("distill")
         gradient_checkpointing = gr.Checkbox(DEFAULTS.gradient_checkpointing,
                                              label="Gradient checkpointing")
         ema = gr.Checkbox(DEFAULTS.ema, label="EMA of the weights")

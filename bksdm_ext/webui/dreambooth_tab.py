@@ -102,8 +102,7 @@ def build() -> None:
         lora_rank = gr.Number(16, label="LoRA rank", precision=0)
         lora_lr = gr.Number(1e-4, label="LoRA learning rate")
     with gr.Row():
-        precision = gr.Dropdown(["fp16", "bf16", "no"], value=job_form.default_precision(),
-                                label="Mixed precision")
+        precision = job_form.precision_dropdown("dreambooth")
         gradient_checkpointing = gr.Checkbox(True, label="Gradient checkpointing")
         use_8bit_adam = gr.Checkbox(False, label="8-bit AdamW (bitsandbytes)")
         free_vram = gr.Checkbox(a1111.opt("bksdm_free_vram", False),

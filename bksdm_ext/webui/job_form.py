@@ -23,8 +23,10 @@ def flags(values: Dict[str, Any]) -> List[str]:
     return argv
 
 
-def default_precision() -> str:
-    return "fp16" if torch.cuda.is_available() else "no"
+def precision_dropdown(kind: str) -> gr.Dropdown:
+    """Mixed precision for a job: fp16 on a GPU, none on a CPU (where autocast would not help)."""
+    return gr.Dropdown(["fp16", "bf16", "no"], value="fp16" if torch.cuda.is_available() else "no",
+                       label="Mixed precision", elem_id="bksdm_%s_precision" % kind)
 
 
 def gpu_count() -> int:
