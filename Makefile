@@ -1,6 +1,10 @@
 # Reproducible test environment: a CPU-only venv with the package versions an
 # AUTOMATIC1111 1.10.1 user has (pyproject's `test` extra), plus Stability-AI's
 # `ldm` package (stable-diffusion-sdkit) that the WebUI side of bksdm_ext uses.
+# The project itself is NOT installed into it (only its dependencies): in a real WebUI the
+# extension is a folder, never an installed package, so nothing may work only because
+# `import bksdm_ext` happens to succeed. Tests import it from the checkout (pytest's
+# `pythonpath`), the demo runs `python -m bksdm_ext` from here.
 #
 #   make test   build .venv if needed, then vermin (3.8), py3.8 compileall, pytest
 #   make demo   build .venv if needed, then `bksdm demo`
@@ -61,6 +65,7 @@ $(STAMP): pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "need Python 3.11 for the torch 2.13.0+cpu cp311 wheel, got " + sys.version)'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --progress-bar off "$(TORCH_REQ)" -e ".[test]" $(LDM_REQS)
+	$(PY) -m pip uninstall -q -y bksdm-webui
 	$(PY) -m pip install -q --progress-bar off --no-deps $(SDKIT)
 	touch $@
 
@@ -76,4 +81,4 @@ test: .venv
 	$(PY) -m pytest -q
 
 demo: .venv
-	$(VENV)/bin/bksdm demo
+	$(PY) -m bksdm_ext demo

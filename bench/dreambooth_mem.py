@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/dreambooth_mem.py [--full] [--size 64] [--resolution 128]
 
-Three settings of the engine's own step (`bksdm_ext.dreambooth.prepare_models`,
+Three settings of the engine's own step (`bksdm_ext.train.dreambooth.prepare_models`,
 `adamw`, `train_step`), each in a fresh process, on random weights:
 
 - reference: U-Net + text encoder, plain AdamW, fp32, no gradient checkpointing;
@@ -32,10 +32,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bksdm_ext.arch import PRESETS, SD_V1, Architecture  # noqa: E402
-from bksdm_ext.dreambooth import prepare_models, train_step  # noqa: E402
-from bksdm_ext.optim import adamw  # noqa: E402
-from bksdm_ext.dreambooth_config import DreamBoothConfig  # noqa: E402
+from bksdm_ext.model.arch import PRESETS, SD_V1, Architecture  # noqa: E402
+from bksdm_ext.train.dreambooth import prepare_models, train_step  # noqa: E402
+from bksdm_ext.train.optim import adamw  # noqa: E402
+from bksdm_ext.train.dreambooth_config import DreamBoothConfig  # noqa: E402
 
 SETTINGS = {
     "reference": dict(mixed_precision="no", gradient_checkpointing=False),

@@ -5,7 +5,7 @@
 (a) the official recipe (Nota-NetsPresso/BK-SDM kd_train_text_to_image.py): diffusers
     U-Nets, fp16 autocast + GradScaler, gradient checkpointing, EMA, and the VAE and text
     encoder run on every batch;
-(b) this trainer (`bksdm_ext.distill`), run for real on a teacher checkpoint and a dataset
+(b) this trainer (`bksdm_ext.train.distill`), run for real on a teacher checkpoint and a dataset
     it has cached: latents and text embeddings come from its cache, bf16 where the GPU
     has it, gradient accumulation of `--micro-batch` up to the same effective batch.
 Prints s/iter, samples/s and peak GiB of each and the ratios.  Without a GPU it runs tiny
@@ -23,12 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from bksdm_ext.arch import PRESETS, SD_V1, Architecture  # noqa: E402
+from bksdm_ext.model.arch import PRESETS, SD_V1, Architecture  # noqa: E402
 from bksdm_ext.demo import TINY_SD_V1, write_tiny_teacher  # noqa: E402
-from bksdm_ext.distill import distill  # noqa: E402
-from bksdm_ext.distill_config import DistillConfig  # noqa: E402
-from bksdm_ext.events import read_events  # noqa: E402
-from bksdm_ext.kd import EMA, FeatureTaps, LossWeights, kd_loss, student_from_teacher  # noqa: E402
+from bksdm_ext.train.distill import distill  # noqa: E402
+from bksdm_ext.train.distill_config import DistillConfig  # noqa: E402
+from bksdm_ext.jobs.events import read_events  # noqa: E402
+from bksdm_ext.train.kd import EMA, FeatureTaps, LossWeights, kd_loss, student_from_teacher  # noqa: E402
 
 
 def official_iteration_seconds(full: bool, batch: int, steps: int, device: torch.device) -> dict:

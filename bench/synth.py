@@ -28,13 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from convert import sd_v1_shapes  # noqa: E402
 
-from bksdm_ext.checkpoint import Checkpoint  # noqa: E402
-from bksdm_ext.detect import inspect_checkpoint  # noqa: E402
-from bksdm_ext.latent_cache import LatentCache  # noqa: E402
-from bksdm_ext.loading import load_unet  # noqa: E402
-from bksdm_ext.safetensors_io import TensorOut, tensor_bytes, write_safetensors  # noqa: E402
-from bksdm_ext.synth import TeacherSampler  # noqa: E402
-from bksdm_ext.synth_config import SynthSettings  # noqa: E402
+from bksdm_ext.model.checkpoint import Checkpoint  # noqa: E402
+from bksdm_ext.model.detect import inspect_checkpoint  # noqa: E402
+from bksdm_ext.train.latent_cache import LatentCache  # noqa: E402
+from bksdm_ext.model.loading import load_unet  # noqa: E402
+from bksdm_ext.model.safetensors_io import TensorOut, tensor_bytes, write_safetensors  # noqa: E402
+from bksdm_ext.train.synth import TeacherSampler  # noqa: E402
+from bksdm_ext.train.synth_config import SynthSettings  # noqa: E402
 
 
 def write_teacher(path: Path) -> None:

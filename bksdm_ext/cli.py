@@ -5,16 +5,16 @@ import sys
 from typing import Any, Callable, Dict, List, Optional
 
 from . import __version__
-from .arch import PRESETS
+from .model.arch import PRESETS
 from .errors import BadInput, Stopped
-from .samplers import DEFAULT_SAMPLER, SAMPLERS
+from .model.samplers import DEFAULT_SAMPLER, SAMPLERS
 
 EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 3
 
 
 def _convert(args: argparse.Namespace) -> Dict[str, Any]:
-    from .convert import convert_checkpoint
+    from .model.convert import convert_checkpoint
 
     report = convert_checkpoint(args.source, args.out, args.arch, dtype=args.dtype,
                                 v_prediction=args.v_prediction, overwrite=args.overwrite,
@@ -23,13 +23,13 @@ def _convert(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _info(args: argparse.Namespace) -> Dict[str, Any]:
-    from .info import describe
+    from .model.info import describe
 
     return describe(args.file, v_prediction=args.v_prediction)
 
 
 def _import_diffusers(args: argparse.Namespace) -> Dict[str, Any]:
-    from .diffusers_import import import_diffusers
+    from .model.diffusers_import import import_diffusers
 
     return import_diffusers(args.folder, args.out, dtype=args.dtype, overwrite=args.overwrite
                             ).as_dict()
@@ -38,8 +38,8 @@ def _import_diffusers(args: argparse.Namespace) -> Dict[str, Any]:
 def _distill(args: argparse.Namespace) -> Dict[str, Any]:
     from dataclasses import fields
 
-    from .distill import distill
-    from .distill_config import DistillConfig
+    from .train.distill import distill
+    from .train.distill_config import DistillConfig
 
     options = {f.name: getattr(args, f.name) for f in fields(DistillConfig)
                if getattr(args, f.name, None) is not None}
@@ -50,8 +50,8 @@ def _distill(args: argparse.Namespace) -> Dict[str, Any]:
 def _dreambooth(args: argparse.Namespace) -> Dict[str, Any]:
     from dataclasses import fields
 
-    from .dreambooth import dreambooth
-    from .dreambooth_config import DreamBoothConfig
+    from .train.dreambooth import dreambooth
+    from .train.dreambooth_config import DreamBoothConfig
 
     options = {f.name: getattr(args, f.name) for f in fields(DreamBoothConfig)
                if getattr(args, f.name, None) is not None}
@@ -66,8 +66,8 @@ def _dreambooth(args: argparse.Namespace) -> Dict[str, Any]:
 def _synth(args: argparse.Namespace) -> Dict[str, Any]:
     from dataclasses import fields
 
-    from .synth import synth, synth_summary
-    from .synth_config import SynthConfig
+    from .train.synth import synth, synth_summary
+    from .train.synth_config import SynthConfig
 
     options = {f.name: getattr(args, f.name) for f in fields(SynthConfig)
                if getattr(args, f.name, None) is not None}
@@ -76,7 +76,7 @@ def _synth(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _bench(args: argparse.Namespace) -> Dict[str, Any]:
-    from .latency import LatencySettings, measure_all
+    from .measure.latency import LatencySettings, measure_all
 
     settings = LatencySettings(steps=args.steps, sampler=args.sampler, size=args.size,
                                cfg_scale=args.cfg_scale, runs=args.runs, warmup=args.warmup,
@@ -86,7 +86,7 @@ def _bench(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _render_bench(result: Dict[str, Any]) -> str:
-    from .latency import LatencyResult, Spread, table
+    from .measure.latency import LatencyResult, Spread, table
 
     rows = []
     for r in result["results"]:
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_distill(commands: Any) -> None:
-    from .distill_config import DistillConfig
+    from .train.distill_config import DistillConfig
 
     defaults = DistillConfig(teacher="", data="", out="")
     distill = commands.add_parser(
@@ -244,7 +244,7 @@ def _add_distill(commands: Any) -> None:
 
 
 def _add_dreambooth(commands: Any) -> None:
-    from .dreambooth_config import FULL_LR, DreamBoothConfig
+    from .train.dreambooth_config import FULL_LR, DreamBoothConfig
 
     defaults = DreamBoothConfig(model="", instance_dir="", instance_prompt="", class_prompt="",
                                 out="")
@@ -312,7 +312,7 @@ def _add_dreambooth(commands: Any) -> None:
 
 
 def _add_synth(commands: Any) -> None:
-    from .synth_config import SynthSettings
+    from .train.synth_config import SynthSettings
 
     defaults = SynthSettings(count=0)
     synth = commands.add_parser(
@@ -352,7 +352,7 @@ def _add_synth(commands: Any) -> None:
 def _jobs(args: argparse.Namespace) -> Dict[str, Any]:
     import time
 
-    from .jobs import FINISHED, JobRunner
+    from .jobs.runner import FINISHED, JobRunner
 
     runner = JobRunner(args.root)
     if args.action == "submit":
@@ -374,7 +374,7 @@ def _jobs(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _job_rows(runner: Any) -> List[Dict[str, Any]]:
-    from .jobs import progress_of
+    from .jobs.runner import progress_of
 
     rows = []
     for job in runner.jobs():
@@ -396,7 +396,7 @@ def _render_jobs(result: Any) -> str:
 
 
 def _add_jobs(commands: Any) -> None:
-    from .jobs import KINDS
+    from .jobs.runner import KINDS
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", default="bksdm-jobs",

@@ -13,16 +13,16 @@ from typing import Any, Dict, Union
 
 import torch
 
-from .arch import SD_V1, Architecture, TeacherSpec
-from .checkpoint import Checkpoint
-from .convert import convert_checkpoint
-from .detect import config_path, inspect_checkpoint
-from .generation import make_pipeline
-from .keymap import UNET_PREFIX, KeyMap
-from .ldm_config import dump_config, model_config
-from .loading import TEXT_ACTIVATION, load_text_encoder, load_unet, load_vae
-from .parts_keymap import TEXT_PREFIX, VAE_PREFIX, clip_to_ldm, vae_to_ldm
-from .safetensors_io import TensorOut, tensor_bytes, write_safetensors
+from .model.arch import SD_V1, Architecture, TeacherSpec
+from .model.checkpoint import Checkpoint
+from .model.convert import convert_checkpoint
+from .model.detect import config_path, inspect_checkpoint
+from .model.generation import make_pipeline
+from .model.keymap import UNET_PREFIX, KeyMap
+from .model.ldm_config import dump_config, model_config
+from .model.loading import TEXT_ACTIVATION, load_text_encoder, load_unet, load_vae
+from .model.parts_keymap import TEXT_PREFIX, VAE_PREFIX, clip_to_ldm, vae_to_ldm
+from .model.safetensors_io import TensorOut, tensor_bytes, write_safetensors
 
 TINY_SD_V1 = replace(SD_V1, model_channels=32, context_dim=64)
 IMAGE_SIZE = 64

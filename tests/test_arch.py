@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from bksdm_ext.arch import (PRESETS, SD_V1, SD_V2_512, SD_V2_768_V, TEACHER, Architecture,
+from bksdm_ext.model.arch import (PRESETS, SD_V1, SD_V2_512, SD_V2_768_V, TEACHER, Architecture,
                             Removal)
 
 # FACTS §1: exact U-Net parameter counts.

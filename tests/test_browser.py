@@ -220,7 +220,7 @@ def _open_tab(browser, url, sub_tab, height):
 def test_latency_tab_in_the_browser(browser, webui, tmp_path):
     from playwright.sync_api import expect
 
-    from bksdm_ext.convert import convert_checkpoint
+    from bksdm_ext.model.convert import convert_checkpoint
 
     convert_checkpoint(webui / "teacher.safetensors", webui / "teacher-bk-tiny.safetensors", "tiny",
                        dtype="fp32")

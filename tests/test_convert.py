@@ -8,10 +8,10 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from bksdm_ext.arch import PRESETS, Architecture, Removal
+from bksdm_ext.model.arch import PRESETS, Architecture, Removal
 from bksdm_ext.cli import main
-from bksdm_ext.convert import convert_checkpoint
-from bksdm_ext.keymap import UNET_PREFIX, KeyMap
+from bksdm_ext.model.convert import convert_checkpoint
+from bksdm_ext.model.keymap import UNET_PREFIX, KeyMap
 from tiny import TINY, write_teacher
 
 # FACTS §3 (student LDM block index <- teacher index), independent of the code under test.
@@ -161,7 +161,7 @@ def test_custom_removal_converts_and_loads(tmp_path):
 
 
 def test_weights_in_memory_convert_like_the_file(tmp_path):
-    from bksdm_ext.checkpoint import Checkpoint
+    from bksdm_ext.model.checkpoint import Checkpoint
 
     source = write_teacher(tmp_path, TINY["sd-v1"])
     state, _ = load_file(source)
@@ -177,8 +177,8 @@ def test_weights_in_memory_convert_like_the_file(tmp_path):
 
 
 def test_a_student_without_yaml_keeps_what_the_weights_cannot_tell(tmp_path):
-    from bksdm_ext.checkpoint import Checkpoint
-    from bksdm_ext.detect import inspect_checkpoint
+    from bksdm_ext.model.checkpoint import Checkpoint
+    from bksdm_ext.model.detect import inspect_checkpoint
 
     spec = TINY["sd-v2-v"]  # 8-channel heads and v-prediction: neither is in the weights
     out = tmp_path / "student.safetensors"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bksdm_ext.dataset import Example, load_image, scan_dataset
+from bksdm_ext.train.dataset import Example, load_image, scan_dataset
 from bksdm_ext.errors import BadInput
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)

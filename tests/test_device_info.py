@@ -10,8 +10,8 @@ from typing import Dict, List
 
 import pytest
 
-from bksdm_ext import device_info
-from bksdm_ext.device_info import (
+from bksdm_ext.measure import device_info
+from bksdm_ext.measure.device_info import (
     TegraMonitor,
     jetson_status,
     parse_jetson_clocks,
@@ -64,7 +64,7 @@ def agx_orin(monkeypatch) -> None:
 # --- software ---------------------------------------------------------------------------------
 
 def test_import_does_not_import_torch():
-    code = "import sys, bksdm_ext.device_info; sys.exit('torch' in sys.modules)"
+    code = "import sys, bksdm_ext.measure.device_info; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=str(ROOT)).returncode == 0
 
 

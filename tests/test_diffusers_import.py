@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from bksdm_ext.arch import PRESETS, Architecture
+from bksdm_ext.model.arch import PRESETS, Architecture
 from bksdm_ext.cli import main
-from bksdm_ext.parts_keymap import TEXT_PREFIX, VAE_PREFIX, clip_to_hf, vae_to_diffusers
+from bksdm_ext.model.parts_keymap import TEXT_PREFIX, VAE_PREFIX, clip_to_hf, vae_to_diffusers
 from test_convert import ldm_from_yaml, load_file, same_outputs, unet_part
 from tiny import TINY
 

@@ -7,14 +7,14 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from bksdm_ext.arch import PRESETS, SD_V2_768_V, TEACHER, Architecture
+from bksdm_ext.model.arch import PRESETS, SD_V2_768_V, TEACHER, Architecture
 from bksdm_ext.cli import main
 from bksdm_ext.demo import TINY_SD_V1, write_tiny_teacher
-from bksdm_ext.distill import distill
-from bksdm_ext.distill_config import DistillConfig
+from bksdm_ext.train.distill import distill
+from bksdm_ext.train.distill_config import DistillConfig
 from bksdm_ext.errors import BadInput
-from bksdm_ext.events import read_events
-from bksdm_ext.kd import FeatureTaps, student_from_teacher
+from bksdm_ext.jobs.events import read_events
+from bksdm_ext.train.kd import FeatureTaps, student_from_teacher
 from test_convert import ldm_from_yaml, load_file, unet_part
 
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
@@ -110,7 +110,7 @@ def test_v_prediction_teacher_trains_on_velocity(tmp_path, data):
 def test_noising_and_targets_are_diffusers_own():
     from diffusers import DDPMScheduler
 
-    from bksdm_ext.noising import noised
+    from bksdm_ext.train.noising import noised
 
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                               prediction_type="v_prediction")
@@ -127,7 +127,7 @@ def test_noising_and_targets_are_diffusers_own():
 
 
 def test_the_cache_is_reused_and_no_image_is_encoded_again(teacher, data, tmp_path, monkeypatch):
-    from bksdm_ext import distill as distill_module
+    from bksdm_ext.train import distill as distill_module
 
     cache = tmp_path / "cache"
     distill(config(teacher, data, tmp_path / "a", cache_dir=str(cache), steps=2))
@@ -156,7 +156,7 @@ def test_resuming_repeats_the_losses_of_an_uninterrupted_run(teacher, data, tmp_
 
 
 def test_bad_data_fails_before_anything_loads(teacher, tmp_path, monkeypatch):
-    from bksdm_ext import distill as distill_module
+    from bksdm_ext.train import distill as distill_module
 
     monkeypatch.setattr(distill_module, "load_unet", lambda *a: pytest.fail("loaded a model"))
     empty = tmp_path / "empty"
@@ -232,7 +232,7 @@ def test_sample_grids_show_teacher_and_student_side_by_side(teacher, data, tmp_p
 
 
 def test_a_failing_run_records_why_in_its_events(teacher, data, tmp_path, monkeypatch):
-    from bksdm_ext import distill as distill_module
+    from bksdm_ext.train import distill as distill_module
 
     def broken(*args):
         raise RuntimeError("CUDA out of memory (simulated)")
@@ -247,7 +247,7 @@ def test_a_failing_run_records_why_in_its_events(teacher, data, tmp_path, monkey
 
 @pytest.mark.parametrize("request_kind", ["save", "discard"])
 def test_a_stop_file_stops_at_the_next_step(teacher, data, tmp_path, monkeypatch, request_kind):
-    from bksdm_ext import distill as distill_module
+    from bksdm_ext.train import distill as distill_module
     from bksdm_ext.errors import Stopped
 
     out = tmp_path / request_kind

@@ -12,15 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from bksdm_ext import class_images as class_images_module
-from bksdm_ext import dreambooth as dreambooth_module
+from bksdm_ext.train import class_images as class_images_module
+from bksdm_ext.train import dreambooth as dreambooth_module
 from bksdm_ext.cli import main
-from bksdm_ext.convert import convert_checkpoint
+from bksdm_ext.model.convert import convert_checkpoint
 from bksdm_ext.demo import write_tiny_teacher
-from bksdm_ext.dreambooth import dreambooth
-from bksdm_ext.dreambooth_config import DreamBoothConfig
+from bksdm_ext.train.dreambooth import dreambooth
+from bksdm_ext.train.dreambooth_config import DreamBoothConfig
 from bksdm_ext.errors import BadInput, Stopped
-from bksdm_ext.events import read_events
+from bksdm_ext.jobs.events import read_events
 from test_convert import ldm_from_yaml, load_file, unet_part
 from test_distill import TINY_V2_V, make_dataset
 

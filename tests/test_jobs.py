@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bksdm_ext.demo import write_tiny_teacher
-from bksdm_ext.jobs import (CANCELLED, FAILED, INTERRUPTED, QUEUED, RUNNING, SUCCEEDED,
+from bksdm_ext.jobs.runner import (CANCELLED, FAILED, INTERRUPTED, QUEUED, RUNNING, SUCCEEDED,
                             JobRunner)
 from test_distill import make_dataset
 

@@ -2,7 +2,7 @@
 import json
 
 from bksdm_ext.cli import main
-from bksdm_ext.convert import convert_checkpoint
+from bksdm_ext.model.convert import convert_checkpoint
 from bksdm_ext.demo import write_tiny_teacher
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bksdm_ext.dataset import DatasetScan, load_image, scan_dataset
-from bksdm_ext.latent_cache import LatentCache, cache_fingerprint, dataset_fingerprint
+from bksdm_ext.train.dataset import DatasetScan, load_image, scan_dataset
+from bksdm_ext.train.latent_cache import LatentCache, cache_fingerprint, dataset_fingerprint
 
 RESOLUTION = 16
 CAPTIONS = ["a red fox", "two cats", "a lighthouse at dusk", "green hills", "an old map"]

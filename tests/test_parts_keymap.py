@@ -1,4 +1,4 @@
-"""Tests for bksdm_ext.parts_keymap against the real model code on both sides.
+"""Tests for bksdm_ext.model.parts_keymap against the real model code on both sides.
 
 The LDM side is the ``ldm`` package of stable-diffusion-sdkit (the same
 AutoencoderKL / FrozenCLIPEmbedder / FrozenOpenCLIPEmbedder A1111 runs) and
@@ -20,7 +20,7 @@ import safetensors.torch
 import torch
 import transformers
 
-from bksdm_ext.parts_keymap import (TEXT_PREFIX, clip_to_hf, clip_to_ldm, vae_to_diffusers,
+from bksdm_ext.model.parts_keymap import (TEXT_PREFIX, clip_to_hf, clip_to_ldm, vae_to_diffusers,
                                     vae_to_ldm)
 
 

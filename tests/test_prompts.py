@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from bksdm_ext.errors import BadInput
-from bksdm_ext.prompts import (DETAILS, LIGHTING, SETTINGS, STYLES, SUBJECTS, builtin_prompt,
+from bksdm_ext.train.prompts import (DETAILS, LIGHTING, SETTINGS, STYLES, SUBJECTS, builtin_prompt,
                                builtin_prompt_count, generate_prompts, load_prompts)
 
 

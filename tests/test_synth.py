@@ -12,19 +12,19 @@ import pytest
 import torch
 from PIL import Image
 
-from bksdm_ext.checkpoint import Checkpoint
+from bksdm_ext.model.checkpoint import Checkpoint
 from bksdm_ext.cli import main
-from bksdm_ext.detect import inspect_checkpoint
-from bksdm_ext.distill import _unrelated_latents, distill
+from bksdm_ext.model.detect import inspect_checkpoint
+from bksdm_ext.train.distill import _unrelated_latents, distill
 from bksdm_ext.errors import BadInput, Stopped
-from bksdm_ext.events import read_events
-from bksdm_ext.generation import make_pipeline
-from bksdm_ext.latent_cache import LatentCache
-from bksdm_ext.loading import latent_scale, load_unet, load_vae
-from bksdm_ext.prompts import generate_prompts
-from bksdm_ext.synth import SynthFolder, synth, synth_summary
-from bksdm_ext.synth_config import SynthConfig
-from bksdm_ext.text_encoding import text_encoder_fn
+from bksdm_ext.jobs.events import read_events
+from bksdm_ext.model.generation import make_pipeline
+from bksdm_ext.train.latent_cache import LatentCache
+from bksdm_ext.model.loading import latent_scale, load_unet, load_vae
+from bksdm_ext.train.prompts import generate_prompts
+from bksdm_ext.train.synth import SynthFolder, synth, synth_summary
+from bksdm_ext.train.synth_config import SynthConfig
+from bksdm_ext.model.text_encoding import text_encoder_fn
 from test_distill import config, make_dataset, steps
 
 SETTINGS = dict(resolution=32, steps=2, batch_size=2, preview=3)

@@ -6,7 +6,7 @@ import pytest
 from transformers import CLIPTokenizer
 
 from bksdm_ext.errors import BadInput
-from bksdm_ext.tokenizer import HF_TOKENIZER, clip_tokenizer, open_clip_bpe
+from bksdm_ext.model.tokenizer import HF_TOKENIZER, clip_tokenizer, open_clip_bpe
 
 PROMPTS = [
     "a photo of a cat",
@@ -91,7 +91,7 @@ def test_falls_back_to_local_hugging_face_cache(tmp_path, monkeypatch):
         calls.append((name, kwargs["local_files_only"]))
         return original(str(saved), **kwargs)
 
-    monkeypatch.setattr("bksdm_ext.tokenizer.open_clip_bpe", lambda: None)
+    monkeypatch.setattr("bksdm_ext.model.tokenizer.open_clip_bpe", lambda: None)
     monkeypatch.setattr(CLIPTokenizer, "from_pretrained", staticmethod(from_cache))
     tokenizer = clip_tokenizer("sd-v2")
     assert calls == [(HF_TOKENIZER, True)]
@@ -103,7 +103,7 @@ def test_no_vocabulary_anywhere_says_how_to_get_one(monkeypatch):
     def not_cached(name, **kwargs):
         raise OSError("not in the cache")
 
-    monkeypatch.setattr("bksdm_ext.tokenizer.open_clip_bpe", lambda: None)
+    monkeypatch.setattr("bksdm_ext.model.tokenizer.open_clip_bpe", lambda: None)
     monkeypatch.setattr(CLIPTokenizer, "from_pretrained", staticmethod(not_cached))
     with pytest.raises(BadInput, match="pip install open-clip-torch"):
         clip_tokenizer("sd-v1")

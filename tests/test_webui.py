@@ -1,12 +1,15 @@
 """The extension inside the A1111 1.10.1 stand-in: registration, Convert tab handlers,
 the loading guard and install.py."""
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
-from bksdm_ext.arch import PRESETS, Architecture
-from bksdm_ext.convert import convert_checkpoint
-from bksdm_ext.ldm_config import dump_config, model_config
+from bksdm_ext.model.arch import PRESETS, Architecture
+from bksdm_ext.model.convert import convert_checkpoint
+from bksdm_ext.model.ldm_config import dump_config, model_config
 from test_convert import load_file, unet_part
 from tiny import TINY, write_teacher
 from webui_env import EXTENSION, load, standin_app, start_webui
@@ -113,6 +116,29 @@ def test_every_student_loads_exactly_and_runs(webui, family, preset):
         out = unet(torch.randn(1, 4, 16, 16), torch.tensor([500]),
                    context=torch.randn(1, 5, TINY[family].context_dim))
     assert out.shape == (1, 4, 16, 16) and torch.isfinite(out).all()
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "students"
+
+
+@pytest.mark.parametrize("yaml_file", sorted(p.name for p in FIXTURES.glob("*.yaml")))
+def test_a_yaml_written_before_the_package_split_still_loads_its_student(webui, yaml_file):
+    """Students on users' disks name ``bksdm_ext.ldm_unet.NoMiddleBlockUNetModel``; these
+    yaml files were written by the code of that time and are kept byte for byte."""
+    from bksdm_ext.webui import guard
+
+    family, preset = yaml_file[len("tiny-"):-len(".yaml")].split("-bk-")
+    assert "target: bksdm_ext.ldm_unet.NoMiddleBlockUNetModel" in (FIXTURES / yaml_file).read_text()
+    student = webui / ("old-%s-%s.safetensors" % (family, preset))
+    convert_checkpoint(write_teacher(webui, TINY[family]), student, preset, dtype="fp32")
+    shutil.copyfile(FIXTURES / yaml_file, student.with_suffix(".yaml"))
+    model = load(student)
+    assert guard.last_problem == []
+    unet = model.model.diffusion_model
+    assert type(unet).__name__ == "NoMiddleBlockUNetModel"
+    expected = unet_part(load_file(student)[0])
+    assert set(unet.state_dict()) == set(expected)
+    assert all(torch.equal(unet.state_dict()[k], v) for k, v in expected.items())
 
 
 @pytest.mark.parametrize("family", ["sd-v1", "sd-v2-v"])

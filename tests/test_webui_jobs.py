@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from bksdm_ext.demo import write_tiny_teacher
-from bksdm_ext.jobs import CANCELLED, SUCCEEDED
+from bksdm_ext.jobs.runner import CANCELLED, SUCCEEDED
 from test_convert import ldm_from_yaml, load_file, unet_part
 from test_distill import make_dataset
 from test_jobs import wait
@@ -185,8 +185,8 @@ def test_a_lora_result_goes_to_the_lora_folder_beside_the_merged_checkpoint(webu
     test_dreambooth.py): the merged checkpoint in the dropdown, the LoRA in models/Lora."""
     import shutil
 
-    from bksdm_ext.events import EventLog
-    from bksdm_ext.jobs import Job
+    from bksdm_ext.jobs.events import EventLog
+    from bksdm_ext.jobs.runner import Job
     from bksdm_ext.webui import a1111
 
     _, jobs_service, _ = tabs()
@@ -234,7 +234,7 @@ def test_teacher_made_data_is_shown_with_its_counts_prompts_and_grid(webui, tmp_
 
 
 def test_progress_reads_the_teacher_data_phase_then_training():
-    from bksdm_ext.jobs import progress_of
+    from bksdm_ext.jobs.runner import progress_of
 
     events = [{"event": "start", "total_steps": 10},
               {"event": "synth", "done": 2, "total": 8, "images_s": 0.5, "eta_s": 12}]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bksdm_ext.convert import convert_checkpoint
+from bksdm_ext.model.convert import convert_checkpoint
 from tiny import TINY, write_teacher
 from webui_env import load, standin_app, start_webui
 
@@ -68,7 +68,7 @@ def test_the_original_checkpoint_is_restored_after_a_failure(webui, monkeypatch)
         return real(title, *args)
 
     monkeypatch.setattr(latency_tab, "measure_loaded", fails_on_the_second)
-    from bksdm_ext.latency import LatencySettings
+    from bksdm_ext.measure.latency import LatencySettings
 
     with pytest.raises(RuntimeError):
         latency_tab.run(latency_tab.candidates(), LatencySettings(steps=2, size=32, runs=1))
@@ -76,7 +76,7 @@ def test_the_original_checkpoint_is_restored_after_a_failure(webui, monkeypatch)
 
 
 def test_device_panel_shows_jetson_facts_only_on_a_jetson(webui, monkeypatch):
-    from bksdm_ext import device_info
+    from bksdm_ext.measure import device_info
     from bksdm_ext.webui import latency_tab
 
     assert "Jetson" not in latency_tab.device_panel()
@@ -90,7 +90,7 @@ def test_device_panel_shows_jetson_facts_only_on_a_jetson(webui, monkeypatch):
 
 
 def test_jetson_readings_during_the_run_are_reported(webui, monkeypatch):
-    from bksdm_ext import device_info
+    from bksdm_ext.measure import device_info
     from bksdm_ext.webui import latency_tab
 
     class Monitor:

@@ -6,8 +6,8 @@ from typing import Dict, Optional
 import torch
 from safetensors.torch import save_file
 
-from bksdm_ext.arch import SD_V1, SD_V2_512, SD_V2_768_V, Architecture, TeacherSpec
-from bksdm_ext.ldm_config import dump_config, model_config
+from bksdm_ext.model.arch import SD_V1, SD_V2_512, SD_V2_768_V, Architecture, TeacherSpec
+from bksdm_ext.model.ldm_config import dump_config, model_config
 
 TINY = {
     "sd-v1": replace(SD_V1, model_channels=32, context_dim=32),

@@ -5,8 +5,8 @@ is from its header, so listing reads no weights; a .ckpt is assumed to be a teac
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from ..checkpoint import Checkpoint
-from ..detect import ModelInfo, inspect_checkpoint
+from ..model.checkpoint import Checkpoint
+from ..model.detect import ModelInfo, inspect_checkpoint
 from ..errors import BadInput
 from . import a1111
 

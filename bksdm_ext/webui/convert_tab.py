@@ -7,10 +7,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import gradio as gr
 
-from ..arch import PRESETS, Architecture
-from ..checkpoint import Checkpoint
-from ..convert import DTYPES, convert_checkpoint, student_unet_params
-from ..detect import ModelInfo, inspect_checkpoint
+from ..model.arch import PRESETS, Architecture
+from ..model.checkpoint import Checkpoint
+from ..model.convert import DTYPES, convert_checkpoint, student_unet_params
+from ..model.detect import ModelInfo, inspect_checkpoint
 from ..errors import BadInput
 from . import a1111, guard
 from .messages import message

@@ -8,8 +8,8 @@ from typing import Any, Dict
 
 import gradio as gr
 
-from ..dataset import scan_dataset
-from ..distill_config import DistillConfig
+from ..train.dataset import scan_dataset
+from ..train.distill_config import DistillConfig
 from ..errors import BadInput
 from . import a1111, checkpoints, job_form
 from .convert_tab import LABEL_OF, PRESET_LABELS

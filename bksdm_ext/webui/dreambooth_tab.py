@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Tuple
 
 import gradio as gr
 
-from ..dreambooth import instance_images
+from ..train.dreambooth import instance_images
 from ..errors import BadInput
 from . import a1111, checkpoints, job_form
 from .messages import message

@@ -11,13 +11,13 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from ..checkpoint import Checkpoint
-from ..detect import ModelInfo, config_path, inspect_checkpoint
+from ..model.checkpoint import Checkpoint
+from ..model.detect import ModelInfo, config_path, inspect_checkpoint
 from ..errors import BadInput
-from ..keymap import UNET_PREFIX
-from ..ldm_config import dump_config, model_config
-from ..safetensors_io import SafetensorsReader
-from ..staging import staged
+from ..model.keymap import UNET_PREFIX
+from ..model.ldm_config import dump_config, model_config
+from ..model.safetensors_io import SafetensorsReader
+from ..model.staging import staged
 
 LOG_PREFIX = "[BK-SDM]"
 last_problem: List[str] = []  # the latest load problem, shown by the Convert tab too

@@ -6,7 +6,7 @@ import gradio as gr
 import torch
 
 from ..errors import BadInput
-from ..jobs import Job, progress_of
+from ..jobs.runner import Job, progress_of
 from . import jobs_service, jobs_tab
 from .messages import message
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..events import read_events
-from ..jobs import RUNNING, SUCCEEDED, Job, JobRunner
+from ..jobs.events import read_events
+from ..jobs.runner import RUNNING, SUCCEEDED, Job, JobRunner
 from . import a1111
 
 POLL_SECONDS = 2.0

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import gradio as gr
 
 from ..errors import BadInput
-from ..jobs import FINISHED, RUNNING, SUCCEEDED, Job, Progress, progress_of
+from ..jobs.runner import FINISHED, RUNNING, SUCCEEDED, Job, Progress, progress_of
 from . import a1111, jobs_service
 from .messages import message
 
@@ -93,7 +93,7 @@ def loss_plot(folder: Path, progress: Progress) -> Optional[str]:
 def teacher_data(folder: Path) -> Tuple[str, Optional[str]]:
     """What a job's teacher-made data is, said plainly: how many pairs, from which prompts,
     with which settings, and a grid of them ("", None for a job without any)."""
-    from ..synth import synth_summary
+    from ..train.synth import synth_summary
 
     try:
         summary = synth_summary(folder)

@@ -16,11 +16,11 @@ from typing import Any, Dict, List, Sequence, Tuple
 import gradio as gr
 import torch
 
-from .. import device_info
-from ..checkpoint import Checkpoint
-from ..detect import inspect_checkpoint
+from ..measure import device_info
+from ..model.checkpoint import Checkpoint
+from ..model.detect import inspect_checkpoint
 from ..errors import BadInput
-from ..latency import (PAPER_ORIN_SECONDS, LatencyResult, LatencySettings, set_speedups,
+from ..measure.latency import (PAPER_ORIN_SECONDS, LatencyResult, LatencySettings, set_speedups,
                        table, time_generation)
 from . import a1111, checkpoints
 from .messages import message

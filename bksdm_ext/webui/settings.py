@@ -1,8 +1,8 @@
 """The extension's section in A1111's Settings."""
 import gradio as gr
 
-from ..arch import PRESETS
-from ..convert import DTYPES
+from ..model.arch import PRESETS
+from ..model.convert import DTYPES
 
 # A 2-tuple section: A1111 1.6.1 dies on 1.7+'s (id, label, category) 3-tuples.
 SECTION = ("bksdm", "BK-SDM")

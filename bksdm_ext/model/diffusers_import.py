@@ -16,7 +16,7 @@ from .arch import SD_V1, SD_V2_512, Architecture, TeacherSpec
 from .checkpoint import Checkpoint
 from .convert import DTYPES, Progress, student_metadata
 from .detect import config_path, match_layout
-from .errors import BadInput
+from ..errors import BadInput
 from .keymap import UNET_PREFIX, KeyMap
 from .ldm_config import dump_config, model_config
 from .parts_keymap import TEXT_PREFIX, VAE_PREFIX, clip_to_ldm, vae_to_ldm

@@ -24,18 +24,18 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from .checkpoint import Checkpoint
-from .detect import ModelInfo, inspect_checkpoint
-from .errors import BadInput, Stopped
-from .events import EventLog
-from .generation import make_pipeline
+from ..model.checkpoint import Checkpoint
+from ..model.detect import ModelInfo, inspect_checkpoint
+from ..errors import BadInput, Stopped
+from ..jobs.events import EventLog
+from ..model.generation import make_pipeline
 from .latent_cache import LatentCache, teacher_identity
-from .loading import latent_scale, load_unet, load_vae
+from ..model.loading import latent_scale, load_unet, load_vae
 from .prompts import BUILTIN, PromptSet, load_prompts
-from .runs import RunPaths, event, failures_reported, progress_bar
-from .samplers import SAMPLERS
+from ..jobs.runs import RunPaths, event, failures_reported, progress_bar
+from ..model.samplers import SAMPLERS
 from .synth_config import MARKER, SynthConfig, SynthSettings
-from .text_encoding import text_encoder_fn
+from ..model.text_encoding import text_encoder_fn
 
 PROMPTS_FILE = "prompts.txt"
 STATE_FILE = "synth_state.json"

@@ -18,11 +18,11 @@ from typing import Any, Callable, List
 
 import torch
 
-from .checkpoint import Checkpoint
-from .detect import inspect_checkpoint
-from .generation import make_pipeline
-from .loading import load_unet, load_vae
-from .runs import progress_bar
+from ..model.checkpoint import Checkpoint
+from ..model.detect import inspect_checkpoint
+from ..model.generation import make_pipeline
+from ..model.loading import load_unet, load_vae
+from ..jobs.runs import progress_bar
 
 GENERATION_BATCH = 4
 RECIPE_FILE = "class.json"
@@ -91,7 +91,7 @@ def ensure_class_images(root: Path, recipe: ClassImageRecipe, count: int,
 
 def _generator(recipe: ClassImageRecipe, device: torch.device) -> Callable[[List[int]], List[Any]]:
     """index list -> images, with the recipe's model loaded once (half precision on a GPU)."""
-    from .text_encoding import text_encoder_fn
+    from ..model.text_encoding import text_encoder_fn
 
     ckpt = Checkpoint(recipe.model)
     info = inspect_checkpoint(ckpt)

@@ -21,24 +21,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import Checkpoint
+from ..model.checkpoint import Checkpoint
 from .class_images import ClassImageRecipe, ensure_class_images
-from .convert import DTYPES, student_metadata, teacher_parts, write_student
+from ..model.convert import DTYPES, student_metadata, teacher_parts, write_student
 from .dataset import image_files, is_readable_image
-from .detect import ModelInfo, inspect_checkpoint
+from ..model.detect import ModelInfo, inspect_checkpoint
 from .noising import Batches, noised
 from .optim import adamw, require_bitsandbytes
 from .dreambooth_config import CLASS_SAMPLER, DreamBoothConfig
-from .errors import BadInput
-from .events import EventLog
-from .generation import make_pipeline
-from .hashing import a1111_sha256
-from .keymap import UNET_PREFIX, KeyMap
-from .loading import latent_scale, load_text_encoder, load_unet, load_vae, noise_scheduler
-from .parts_keymap import TEXT_PREFIX, clip_to_ldm
-from .runs import RunPaths, event, failures_reported, progress_bar, stop_run
-from .safetensors_io import TensorOut, tensor_bytes, write_safetensors
-from .staging import staged
+from ..errors import BadInput
+from ..jobs.events import EventLog
+from ..model.generation import make_pipeline
+from ..model.hashing import a1111_sha256
+from ..model.keymap import UNET_PREFIX, KeyMap
+from ..model.loading import latent_scale, load_text_encoder, load_unet, load_vae, noise_scheduler
+from ..model.parts_keymap import TEXT_PREFIX, clip_to_ldm
+from ..jobs.runs import RunPaths, event, failures_reported, progress_bar, stop_run
+from ..model.safetensors_io import TensorOut, tensor_bytes, write_safetensors
+from ..model.staging import staged
 
 Latent = Tuple[torch.Tensor, torch.Tensor]  # the VAE posterior's mean and std, [4, h, w]
 
@@ -81,7 +81,7 @@ def _dreambooth(cfg: DreamBoothConfig, resume: bool) -> Path:
     instance_latents, class_latents, side = _encode_images(ckpt, instances, class_paths,
                                                            cfg.resolution, device)
 
-    from .tokenizer import clip_tokenizer
+    from ..model.tokenizer import clip_tokenizer
 
     tokenizer = clip_tokenizer(info.family)
     unet, text_encoder = _trainable_models(cfg, ckpt, info, device)

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 
 from . import safe_pickle
-from .errors import BadInput
+from ..errors import BadInput
 from .safetensors_io import SafetensorsReader, tensor_bytes
 
 CKPT_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional
 
-from .errors import BadInput
+from ..errors import BadInput
 
 if TYPE_CHECKING:
     from transformers import CLIPTokenizer

@@ -4,7 +4,7 @@ from typing import Any, List
 
 import torch
 
-from .errors import BadInput
+from ..errors import BadInput
 
 
 def require_bitsandbytes() -> Any:

@@ -17,27 +17,27 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from .arch import Architecture, preset
-from .checkpoint import Checkpoint
-from .convert import DTYPES, teacher_origin, teacher_parts, write_student
+from ..model.arch import Architecture, preset
+from ..model.checkpoint import Checkpoint
+from ..model.convert import DTYPES, teacher_origin, teacher_parts, write_student
 from .dataset import DatasetScan, scan_dataset
-from .detect import ModelInfo, inspect_checkpoint
+from ..model.detect import ModelInfo, inspect_checkpoint
 from .distill_config import DistillConfig
-from .errors import BadInput
-from .events import EventLog
+from ..errors import BadInput
+from ..jobs.events import EventLog
 from .kd import EMA, FeatureTaps, LossWeights, kd_loss, student_from_teacher
-from .keymap import UNET_PREFIX, KeyMap
+from ..model.keymap import UNET_PREFIX, KeyMap
 from .latent_cache import CacheUnion, LatentCache, cache_fingerprint, teacher_identity
-from .loading import latent_scale, load_unet, load_vae, noise_scheduler
-from .generation import make_pipeline
+from ..model.loading import latent_scale, load_unet, load_vae, noise_scheduler
+from ..model.generation import make_pipeline
 from .noising import Batches, noised, randn
 from .optim import adamw
-from .runs import RunPaths, event, failures_reported, progress_bar, stop_run
-from .safetensors_io import TensorOut, tensor_bytes
+from ..jobs.runs import RunPaths, event, failures_reported, progress_bar, stop_run
+from ..model.safetensors_io import TensorOut, tensor_bytes
 from .synth import (SynthFolder, SynthPlan, TeacherSampler, finished_synthetic_cache,
                     plan_synthesis, synthesize)
 from .synth_config import training_data
-from .text_encoding import text_encoder_fn
+from ..model.text_encoding import text_encoder_fn
 
 Cache = Union[LatentCache, CacheUnion]
 

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import save_file
 
 from .dataset import DatasetScan, Example, load_image
-from .safetensors_io import SafetensorsReader
+from ..model.safetensors_io import SafetensorsReader
 
 FORMAT = "1"  # changes when what the shards hold changes, so old caches are rebuilt
 SHARD_SIZE = 1024

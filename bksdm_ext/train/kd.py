@@ -6,8 +6,8 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from .arch import Architecture
-from .keymap import student_sources
+from ..model.arch import Architecture
+from ..model.keymap import student_sources
 
 
 def student_from_teacher(teacher: torch.nn.Module, arch: Architecture) -> torch.nn.Module:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .dataset import IMAGE_SUFFIXES, METADATA_FILES, _read_text, scan_dataset
-from .errors import BadInput
+from ..errors import BadInput
 
 BUILTIN = "builtin"
 

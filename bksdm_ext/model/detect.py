@@ -10,7 +10,7 @@ import yaml
 
 from .arch import PRESETS, TEACHER, SD_V1, SD_V2_512, Architecture, Removal, TeacherSpec
 from .checkpoint import Checkpoint
-from .errors import BadInput
+from ..errors import BadInput
 from .keymap import UNET_PREFIX, KeyMap
 from .parts_keymap import TEXT_PREFIX, VAE_PREFIX
 

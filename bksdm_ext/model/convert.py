@@ -14,11 +14,11 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 
-from . import __version__
+from .. import __version__
 from .arch import Architecture, Removal, preset
 from .checkpoint import Checkpoint
 from .detect import config_path, inspect_checkpoint
-from .errors import BadInput
+from ..errors import BadInput
 from .hashing import a1111_sha256
 from .keymap import UNET_PREFIX, student_sources
 from .ldm_config import dump_config, model_config

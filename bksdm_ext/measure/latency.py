@@ -14,11 +14,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .checkpoint import Checkpoint
-from .detect import inspect_checkpoint
-from .generation import make_pipeline
-from .loading import load_text_encoder, load_unet, load_vae
-from .samplers import DEFAULT_SAMPLER
+from ..model.checkpoint import Checkpoint
+from ..model.detect import inspect_checkpoint
+from ..model.generation import make_pipeline
+from ..model.loading import load_text_encoder, load_unet, load_vae
+from ..model.samplers import DEFAULT_SAMPLER
 
 # The paper's Jetson AGX Orin 32GB figures (A1111 1.6.1, 20 steps DPM++ 2M Karras, 512², CFG 7).
 PAPER_ORIN_SECONDS = {"SDM-v1.5": 4.9, "BK-SDM-Base-2M": 3.4}
@@ -106,7 +106,7 @@ class Stopwatch:
 
 
 def _pipeline(path: Path, settings: LatencySettings, device: torch.device) -> Any:
-    from .tokenizer import clip_tokenizer
+    from ..model.tokenizer import clip_tokenizer
 
     ckpt = Checkpoint(path)
     info = inspect_checkpoint(ckpt)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Iterator, List, Sequence
 
-from .errors import BadInput
+from ..errors import BadInput
 
 
 def check_writable(targets: Sequence[Path], overwrite: bool) -> None:

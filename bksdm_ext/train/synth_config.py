@@ -4,8 +4,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .errors import BadInput
-from .samplers import DEFAULT_SAMPLER
+from ..errors import BadInput
+from ..model.samplers import DEFAULT_SAMPLER
 
 MARKER = "synth.json"  # in a folder of teacher-made data: its settings, what it depends on
 TEACHER_DATA = "teacher:"  # --data teacher:N

@@ -5,7 +5,7 @@ finetuned jointly, AdamW 1e-6 constant, 800 steps, batch 1 instance + 1 class im
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from .samplers import DEFAULT_SAMPLER
+from ..model.samplers import DEFAULT_SAMPLER
 
 FULL_LR = 1e-6
 LORA_LR = 1e-4

@@ -14,7 +14,7 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, 
 
 import torch
 
-from .errors import BadInput
+from ..errors import BadInput
 
 DTYPES: Dict[str, torch.dtype] = {
     "F64": torch.float64,

@@ -18,9 +18,9 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from .arch import Architecture
-from .errors import BadInput
-from .keymap import KeyMap
+from ..model.arch import Architecture
+from ..errors import BadInput
+from ..model.keymap import KeyMap
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")

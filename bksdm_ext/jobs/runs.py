@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
-from .errors import BadInput, Stopped
+from ..errors import BadInput, Stopped
 from .events import EventLog
 
 
