@@ -364,8 +364,8 @@ class JobRunner:
             return job
         except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
             created = path.stat().st_mtime if path.is_file() else 0.0
-            return Job(id=folder.name, kind="", argv=[], device="", state=BROKEN,
-                       reason="job.json: %s" % e, created=created)
+            return Job(id=folder.name, kind="", argv=[], device="", title=folder.name,
+                       state=BROKEN, reason="job.json: %s" % e, created=created)
 
     def _write(self, job: Job) -> None:
         target = self._path(job.id) / "job.json"

@@ -72,11 +72,23 @@ def read_exit(folder: Path) -> Optional[Dict[str, Any]]:
     return record if isinstance(record, dict) and "exit_code" in record else None
 
 
+def _end_with_parent() -> None:
+    """Linux: the run is killed when its worker dies (a kill of the pid the job list
+    holds), so no run goes on unobserved beside the one a resume starts."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run(folder: Path, command: List[str]) -> int:
     """Run `command` to its end (a SIGTERM for this process is passed on to it), then
     record how it ended."""
     try:
-        child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, preexec_fn=(
+            _end_with_parent if sys.platform.startswith("linux") else None))
     except OSError as e:  # e.g. the Python it names is gone
         print("cannot start %s: %s" % (command[0], e), flush=True)
         write_exit(folder, exit_record(127, folder))
