@@ -212,3 +212,18 @@ def test_ids_not_in_the_list_are_refused_before_any_file_is_touched(tmp_path, ca
     assert sorted(p.name for p in outside.iterdir()) == ["job.json"]  # no STOP written there
     assert main(["jobs", "cancel", "--root", str(root), "../outside"]) == 2
     assert "no job '../outside'" in capsys.readouterr().err
+
+
+def test_a_multi_process_job_finds_the_package_in_every_accelerate_process(tmp_path,
+                                                                           monkeypatch):
+    """`--processes 2`: accelerate launch (DDP over gloo on the CPU) starts two ranks, and
+    both import bksdm_ext from the extension folder, from a directory outside it."""
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    monkeypatch.chdir(tmp_path)
+    runner = JobRunner(tmp_path / "jobs")
+    job = runner.submit("distill", BAD_ARGS, device="cpu", processes=2)
+    assert "accelerate.commands.launch" in runner.command(job)
+    wait_settled(runner, timeout=300)
+    log = runner.log_tail(job.id, lines=400)
+    assert runner.job(job.id).state == FAILED
+    assert log.count(REFUSED) == 2 and "No module named" not in log
