@@ -29,6 +29,12 @@ def webui(tmp_path):
         yield folder
 
 
+def listed_checkpoints():
+    from modules import sd_models
+
+    return {Path(info.filename) for info in sd_models.checkpoints_list.values()}
+
+
 def tabs():
     from bksdm_ext.webui import distill_tab, jobs_service, jobs_tab
 
@@ -175,6 +181,7 @@ def test_dreambooth_started_in_the_tab_lands_in_the_dropdown(webui, tmp_path):
     registered = Path(job.registered)
     assert registered.parent == webui and registered.with_suffix(".yaml").is_file()
     assert registered.with_suffix(".preview.png").is_file()
+    assert registered in listed_checkpoints()
     state, metadata = load_file(registered)
     assert metadata["bksdm.dreambooth_instance_prompt"] == "a photo of sks dog"
     ldm_from_yaml(registered.with_suffix(".yaml")).load_state_dict(unet_part(state), strict=True)
@@ -230,6 +237,7 @@ def test_teacher_made_data_is_shown_with_its_counts_prompts_and_grid(webui, tmp_
     job = wait(runner, job.id, lambda j: j.state not in ("queued", "running"), timeout=600)
     assert job.state == SUCCEEDED, runner.log_tail(job.id)
 
+    assert Path(job.registered) in listed_checkpoints()
     *_, text, grid, panel = jobs_tab.details(jobs_service.label(job))
     assert panel["visible"] is True
     assert "4 of 4 image/caption pairs" in text and "negative prompt 'blurry'" in text

@@ -188,7 +188,7 @@ class JobRunner:
         job = Job(id=job_id, kind=kind, argv=list(argv), device=device or default_device(),
                   title=title or kind, processes=processes, free_vram=free_vram)
         with self._exclusive():
-            (self.root / job_id).mkdir()
+            self._path(job_id).mkdir()
             self._write(job)
         if self.drive:
             self.poll()
