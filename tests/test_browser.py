@@ -283,7 +283,7 @@ def test_distill_tab_starts_a_job_the_jobs_tab_follows_to_the_dropdown(browser, 
         page.locator("#bksdm_distill_folder textarea").fill(str(data))
         page.locator("#bksdm_distill_check").click()
         expect(page.locator("#bksdm_distill_checked").first).to_contain_text("8 images with captions")
-        for elem_id, value in (("steps", "12"), ("batch", "2"), ("accum", "1"), ("lr", "0.001"),
+        for elem_id, value in (("steps", "30"), ("batch", "2"), ("accum", "1"), ("lr", "0.001"),
                                ("resolution", "32"), ("save_every", "0"), ("sample_every", "0")):
             page.locator("#bksdm_distill_%s input" % elem_id).fill(value)
         for label in ("Gradient checkpointing", "EMA of the weights"):
@@ -293,8 +293,9 @@ def test_distill_tab_starts_a_job_the_jobs_tab_follows_to_the_dropdown(browser, 
 
         page.locator("#bksdm_tabs > .tab-nav > button", has_text="Jobs").click()
         progress = page.locator("#bksdm_jobs_progress").first
-        # No clicks: the page's own timer refreshes the tab while the job runs.
-        expect(progress).to_contain_text(re.compile(r"step [1-9]\d*/12 \(\d+%\).*ETA \d+m"),
+        # No clicks: the page's own timer refreshes the tab while the job runs (the run
+        # logs every 10 steps: 30 leave time to see it between two refreshes).
+        expect(progress).to_contain_text(re.compile(r"step [1-9]\d*/30 \(\d+%\).*ETA \d+m"),
                                          timeout=300000)
         expect(page.locator("#bksdm_jobs_loss img")).to_have_count(1)
         expect(page.locator("#bksdm_jobs_log textarea")).to_have_value(re.compile("distilling"))
@@ -307,11 +308,11 @@ def test_distill_tab_starts_a_job_the_jobs_tab_follows_to_the_dropdown(browser, 
         except OSError:
             pass
 
-        expect(progress).to_contain_text("succeeded", timeout=300000)
+        expect(progress).to_contain_text("succeeded", timeout=600000)
         job = jobs_service.runner().jobs()[-1]
         assert job.state == "succeeded" and Path(job.registered).is_file()
         argv = " ".join(job.argv)
-        assert "--data %s" % data in argv and "--steps 12" in argv and "--no-ema" in argv
+        assert "--data %s" % data in argv and "--steps 30" in argv and "--no-ema" in argv
         # The page refreshed the checkpoint dropdown itself: the student is there.
         def student_listed():
             names = _dropdown_options(page)
