@@ -168,12 +168,14 @@ def test_every_reader_tells_a_failed_job_from_an_interrupted_one(tmp_path, capsy
 def test_a_damaged_job_file_is_listed_as_broken_and_the_rest_carries_on(tmp_path, capsys):
     root = tmp_path / "jobs"
     good = JobRunner(root, drive=False).submit("distill", BAD_ARGS, device="cpu", title="good")
-    damage = {"garbage": "{not json", "empty": "", "unknown": None, "list": "[1, 2]"}
+    damage = {"garbage": "{not json", "empty": "", "unknown": None, "list": "[1, 2]",
+              "typed": None}
     for name, text in damage.items():
         (root / name).mkdir()
-        if text is None:  # a valid job with a key this version does not know
+        if text is None:  # a job file with a key this version does not know, or a wrong type
             data = json.loads((root / good.id / "job.json").read_text())
-            data.update(id=name, colour="blue")
+            data.update({"id": name, "colour": "blue"} if name == "unknown" else
+                        {"id": name, "argv": "--steps 5"})
             text = json.dumps(data)
         (root / name / "job.json").write_text(text)
 
@@ -184,6 +186,7 @@ def test_a_damaged_job_file_is_listed_as_broken_and_the_rest_carries_on(tmp_path
     assert "Expecting" in rows["garbage"]["reason"] and "Expecting" in rows["empty"]["reason"]
     assert "unknown key 'colour'" in rows["unknown"]["reason"]
     assert "not a JSON object" in rows["list"]["reason"]
+    assert "argv, processes or created has the wrong type" in rows["typed"]["reason"]
     assert main(["jobs", "list", "--root", str(root)]) == 0
     assert "garbage" in capsys.readouterr().out
 

@@ -361,6 +361,9 @@ class JobRunner:
             if job.id != folder.name or job.kind not in KINDS or job.state not in STATES:
                 raise ValueError("id, kind or state is wrong: %r, %r, %r"
                                  % (job.id, job.kind, job.state))
+            if not (isinstance(job.argv, list) and all(isinstance(a, str) for a in job.argv)
+                    and isinstance(job.processes, int) and isinstance(job.created, (int, float))):
+                raise ValueError("argv, processes or created has the wrong type")
             return job
         except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
             created = path.stat().st_mtime if path.is_file() else 0.0
