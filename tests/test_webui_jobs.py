@@ -1,5 +1,6 @@
 """The Distill, DreamBooth and Jobs tabs inside the A1111 1.10.1 stand-in, with real
 worker processes training tiny models on the CPU."""
+import json
 from pathlib import Path
 
 import pytest
@@ -261,8 +262,6 @@ def test_progress_reads_the_teacher_data_phase_then_training():
 
 def test_the_jobs_tab_says_why_a_job_could_not_start_lists_a_broken_one_and_refuses_other_ids(
         webui, tmp_path):
-    import json
-
     from bksdm_ext.webui import job_form
 
     _, jobs_service, jobs_tab = tabs()
@@ -310,3 +309,35 @@ def test_a_short_runs_loss_plot_shows_its_points_on_whole_steps():
     figure = loss_figure(long_run)
     assert figure.axes[0].get_lines()[0].get_marker() in (None, "None", "")
     plt.close(figure)
+
+
+def test_a_job_another_process_saw_finish_still_lands_in_the_dropdown(webui, tmp_path):
+    """`bksdm jobs watch` on the WebUI's jobs folder noticed the end first: the WebUI's
+    poller registers the result all the same, once."""
+    import shutil
+    import time
+    from dataclasses import asdict
+
+    from bksdm_ext.jobs.events import EventLog
+    from bksdm_ext.jobs.runner import Job
+
+    _, jobs_service, _ = tabs()
+    owner = jobs_service.runner()  # its thread polls every POLL_SECONDS
+    folder = jobs_service.jobs_root() / "20261129-120000-distill-abcdef"
+    folder.mkdir(parents=True)
+    result = folder / "tiny-sd-bk-small-distilled.safetensors"
+    shutil.copy(str(webui / "tiny-sd.safetensors"), str(result))
+    shutil.copy(str(webui / "tiny-sd.yaml"), str(result.with_suffix(".yaml")))
+    EventLog(folder / "events.jsonl").write("done", step=2, output=str(result))
+    job = Job(id=folder.name, kind="distill", argv=[], device="cpu", state=SUCCEEDED,
+              result=str(result))
+    (folder / "job.json").write_text(json.dumps(asdict(job)))  # as the CLI left it
+
+    deadline = time.time() + 60
+    while not owner.job(job.id).registered and time.time() < deadline:
+        time.sleep(0.2)
+    registered = Path(owner.job(job.id).registered)
+    assert registered == webui / result.name and registered in listed_checkpoints()
+    time.sleep(3 * jobs_service.POLL_SECONDS)
+    assert sorted(p.name for p in webui.glob("*.safetensors")) == sorted(
+        ["tiny-sd.safetensors", result.name])

@@ -220,6 +220,13 @@ class JobRunner:
             self.poll()
         return self.job(job_id)
 
+    def note_registered(self, job_id: str, where: str) -> None:
+        """Record where a finished job's result was put for the WebUI's dropdown."""
+        with self._exclusive():
+            job = self._changeable(job_id)
+            job.registered = where
+            self._write(job)
+
     def poll(self) -> None:
         """Notice ended processes, then start the oldest queued job on each free device."""
         with self._exclusive():
