@@ -352,9 +352,11 @@ def _add_synth(commands: Any) -> None:
 def _jobs(args: argparse.Namespace) -> Dict[str, Any]:
     import time
 
-    from .jobs.runner import FINISHED, JobRunner
+    from .jobs.runner import SETTLED, JobRunner
 
-    runner = JobRunner(args.root)
+    # Only `submit` and `watch` start queued jobs; `list`, `cancel` and `resume` just read
+    # and change job files, whatever process moves the queue.
+    runner = JobRunner(args.root, drive=args.action in ("submit", "watch"))
     if args.action == "submit":
         if "--out" in args.argv:
             raise BadInput("leave out --out: the job's folder under %s is its run folder"
@@ -365,7 +367,7 @@ def _jobs(args: argparse.Namespace) -> Dict[str, Any]:
         runner.cancel(args.job, save=args.save)
     elif args.action == "resume":
         runner.resume(args.job)
-    while args.action == "watch" and not all(job.state in FINISHED for job in runner.jobs()):
+    while args.action == "watch" and not all(job.state in SETTLED for job in runner.jobs()):
         time.sleep(args.interval)  # poll() starts queued jobs as devices free up
         runner.poll()
         if not args.json:
@@ -377,7 +379,7 @@ def _job_rows(runner: Any) -> List[Dict[str, Any]]:
     from .jobs.runner import progress_of
 
     rows = []
-    for job in runner.jobs():
+    for job in runner.snapshot():
         progress = progress_of(runner.events(job.id))
         rows.append({"id": job.id, "kind": job.kind, "state": job.state, "title": job.title,
                      "step": progress.step, "total": progress.total, "eta_s": progress.eta_s,

@@ -30,7 +30,7 @@ def distill_args(inputs, steps=2, **extra):
     return args
 
 
-def wait(runner, job_id, until, timeout=240):
+def wait(runner, job_id, until, timeout=600):
     deadline = time.time() + timeout
     while time.time() < deadline:
         runner.poll()

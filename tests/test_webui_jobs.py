@@ -1,5 +1,6 @@
 """The Distill, DreamBooth and Jobs tabs inside the A1111 1.10.1 stand-in, with real
 worker processes training tiny models on the CPU."""
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from bksdm_ext.jobs.runner import CANCELLED, SUCCEEDED
 from test_convert import ldm_from_yaml, load_file, unet_part
 from test_distill import make_dataset
 from test_jobs import wait
-from webui_env import standin_app, start_webui, stop_jobs
+from webui_env import installed_webui
 
 FAST = dict(steps=6, batch_size=2, grad_accum=1, lr=1e-3, resolution=32, precision="no",
             gradient_checkpointing=False, ema=False, use_8bit_adam=False, save_every=3,
@@ -19,14 +20,20 @@ FAST = dict(steps=6, batch_size=2, grad_accum=1, lr=1e-3, resolution=32, precisi
 
 @pytest.fixture
 def webui(tmp_path):
-    folder = start_webui(tmp_path / "webui")
-    write_tiny_teacher(folder / "tiny-sd.safetensors")
+    """The extension installed under the stand-in's extensions/ folder, run from elsewhere
+    with no PYTHONPATH: its jobs work only as they would in a real A1111."""
+    with installed_webui(tmp_path) as folder:
+        write_tiny_teacher(folder / "tiny-sd.safetensors")
+        from modules import sd_models
+
+        sd_models.list_models()
+        yield folder
+
+
+def listed_checkpoints():
     from modules import sd_models
 
-    sd_models.list_models()
-    yield folder
-    stop_jobs()
-    standin_app.reset(tmp_path / "after")
+    return {Path(info.filename) for info in sd_models.checkpoints_list.values()}
 
 
 def tabs():
@@ -59,6 +66,9 @@ def test_a_distillation_started_in_the_tab_lands_in_the_dropdown_with_a_card(web
     runner = jobs_service.runner()
     job = runner.jobs()[-1]
     assert job.kind == "distill" and "--arch small" in " ".join(job.argv)
+    from bksdm_ext.jobs.runner import EXTENSION_ROOT
+
+    assert Path(EXTENSION_ROOT) == webui.parent.parent / "extensions" / "sd-webui-bksdm"
     job = wait(runner, job.id, lambda j: j.state not in ("queued", "running"))
     assert job.state == SUCCEEDED, runner.log_tail(job.id)
 
@@ -73,12 +83,13 @@ def test_a_distillation_started_in_the_tab_lands_in_the_dropdown_with_a_card(web
     assert metadata["bksdm.preset"] == "small" and metadata["bksdm.distilled_steps"] == "6"
     ldm_from_yaml(registered.with_suffix(".yaml")).load_state_dict(unet_part(state), strict=True)
 
-    table, chooser, bar, plot, samples, log, result_title, made, _ = jobs_tab.details("")
+    table, chooser, bar, plot, samples, log, result_title, made, _, panel = jobs_tab.details("")
     assert chooser["value"] == jobs_service.label(job)
     assert table["headers"][:3] == ["job", "kind", "state"]
     assert table["data"][0][2].endswith("succeeded")
     assert "width: 100.0%" in bar and Path(plot).is_file() and Path(samples).is_file()
     assert "distilling" in log and made == ""  # trained on real images only
+    assert panel["visible"] is False  # so the teacher-made data panel is not shown
     assert result_title == sd_models.checkpoint_aliases[result_title].title
 
     # A second run of the same teacher never overwrites the first student.
@@ -171,6 +182,7 @@ def test_dreambooth_started_in_the_tab_lands_in_the_dropdown(webui, tmp_path):
     registered = Path(job.registered)
     assert registered.parent == webui and registered.with_suffix(".yaml").is_file()
     assert registered.with_suffix(".preview.png").is_file()
+    assert registered in listed_checkpoints()
     state, metadata = load_file(registered)
     assert metadata["bksdm.dreambooth_instance_prompt"] == "a photo of sks dog"
     ldm_from_yaml(registered.with_suffix(".yaml")).load_state_dict(unet_part(state), strict=True)
@@ -226,7 +238,9 @@ def test_teacher_made_data_is_shown_with_its_counts_prompts_and_grid(webui, tmp_
     job = wait(runner, job.id, lambda j: j.state not in ("queued", "running"), timeout=600)
     assert job.state == SUCCEEDED, runner.log_tail(job.id)
 
-    *_, text, grid = jobs_tab.details(jobs_service.label(job))
+    assert Path(job.registered) in listed_checkpoints()
+    *_, text, grid, panel = jobs_tab.details(jobs_service.label(job))
+    assert panel["visible"] is True
     assert "4 of 4 image/caption pairs" in text and "negative prompt 'blurry'" in text
     assert "prompt file prompts.txt" in text and "2 distinct, cycled with new seeds" in text
     assert "made by tiny-sd.safetensors with" in text
@@ -244,3 +258,86 @@ def test_progress_reads_the_teacher_data_phase_then_training():
     training = progress_of(events)
     assert (training.phase, training.step, training.total) == ("training", 3, 10)
     assert training.losses == {"loss": [(3, 0.5)]} and training.fraction == 0.3
+
+
+def test_the_jobs_tab_says_why_a_job_could_not_start_lists_a_broken_one_and_refuses_other_ids(
+        webui, tmp_path):
+    from bksdm_ext.webui import job_form
+
+    _, jobs_service, jobs_tab = tabs()
+    runner = jobs_service.runner()
+    job = runner.submit("distill", ["--no-such-option"], device="cpu", title="bad")
+    job = wait(runner, job.id, lambda j: j.state not in ("queued", "running"))
+    refused = "bksdm distill: error: the following arguments are required"  # it imported bksdm_ext
+    assert job.state == "failed" and refused in job.reason
+    table, _, bar, *_ = jobs_tab.details("")
+    assert refused in bar and refused in job_form.status("distill")
+    assert table["data"][0][2].startswith("❌ failed: " + refused)
+
+    broken = jobs_service.jobs_root() / "broken-job"
+    broken.mkdir()
+    (broken / "job.json").write_text("{")
+    table, chooser, *_ = jobs_tab.details("")
+    assert [row[2].split(":")[0] for row in table["data"]] == ["💔 broken", "❌ failed"]
+    assert "[broken-job]" in chooser["choices"][0]
+    assert "is broken" in jobs_tab.act("resume", chooser["choices"][0])
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "job.json").write_text(json.dumps(dict(json.loads(
+        (runner.folder(job.id) / "job.json").read_text()), id="outside", state="running")))
+    for label in ("x  [../../../../outside]", "x  [%s]" % outside, "x  [%s/..]" % job.id):
+        assert "no job" in jobs_tab.act("cancel", label)
+    assert sorted(p.name for p in outside.iterdir()) == ["job.json"]
+    assert jobs_tab.details("x  [../../../../outside]")[1]["value"] == chooser["choices"][0]
+
+
+def test_a_short_runs_loss_plot_shows_its_points_on_whole_steps():
+    import matplotlib.pyplot as plt
+
+    from bksdm_ext.jobs.runner import Progress
+    from bksdm_ext.webui.jobs_tab import loss_figure
+
+    figure = loss_figure(Progress(step=4, losses={"loss": [(4, 0.5)], "kd_out": [(4, 0.2)]}))
+    axes = figure.axes[0]
+    assert [line.get_marker() for line in axes.get_lines()] == ["o", "o"]
+    left, right = axes.get_xlim()
+    ticks = [t for t in axes.get_xticks() if left <= t <= right]
+    assert right - left >= 2 and 4 in ticks and all(float(t).is_integer() for t in ticks)
+    plt.close(figure)
+    long_run = Progress(step=400, losses={"loss": [(s, 1.0 / s) for s in range(1, 401)]})
+    figure = loss_figure(long_run)
+    assert figure.axes[0].get_lines()[0].get_marker() in (None, "None", "")
+    plt.close(figure)
+
+
+def test_a_job_another_process_saw_finish_still_lands_in_the_dropdown(webui, tmp_path):
+    """`bksdm jobs watch` on the WebUI's jobs folder noticed the end first: the WebUI's
+    poller registers the result all the same, once."""
+    import shutil
+    import time
+    from dataclasses import asdict
+
+    from bksdm_ext.jobs.events import EventLog
+    from bksdm_ext.jobs.runner import Job
+
+    _, jobs_service, _ = tabs()
+    owner = jobs_service.runner()  # its thread polls every POLL_SECONDS
+    folder = jobs_service.jobs_root() / "20261129-120000-distill-abcdef"
+    folder.mkdir(parents=True)
+    result = folder / "tiny-sd-bk-small-distilled.safetensors"
+    shutil.copy(str(webui / "tiny-sd.safetensors"), str(result))
+    shutil.copy(str(webui / "tiny-sd.yaml"), str(result.with_suffix(".yaml")))
+    EventLog(folder / "events.jsonl").write("done", step=2, output=str(result))
+    job = Job(id=folder.name, kind="distill", argv=[], device="cpu", state=SUCCEEDED,
+              result=str(result))
+    (folder / "job.json").write_text(json.dumps(asdict(job)))  # as the CLI left it
+
+    deadline = time.time() + 60
+    while not owner.job(job.id).registered and time.time() < deadline:
+        time.sleep(0.2)
+    registered = Path(owner.job(job.id).registered)
+    assert registered == webui / result.name and registered in listed_checkpoints()
+    time.sleep(3 * jobs_service.POLL_SECONDS)
+    assert sorted(p.name for p in webui.glob("*.safetensors")) == sorted(
+        ["tiny-sd.safetensors", result.name])

@@ -5,27 +5,41 @@ A crash or an out-of-memory error in a job cannot take the WebUI down, and the W
 stays responsive.  A job is a folder (``job.json``, ``log.txt`` and the run itself:
 ``events.jsonl``, checkpoints, samples, result), so the list survives a WebUI restart: a
 process still running is re-attached, a dead one is marked interrupted and can resume
-from its last checkpoint.  The run's own event file says how it ended.
+from its last checkpoint.  The run's own event file and its worker's ``exit.json`` say
+how it ended.
+
+Several processes may share one jobs folder (the WebUI, ``bksdm jobs watch``): every change
+of a ``job.json`` happens under a lock file in the folder, so a queued job starts once.
 """
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from ..errors import BadInput
 from .events import read_events
+from .file_lock import exclusive
+from .worker import EXIT_FILE, KILL_SIGNALS, last_line, log_tail, read_exit
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+BROKEN = "broken"  # its job.json cannot be read: listed with the reason, never touched
 FINISHED = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
+SETTLED = FINISHED + (BROKEN,)  # nothing more will happen to it without a user
+STATES = (QUEUED, RUNNING) + SETTLED
 KINDS = ("distill", "dreambooth", "synth")
+LOCK_FILE = ".lock"
+WORKER = str(Path(__file__).resolve().with_name("worker.py"))
+# The folder holding the bksdm_ext package: a job's Python imports the package from there,
+# as the WebUI did (A1111 puts an extension's folder on sys.path only while loading it).
+EXTENSION_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @dataclass
@@ -101,45 +115,69 @@ def default_device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
+def child_environment(base: Mapping[str, str]) -> Dict[str, str]:
+    """`base` with the extension's folder first on PYTHONPATH (what was there stays after
+    it), so ``python -m bksdm_ext`` works from any working directory, also when the
+    package is not installed, as in a WebUI."""
+    env = dict(base)
+    kept = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != EXTENSION_ROOT]
+    env["PYTHONPATH"] = os.pathsep.join([EXTENSION_ROOT] + kept)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
 class JobRunner:
-    """Owns a folder of jobs; `poll()` moves them along (the WebUI calls it on a timer)."""
+    """Owns a folder of jobs; `poll()` moves them along (the WebUI calls it on a timer).
+
+    `drive=False` makes a reader that never starts or finishes a job (``bksdm jobs list``):
+    `snapshot()` still shows how each ended run ended."""
 
     def __init__(self, root: Path, python: str = sys.executable,
                  on_start: Optional[Callable[[Job], None]] = None,
-                 on_finish: Optional[Callable[[Job], None]] = None) -> None:
+                 on_finish: Optional[Callable[[Job], None]] = None, drive: bool = True) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.python = python
-        self.on_start, self.on_finish = on_start, on_finish
+        self.on_start, self.on_finish, self.drive = on_start, on_finish, drive
         self._processes: Dict[str, subprocess.Popen] = {}
         self._lock = threading.RLock()
-        self.poll()  # after a restart: re-attach live processes, mark dead ones interrupted
+        self._depth = 0  # nesting of _exclusive() in this process
+        if drive:
+            self.poll()  # after a restart: re-attach live processes, mark dead ones interrupted
 
     # -- queries ------------------------------------------------------------------
     def jobs(self) -> List[Job]:
-        found = [self._read(p.parent) for p in self.root.glob("*/job.json")]
+        found = [self._read(self._path(job_id)) for job_id in self.ids()]
         return sorted(found, key=lambda job: job.created)
 
+    def ids(self) -> List[str]:
+        """The job ids: the folders here holding a job.json."""
+        return sorted(p.parent.name for p in self.root.glob("*/job.json"))
+
+    def snapshot(self) -> List[Job]:
+        """Every job as it stands now, changing nothing: a run that ended since the last
+        poll shows how it ended."""
+        jobs = self.jobs()
+        for job in jobs:
+            if job.state == RUNNING and not self._alive(job):
+                job.state, job.reason, job.result = self._outcome(job)
+        return jobs
+
     def job(self, job_id: str) -> Job:
-        folder = self.root / job_id
-        if not (folder / "job.json").is_file():
-            raise BadInput("no job %s in %s" % (job_id, self.root))
-        return self._read(folder)
+        return self._read(self.folder(job_id))
 
     def folder(self, job_id: str) -> Path:
-        return self.root / job_id
+        """The folder of a job in the list; any other id (from a web page, say) is refused
+        before a file is touched."""
+        if job_id not in self.ids():
+            raise BadInput("no job '%s' in %s; `bksdm jobs list` shows the ids" % (job_id, self.root))
+        return self._path(job_id)
 
     def events(self, job_id: str) -> List[Dict]:
         return read_events(self.folder(job_id) / "events.jsonl")
 
     def log_tail(self, job_id: str, lines: int = 40) -> str:
-        log = self.folder(job_id) / "log.txt"
-        if not log.is_file():
-            return ""
-        with open(log, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 200 * lines))
-            text = f.read().decode("utf-8", "replace").replace("\r", "\n")
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.folder(job_id), lines)
 
     # -- actions ------------------------------------------------------------------
     def submit(self, kind: str, argv: List[str], device: Optional[str] = None, title: str = "",
@@ -149,17 +187,18 @@ class JobRunner:
         job_id = "%s-%s-%s" % (time.strftime("%Y%m%d-%H%M%S"), kind, uuid.uuid4().hex[:6])
         job = Job(id=job_id, kind=kind, argv=list(argv), device=device or default_device(),
                   title=title or kind, processes=processes, free_vram=free_vram)
-        with self._lock:
-            self.folder(job_id).mkdir()
+        with self._exclusive():
+            self._path(job_id).mkdir()
             self._write(job)
-        self.poll()
+        if self.drive:
+            self.poll()
         return self.job(job_id)
 
     def cancel(self, job_id: str, save: bool = False) -> Job:
         """Queued: cancelled at once.  Running: asked to stop at its next step, saving a
         checkpoint (and the student) first when `save`."""
-        with self._lock:
-            job = self.job(job_id)
+        with self._exclusive():
+            job = self._changeable(job_id)
             if job.state == QUEUED:
                 self._finish(job, CANCELLED, "cancelled before it started")
             elif job.state == RUNNING:
@@ -168,8 +207,8 @@ class JobRunner:
 
     def resume(self, job_id: str) -> Job:
         """Queue an interrupted, failed or cancelled run again, from its last checkpoint."""
-        with self._lock:
-            job = self.job(job_id)
+        with self._exclusive():
+            job = self._changeable(job_id)
             if job.state not in FINISHED or job.state == SUCCEEDED:
                 raise BadInput("job %s is %s; only a stopped job can resume" % (job_id, job.state))
             if not (self.folder(job_id) / "checkpoints").is_dir():
@@ -177,12 +216,20 @@ class JobRunner:
                                % job_id)
             job.state, job.reason, job.resume, job.ended = QUEUED, "", True, None
             self._write(job)
-        self.poll()
+        if self.drive:
+            self.poll()
         return self.job(job_id)
+
+    def note_registered(self, job_id: str, where: str) -> None:
+        """Record where a finished job's result was put for the WebUI's dropdown."""
+        with self._exclusive():
+            job = self._changeable(job_id)
+            job.registered = where
+            self._write(job)
 
     def poll(self) -> None:
         """Notice ended processes, then start the oldest queued job on each free device."""
-        with self._lock:
+        with self._exclusive():
             jobs = self.jobs()
             for job in jobs:
                 if job.state == RUNNING and not self._alive(job):
@@ -194,28 +241,59 @@ class JobRunner:
                     busy.add(job.device)
 
     # -- internals ----------------------------------------------------------------
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """This thread alone in this process, and this process alone on the jobs folder."""
+        with self._lock:
+            self._depth += 1
+            try:
+                if self._depth == 1:
+                    with exclusive(self.root / LOCK_FILE):
+                        yield
+                else:
+                    yield
+            finally:
+                self._depth -= 1
+
+    def _path(self, job_id: str) -> Path:
+        """The folder of an id read from this folder's own job list."""
+        return self.root / job_id
+
+    def _changeable(self, job_id: str) -> Job:
+        job = self.job(job_id)
+        if job.state == BROKEN:
+            raise BadInput("job %s is broken (%s); delete its folder %s" % (
+                job_id, job.reason, self.folder(job_id)))
+        return job
+
     def command(self, job: Job) -> List[str]:
-        folder = str(self.folder(job.id))
+        """The worker (by absolute path), which runs ``python -m bksdm_ext KIND ...`` and
+        records how it ended."""
+        folder = str(self._path(job.id))
         bksdm = ["-m", "bksdm_ext", job.kind] + job.argv + ["--out", folder]
         if job.resume:
             bksdm.append("--resume")
         if job.processes > 1:
-            return [self.python, "-m", "accelerate.commands.launch", "--multi_gpu",
-                    "--num_processes", str(job.processes)] + bksdm
-        return [self.python] + bksdm
+            run = [self.python, "-m", "accelerate.commands.launch", "--multi_gpu",
+                   "--num_processes", str(job.processes)] + bksdm
+        else:
+            run = [self.python] + bksdm
+        return [self.python, WORKER, folder, "--"] + run
 
     def _start(self, job: Job) -> None:
         if self.on_start is not None:
             self.on_start(job)
-        env = dict(os.environ)
+        env = child_environment(os.environ)
         if job.device.startswith("cuda:") and job.processes == 1:
             env["CUDA_VISIBLE_DEVICES"] = job.device.split(":", 1)[1]
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        folder = self.folder(job.id)
-        stop = folder / "STOP"
-        if stop.exists():  # an old request must not stop the new process
-            stop.unlink()
-        with open(folder / "log.txt", "ab") as log:
+        folder = self._path(job.id)
+        for stale in (folder / "STOP", folder / EXIT_FILE):  # an old run's, not this one's
+            if stale.exists():
+                stale.unlink()
+        with open(str(folder / "log.txt"), "ab") as log:
+            log.write(("[bksdm jobs] %s started by process %d\n" % (
+                time.strftime("%Y-%m-%d %H:%M:%S"), os.getpid())).encode("utf-8"))
+            log.flush()
             # Its own session: the job outlives a WebUI restart and is re-attached after it.
             process = subprocess.Popen(self.command(job), stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, env=env,
@@ -228,27 +306,42 @@ class JobRunner:
         process = self._processes.get(job.id)
         if process is not None:
             return process.poll() is None
-        return _pid_runs(job.pid, str(self.folder(job.id)))
+        if read_exit(self._path(job.id)) is not None:
+            return False
+        return _pid_runs(job.pid, str(self._path(job.id)))
 
-    def _ended(self, job: Job) -> None:
-        """Decide how a run that is no longer running ended, from its own event file."""
-        process = self._processes.pop(job.id, None)
-        code = process.returncode if process is not None else None
+    def _outcome(self, job: Job) -> Tuple[str, str, str]:
+        """(state, reason, result) of a run that is no longer running: its own event file
+        first, then its worker's exit record; with neither, it was interrupted."""
         events = self.events(job.id)
         last = events[-1] if events else {}
         if last.get("event") == "done":
-            job.result = str(last.get("output", ""))
-            self._finish(job, SUCCEEDED, "")
-        elif last.get("event") == "stopped":
-            self._finish(job, CANCELLED, "stopped at step %s, %s" % (
-                last.get("step"), "checkpoint saved" if last.get("saved") else "nothing saved"))
-        elif last.get("event") == "error":
-            self._finish(job, FAILED, "%s: %s" % (last.get("kind"), last.get("message")))
-        elif code not in (None, -signal.SIGKILL, -signal.SIGTERM):
-            self._finish(job, FAILED, _last_line(self.log_tail(job.id)) or "exit code %s" % code)
+            return SUCCEEDED, "", str(last.get("output", ""))
+        if last.get("event") == "stopped":
+            return CANCELLED, "stopped at step %s, %s" % (
+                last.get("step"), "checkpoint saved" if last.get("saved") else "nothing saved"), ""
+        if last.get("event") == "error":
+            return FAILED, "%s: %s" % (last.get("kind"), last.get("message")), ""
+        record = read_exit(self._path(job.id))
+        process = self._processes.get(job.id)
+        if record is not None:
+            code, reason = record.get("exit_code"), str(record.get("reason") or "")
+        elif process is not None and process.returncode is not None:  # the worker itself ended
+            code, reason = process.returncode, ""
         else:
-            self._finish(job, INTERRUPTED, "the process ended without finishing (killed, or the "
-                                           "machine restarted); resume it from its last checkpoint")
+            code, reason = None, ""
+        if code is None:
+            return INTERRUPTED, "the process ended without finishing (killed, or the machine " \
+                "restarted); resume it from its last checkpoint", ""
+        if code < 0 and -code in KILL_SIGNALS:
+            return INTERRUPTED, "%s (out of memory, or stopped from outside); resume it from " \
+                "its last checkpoint" % (reason or "killed by signal %d" % -code), ""
+        return FAILED, reason or last_line(self.log_tail(job.id)) or "exit code %s" % code, ""
+
+    def _ended(self, job: Job) -> None:
+        state, reason, job.result = self._outcome(job)
+        self._processes.pop(job.id, None)
+        self._finish(job, state, reason)
 
     def _finish(self, job: Job, state: str, reason: str) -> None:
         job.state, job.reason, job.ended = state, reason, time.time()
@@ -261,10 +354,31 @@ class JobRunner:
         self._write(job)
 
     def _read(self, folder: Path) -> Job:
-        return Job(**json.loads((folder / "job.json").read_text(encoding="utf-8")))
+        """The job in `folder`; one whose job.json is damaged comes back `broken`, with the
+        parse error as its reason, so the list and the queue carry on around it."""
+        path = folder / "job.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            unknown = sorted(set(data) - {f.name for f in fields(Job)})
+            if unknown:
+                raise ValueError("unknown key %s" % ", ".join(map(repr, unknown)))
+            job = Job(**data)
+            if job.id != folder.name or job.kind not in KINDS or job.state not in STATES:
+                raise ValueError("id, kind or state is wrong: %r, %r, %r"
+                                 % (job.id, job.kind, job.state))
+            if not (isinstance(job.argv, list) and all(isinstance(a, str) for a in job.argv)
+                    and isinstance(job.processes, int) and isinstance(job.created, (int, float))):
+                raise ValueError("argv, processes or created has the wrong type")
+            return job
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
+            created = path.stat().st_mtime if path.is_file() else 0.0
+            return Job(id=folder.name, kind="", argv=[], device="", title=folder.name,
+                       state=BROKEN, reason="job.json: %s" % e, created=created)
 
     def _write(self, job: Job) -> None:
-        target = self.folder(job.id) / "job.json"
+        target = self._path(job.id) / "job.json"
         temp = target.with_name("job.json.tmp")
         temp.write_text(json.dumps(asdict(job), indent=2), encoding="utf-8")
         os.replace(temp, target)
@@ -275,6 +389,8 @@ def _pid_runs(pid: Optional[int], marker: str) -> bool:
     so a recycled pid is not mistaken for it."""
     if not pid:
         return False
+    if os.name == "nt":
+        return _windows_pid_runs(pid)
     try:
         os.kill(pid, 0)
     except OSError:
@@ -288,6 +404,16 @@ def _pid_runs(pid: Optional[int], marker: str) -> bool:
     return True
 
 
-def _last_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else ""
+def _windows_pid_runs(pid: int) -> bool:
+    """Windows has no signal 0 (os.kill would end the process): ask for its exit code."""
+    import ctypes
+
+    kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return False
+    try:
+        code = ctypes.c_ulong()
+        return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259
+    finally:  # 259: STILL_ACTIVE
+        kernel32.CloseHandle(handle)

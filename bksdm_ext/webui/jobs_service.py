@@ -41,6 +41,7 @@ def _poll_forever(owner: JobRunner) -> None:
     while _runner is owner:
         try:
             owner.poll()
+            register_finished_elsewhere(owner)
             _give_vram_back(owner)
         except Exception as e:  # a bad job folder must not stop the queue for good
             print("[BK-SDM] job queue: %s: %s" % (type(e).__name__, e))
@@ -70,6 +71,16 @@ def _job_finished(job: Job) -> None:
         target = register(job)
         job.registered = str(target)
         print("[BK-SDM] job %s finished: %s is in the checkpoint dropdown" % (job.id, target.name))
+
+
+def register_finished_elsewhere(owner: JobRunner) -> None:
+    """A job whose end another process noticed first (a ``bksdm jobs watch`` on this
+    folder) still lands in the checkpoint dropdown."""
+    for job in owner.jobs():
+        if (job.state == SUCCEEDED and not job.registered and not job.reason
+                and job.result.endswith(".safetensors")):
+            _job_finished(job)
+            owner.note_registered(job.id, job.registered)
 
 
 def register(job: Job) -> Path:

@@ -9,12 +9,15 @@ from typing import Any, Dict, List, Optional, Tuple
 import gradio as gr
 
 from ..errors import BadInput
-from ..jobs.runner import FINISHED, RUNNING, SUCCEEDED, Job, Progress, progress_of
+from ..jobs.runner import BROKEN, FINISHED, RUNNING, SUCCEEDED, Job, Progress, progress_of
 from . import a1111, jobs_service
 from .messages import message
 
 STATE_ICONS = {"queued": "⏳", "running": "▶️", "succeeded": "✅", "failed": "❌",
-               "cancelled": "⏹", "interrupted": "⚠️"}
+               "cancelled": "⏹", "interrupted": "⚠️", "broken": "💔"}
+# Up to this many points a loss curve is drawn with markers: a line through one or two
+# points would not show.
+MARKED_POINTS = 30
 
 
 def duration(seconds: Optional[float]) -> str:
@@ -26,7 +29,7 @@ def duration(seconds: Optional[float]) -> str:
 
 
 def progress_line(job: Job, progress: Progress) -> str:
-    if job.state in FINISHED and job.state != SUCCEEDED:
+    if job.state == BROKEN or (job.state in FINISHED and job.state != SUCCEEDED):
         return "%s %s: %s" % (STATE_ICONS[job.state], job.state, job.reason)
     if job.state != RUNNING:
         return "%s %s" % (STATE_ICONS[job.state], job.state)
@@ -55,11 +58,46 @@ def jobs_table(jobs: List[Job]) -> Dict[str, Any]:
     for job in reversed(jobs):
         progress = progress_of(jobs_service.runner().events(job.id))
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created))
-        rows.append([job.title, job.kind, "%s %s" % (STATE_ICONS[job.state], job.state),
+        rows.append([job.title, job.kind, state_cell(job),
                      "%.0f%%" % (100 * (1.0 if job.state == SUCCEEDED else progress.fraction)),
                      duration(progress.eta_s) if job.state == RUNNING else "",
                      started, job.id])
     return {"headers": HEADERS, "data": rows or [[""] * len(HEADERS)]}
+
+
+def state_cell(job: Job) -> str:
+    """The table's state, with the reason for a run that did not succeed (the first line of
+    the log of one that could not start)."""
+    text = "%s %s" % (STATE_ICONS[job.state], job.state)
+    if job.reason and job.state != SUCCEEDED:
+        text += ": " + (job.reason if len(job.reason) <= 120 else job.reason[:119] + "…")
+    return text
+
+
+def loss_figure(progress: Progress) -> Any:
+    """The loss curves; a short run's few points are drawn as markers on whole steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    figure, axes = plt.subplots(figsize=(7, 3.2))
+    for name, points in sorted(progress.losses.items()):
+        axes.plot([s for s, _ in points], [v for _, v in points], label=name,
+                  marker="o" if len(points) <= MARKED_POINTS else None, markersize=4,
+                  linewidth=2.2 if name == "loss" else 1.2)
+    steps = [s for points in progress.losses.values() for s, _ in points]
+    if max(steps) - min(steps) < 2:  # matplotlib would span a single step 3.8 … 4.2
+        axes.set_xlim(max(min(steps) - 1, 0), max(steps) + 1)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("step")
+    axes.set_yscale("log" if all(v > 0 for p in progress.losses.values() for _, v in p)
+                    else "linear")
+    axes.legend(loc="upper right", fontsize="small")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
 
 
 def loss_plot(folder: Path, progress: Progress) -> Optional[str]:
@@ -68,23 +106,11 @@ def loss_plot(folder: Path, progress: Progress) -> Optional[str]:
         return None
     target = folder / ("loss-%d.png" % progress.step)
     if not target.is_file():
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         for old in folder.glob("loss-*.png"):
             old.unlink()
-        figure, axes = plt.subplots(figsize=(7, 3.2))
-        for name, points in sorted(progress.losses.items()):
-            axes.plot([s for s, _ in points], [v for _, v in points], label=name,
-                      linewidth=2.2 if name == "loss" else 1.2)
-        axes.set_xlabel("step")
-        axes.set_yscale("log" if all(v > 0 for p in progress.losses.values() for _, v in p)
-                        else "linear")
-        axes.legend(loc="upper right", fontsize="small")
-        axes.grid(alpha=0.3)
-        figure.tight_layout()
+        figure = loss_figure(progress)
         figure.savefig(target, dpi=90)
         plt.close(figure)
     return str(target)
@@ -116,7 +142,8 @@ def teacher_data(folder: Path) -> Tuple[str, Optional[str]]:
 
 def details(selected: str) -> List[Any]:
     """[jobs table, job dropdown, progress, loss plot, samples, log, result title,
-    teacher-data text, teacher-data grid]."""
+    teacher-data text, teacher-data grid, teacher-data panel (shown only when there is
+    some)]."""
     runner = jobs_service.runner()
     runner.poll()
     jobs = runner.jobs()
@@ -127,15 +154,16 @@ def details(selected: str) -> List[Any]:
     job_id = jobs_service.job_id(selected)
     if not job_id:
         return [jobs_table(jobs), chooser, "<i>No jobs yet: start one in the Distill or "
-                "DreamBooth tab.</i>", None, None, "", "", "", None]
+                "DreamBooth tab.</i>", None, None, "", "", "", None, gr.update(visible=False)]
     job = runner.job(job_id)
     folder = runner.folder(job_id)
     progress = progress_of(runner.events(job_id))
     grid = jobs_service.latest_samples(folder)
     registered = a1111.checkpoint_title(Path(job.registered)) if job.registered else None
+    made, made_grid = teacher_data(folder)
     return [jobs_table(jobs), chooser, progress_bar_html(job, progress), loss_plot(folder, progress),
             str(grid) if grid else None, runner.log_tail(job_id), registered or "",
-            *teacher_data(folder)]
+            made, made_grid, gr.update(visible=bool(made))]
 
 
 def act(action: str, selected: str) -> str:
@@ -181,7 +209,7 @@ def build() -> None:
         plot = gr.Image(label="Loss", interactive=False, elem_id="bksdm_jobs_loss")
         samples = gr.Image(label="Latest samples (teacher | student, or before | after)", interactive=False,
                            elem_id="bksdm_jobs_samples")
-    with gr.Accordion("Teacher-made training data", open=True):
+    with gr.Accordion("Teacher-made training data", open=True, visible=False) as made_panel:
         made = gr.Markdown(elem_id="bksdm_jobs_teacher_data")
         made_grid = gr.Image(label="The first teacher-made images", interactive=False,
                              elem_id="bksdm_jobs_teacher_grid")
@@ -190,7 +218,7 @@ def build() -> None:
     table = gr.Dataframe(headers=HEADERS, interactive=False, elem_id="bksdm_jobs_table")
     registered = gr.Textbox(visible=False, elem_id="bksdm_jobs_result_title")
 
-    outputs = [table, chooser, bar, plot, samples, log, registered, made, made_grid]
+    outputs = [table, chooser, bar, plot, samples, log, registered, made, made_grid, made_panel]
     refresh.click(details, inputs=[chooser], outputs=outputs, show_progress=False)
     chooser.select(details, inputs=[chooser], outputs=outputs, show_progress=False)
     for button, action in ((cancel, "cancel"), (save, "save"), (resume, "resume")):
