@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tiny import TINY, write_teacher
-from webui_env import load, standin_app, start_webui, stop_jobs
+from webui_env import allow_data_root, load, standin_app, start_webui, stop_jobs
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -58,6 +58,7 @@ def webui(tmp_path):
     folder = start_webui(tmp_path / "webui")
     teacher = write_teacher(folder, TINY["sd-v1"])
     load(teacher)
+    allow_data_root(tmp_path)  # the tests' data folders may be typed in
     yield folder
     stop_jobs()
     standin_app.reset(tmp_path / "after")
