@@ -308,3 +308,50 @@ def test_distill_tab_starts_a_job_the_jobs_tab_follows_and_cancels(browser, webu
         assert js_errors == []
     finally:
         standin_app.stop()
+
+
+def test_uploads_through_the_page_are_picked_from_the_lists(browser, webui, tmp_path):
+    """A remote user's way in: a training-set .zip on the Distill tab and photos on the
+    DreamBooth tab, sent by the browser's file chooser, then chosen from the lists."""
+    import zipfile
+
+    from playwright.sync_api import expect
+    from PIL import Image
+
+    from bksdm_ext.webui import uploads
+    from test_distill import make_dataset
+
+    data = make_dataset(tmp_path / "cats")
+    archive = tmp_path / "cats.zip"
+    with zipfile.ZipFile(str(archive), "w") as packed:
+        for path in sorted(data.iterdir()):
+            packed.write(str(path), "cats/" + path.name)
+    photos = []
+    for i, color in enumerate(("red", "blue")):
+        photos.append(str(tmp_path / ("dog%d.png" % i)))
+        Image.new("RGB", (40, 48), color).save(photos[-1])
+    _, url = standin_app.launch()
+    try:
+        page, js_errors = _open_tab(browser, url, "Distill", 1400)
+        with page.expect_file_chooser() as chooser:
+            page.locator("#bksdm_distill_folder_upload").click()
+        chooser.value.set_files(str(archive))
+        expect(page.locator("#bksdm_distill_folder_upload_result").first).to_contain_text(
+            "cats: stored, 8 images with captions")
+        expect(page.locator("#bksdm_distill_folder_uploaded input")).to_have_value("cats")
+        page.locator("#bksdm_distill_check").click()
+        expect(page.locator("#bksdm_distill_checked").first).to_contain_text(
+            "%s: 8 images with captions" % uploads.folder("datasets", "cats"))
+
+        page.locator("#bksdm_tabs > .tab-nav > button", has_text="DreamBooth").click()
+        with page.expect_file_chooser() as chooser:
+            page.locator("#bksdm_db_folder_upload").click()
+        chooser.value.set_files(photos)
+        expect(page.locator("#bksdm_db_folder_upload_result").first).to_contain_text(
+            "dog0: 2 photos stored")
+        expect(page.locator("#bksdm_db_folder_uploaded input")).to_have_value("dog0")
+        stored = uploads.folder("instances", "dog0")
+        assert sorted(p.name for p in stored.iterdir()) == ["dog0.png", "dog1.png"]
+        assert js_errors == []
+    finally:
+        standin_app.stop()
