@@ -24,7 +24,6 @@ from ..train.dataset import (CAPTION_SUFFIXES, IMAGE_SUFFIXES, METADATA_FILES, i
                              scan_dataset, stays_inside)
 from . import a1111
 
-KINDS = ("datasets", "instances")
 LIMIT_OPTION = "bksdm_upload_limit_mb"
 MB = 1024 * 1024
 MAX_ZIP_ENTRIES = 200000
@@ -68,8 +67,9 @@ def store_photos(files: List[Tuple[Path, str]]) -> str:
 
 def store_training_set(path: Path, name: str) -> Tuple[str, str]:
     """Unpack an uploaded .zip of image + caption pairs (or images + metadata.jsonl/csv) into
-    a new dataset folder; returns its name and what the dataset holds. A zip holding a single folder is unpacked
-    without that folder level, so metadata.jsonl ends up at the dataset's top."""
+    a new dataset folder; returns its name and what the dataset holds. A zip holding a
+    single folder is unpacked without that folder level, so metadata.jsonl ends up at the
+    dataset's top."""
     if not zipfile.is_zipfile(str(path)):
         raise BadInput("%s: not a .zip file; pack the images with their .txt captions (or a "
                        "metadata.jsonl) into a .zip" % name)
