@@ -353,5 +353,15 @@ def test_uploads_through_the_page_are_picked_from_the_lists(browser, webui, tmp_
         stored = uploads.folder("instances", "dog0")
         assert sorted(p.name for p in stored.iterdir()) == ["dog0.png", "dog1.png"]
         assert js_errors == []
+
+        # Another visitor's page, built before the uploads, lists them after ↻.
+        page, js_errors = _open_tab(browser, url, "Distill", 1400)
+        page.locator("#bksdm_distill_folder_refresh").click()
+        page.locator("#bksdm_distill_folder_uploaded input").click()
+        page.locator("#bksdm_distill_folder_uploaded ul.options li", has_text="cats").click()
+        page.locator("#bksdm_distill_check").click()
+        expect(page.locator("#bksdm_distill_checked").first).to_contain_text(
+            "8 images with captions")
+        assert js_errors == []
     finally:
         standin_app.stop()

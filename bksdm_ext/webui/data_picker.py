@@ -32,18 +32,22 @@ TRAINING_SET = Kind("datasets", "Upload a training set (.zip)", "single", [".zip
 
 
 def build(kind: Kind, label: str, elem_id: str) -> Picker:
-    """The typed folder (``#<elem_id>``), the uploads list (``#<elem_id>_uploaded``), the
-    upload button (``#<elem_id>_upload``) and its message (``#<elem_id>_upload_result``)."""
+    """The typed folder (``#<elem_id>``), the uploads list (``#<elem_id>_uploaded``) with
+    its ↻ (``#<elem_id>_refresh``), the upload button (``#<elem_id>_upload``) and its
+    message (``#<elem_id>_upload_result``)."""
     with gr.Row():
         typed = gr.Textbox(label=label, elem_id=elem_id, scale=4,
                            visible=paths.typing_allowed())
         uploaded = gr.Dropdown(uploads.names(kind.name), label="or an uploaded one",
                                elem_id=elem_id + "_uploaded", scale=3)
+        refresh = gr.Button("↻", elem_id=elem_id + "_refresh", scale=0, min_width=40)
         button = gr.UploadButton(kind.upload_label, file_count=kind.file_count,
                                  file_types=kind.file_types, elem_id=elem_id + "_upload", scale=0)
     result = gr.HTML(elem_id=elem_id + "_upload_result")
     button.upload(lambda files: store(kind, files), inputs=[button], outputs=[uploaded, result])
     uploaded.select(lambda: "", outputs=[typed])  # a picked upload replaces a typed folder
+    # The list is built once at start-up; ↻ lists the uploads made since, from any page.
+    refresh.click(lambda: gr.update(choices=uploads.names(kind.name)), outputs=[uploaded])
     return Picker(typed, uploaded)
 
 
