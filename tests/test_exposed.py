@@ -97,7 +97,7 @@ def _pairs(prefix="", n=3):
 def test_hide_ui_dir_config_refuses_every_path_field(exposed, outside):
     from modules import shared
 
-    from bksdm_ext.webui import a1111, distill_tab, ui
+    from bksdm_ext.webui import a1111, distill_tab, ui, uploads
 
     inside = make_dataset(a1111.data_dir() / "mine", n=2)  # even an allowed folder: no typing
     for folder in ("/etc", str(outside), str(inside)):
@@ -112,6 +112,8 @@ def test_hide_ui_dir_config_refuses_every_path_field(exposed, outside):
     assert _no_jobs()
 
     # The path fields are hidden; the upload buttons are the way in.
+    name, _ = uploads.store_training_set(_zip(exposed.parent / "set.zip", _pairs()), "set.zip")
+    assert "3 images with captions" in distill_tab.check_dataset("", name)
     page = ui.on_ui_tabs()[0][0]
     shown = {block.elem_id: block.visible for block in page.blocks.values()
              if getattr(block, "elem_id", None)}
