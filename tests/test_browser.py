@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tiny import TINY, write_teacher
-from webui_env import installed_webui, load, standin_app, start_webui, stop_jobs
+from webui_env import allow_data_root, installed_webui, load, standin_app, start_webui, stop_jobs
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -58,6 +58,7 @@ def webui(tmp_path):
     folder = start_webui(tmp_path / "webui")
     teacher = write_teacher(folder, TINY["sd-v1"])
     load(teacher)
+    allow_data_root(tmp_path)  # the tests' data folders may be typed in
     yield folder
     stop_jobs()
     standin_app.reset(tmp_path / "after")
@@ -260,6 +261,7 @@ def installed(tmp_path):
     """The extension installed as a user does (a copy under extensions/, no PYTHONPATH,
     another working directory), so its jobs run only as they would in a real A1111."""
     with installed_webui(tmp_path) as folder:
+        allow_data_root(tmp_path)  # the tests' data folders may be typed in
         yield folder
 
 
@@ -320,6 +322,78 @@ def test_distill_tab_starts_a_job_the_jobs_tab_follows_to_the_dropdown(browser, 
             return Path(job.registered).name in names
 
         _wait_for(student_listed, "the student in the checkpoint dropdown")
+        assert js_errors == []
+    finally:
+        standin_app.stop()
+
+
+def _pick(page, elem_id, text):
+    """Choose `text` in a dropdown whose choices an update is bringing: gradio 3.41 does not
+    redraw a list that is already open, so it is opened again until the choice shows."""
+    option = page.locator("#%s ul.options li" % elem_id, has_text=text)
+    deadline = time.time() + TIMEOUT_MS / 1000
+    while True:
+        page.locator("#%s input" % elem_id).click()
+        try:
+            option.click(timeout=2000)
+            return
+        except Exception:
+            if time.time() > deadline:
+                raise
+            page.keyboard.press("Escape")
+
+
+def test_uploads_through_the_page_are_picked_from_the_lists(browser, webui, tmp_path):
+    """A remote user's way in: a training-set .zip on the Distill tab and photos on the
+    DreamBooth tab, sent by the browser's file chooser, then chosen from the lists."""
+    import zipfile
+
+    from playwright.sync_api import expect
+    from PIL import Image
+
+    from bksdm_ext.webui import uploads
+    from test_distill import make_dataset
+
+    data = make_dataset(tmp_path / "cats")
+    archive = tmp_path / "cats.zip"
+    with zipfile.ZipFile(str(archive), "w") as packed:
+        for path in sorted(data.iterdir()):
+            packed.write(str(path), "cats/" + path.name)
+    photos = []
+    for i, color in enumerate(("red", "blue")):
+        photos.append(str(tmp_path / ("dog%d.png" % i)))
+        Image.new("RGB", (40, 48), color).save(photos[-1])
+    _, url = standin_app.launch()
+    try:
+        page, js_errors = _open_tab(browser, url, "Distill", 1400)
+        with page.expect_file_chooser() as chooser:
+            page.locator("#bksdm_distill_folder_upload").click()
+        chooser.value.set_files(str(archive))
+        expect(page.locator("#bksdm_distill_folder_upload_result").first).to_contain_text(
+            "cats: stored, 8 images with captions")
+        expect(page.locator("#bksdm_distill_folder_uploaded input")).to_have_value("cats")
+        page.locator("#bksdm_distill_check").click()
+        expect(page.locator("#bksdm_distill_checked").first).to_contain_text(
+            "%s: 8 images with captions" % uploads.folder("datasets", "cats"))
+
+        page.locator("#bksdm_tabs > .tab-nav > button", has_text="DreamBooth").click()
+        with page.expect_file_chooser() as chooser:
+            page.locator("#bksdm_db_folder_upload").click()
+        chooser.value.set_files(photos)
+        expect(page.locator("#bksdm_db_folder_upload_result").first).to_contain_text(
+            "dog0: 2 photos stored")
+        expect(page.locator("#bksdm_db_folder_uploaded input")).to_have_value("dog0")
+        stored = uploads.folder("instances", "dog0")
+        assert sorted(p.name for p in stored.iterdir()) == ["dog0.png", "dog1.png"]
+        assert js_errors == []
+
+        # Another visitor's page, built before the uploads, lists them after ↻.
+        page, js_errors = _open_tab(browser, url, "Distill", 1400)
+        page.locator("#bksdm_distill_folder_refresh").click()
+        _pick(page, "bksdm_distill_folder_uploaded", "cats")
+        page.locator("#bksdm_distill_check").click()
+        expect(page.locator("#bksdm_distill_checked").first).to_contain_text(
+            "8 images with captions")
         assert js_errors == []
     finally:
         standin_app.stop()

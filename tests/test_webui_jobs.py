@@ -11,7 +11,7 @@ from bksdm_ext.jobs.runner import CANCELLED, SUCCEEDED
 from test_convert import ldm_from_yaml, load_file, unet_part
 from test_distill import make_dataset
 from test_jobs import wait
-from webui_env import installed_webui
+from webui_env import allow_data_root, installed_webui
 
 FAST = dict(steps=6, batch_size=2, grad_accum=1, lr=1e-3, resolution=32, precision="no",
             gradient_checkpointing=False, ema=False, use_8bit_adam=False, save_every=3,
@@ -27,6 +27,7 @@ def webui(tmp_path):
         from modules import sd_models
 
         sd_models.list_models()
+        allow_data_root(tmp_path)  # the tests' data folders may be typed in
         yield folder
 
 

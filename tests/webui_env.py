@@ -13,15 +13,31 @@ import standin_app  # noqa: E402
 EXTENSION = Path(__file__).resolve().parent.parent
 
 
-def start_webui(tmp_path: Path):
-    """A fresh stand-in WebUI under tmp_path with the extension loaded; returns its checkpoint folder."""
-    standin_app.reset(tmp_path, args=["--use-cpu", "all", "--no-half"])
+def start_webui(tmp_path: Path, *flags: str):
+    """A fresh stand-in WebUI under tmp_path (with extra WebUI `flags`) with the extension
+    loaded; returns its checkpoint folder."""
+    standin_app.reset(tmp_path, args=["--use-cpu", "all", "--no-half"] + list(flags))
     standin_app.load_extension(str(EXTENSION), strict=True)
     from modules import sd_models
 
     folder = Path(sd_models.model_path)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def register_settings():
+    """Run the on_ui_settings callbacks (A1111 does it while it builds the page)."""
+    from modules import script_callbacks
+
+    script_callbacks.ui_settings_callback()
+
+
+def allow_data_root(folder: Path):
+    """List `folder` in Settings › BK-SDM as a server folder the page may read."""
+    from modules import shared
+
+    register_settings()
+    assert shared.opts.set("bksdm_data_roots", str(folder))
 
 
 def load(path: Path):

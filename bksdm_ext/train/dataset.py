@@ -15,8 +15,8 @@ import csv
 import io
 import json
 import os
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
@@ -47,6 +47,8 @@ class DatasetScan:
     examples: List[Example]
     unreadable: List[Path]  # images PIL cannot open or verify, or rows naming no file
     missing_captions: List[Path]  # no caption file, an empty one, or no metadata row
+    # metadata rows whose file_name leaves the folder ("line 3: ../x.png"), never opened
+    outside: List[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line for a log or the UI."""
@@ -56,6 +58,8 @@ class DatasetScan:
             skipped.append("{:,} unreadable".format(len(self.unreadable)))
         if self.missing_captions:
             skipped.append("{:,} without caption".format(len(self.missing_captions)))
+        if self.outside:
+            skipped.append("{:,} outside the folder".format(len(self.outside)))
         return line + ("; " + ", ".join(skipped) if skipped else "")
 
     def problems(self, limit: int = 10) -> List[str]:
@@ -63,13 +67,16 @@ class DatasetScan:
         lines = ["%s: %s" % (path, "not a readable image; replace or remove it" if path.is_file()
                              else "no such file, but %s lists it" % self.layout)
                  for path in self.unreadable[:limit]]
+        lines += ["%s, %s: outside the dataset folder, not used; name files relative to it"
+                  % (self.layout, row) for row in self.outside[:limit - len(lines)]]
         for path in self.missing_captions[:limit - len(lines)]:
             if self.layout == "pairs":
                 fix = "write its caption into %s" % path.with_suffix(".txt").name
             else:
                 fix = "add a row for it to %s" % self.layout
             lines.append("%s: no caption; %s" % (path, fix))
-        hidden = len(self.unreadable) + len(self.missing_captions) - len(lines)
+        hidden = (len(self.unreadable) + len(self.missing_captions) + len(self.outside)
+                  - len(lines))
         return lines + (["... and {:,} more".format(hidden)] if hidden else [])
 
 
@@ -81,14 +88,14 @@ def scan_dataset(folder: Union[str, Path]) -> DatasetScan:
                        % folder)
     images = sorted(image_files(folder))
     layout = next((name for name in METADATA_FILES if (folder / name).is_file()), "pairs")
+    scan = DatasetScan(folder, layout, [], [], [])
     if layout == "pairs":
         candidates = [(image, _caption_file(image)) for image in images]
     else:
-        rows = _metadata_rows(folder / layout)
+        rows, scan.outside = _metadata_rows(folder / layout)
         listed = {image for image, _ in rows}
         candidates = rows + [(image, "") for image in images if image not in listed]
         candidates.sort(key=lambda candidate: candidate[0])
-    scan = DatasetScan(folder, layout, [], [], [])
     for image, caption in candidates:
         if not caption:
             scan.missing_captions.append(image)
@@ -97,9 +104,12 @@ def scan_dataset(folder: Union[str, Path]) -> DatasetScan:
         else:
             scan.examples.append(Example(image, caption))
     if not scan.examples:
-        if candidates:
+        if candidates or scan.outside:
             found = "of %s, %d unreadable and %d without caption" % (
-                _count(len(candidates), "image"), len(scan.unreadable), len(scan.missing_captions))
+                _count(len(candidates) + len(scan.outside), "image"), len(scan.unreadable),
+                len(scan.missing_captions))
+            if scan.outside:
+                found += ", %d outside the folder" % len(scan.outside)
         else:
             found = "found no .png, .jpg, .jpeg, .webp or .bmp files"
         raise BadInput("%s: no captioned images to train on (%s); %s"
@@ -170,21 +180,33 @@ def _read_text(path: Path) -> str:
         raise BadInput("%s: not UTF-8 text; save it with UTF-8 encoding" % path) from None
 
 
-def _metadata_rows(path: Path) -> List[Tuple[Path, str]]:
-    """(image, caption) for every row; a row without a usable text has caption ""."""
+def _metadata_rows(path: Path) -> Tuple[List[Tuple[Path, str]], List[str]]:
+    """(image, caption) for every row (a row without a usable text has caption ""), and the
+    rows whose file_name leaves the folder ("line 3: ../x.png"), which are not looked at:
+    a dataset must not read, or tell whether there is, any file outside its folder."""
     if path.suffix == ".jsonl":
         records = _jsonl_records(path)
     else:
         records = _csv_records(path)
-    rows = []
+    rows, outside = [], []
     for line, record in records:
         name = record.get("file_name")
         if not isinstance(name, str) or not name.strip():
             raise BadInput('%s, line %d: no "file_name"; each row names an image relative to '
                            "the folder, with its caption in \"text\"" % (path, line))
+        if not stays_inside(name.strip()):
+            outside.append("line %d: %s" % (line, name.strip()))
+            continue
         text = record.get("text")
         rows.append((path.parent / name.strip(), text.strip() if isinstance(text, str) else ""))
-    return rows
+    return rows, outside
+
+
+def stays_inside(name: str) -> bool:
+    """Whether a relative file name stays in its folder, by its text alone (no absolute
+    path, drive or ``..``; either slash)."""
+    posix = PurePosixPath(name.replace("\\", "/"))
+    return not (posix.is_absolute() or ".." in posix.parts or PureWindowsPath(name).drive)
 
 
 def _jsonl_records(path: Path) -> List[Tuple[int, Dict[str, Any]]]:

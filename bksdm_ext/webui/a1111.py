@@ -22,6 +22,16 @@ def opt(key: str, default: Any) -> Any:
     return getattr(shared.opts, key, default)
 
 
+def hide_ui_dir_config() -> bool:
+    """A1111's switch for an exposed server: no server paths typed in the page."""
+    return bool(getattr(shared.cmd_opts, "hide_ui_dir_config", False))
+
+
+def restrict_options(keys: List[str]) -> None:
+    """Settings that under --hide-ui-dir-config cannot change (as A1111's own output folders)."""
+    shared.opts.restricted_opts.update(keys)
+
+
 def lora_dir() -> Path:
     """Where A1111's built-in Lora extension looks (its ``--lora-dir``, else models/Lora)."""
     from modules import paths_internal

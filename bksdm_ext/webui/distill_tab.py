@@ -11,18 +11,20 @@ import gradio as gr
 from ..train.dataset import scan_dataset
 from ..train.distill_config import DistillConfig
 from ..errors import BadInput
-from . import a1111, checkpoints, job_form
+from . import a1111, checkpoints, data_picker, job_form, paths
 from .convert_tab import LABEL_OF, PRESET_LABELS
 from .messages import message
 
 SOURCES = ("Image folder", "Teacher-made (no dataset)", "Image folder + teacher-made")
 DEFAULTS = DistillConfig(teacher="", data="", out="")
+FOLDER_FIELD = "Image folder"
 
 
-def check_dataset(folder: str) -> str:
+def check_dataset(folder: str, uploaded: str = "") -> str:
     """Counts of captioned images and the first problems, as the job will see them."""
     try:
-        scan = scan_dataset(folder.strip())
+        scan = scan_dataset(data_picker.chosen_folder(data_picker.TRAINING_SET, folder, uploaded,
+                                                      FOLDER_FIELD))
     except BadInput as e:
         return message("error", str(e))
     problems = scan.problems()
@@ -32,13 +34,15 @@ def check_dataset(folder: str) -> str:
     return message("success" if not problems else "error", text)
 
 
-def data_flags(source: str, folder: str, synthetic: int, prompts: str) -> Dict[str, Any]:
+def data_flags(source: str, folder: str, uploaded: str, synthetic: int,
+               prompts: str) -> Dict[str, Any]:
     """The --data (and --synthetic, --prompts) flags for a data source."""
     uses_folder, uses_teacher = source != SOURCES[1], source != SOURCES[0]
     values: Dict[str, Any] = {}
     if uses_folder:
-        scan_dataset(folder.strip())  # BadInput: no folder, no captioned images
-        values["data"] = folder.strip()
+        data = data_picker.chosen_folder(data_picker.TRAINING_SET, folder, uploaded, FOLDER_FIELD)
+        scan_dataset(data)  # BadInput: no folder, no captioned images
+        values["data"] = str(data)
     if uses_teacher:
         if int(synthetic or 0) < 1:
             raise BadInput("Set how many images the teacher should make (at least 1).")
@@ -46,7 +50,7 @@ def data_flags(source: str, folder: str, synthetic: int, prompts: str) -> Dict[s
             values["synthetic"] = int(synthetic)
         else:
             values["data"] = "teacher:%d" % int(synthetic)
-        values["prompts"] = prompts.strip()
+        values["prompts"] = str(paths.typed_path(prompts, "Prompts")) if prompts.strip() else ""
     return values
 
 
@@ -54,7 +58,8 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
           prompts: str, negative_prompt: str, random_conditioning: bool, steps: int,
           batch_size: int, grad_accum: int, lr: float, resolution: int, precision: str,
           gradient_checkpointing: bool, ema: bool, use_8bit_adam: bool, save_every: int,
-          sample_every: int, sample_prompts: str, free_vram: bool, gpus: float) -> str:
+          sample_every: int, sample_prompts: str, free_vram: bool, gpus: float,
+          uploaded: str = "") -> str:
     try:
         teacher = checkpoints.filename(teacher_title)
         model = checkpoints.describe(teacher)
@@ -62,7 +67,7 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
             raise BadInput("%s is a BK-SDM student; choose the teacher it was made from."
                            % teacher.name)
         values: Dict[str, Any] = {"teacher": str(teacher), "arch": PRESET_LABELS[preset_label]}
-        values.update(data_flags(source, folder, synthetic, prompts))
+        values.update(data_flags(source, folder, uploaded, synthetic, prompts))
         if source != SOURCES[0]:
             values.update(negative_prompt=negative_prompt.strip(),
                           random_conditioning=random_conditioning)
@@ -97,16 +102,18 @@ def build() -> None:
                           value=LABEL_OF.get(a1111.opt("bksdm_default_preset", "small"), "Small"))
     source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Training data",
                       elem_id="bksdm_distill_source")
+    picker = data_picker.build(data_picker.TRAINING_SET, "Image folder on the server (images "
+                               "with .txt captions, or metadata.jsonl/csv)", "bksdm_distill_folder")
+    folder, uploaded = picker.typed, picker.uploaded
     with gr.Row():
-        folder = gr.Textbox(label="Image folder (images with .txt captions, or metadata.jsonl/csv)",
-                            elem_id="bksdm_distill_folder", scale=4)
         check = gr.Button("Check", elem_id="bksdm_distill_check", scale=0, min_width=80)
-    checked = gr.HTML(elem_id="bksdm_distill_checked")
+        checked = gr.HTML(elem_id="bksdm_distill_checked")
     with gr.Row():
         synthetic = gr.Number(2000, label="Teacher-made images", precision=0,
                               elem_id="bksdm_distill_synthetic")
         prompts = gr.Textbox(label="Prompts (a .txt file, a caption folder or a dataset folder; "
-                                   "empty: built-in generator)", elem_id="bksdm_distill_prompts")
+                                   "empty: built-in generator)", elem_id="bksdm_distill_prompts",
+                             visible=paths.typing_allowed())
         negative = gr.Textbox(label="Negative prompt", elem_id="bksdm_distill_negative")
         random_conditioning = gr.Checkbox(False, label="Random conditioning",
                                           elem_id="bksdm_distill_random_conditioning")
@@ -141,9 +148,9 @@ def build() -> None:
     job_form.controls("distill")
 
     refresh.click(teacher_choices, outputs=[teacher])
-    check.click(check_dataset, inputs=[folder], outputs=[checked])
+    check.click(check_dataset, inputs=[folder, uploaded], outputs=[checked])
     run.click(start, inputs=[teacher, preset, source, folder, synthetic, prompts, negative,
                              random_conditioning, steps, batch_size, grad_accum, lr, resolution,
                              precision, gradient_checkpointing, ema, use_8bit_adam, save_every,
-                             sample_every, sample_prompts, free_vram, gpus],
+                             sample_every, sample_prompts, free_vram, gpus, uploaded],
               outputs=[result])

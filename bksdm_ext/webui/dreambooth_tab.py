@@ -5,17 +5,17 @@ Class images for prior preservation come from the teacher, as in the paper ("gen
 by the original SDM"): for a student the tab proposes the teacher it was converted from
 when that file is in the dropdown.
 """
-from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import gradio as gr
 
 from ..train.dreambooth import instance_images
 from ..errors import BadInput
-from . import a1111, checkpoints, job_form
+from . import a1111, checkpoints, data_picker, job_form
 from .messages import message
 
 SAME_MODEL = "(the model itself)"
+FOLDER_FIELD = "Instance images folder"
 
 
 def class_model_choices(model_title: str) -> Tuple[List[str], str]:
@@ -36,19 +36,18 @@ def start(model_title: str, class_title: str, folder: str, instance_prompt: str,
           class_prompt: str, num_class_images: int, steps: int, lr: float, resolution: int,
           prior: bool, text_encoder: bool, lora: bool, lora_rank: int, lora_lr: float,
           precision: str, gradient_checkpointing: bool, use_8bit_adam: bool,
-          free_vram: bool) -> str:
+          free_vram: bool, uploaded: str = "") -> str:
     try:
         model = checkpoints.filename(model_title)
-        if not folder.strip():
-            raise BadInput("Give the folder with the photos of your subject.")
-        images = instance_images(Path(folder.strip()))
+        instance_dir = data_picker.chosen_folder(data_picker.PHOTOS, folder, uploaded, FOLDER_FIELD)
+        images = instance_images(instance_dir)
         if not instance_prompt.strip():
             raise BadInput("Write the instance prompt, e.g. 'a photo of sks dog'.")
         if prior and not class_prompt.strip():
             raise BadInput("Write the class prompt, e.g. 'a photo of a dog', or untick prior "
                            "preservation.")
         values: Dict[str, Any] = {
-            "model": str(model), "instance_dir": folder.strip(),
+            "model": str(model), "instance_dir": str(instance_dir),
             "instance_prompt": instance_prompt.strip(), "class_prompt": class_prompt.strip(),
             "steps": steps, "resolution": resolution, "mixed_precision": precision,
             "no_prior_preservation": not prior, "no_train_text_encoder": not text_encoder,
@@ -82,8 +81,9 @@ def build() -> None:
         refresh = gr.Button("↻", elem_id="bksdm_db_refresh", scale=0, min_width=40)
         class_model = gr.Dropdown(classes, value=proposed, label="Class images made by",
                                   elem_id="bksdm_db_class_model", scale=3)
-    folder = gr.Textbox(label="Instance images folder (3–5 photos of the subject)",
-                        elem_id="bksdm_db_folder")
+    picker = data_picker.build(data_picker.PHOTOS, "Instance images folder on the server (3–5 "
+                               "photos of the subject)", "bksdm_db_folder")
+    folder, uploaded = picker.typed, picker.uploaded
     with gr.Row():
         instance_prompt = gr.Textbox(label="Instance prompt", placeholder="a photo of sks dog",
                                      elem_id="bksdm_db_instance_prompt")
@@ -124,4 +124,4 @@ def build() -> None:
     run.click(start, inputs=[model, class_model, folder, instance_prompt, class_prompt,
                              num_class_images, steps, lr, resolution, prior, text_encoder, lora,
                              lora_rank, lora_lr, precision, gradient_checkpointing, use_8bit_adam,
-                             free_vram], outputs=[result])
+                             free_vram, uploaded], outputs=[result])

@@ -19,5 +19,6 @@ parser.add_argument("--lowram", action="store_true", help="read weights straight
 parser.add_argument("--disable-model-loading-ram-optimization", action="store_true", help="no meta-device model creation")
 parser.add_argument("--no-hashing", action="store_true", help="never compute checkpoint sha256")
 parser.add_argument("--skip-install", action="store_true", help="launch.run_pip does nothing")
+parser.add_argument("--hide-ui-dir-config", action='store_true', help="hide directory configuration from webui", default=False)
 parser.add_argument("--freeze-settings", action="store_true", help="settings cannot change")
 parser.add_argument("--gradio-allowed-path", action="append", default=[_paths.data_path], help="extra folder gradio may serve")

@@ -1,7 +1,8 @@
 """Stand-in for A1111 1.10.1 ``modules/options.py``: ``OptionInfo`` and ``Options`` (``shared.opts``).
 
 Behaviour kept: options read as attributes (stored value, else the default; unknown names raise
-AttributeError, so ``getattr(opts, key, default)`` works), ``set`` runs the option's ``onchange`` and puts
+AttributeError, so ``getattr(opts, key, default)`` works), ``restricted_opts`` cannot change under
+``--hide-ui-dir-config`` (``set`` returns False), ``set`` runs the option's ``onchange`` and puts
 the old value back if it fails, ``add_option``/``onchange``/``same_type``/``save``/``load``/``dumpjson``.
 Not kept: comment helpers (``.info()``, ``.needs_reload_ui()``, ...), categories, ``reorder``, API restrictions.
 """
@@ -36,6 +37,8 @@ class Options:
             return
         if shared_cmd_options.cmd_opts.freeze_settings:
             raise RuntimeError("settings are frozen (--freeze-settings)")
+        if shared_cmd_options.cmd_opts.hide_ui_dir_config and key in self.restricted_opts:
+            raise RuntimeError("not possible to set '%s' because it is restricted with --hide_ui_dir_config" % key)
         self.data[key] = value
 
     def __getattr__(self, item):
