@@ -1,0 +1,101 @@
+"""Damaged inputs, full or read-only disks and racing conversions, on real files through the
+real command line: one line, exit 2, nothing half-written left behind (issue 13, items 6-9)."""
+import json
+import pickle
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from bksdm_ext.cli import main
+from tiny import TINY, teacher_state, write_teacher
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.err.strip()
+
+
+def assert_one_line_refusal(capsys, tmp_path: Path, *argv, words=()):
+    code, err = run_cli(capsys, *argv)
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, err
+    return err
+
+
+# -- item 9: malformed safetensors headers, random .ckpt, the allowed placeholder ---------
+
+
+def _safetensors(path: Path, header, data: bytes = b"") -> Path:
+    encoded = header if isinstance(header, bytes) else json.dumps(header).encode("utf-8")
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data)
+    return path
+
+
+def _f32(shape, begin):
+    count = 1
+    for n in shape:
+        count *= n
+    return {"dtype": "F32", "shape": list(shape), "data_offsets": [begin, begin + 4 * count]}
+
+
+MALFORMED = {
+    "overlapping": ({"a": _f32([4], 0), "b": _f32([4], 8)}, 24, "overlaps"),
+    "gap": ({"a": _f32([2], 0), "b": _f32([2], 16)}, 24, "gap"),
+    "reversed offsets": ({"a": {"dtype": "F32", "shape": [0], "data_offsets": [8, 0]}}, 8,
+                         "describes tensor 'a' wrongly"),
+    "shape does not match bytes": ({"a": {"dtype": "F32", "shape": [3, 3],
+                                          "data_offsets": [0, 16]}}, 16,
+                                   "describes tensor 'a' wrongly"),
+    "negative shape": ({"a": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}, 16,
+                       "describes tensor 'a' wrongly"),
+    "list header": ([1, 2, 3], 0, "not a JSON object"),
+    "deeply nested": (b"[" * 100000 + b"]" * 100000, 0, "not a JSON object"),
+    "metadata not texts": ({"__metadata__": {"x": [1]}, "a": _f32([1], 0)}, 4, "__metadata__"),
+    "trailing bytes": ({"a": _f32([1], 0)}, 12, "follow its last tensor"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_safetensors_headers_are_one_line(tmp_path, capsys, case):
+    header, data_size, words = MALFORMED[case]
+    bad = _safetensors(tmp_path / "bad.safetensors", header, bytes(data_size))
+    for command in (["info", bad], ["convert", bad, "--arch", "small", "--out",
+                                    tmp_path / "s.safetensors"]):
+        assert_one_line_refusal(capsys, tmp_path, *command, words=(str(bad), words))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors"]
+
+
+def test_a_random_bytes_ckpt_is_not_a_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "random.ckpt"
+    bad.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(1),
+                                  dtype=torch.uint8).numpy().tobytes())
+    err = assert_one_line_refusal(capsys, tmp_path, "info", bad,
+                                  words=(str(bad), "not a checkpoint",
+                                         "damaged or not a PyTorch file"))
+    assert "run code" not in err
+
+
+class ModelCheckpoint:
+    """Pickled as Lightning's callback built with arguments (its name is swapped in below)."""
+
+    def __reduce__(self):
+        return (ModelCheckpoint, ("checkpoints/", "val_loss"))
+
+
+def test_the_allowed_lightning_callback_built_with_arguments_loads(tmp_path, capsys):
+    state = teacher_state(TINY["sd-v1"])
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": state, "callbacks": {"cb": ModelCheckpoint()}}, str(path),
+               _use_new_zipfile_serialization=False, pickle_protocol=2)
+    own = ("c%s\nModelCheckpoint\n" % __name__).encode()
+    data = path.read_bytes()
+    assert data.count(own) == 1
+    path.write_bytes(data.replace(
+        own, b"cpytorch_lightning.callbacks.model_checkpoint\nModelCheckpoint\n"))
+    code, err = run_cli(capsys, "info", path, "--json")
+    assert code == 0, err
