@@ -99,3 +99,72 @@ def test_the_allowed_lightning_callback_built_with_arguments_loads(tmp_path, cap
         own, b"cpytorch_lightning.callbacks.model_checkpoint\nModelCheckpoint\n"))
     code, err = run_cli(capsys, "info", path, "--json")
     assert code == 0, err
+
+
+# -- item 8: two conversions to the same new name -----------------------------------------
+
+RACER = r"""
+import os, sys, time
+from pathlib import Path
+from bksdm_ext.errors import BadInput
+from bksdm_ext.model.convert import convert_checkpoint
+
+source, out, arch, barrier, count = sys.argv[1:]
+
+def all_writing(done, total):
+    # every racer has passed the up-front name check and is writing before any finishes
+    if done == 1:
+        Path(barrier, str(os.getpid())).touch()
+        deadline = time.time() + 120
+        while len(os.listdir(barrier)) < int(count) and time.time() < deadline:
+            time.sleep(0.01)
+
+try:
+    convert_checkpoint(source, out, arch, progress=all_writing)
+except BadInput as e:
+    print(e, file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_racing_conversions_to_one_name_place_one_whole_pair(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from bksdm_ext.model.safetensors_io import SafetensorsReader
+
+    teacher = write_teacher(tmp_path, TINY["sd-v1"])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "barrier").mkdir()
+    out = tmp_path / "out" / "student.safetensors"
+    arches = ["base", "small", "tiny", "mid-removed"]
+    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(teacher), str(out), arch,
+                                str(tmp_path / "barrier"), str(len(arches))],
+                               cwd=str(Path(__file__).resolve().parent.parent),
+                               stderr=subprocess.PIPE, universal_newlines=True)
+              for arch in arches]
+    results = [(racer.wait(timeout=300), racer.stderr.read()) for racer in racers]
+    assert sorted(code for code, _ in results) == [0, 2, 2, 2], results
+    for code, err in results:
+        if code == 2:
+            assert "already exists" in err and str(out) in err, err
+    assert sorted(p.name for p in out.parent.iterdir()) == ["student.safetensors", "student.yaml"]
+    # The yaml is the one the weights' own run wrote.
+    winner = SafetensorsReader(out).metadata["bksdm.preset"]
+    alone = tmp_path / "alone.safetensors"
+    assert run_cli(capsys, "convert", teacher, "--arch", winner, "--out", alone)[0] == 0
+    assert out.with_suffix(".yaml").read_text() == alone.with_suffix(".yaml").read_text()
+
+
+def test_a_pair_is_placed_whole_or_not_at_all(tmp_path):
+    from bksdm_ext.errors import BadInput
+    from bksdm_ext.model.staging import staged
+
+    weights, config = tmp_path / "s.safetensors", tmp_path / "s.yaml"
+    with pytest.raises(BadInput, match="s.yaml already exists"):
+        with staged([weights, config]) as (weights_tmp, config_tmp):
+            weights_tmp.write_bytes(b"ours")
+            config_tmp.write_text("ours")
+            config.write_text("theirs")  # another run placed its yaml meanwhile
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+    assert config.read_text() == "theirs"
