@@ -168,3 +168,83 @@ def test_a_pair_is_placed_whole_or_not_at_all(tmp_path):
             config.write_text("theirs")  # another run placed its yaml meanwhile
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
     assert config.read_text() == "theirs"
+
+
+# -- item 6: damaged training images and captions ----------------------------------------
+
+DISTILL = ["--arch", "small", "--steps", "1", "--batch-size", "2", "--grad-accum", "1",
+           "--resolution", "32", "--mixed-precision", "no", "--save-every", "0",
+           "--sample-every", "0", "--no-ema", "--no-gradient-checkpointing", "--log-every", "1",
+           "--export-dtype", "fp32"]
+
+
+def _captioned_images(folder: Path, count: int) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.new("RGB", (40, 40), (60 * i % 256, 90, 200)).save(folder / ("img%d.png" % i))
+        (folder / ("img%d.txt" % i)).write_text("a picture number %d" % i, encoding="utf-8")
+    return folder
+
+
+def _truncated_jpeg(path: Path) -> Path:
+    from PIL import Image
+
+    noise = torch.randint(0, 256, (64, 64, 3), generator=torch.Generator().manual_seed(0),
+                          dtype=torch.uint8).numpy()
+    Image.fromarray(noise).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with Image.open(path) as opened:
+        opened.verify()  # the damage that verify() cannot see
+    return path
+
+
+def test_a_truncated_jpeg_and_a_non_utf8_caption_are_skipped_and_reported(teacher, tmp_path,
+                                                                        capsys):
+    from bksdm_ext.jobs.events import read_events
+
+    data = _captioned_images(tmp_path / "data", 3)
+    cut = _truncated_jpeg(data / "cut.jpg")
+    (data / "cut.txt").write_text("a damaged photo", encoding="utf-8")
+    (data / "img2.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    out = tmp_path / "run"
+    code, err = run_cli(capsys, "distill", "--teacher", teacher, "--data", data, "--out", out,
+                        *DISTILL)
+    assert code == 0, err
+    start = next(e for e in read_events(out / "events.jsonl") if e["event"] == "start")
+    assert start["dataset"] == ("2 images with captions (pairs); 1 unreadable, "
+                                "1 with a caption that is not UTF-8")
+    assert start["problems"] == [
+        "%s: not a readable image; replace or remove it" % cut,
+        "%s: not UTF-8 text, so its image is skipped; save it with UTF-8 encoding"
+        % (data / "img2.txt")]
+    cache = next(e for e in read_events(out / "events.jsonl") if e["event"] == "cache")
+    assert cache["examples"] == 2
+
+
+def test_16_bit_greyscale_png_is_scaled_not_white(tmp_path):
+    from PIL import Image
+
+    from bksdm_ext.train.dataset import load_image
+
+    levels = torch.full((16, 16), 16448, dtype=torch.int32)  # 25% grey in 16 bits (64 * 257)
+    levels[:, 8:] = 65535
+    path = tmp_path / "grey16.png"
+    Image.fromarray(levels.numpy().astype("uint16")).save(path)
+    with Image.open(path) as opened:
+        assert opened.mode in ("I", "I;16")  # really 16 bits on disk
+    pixels = load_image(path, 16)
+    assert torch.allclose(pixels[:, :, :8], torch.tensor(64 / 127.5 - 1.0))
+    assert torch.allclose(pixels[:, :, 8:], torch.tensor(1.0))
+
+
+def test_the_scan_decodes_images_so_a_truncated_jpeg_is_caught_before_training(tmp_path):
+    from bksdm_ext.train.dataset import scan_dataset
+
+    data = _captioned_images(tmp_path / "data", 1)
+    cut = _truncated_jpeg(data / "cut.jpg")
+    (data / "cut.txt").write_text("a damaged photo", encoding="utf-8")
+    scan = scan_dataset(data)
+    assert scan.unreadable == [cut] and [e.image.name for e in scan.examples] == ["img0.png"]

@@ -15,7 +15,7 @@ import csv
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -47,6 +47,7 @@ class DatasetScan:
     examples: List[Example]
     unreadable: List[Path]  # images PIL cannot open or verify, or rows naming no file
     missing_captions: List[Path]  # no caption file, an empty one, or no metadata row
+    unreadable_captions: List[Path] = field(default_factory=list)  # caption files not UTF-8
 
     def summary(self) -> str:
         """One line for a log or the UI."""
@@ -56,6 +57,9 @@ class DatasetScan:
             skipped.append("{:,} unreadable".format(len(self.unreadable)))
         if self.missing_captions:
             skipped.append("{:,} without caption".format(len(self.missing_captions)))
+        if self.unreadable_captions:
+            skipped.append("{:,} with a caption that is not UTF-8".format(
+                len(self.unreadable_captions)))
         return line + ("; " + ", ".join(skipped) if skipped else "")
 
     def problems(self, limit: int = 10) -> List[str]:
@@ -69,7 +73,10 @@ class DatasetScan:
             else:
                 fix = "add a row for it to %s" % self.layout
             lines.append("%s: no caption; %s" % (path, fix))
-        hidden = len(self.unreadable) + len(self.missing_captions) - len(lines)
+        lines += ["%s: not UTF-8 text, so its image is skipped; save it with UTF-8 encoding"
+                  % path for path in self.unreadable_captions[:limit - len(lines)]]
+        hidden = (len(self.unreadable) + len(self.missing_captions)
+                  + len(self.unreadable_captions) - len(lines))
         return lines + (["... and {:,} more".format(hidden)] if hidden else [])
 
 
@@ -90,7 +97,9 @@ def scan_dataset(folder: Union[str, Path]) -> DatasetScan:
         candidates.sort(key=lambda candidate: candidate[0])
     scan = DatasetScan(folder, layout, [], [], [])
     for image, caption in candidates:
-        if not caption:
+        if caption is None:
+            scan.unreadable_captions.append(_caption_path(image) or image)
+        elif not caption:
             scan.missing_captions.append(image)
         elif not is_readable_image(image):
             scan.unreadable.append(image)
@@ -100,6 +109,10 @@ def scan_dataset(folder: Union[str, Path]) -> DatasetScan:
         if candidates:
             found = "of %s, %d unreadable and %d without caption" % (
                 _count(len(candidates), "image"), len(scan.unreadable), len(scan.missing_captions))
+            if scan.unreadable_captions:
+                found += "; %s not UTF-8 text, first %s" % (
+                    _count(len(scan.unreadable_captions), "caption file"),
+                    scan.unreadable_captions[0])
         else:
             found = "found no .png, .jpg, .jpeg, .webp or .bmp files"
         raise BadInput("%s: no captioned images to train on (%s); %s"
@@ -117,14 +130,7 @@ def load_image(path: Path, resolution: int, flip: bool = False) -> torch.Tensor:
     """
     from PIL import Image, ImageOps
 
-    try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened).convert("RGBA")
-    except Exception as e:  # PIL raises many exception types for damaged files
-        raise BadInput("%s: cannot be decoded as an image (%s); replace or remove it"
-                       % (path, e)) from None
-    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-    image = Image.alpha_composite(white, image).convert("RGB")
+    image = open_rgb(path)
     # The shorter edge becomes `resolution`, the longer one is truncated like torchvision's.
     width, height = image.size
     if width <= height:
@@ -141,6 +147,25 @@ def load_image(path: Path, resolution: int, flip: bool = False) -> torch.Tensor:
     return pixels.float() / 127.5 - 1.0
 
 
+def open_rgb(path: Path) -> Any:
+    """The image as an RGB PIL image, upright by its EXIF orientation, transparent areas
+    white, 16-bit greyscale scaled to 8 bits (PIL would clip it to pure white)."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            if image.mode == "I" or image.mode.startswith("I;16"):
+                levels = np.asarray(image).astype(np.float64) / 257.0
+                image = Image.fromarray(levels.round().clip(0, 255).astype(np.uint8), "L")
+            image = image.convert("RGBA")
+    except Exception as e:  # PIL raises many exception types for damaged files
+        raise BadInput("%s: cannot be decoded as an image (%s); replace or remove it"
+                       % (path, e)) from None
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, image).convert("RGB")
+
+
 def _count(n: int, noun: str) -> str:
     return "{:,} {}{}".format(n, noun, "" if n == 1 else "s")
 
@@ -154,13 +179,22 @@ def image_files(folder: Path) -> Iterator[Path]:
                 yield Path(root) / name
 
 
-def _caption_file(image: Path) -> str:
-    """The caption beside `image`; "" when there is none."""
-    for suffix in CAPTION_SUFFIXES:
-        path = image.with_suffix(suffix)
-        if path.is_file():
-            return _read_text(path).strip()
-    return ""
+def _caption_path(image: Path) -> Optional[Path]:
+    """The caption file beside `image`, if there is one."""
+    return next((path for path in map(image.with_suffix, CAPTION_SUFFIXES) if path.is_file()),
+                None)
+
+
+def _caption_file(image: Path) -> Optional[str]:
+    """The caption beside `image`; "" when there is none, None when it is not UTF-8 text
+    (one mis-saved caption skips its image, not the dataset)."""
+    path = _caption_path(image)
+    if path is None:
+        return ""
+    try:
+        return _read_text(path).strip()
+    except BadInput:
+        return None
 
 
 def _read_text(path: Path) -> str:
@@ -214,11 +248,17 @@ def _csv_records(path: Path) -> List[Tuple[int, Dict[str, Optional[str]]]]:
 
 
 def is_readable_image(image: Path) -> bool:
+    """Whether the image checks out and decodes to its last byte: `verify` alone passes a
+    truncated JPEG, whose damage shows only when its data is decoded (a JPEG is decoded at
+    its smallest scale, which still reads every byte but costs a fraction of the time)."""
     from PIL import Image
 
     try:
         with Image.open(image) as opened:
             opened.verify()
+        with Image.open(image) as opened:
+            opened.draft(opened.mode, (1, 1))
+            opened.load()
         return True
     except Exception:  # PIL raises many exception types for damaged files
         return False
