@@ -1,8 +1,12 @@
 """Damaged inputs, full or read-only disks and racing conversions, on real files through the
 real command line: one line, exit 2, nothing half-written left behind (issue 13, items 6-9)."""
+import contextlib
 import json
-import pickle
+import os
+import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +25,11 @@ def run_cli(capsys, *argv):
 def assert_one_line_refusal(capsys, tmp_path: Path, *argv, words=()):
     code, err = run_cli(capsys, *argv)
     assert code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "Traceback" not in err, err
+    prefix = "bksdm %s: error: " % argv[0]
+    assert prefix in err, err
+    err = err[err.rindex(prefix):]  # after any progress bar
+    assert len(err.splitlines()) == 1, err
     for word in words:
         assert word in err, err
     return err
@@ -248,3 +256,123 @@ def test_the_scan_decodes_images_so_a_truncated_jpeg_is_caught_before_training(t
     (data / "cut.txt").write_text("a damaged photo", encoding="utf-8")
     scan = scan_dataset(data)
     assert scan.unreadable == [cut] and [e.image.name for e in scan.examples] == ["img0.png"]
+
+
+# -- item 7: full, read-only and size-limited disks ---------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: int, read_only: bool = False):
+    """A real filesystem of `size` bytes at `folder` (a tmpfs: needs root, as in CI)."""
+    folder.mkdir()
+    options = "size=%d%s" % (size, ",ro" if read_only else "")
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)]).returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI runs as root and must mount a tmpfs for the disk tests")
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def resize(disk: Path, size: int) -> None:
+    subprocess.run(["mount", "-o", "remount,size=%d" % size, str(disk)], check=True)
+
+
+def test_convert_to_a_disk_without_room_fails_before_writing(tmp_path, capsys):
+    teacher = write_teacher(tmp_path, TINY["sd-v1"])
+    with small_disk(tmp_path / "disk", 1024 * 1024) as disk:
+        out = disk / "student.safetensors"
+        assert_one_line_refusal(capsys, tmp_path, "convert", teacher, "--arch", "small",
+                                "--out", out, words=(str(out), "not enough space",
+                                                     "it needs 9.6 MB", "1.0 MB free",
+                                                     "free some space"))
+        assert list(disk.iterdir()) == []
+
+
+def test_convert_to_a_read_only_disk_is_one_line(tmp_path, capsys):
+    teacher = write_teacher(tmp_path, TINY["sd-v1"])
+    with small_disk(tmp_path / "disk", 1024 ** 3, read_only=True) as disk:
+        out = disk / "student.safetensors"
+        assert_one_line_refusal(capsys, tmp_path, "convert", teacher, "--arch", "small",
+                                "--out", out, words=(str(out), "Read-only file system",
+                                                     "writable disk"))
+
+
+def test_import_diffusers_to_a_disk_without_room_fails_before_writing(tmp_path, capsys):
+    from test_diffusers_import import make_folder
+
+    folder = tmp_path / "bk-sdm-small"
+    folder.mkdir()
+    make_folder(folder, TINY["sd-v1"], "small")
+    with small_disk(tmp_path / "disk", 64 * 1024) as disk:
+        out = disk / "imported.safetensors"
+        assert_one_line_refusal(capsys, tmp_path, "import-diffusers", folder, "--out", out,
+                                words=(str(out), "not enough space", "it needs"))
+        assert list(disk.iterdir()) == []
+
+
+def test_a_file_size_limit_midway_is_one_line_and_leaves_nothing(tmp_path):
+    """RLIMIT_FSIZE fails the write after its free-space check passed, as a disk filled by
+    someone else meanwhile would; it needs no root."""
+    resource = pytest.importorskip("resource")
+    teacher = write_teacher(tmp_path, TINY["sd-v1"])
+    out = tmp_path / "out" / "student.safetensors"
+    out.parent.mkdir()
+    limit = 2 * 1024 * 1024
+    result = subprocess.run(
+        [sys.executable, "-m", "bksdm_ext", "convert", str(teacher), "--arch", "small", "--out",
+         str(out), "--json"], cwd=str(ROOT), stderr=subprocess.PIPE, universal_newlines=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "bksdm convert: error: %s: File too large; free some space or choose another folder"
+        % out]
+    assert list(out.parent.iterdir()) == []
+
+
+def _step_events(out: Path):
+    from bksdm_ext.jobs.events import read_events
+
+    return read_events(out / "events.jsonl")
+
+
+def test_a_training_run_that_fills_the_disk_keeps_its_checkpoint_and_resumes(
+        teacher, tmp_path, capsys, monkeypatch):
+    from bksdm_ext.jobs.runs import RunPaths
+
+    data = _captioned_images(tmp_path / "data", 2)
+    settings = list(DISTILL)
+    settings[settings.index("--steps") + 1] = "2"
+    settings[settings.index("--save-every") + 1] = "1"
+    argv = ["distill", "--teacher", teacher, "--data", data, "--keep-last", "1"] + settings
+    write_checkpoint = RunPaths.write_checkpoint
+
+    def fill_the_disk_first(paths, step, fill, keep_last):
+        if step == 2:  # others filled the disk meanwhile: 64 KB left
+            resize(disk, shutil.disk_usage(str(disk)).used + 64 * 1024)
+        return write_checkpoint(paths, step, fill, keep_last)
+
+    with small_disk(tmp_path / "disk", 1024 ** 3) as disk:
+        out = disk / "run"
+        monkeypatch.setattr(RunPaths, "write_checkpoint", fill_the_disk_first)
+        err = assert_one_line_refusal(
+            capsys, tmp_path, *argv, "--out", out,
+            words=(str(out / "checkpoints" / "step-0000002"), "No space left on device",
+                   "last good checkpoint step-0000001 is kept", "--resume"))
+        events = _step_events(out)
+        assert events[-1]["event"] == "error" and events[-1]["message"] in err
+        assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000001"]
+
+        monkeypatch.setattr(RunPaths, "write_checkpoint", write_checkpoint)
+        resize(disk, 1024 ** 3)  # space freed
+        code, err = run_cli(capsys, *argv, "--out", out, "--resume")
+        assert code == 0, err
+        events = _step_events(out)
+        assert events[-1]["event"] == "done" and Path(events[-1]["output"]).is_file()
+        assert [e["resumed_from"] for e in events if e["event"] == "start"] == [
+            None, str(out / "checkpoints" / "step-0000001")]

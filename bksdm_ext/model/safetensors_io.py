@@ -14,7 +14,7 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, 
 
 import torch
 
-from ..errors import BadInput
+from ..errors import BadInput, ensure_room
 
 DTYPES: Dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -106,7 +106,8 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
 def write_safetensors(path: Union[str, Path], tensors: Iterable[TensorOut],
                       metadata: Dict[str, str],
                       progress: Optional[Callable[[int, int], None]] = None) -> None:
-    """Write the file in one pass; `progress(done, total)` is called after each tensor."""
+    """Write the file in one pass; `progress(done, total)` is called after each tensor.
+    A file that would not fit on its disk fails before its first byte (`DiskError`)."""
     tensors = list(tensors)
     header: Dict[str, object] = {}
     offset = 0
@@ -118,6 +119,7 @@ def write_safetensors(path: Union[str, Path], tensors: Iterable[TensorOut],
     header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
+    ensure_room(path, 8 + len(encoded) + offset)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(encoded)))
         f.write(encoded)

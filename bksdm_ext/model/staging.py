@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator, List, Sequence
 
-from ..errors import BadInput
+from ..errors import BadInput, DiskError
 
 
 def check_writable(targets: Sequence[Path], overwrite: bool) -> None:
@@ -25,7 +25,8 @@ def check_writable(targets: Sequence[Path], overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def staged(targets: Sequence[Path], overwrite: bool = False) -> Iterator[List[Path]]:
-    """Yield temporary paths for `targets`; on success move them into place."""
+    """Yield temporary paths for `targets`; on success move them into place.  A full or
+    read-only disk is a `DiskError` about the target (not its temporary name)."""
     check_writable(targets, overwrite)
     # Unique per call, not per process: the WebUI may convert twice at once in one process.
     run = "%d.%s" % (os.getpid(), uuid.uuid4().hex[:8])
@@ -37,6 +38,13 @@ def staged(targets: Sequence[Path], overwrite: bool = False) -> Iterator[List[Pa
                 os.replace(temp, target)
         else:
             _place_new(temps, targets)
+    except DiskError as e:
+        raise e.about(_final_name(e.path, temps, targets)) from None
+    except OSError as e:
+        if e.errno not in DiskError.ERRNOS:
+            raise
+        written = Path(e.filename) if e.filename else temps[0]  # write() names no file
+        raise DiskError.from_os_error(e, _final_name(written, temps, targets)) from None
     finally:
         for temp in temps:
             if temp.exists():
@@ -67,6 +75,10 @@ def _link_new(temp: Path, target: Path) -> None:
     except OSError:  # no hard links here (FAT, some network shares): claim the name first
         os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         os.replace(temp, target)
+
+
+def _final_name(path: Path, temps: Sequence[Path], targets: Sequence[Path]) -> Path:
+    return targets[list(temps).index(path)] if path in temps else path
 
 
 def _exists(target: Path) -> BadInput:

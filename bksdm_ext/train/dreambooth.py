@@ -39,6 +39,7 @@ from ..model.parts_keymap import TEXT_PREFIX, clip_to_ldm
 from ..jobs.runs import RunPaths, event, failures_reported, progress_bar, stop_run
 from ..model.safetensors_io import TensorOut, tensor_bytes, write_safetensors
 from ..model.staging import staged
+from .state_file import save_state
 
 Latent = Tuple[torch.Tensor, torch.Tensor]  # the VAE posterior's mean and std, [4, h, w]
 
@@ -349,8 +350,8 @@ def _save_state(paths: RunPaths, step: int, cfg: DreamBoothConfig, accelerator: 
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
     }
-    target = paths.write_checkpoint(step, lambda folder: torch.save(
-        state, str(folder / "train_state.pt")), cfg.keep_last)
+    target = paths.write_checkpoint(step, lambda folder: save_state(
+        state, folder / "train_state.pt"), cfg.keep_last)
     event(log, "checkpoint", step=step, path=str(target))
 
 

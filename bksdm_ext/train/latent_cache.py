@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-from safetensors.torch import save_file
 
 from .dataset import DatasetScan, Example, load_image
-from ..model.safetensors_io import SafetensorsReader
+from ..model.safetensors_io import SafetensorsReader, TensorOut, tensor_bytes, write_safetensors
 
 FORMAT = "1"  # changes when what the shards hold changes, so old caches are rebuilt
 SHARD_SIZE = 1024
@@ -237,8 +236,14 @@ class LatentCache:
 
     def _save(self, path: Path, tensors: Dict[str, torch.Tensor], captions: List[str]) -> None:
         temporary = path.with_name(path.name + ".tmp")
-        save_file({key: value.contiguous() for key, value in tensors.items()}, str(temporary),
-                  metadata={"captions": json.dumps(captions)})
+        try:
+            write_safetensors(temporary, [TensorOut(key, value.dtype, tuple(value.shape),
+                                                    lambda value=value: tensor_bytes(value))
+                                          for key, value in sorted(tensors.items())],
+                              {"captions": json.dumps(captions)})
+        except BaseException:
+            temporary.unlink(missing_ok=True)  # a full disk: give back what it took
+            raise
         self._readers.pop(path, None)
         os.replace(str(temporary), str(path))
 
