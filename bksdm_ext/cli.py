@@ -492,9 +492,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("bksdm %s: %s" % (args.command, e), file=sys.stderr)
         return EXIT_STOPPED
     except OSError as e:  # a full, read-only or forbidden disk: the user's to fix
-        if e.errno not in DiskError.ERRNOS:
+        problem = DiskError.of(e)
+        if problem is None:
             raise
-        print("bksdm %s: error: %s" % (args.command, DiskError.from_os_error(e)), file=sys.stderr)
+        print("bksdm %s: error: %s" % (args.command, problem), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("bksdm %s: interrupted; nothing was written" % args.command, file=sys.stderr)

@@ -22,27 +22,30 @@ class DiskError(BadInput):
     ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG,
                         errno.EROFS, errno.EACCES, errno.EPERM})
 
-    def __init__(self, path: Union[str, Path], reason: str, needed: Optional[int] = None,
+    def __init__(self, path: Union[str, Path, None], reason: str, needed: Optional[int] = None,
                  free: Optional[int] = None, advice: str = "", then: str = "") -> None:
-        self.path, self.reason, self.needed, self.free = Path(path), reason, needed, free
-        self.advice, self.then = advice, then
+        self.path = Path(path) if path else None  # None: a write() that names no file
+        self.reason, self.needed, self.free, self.advice, self.then = (
+            reason, needed, free, advice, then)
         room = "" if needed is None else ": it needs %s%s" % (
             _size(needed), "" if free is None else ", the disk has %s free" % _size(free))
-        super().__init__("%s: %s%s; %s%s" % (path, reason, room, advice,
-                                              "; " + then if then else ""))
+        super().__init__("%s%s%s; %s%s" % ("%s: " % path if path else "", reason, room, advice,
+                                            "; " + then if then else ""))
 
     @classmethod
-    def from_os_error(cls, error: OSError, path: Union[str, Path, None] = None,
-                      then: str = "") -> "DiskError":
-        """`error` (one of ERRNOS) in words, about `path` (default: the file it names)."""
+    def of(cls, error: BaseException) -> Optional["DiskError"]:
+        """`error` as a DiskError when it is one of the disk's problems, else None."""
+        if isinstance(error, DiskError):
+            return error
+        if not isinstance(error, OSError) or error.errno not in cls.ERRNOS:
+            return None
         if error.errno == errno.EROFS:
             advice = "the disk is mounted read-only: choose a folder on a writable disk"
         elif error.errno in (errno.EACCES, errno.EPERM):
-            advice = "choose a folder you may write to, or change its permissions"
+            advice = "check that this user may read and write there, or choose another folder"
         else:
             advice = "free some space or choose another folder"
-        return cls(path or error.filename or "?", error.strerror or str(error),
-                   advice=advice, then=then)
+        return cls(error.filename, error.strerror or str(error), advice=advice)
 
     def about(self, path: Union[str, Path], then: str = "") -> "DiskError":
         """The same problem, told about `path` (the final name of a temporary file), with

@@ -51,23 +51,22 @@ class RunPaths:
             fill(temp)
         except BaseException as e:
             shutil.rmtree(temp, ignore_errors=True)  # half a checkpoint only takes space
-            if isinstance(e, DiskError) or (isinstance(e, OSError) and e.errno in DiskError.ERRNOS):
-                raise self._not_saved(e, target) from None
-            raise
+            problem = DiskError.of(e)
+            if problem is None:
+                raise
+            raise problem.about(target, self._not_saved(target)) from None
         shutil.rmtree(target, ignore_errors=True)
         os.replace(temp, target)
         for old in sorted(self.checkpoints.glob("step-*[0-9]"))[:-max(keep_last, 1)]:
             shutil.rmtree(old)
         return target
 
-    def _not_saved(self, error: Union[DiskError, OSError], target: Path) -> DiskError:
+    def _not_saved(self, target: Path) -> str:
+        """What a run that could not write `target` leaves to resume from."""
         latest = self.latest_checkpoint()
-        then = "the run stopped without saving %s; %s" % (target.name, (
+        return "the run stopped without saving %s; %s" % (target.name, (
             "its last good checkpoint %s is kept: continue with --resume once there is room"
             % latest.name) if latest else "there is no earlier checkpoint")
-        if isinstance(error, DiskError):
-            return error.about(target, then)
-        return DiskError.from_os_error(error, target, then)
 
     def resume_point(self, resume: bool) -> Optional[Path]:
         """The checkpoint to continue from; refuses to start over an existing run."""

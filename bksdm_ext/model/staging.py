@@ -38,13 +38,12 @@ def staged(targets: Sequence[Path], overwrite: bool = False) -> Iterator[List[Pa
                 os.replace(temp, target)
         else:
             _place_new(temps, targets)
-    except DiskError as e:
-        raise e.about(_final_name(e.path, temps, targets)) from None
-    except OSError as e:
-        if e.errno not in DiskError.ERRNOS:
+    except (DiskError, OSError) as e:
+        problem = DiskError.of(e)
+        if problem is None:
             raise
-        written = Path(e.filename) if e.filename else temps[0]  # write() names no file
-        raise DiskError.from_os_error(e, _final_name(written, temps, targets)) from None
+        written = problem.path or temps[0]  # a failed write() names no file
+        raise problem.about(_final_name(written, temps, targets)) from None
     finally:
         for temp in temps:
             if temp.exists():

@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 
 from .dataset import DatasetScan, Example, load_image
+from ..errors import DiskError
 from ..model.safetensors_io import SafetensorsReader, TensorOut, tensor_bytes, write_safetensors
 
 FORMAT = "1"  # changes when what the shards hold changes, so old caches are rebuilt
@@ -241,9 +242,12 @@ class LatentCache:
                                                     lambda value=value: tensor_bytes(value))
                                           for key, value in sorted(tensors.items())],
                               {"captions": json.dumps(captions)})
-        except BaseException:
+        except BaseException as e:
             temporary.unlink(missing_ok=True)  # a full disk: give back what it took
-            raise
+            problem = DiskError.of(e)
+            if problem is None:
+                raise
+            raise problem.about(path) from None
         self._readers.pop(path, None)
         os.replace(str(temporary), str(path))
 
