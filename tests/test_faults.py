@@ -283,8 +283,12 @@ def resize(disk: Path, size: int) -> None:
     subprocess.run(["mount", "-o", "remount,size=%d" % size, str(disk)], check=True)
 
 
-def test_convert_to_a_disk_without_room_fails_before_writing(tmp_path, capsys):
+def test_convert_to_a_disk_without_room_fails_before_writing(tmp_path, capsys, monkeypatch):
+    from bksdm_ext.model import convert
+
     teacher = write_teacher(tmp_path, TINY["sd-v1"])
+    # Before even hashing the teacher (a minute for a multi-GB one).
+    monkeypatch.setattr(convert, "a1111_sha256", lambda path: pytest.fail("hashed %s" % path))
     with small_disk(tmp_path / "disk", 1024 * 1024) as disk:
         out = disk / "student.safetensors"
         assert_one_line_refusal(capsys, tmp_path, "convert", teacher, "--arch", "small",

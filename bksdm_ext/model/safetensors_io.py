@@ -112,7 +112,7 @@ def write_safetensors(path: Union[str, Path], tensors: Iterable[TensorOut],
     header: Dict[str, object] = {}
     offset = 0
     for t in tensors:
-        nbytes = math.prod(t.shape) * _itemsize(t.dtype)
+        nbytes = data_size([t])
         header[t.name] = {"dtype": CODES[t.dtype], "shape": list(t.shape),
                           "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
@@ -135,6 +135,11 @@ def write_safetensors(path: Union[str, Path], tensors: Iterable[TensorOut],
                 t.written()
             if progress is not None:
                 progress(i + 1, len(tensors))
+
+
+def data_size(tensors: Iterable[TensorOut]) -> int:
+    """The bytes the tensors' data take in a file (its header aside)."""
+    return sum(math.prod(t.shape) * _itemsize(t.dtype) for t in tensors)
 
 
 def _parse_header(path: Path, text: bytes) -> Dict[str, object]:
