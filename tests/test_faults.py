@@ -266,7 +266,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @contextlib.contextmanager
 def small_disk(folder: Path, size: int, read_only: bool = False):
     """A real filesystem of `size` bytes at `folder` (a tmpfs: needs root, as in CI)."""
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     options = "size=%d%s" % (size, ",ro" if read_only else "")
     if not hasattr(os, "geteuid") or os.geteuid() != 0 or subprocess.run(
             ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)]).returncode != 0:
@@ -380,3 +380,22 @@ def test_a_training_run_that_fills_the_disk_keeps_its_checkpoint_and_resumes(
         assert events[-1]["event"] == "done" and Path(events[-1]["output"]).is_file()
         assert [e["resumed_from"] for e in events if e["event"] == "start"] == [
             None, str(out / "checkpoints" / "step-0000001")]
+
+
+def test_the_convert_tab_says_the_disk_is_full(tmp_path):
+    from webui_env import load, standin_app, start_webui
+
+    folder = start_webui(tmp_path / "webui")  # the checkpoint folder
+    try:
+        with small_disk(folder, 40 * 1024 * 1024):
+            from bksdm_ext.webui import convert_tab
+
+            load(write_teacher(folder, TINY["sd-v1"]))  # 34 MB of the 40
+            title, button, message = convert_tab.convert("task(1)", "Small", "student", "fp16",
+                                                         False)
+            assert title == "" and "bksdm-error" in message
+            assert "not enough space: it needs 9.6 MB" in message
+            assert sorted(p.name for p in folder.iterdir()) == ["teacher.safetensors",
+                                                                "teacher.yaml"]
+    finally:
+        standin_app.reset(tmp_path / "after")
