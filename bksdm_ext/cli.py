@@ -6,7 +6,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from . import __version__
 from .model.arch import PRESETS
-from .errors import BadInput, Stopped
+from .errors import BadInput, DiskError, Stopped
 from .model.samplers import DEFAULT_SAMPLER, SAMPLERS
 
 EXIT_BAD_INPUT = 2
@@ -493,6 +493,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Stopped as e:
         print("bksdm %s: %s" % (args.command, e), file=sys.stderr)
         return EXIT_STOPPED
+    except OSError as e:  # a full, read-only or forbidden disk: the user's to fix
+        problem = DiskError.of(e)
+        if problem is None:
+            raise
+        print("bksdm %s: error: %s" % (args.command, problem), file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("bksdm %s: interrupted; nothing was written" % args.command, file=sys.stderr)
         return 130

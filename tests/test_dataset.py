@@ -116,10 +116,10 @@ def test_broken_metadata_is_bad_input(tmp_path):
         scan_dataset(tmp_path)
 
 
-def test_caption_not_utf8_is_bad_input(tmp_path):
+def test_caption_not_utf8_skips_its_image(tmp_path):
     write_image(tmp_path / "a.png")
     (tmp_path / "a.txt").write_bytes("café".encode("cp1252"))
-    with pytest.raises(BadInput, match=r"a\.txt: not UTF-8"):
+    with pytest.raises(BadInput, match=r"1 caption file not UTF-8 text, first .*a\.txt"):
         scan_dataset(tmp_path)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
-from ..errors import BadInput, Stopped
+from ..errors import BadInput, DiskError, Stopped
 from .events import EventLog
 
 
@@ -40,17 +40,33 @@ class RunPaths:
 
     def write_checkpoint(self, step: int, fill: Callable[[Path], None], keep_last: int) -> Path:
         """``checkpoints/step-N``, filled by `fill(folder)` under a temporary name and then
-        renamed, so a kill never leaves half a checkpoint; only the newest `keep_last` stay."""
+        renamed, so a kill never leaves half a checkpoint; only the newest `keep_last` stay.
+        A full disk removes the half-written one and is a `DiskError` that names the last
+        good checkpoint, which stays for --resume."""
         target = self.checkpoint(step)
         temp = target.with_name(target.name + ".tmp")
         shutil.rmtree(temp, ignore_errors=True)
-        temp.mkdir(parents=True)
-        fill(temp)
+        try:
+            temp.mkdir(parents=True)
+            fill(temp)
+        except BaseException as e:
+            shutil.rmtree(temp, ignore_errors=True)  # half a checkpoint only takes space
+            problem = DiskError.of(e)
+            if problem is None:
+                raise
+            raise problem.about(target, self._not_saved(target)) from None
         shutil.rmtree(target, ignore_errors=True)
         os.replace(temp, target)
         for old in sorted(self.checkpoints.glob("step-*[0-9]"))[:-max(keep_last, 1)]:
             shutil.rmtree(old)
         return target
+
+    def _not_saved(self, target: Path) -> str:
+        """What a run that could not write `target` leaves to resume from."""
+        latest = self.latest_checkpoint()
+        return "the run stopped without saving %s; %s" % (target.name, (
+            "its last good checkpoint %s is kept: continue with --resume once there is room"
+            % latest.name) if latest else "there is no earlier checkpoint")
 
     def resume_point(self, resume: bool) -> Optional[Path]:
         """The checkpoint to continue from; refuses to start over an existing run."""
@@ -95,7 +111,10 @@ def failures_reported(out: Union[str, Path]) -> Iterator[None]:
     except BaseException as e:
         events = RunPaths(Path(out)).events
         if os.environ.get("RANK", "0") == "0" and events.is_file():
-            EventLog(events).write("error", kind=type(e).__name__, message=str(e))
+            try:
+                EventLog(events).write("error", kind=type(e).__name__, message=str(e))
+            except OSError:  # a disk still full: the error itself is what matters
+                pass
         raise
 
 

@@ -125,15 +125,17 @@ def _load_pickled(path: Path) -> Dict[str, torch.Tensor]:
     try:
         loaded = torch.load(str(path), map_location="cpu", pickle_module=safe_pickle,
                             weights_only=False)
-    except safe_pickle.UnpicklingError as e:
+    except safe_pickle.RefusedGlobal as e:
         raise BadInput(
             "%s: refused: the file holds more than weights (%s), and loading it could run code. "
             "Use a .safetensors version of this model" % (path, e)
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
         raise BadInput("%s: cannot be read as a checkpoint (%s); it may be truncated: download or "
-                       "copy it again" % (path, str(e).splitlines()[0] if str(e) else type(e).__name__)
-                       ) from None
+                       "copy it again" % (path, _first_line(e))) from None
+    except Exception as e:  # random bytes fail the unpickler in many ways
+        raise BadInput("%s: not a checkpoint (damaged or not a PyTorch file; %s); download or "
+                       "copy it again" % (path, _first_line(e))) from None
     if not isinstance(loaded, dict):
         raise BadInput("%s: holds a %s, not a checkpoint's dictionary of weights"
                        % (path, type(loaded).__name__))
@@ -142,3 +144,7 @@ def _load_pickled(path: Path) -> Dict[str, torch.Tensor]:
         raise BadInput("%s: its 'state_dict' is not a dictionary of weights" % path)
     state.pop("state_dict", None)
     return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -18,11 +18,11 @@ from .. import __version__
 from .arch import Architecture, Removal, preset
 from .checkpoint import Checkpoint
 from .detect import config_path, inspect_checkpoint
-from ..errors import BadInput
+from ..errors import BadInput, ensure_room
 from .hashing import a1111_sha256
 from .keymap import UNET_PREFIX, student_sources
 from .ldm_config import dump_config, model_config
-from .safetensors_io import TensorOut, tensor_bytes, write_safetensors
+from .safetensors_io import TensorOut, data_size, tensor_bytes, write_safetensors
 from .staging import check_writable, staged
 
 DTYPES: Dict[str, Optional[torch.dtype]] = {
@@ -115,8 +115,10 @@ def convert_checkpoint(
     student = Architecture(info.arch.teacher, removal)
     unet = [_copy(ckpt, teacher, name, DTYPES[dtype])
             for name, teacher in unet_sources(ckpt, student).items()]
-    metadata = write_student(output, student, teacher_parts(ckpt) + unet, info.config,
-                             teacher_origin(ckpt), overwrite, progress)
+    tensors = teacher_parts(ckpt) + unet
+    ensure_room(output, data_size(tensors))  # before hashing a multi-GB teacher
+    metadata = write_student(output, student, tensors, info.config, teacher_origin(ckpt),
+                             overwrite, progress)
     return ConversionReport(
         arch=removal.name,
         family=info.family,

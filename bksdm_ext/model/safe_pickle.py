@@ -13,13 +13,25 @@ from typing import Any, BinaryIO, Dict, Tuple
 import numpy
 import torch
 
-__all__ = ["Unpickler", "load", "UnpicklingError"]
+__all__ = ["Unpickler", "load", "UnpicklingError", "RefusedGlobal"]
 
 UnpicklingError = pickle.UnpicklingError
 
 
+class RefusedGlobal(UnpicklingError):
+    """The file names a global that is not on the list: loading it could run code (as
+    opposed to a file that is merely damaged, which fails with other errors)."""
+
+
 class _Ignored:
-    """Stands in for training-time objects (Lightning callbacks) that hold no weights."""
+    """Stands in for training-time objects (Lightning callbacks) that hold no weights,
+    however the file builds them (called with arguments, or given state)."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "_Ignored":
+        return super().__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
     def __setstate__(self, state: Any) -> None:
         pass
@@ -55,7 +67,7 @@ class Unpickler(pickle.Unpickler):
             return found
         if module == "torch" and (name.endswith("Storage") or name in _TORCH_DTYPES):
             return getattr(torch, name)
-        raise UnpicklingError("refused to load global '%s.%s'" % (module, name))
+        raise RefusedGlobal("refused to load global '%s.%s'" % (module, name))
 
 
 def load(file: BinaryIO, **kwargs: Any) -> Any:

@@ -14,7 +14,7 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, 
 
 import torch
 
-from ..errors import BadInput
+from ..errors import BadInput, ensure_room
 
 DTYPES: Dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -53,28 +53,9 @@ class SafetensorsReader:
                     "has %d): it is truncated or not a safetensors file; download or copy it again"
                     % (self.path, header_len + 8, size)
                 )
-            try:
-                header = json.loads(f.read(header_len))
-            except ValueError:
-                raise BadInput("%s: the .safetensors header is damaged; download or copy it again"
-                               % self.path) from None
+            header = _parse_header(self.path, f.read(header_len))
             self.metadata: Dict[str, str] = header.pop("__metadata__", None) or {}
-            start = 8 + header_len
-            self.entries: Dict[str, Entry] = {}
-            try:
-                for name, info in header.items():
-                    begin, end = info["data_offsets"]
-                    self.entries[name] = Entry(DTYPES[info["dtype"]], tuple(info["shape"]),
-                                               start + begin, start + end)
-            except (KeyError, TypeError, ValueError):
-                raise BadInput("%s: the .safetensors header lists a tensor it cannot describe "
-                               "(unknown dtype or missing offsets)" % self.path) from None
-            last = max((e.end for e in self.entries.values()), default=start)
-            if last > size:
-                raise BadInput(
-                    "%s: truncated: its tensors need %d bytes, the file has %d; download or copy "
-                    "it again" % (self.path, last, size)
-                )
+            self.entries = _entries(self.path, header, 8 + header_len, size)
             # A private (copy-on-write) map is writable, which torch.frombuffer wants; we never write.
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
 
@@ -125,18 +106,20 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
 def write_safetensors(path: Union[str, Path], tensors: Iterable[TensorOut],
                       metadata: Dict[str, str],
                       progress: Optional[Callable[[int, int], None]] = None) -> None:
-    """Write the file in one pass; `progress(done, total)` is called after each tensor."""
+    """Write the file in one pass; `progress(done, total)` is called after each tensor.
+    A file that would not fit on its disk fails before its first byte (`DiskError`)."""
     tensors = list(tensors)
     header: Dict[str, object] = {}
     offset = 0
     for t in tensors:
-        nbytes = math.prod(t.shape) * _itemsize(t.dtype)
+        nbytes = data_size([t])
         header[t.name] = {"dtype": CODES[t.dtype], "shape": list(t.shape),
                           "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
+    ensure_room(path, 8 + len(encoded) + offset)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(encoded)))
         f.write(encoded)
@@ -152,6 +135,76 @@ def write_safetensors(path: Union[str, Path], tensors: Iterable[TensorOut],
                 t.written()
             if progress is not None:
                 progress(i + 1, len(tensors))
+
+
+def data_size(tensors: Iterable[TensorOut]) -> int:
+    """The bytes the tensors' data take in a file (its header aside)."""
+    return sum(math.prod(t.shape) * _itemsize(t.dtype) for t in tensors)
+
+
+def _parse_header(path: Path, text: bytes) -> Dict[str, object]:
+    """The JSON header as a dict; anything else (a list, nesting deep enough to exhaust the
+    parser, bytes that are not JSON) is a damaged file."""
+    try:
+        header = json.loads(text)
+    except (ValueError, RecursionError):
+        header = None
+    if not isinstance(header, dict):
+        raise BadInput("%s: the .safetensors header is damaged (not a JSON object of tensors); "
+                       "download or copy it again" % path)
+    metadata = header.get("__metadata__")
+    if metadata is not None and not (isinstance(metadata, dict) and all(
+            isinstance(value, str) for value in metadata.values())):
+        raise BadInput("%s: the .safetensors header is damaged (its __metadata__ is not a "
+                       "table of texts); download or copy it again" % path)
+    return header
+
+
+def _entries(path: Path, header: Dict[str, object], start: int, size: int) -> Dict[str, Entry]:
+    """Every tensor's place in the file, checked as the safetensors library checks them:
+    each one's byte count matches its dtype and shape, and the tensors tile the data area
+    without gaps or overlaps, so no two tensors share bytes and none reads past the end."""
+    entries: Dict[str, Entry] = {}
+    for name, info in header.items():
+        entry = _entry(info, start)
+        if entry is None:
+            raise BadInput("%s: the .safetensors header describes tensor '%s' wrongly (unknown "
+                           "dtype, bad shape or offsets, or a byte count that does not match its "
+                           "shape); download or copy it again" % (path, name))
+        entries[name] = entry
+    end = start
+    for name, entry in sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end)):
+        if entry.begin != end:
+            raise BadInput("%s: the .safetensors header is damaged (tensor '%s' %s the one "
+                           "before it); download or copy it again"
+                           % (path, name, "overlaps" if entry.begin < end else "leaves a gap after"))
+        end = entry.end
+    if end > size:
+        raise BadInput("%s: truncated: its tensors need %d bytes, the file has %d; download or "
+                       "copy it again" % (path, end, size))
+    if end < size:
+        raise BadInput("%s: %d bytes follow its last tensor; the file is damaged: download or "
+                       "copy it again" % (path, size - end))
+    return entries
+
+
+def _entry(info: object, start: int) -> Optional[Entry]:
+    """The entry one header item describes, or None when it does not describe one."""
+    if not isinstance(info, dict) or info.get("dtype") not in DTYPES:
+        return None
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not (isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2
+            and all(_is_count(n) for n in shape + offsets)):
+        return None
+    dtype = DTYPES[info["dtype"]]
+    begin, end = offsets
+    if end - begin != math.prod(shape) * _itemsize(dtype):
+        return None
+    return Entry(dtype, tuple(shape), start + begin, start + end)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _itemsize(dtype: torch.dtype) -> int:

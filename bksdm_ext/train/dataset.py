@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
@@ -49,6 +50,7 @@ class DatasetScan:
     missing_captions: List[Path]  # no caption file, an empty one, or no metadata row
     # metadata rows whose file_name leaves the folder ("line 3: ../x.png"), never opened
     outside: List[str] = field(default_factory=list)
+    unreadable_captions: List[Path] = field(default_factory=list)  # caption files not UTF-8
 
     def summary(self) -> str:
         """One line for a log or the UI."""
@@ -60,6 +62,9 @@ class DatasetScan:
             skipped.append("{:,} without caption".format(len(self.missing_captions)))
         if self.outside:
             skipped.append("{:,} outside the folder".format(len(self.outside)))
+        if self.unreadable_captions:
+            skipped.append("{:,} with a caption that is not UTF-8".format(
+                len(self.unreadable_captions)))
         return line + ("; " + ", ".join(skipped) if skipped else "")
 
     def problems(self, limit: int = 10) -> List[str]:
@@ -75,8 +80,10 @@ class DatasetScan:
             else:
                 fix = "add a row for it to %s" % self.layout
             lines.append("%s: no caption; %s" % (path, fix))
+        lines += ["%s: not UTF-8 text, so its image is skipped; save it with UTF-8 encoding"
+                  % path for path in self.unreadable_captions[:limit - len(lines)]]
         hidden = (len(self.unreadable) + len(self.missing_captions) + len(self.outside)
-                  - len(lines))
+                  + len(self.unreadable_captions) - len(lines))
         return lines + (["... and {:,} more".format(hidden)] if hidden else [])
 
 
@@ -96,10 +103,13 @@ def scan_dataset(folder: Union[str, Path]) -> DatasetScan:
         listed = {image for image, _ in rows}
         candidates = rows + [(image, "") for image in images if image not in listed]
         candidates.sort(key=lambda candidate: candidate[0])
+    readable = _readable_images([image for image, caption in candidates if caption])
     for image, caption in candidates:
-        if not caption:
+        if caption is None:
+            scan.unreadable_captions.append(_caption_path(image) or image)
+        elif not caption:
             scan.missing_captions.append(image)
-        elif not is_readable_image(image):
+        elif not readable[image]:
             scan.unreadable.append(image)
         else:
             scan.examples.append(Example(image, caption))
@@ -110,6 +120,10 @@ def scan_dataset(folder: Union[str, Path]) -> DatasetScan:
                 len(scan.missing_captions))
             if scan.outside:
                 found += ", %d outside the folder" % len(scan.outside)
+            if scan.unreadable_captions:
+                found += "; %s not UTF-8 text, first %s" % (
+                    _count(len(scan.unreadable_captions), "caption file"),
+                    scan.unreadable_captions[0])
         else:
             found = "found no .png, .jpg, .jpeg, .webp or .bmp files"
         raise BadInput("%s: no captioned images to train on (%s); %s"
@@ -127,14 +141,7 @@ def load_image(path: Path, resolution: int, flip: bool = False) -> torch.Tensor:
     """
     from PIL import Image, ImageOps
 
-    try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened).convert("RGBA")
-    except Exception as e:  # PIL raises many exception types for damaged files
-        raise BadInput("%s: cannot be decoded as an image (%s); replace or remove it"
-                       % (path, e)) from None
-    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-    image = Image.alpha_composite(white, image).convert("RGB")
+    image = open_rgb(path)
     # The shorter edge becomes `resolution`, the longer one is truncated like torchvision's.
     width, height = image.size
     if width <= height:
@@ -151,6 +158,25 @@ def load_image(path: Path, resolution: int, flip: bool = False) -> torch.Tensor:
     return pixels.float() / 127.5 - 1.0
 
 
+def open_rgb(path: Path) -> Any:
+    """The image as an RGB PIL image, upright by its EXIF orientation, transparent areas
+    white, 16-bit greyscale scaled to 8 bits (PIL would clip it to pure white)."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            if image.mode == "I" or image.mode.startswith("I;16"):
+                levels = np.asarray(image).astype(np.float64) / 257.0
+                image = Image.fromarray(levels.round().clip(0, 255).astype(np.uint8), "L")
+            image = image.convert("RGBA")
+    except Exception as e:  # PIL raises many exception types for damaged files
+        raise BadInput("%s: cannot be decoded as an image (%s); replace or remove it"
+                       % (path, e)) from None
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, image).convert("RGB")
+
+
 def _count(n: int, noun: str) -> str:
     return "{:,} {}{}".format(n, noun, "" if n == 1 else "s")
 
@@ -164,13 +190,22 @@ def image_files(folder: Path) -> Iterator[Path]:
                 yield Path(root) / name
 
 
-def _caption_file(image: Path) -> str:
-    """The caption beside `image`; "" when there is none."""
-    for suffix in CAPTION_SUFFIXES:
-        path = image.with_suffix(suffix)
-        if path.is_file():
-            return _read_text(path).strip()
-    return ""
+def _caption_path(image: Path) -> Optional[Path]:
+    """The caption file beside `image`, if there is one."""
+    return next((path for path in map(image.with_suffix, CAPTION_SUFFIXES) if path.is_file()),
+                None)
+
+
+def _caption_file(image: Path) -> Optional[str]:
+    """The caption beside `image`; "" when there is none, None when it is not UTF-8 text
+    (one mis-saved caption skips its image, not the dataset)."""
+    path = _caption_path(image)
+    if path is None:
+        return ""
+    try:
+        return _read_text(path).strip()
+    except BadInput:
+        return None
 
 
 def _read_text(path: Path) -> str:
@@ -235,12 +270,27 @@ def _csv_records(path: Path) -> List[Tuple[int, Dict[str, Optional[str]]]]:
     return [(reader.line_num, record) for record in reader]
 
 
+def _readable_images(images: List[Path]) -> Dict[Path, bool]:
+    """`is_readable_image` of each, decoded on all cores (PIL decodes without the GIL)."""
+    with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4)) as pool:
+        return dict(zip(images, pool.map(is_readable_image, images)))
+
+
 def is_readable_image(image: Path) -> bool:
+    """Whether the image checks out to its last byte.  `verify` does that for a PNG (every
+    chunk's checksum, up to the end marker) but passes a truncated JPEG, whose damage shows
+    only when its data is decoded; so other formats are decoded too (a JPEG at its smallest
+    scale, which still reads every byte at a fraction of the cost)."""
     from PIL import Image
 
     try:
         with Image.open(image) as opened:
             opened.verify()
+            if opened.format == "PNG":
+                return True
+        with Image.open(image) as opened:
+            opened.draft(opened.mode, (1, 1))
+            opened.load()
         return True
     except Exception:  # PIL raises many exception types for damaged files
         return False

@@ -34,6 +34,7 @@ from .noising import Batches, noised, randn
 from .optim import adamw
 from ..jobs.runs import RunPaths, event, failures_reported, progress_bar, stop_run
 from ..model.safetensors_io import TensorOut, tensor_bytes
+from .state_file import save_state
 from .synth import (SynthFolder, SynthPlan, TeacherSampler, finished_synthetic_cache,
                     plan_synthesis, synthesize)
 from .synth_config import training_data
@@ -321,7 +322,7 @@ def _save_state(paths: RunPaths, step: int, accelerator: Any, student: Any, opti
     student_name = "student-step-%07d.safetensors" % step
 
     def fill(folder: Path) -> None:
-        torch.save({
+        save_state({
             "step": step,
             "data_position": batches.position,
             "generators": generators,
@@ -330,7 +331,7 @@ def _save_state(paths: RunPaths, step: int, accelerator: Any, student: Any, opti
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "ema": ema.state_dict() if ema is not None else None,
-        }, str(folder / "train_state.pt"))
+        }, folder / "train_state.pt")
         _export(folder / student_name, _student_weights(accelerator.unwrap_model(student), ema),
                 arch, ckpt, info, cfg, step)
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..model.checkpoint import Checkpoint
 from .class_images import ClassImageRecipe, ensure_class_images
 from ..model.convert import DTYPES, student_metadata, teacher_parts, write_student
-from .dataset import image_files, is_readable_image
+from .dataset import image_files, is_readable_image, open_rgb
 from ..model.detect import ModelInfo, inspect_checkpoint
 from .noising import Batches, noised
 from .optim import adamw, require_bitsandbytes
@@ -39,6 +39,7 @@ from ..model.parts_keymap import TEXT_PREFIX, clip_to_ldm
 from ..jobs.runs import RunPaths, event, failures_reported, progress_bar, stop_run
 from ..model.safetensors_io import TensorOut, tensor_bytes, write_safetensors
 from ..model.staging import staged
+from .state_file import save_state
 
 Latent = Tuple[torch.Tensor, torch.Tensor]  # the VAE posterior's mean and std, [4, h, w]
 
@@ -191,12 +192,9 @@ def _load_resized(path: Path, resolution: int, multiple: int) -> torch.Tensor:
     """RGB in [-1, 1], [3, H, W]: shorter edge `resolution`, longer edge rounded to a
     multiple of the VAE's downscale so the latent covers it exactly; transparency
     becomes white."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
-    with Image.open(path) as opened:
-        image = ImageOps.exif_transpose(opened).convert("RGBA")
-    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-    image = Image.alpha_composite(white, image).convert("RGB")
+    image = open_rgb(path)
     width, height = image.size
     ratio = resolution / min(width, height)
     size = (max(resolution, int(round(width * ratio / multiple)) * multiple),
@@ -352,8 +350,8 @@ def _save_state(paths: RunPaths, step: int, cfg: DreamBoothConfig, accelerator: 
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
     }
-    target = paths.write_checkpoint(step, lambda folder: torch.save(
-        state, str(folder / "train_state.pt")), cfg.keep_last)
+    target = paths.write_checkpoint(step, lambda folder: save_state(
+        state, folder / "train_state.pt"), cfg.keep_last)
     event(log, "checkpoint", step=step, path=str(target))
 
 

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-from safetensors.torch import save_file
 
 from .dataset import DatasetScan, Example, load_image
-from ..model.safetensors_io import SafetensorsReader
+from ..errors import DiskError
+from ..model.safetensors_io import SafetensorsReader, TensorOut, tensor_bytes, write_safetensors
 
 FORMAT = "1"  # changes when what the shards hold changes, so old caches are rebuilt
 SHARD_SIZE = 1024
@@ -237,8 +237,17 @@ class LatentCache:
 
     def _save(self, path: Path, tensors: Dict[str, torch.Tensor], captions: List[str]) -> None:
         temporary = path.with_name(path.name + ".tmp")
-        save_file({key: value.contiguous() for key, value in tensors.items()}, str(temporary),
-                  metadata={"captions": json.dumps(captions)})
+        try:
+            write_safetensors(temporary, [TensorOut(key, value.dtype, tuple(value.shape),
+                                                    lambda value=value: tensor_bytes(value))
+                                          for key, value in sorted(tensors.items())],
+                              {"captions": json.dumps(captions)})
+        except BaseException as e:
+            temporary.unlink(missing_ok=True)  # a full disk: give back what it took
+            problem = DiskError.of(e)
+            if problem is None:
+                raise
+            raise problem.about(path) from None
         self._readers.pop(path, None)
         os.replace(str(temporary), str(path))
 
