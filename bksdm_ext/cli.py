@@ -221,6 +221,10 @@ def _add_distill(commands: Any) -> None:
                               "finished `bksdm synth` run folder")
     distill.add_argument("--out", required=True, help="run folder")
     distill.add_argument("--resume", action="store_true", help="continue the run in --out")
+    distill.add_argument("--init-student", dest="init_student", default=None,
+                         help="start from this student (transplanted, imported or an earlier "
+                              "run's result; its layout must be --arch's) instead of the "
+                              "pruned teacher: the quick path to a student of your model")
     for name, kind, help_text in (
             ("steps", int, "optimizer steps"),
             ("batch_size", int, "images per GPU per micro-step"),
