@@ -27,9 +27,9 @@ def title_of(path):
     return next(i.title for i in sd_models.checkpoints_list.values() if i.filename == str(path))
 
 
-def quick_path_files(folder):
+def quick_path_files(folder, family="sd-v1"):
     """base, a 'distilled' Small student of it, and a fine-tune of the base, in the list."""
-    base = write_teacher(folder, TINY["sd-v1"], name="sd-base.safetensors")
+    base = write_teacher(folder, TINY[family], name="sd-base.safetensors")
     convert_checkpoint(base, folder / "cut.safetensors", "small", dtype="fp32")
     student = perturbed(folder / "cut.safetensors", folder / "bk-small.safetensors", seed=1,
                         keep_metadata=True)
@@ -69,10 +69,11 @@ def test_convert_tab_starts_from_a_student_plus_the_loaded_models_difference(web
     assert not (webui / "again.safetensors").exists()
 
 
-def test_an_unsaved_merge_is_carried_from_memory(webui):
+@pytest.mark.parametrize("family", ["sd-v1", "sd-v2-v"])
+def test_an_unsaved_merge_is_carried_from_memory(webui, family):
     from bksdm_ext.webui import convert_tab, transplant_form
 
-    base, student, mine = quick_path_files(webui)
+    base, student, mine = quick_path_files(webui, family)
     model = load(mine)
     mine.unlink()
     mine.with_suffix(".yaml").unlink()
@@ -82,11 +83,12 @@ def test_an_unsaved_merge_is_carried_from_memory(webui):
                                   transplant_form.START_FROM[1], title_of(student),
                                   title_of(base), 1.0)[2]
     assert "bksdm-success" in message, message
-    written, _ = load_file(webui / "merge-bk.safetensors")
+    written, metadata = load_file(webui / "merge-bk.safetensors")
     s, b = (unet_part(load_file(p)[0]) for p in (student, base))
     merged = model.model.diffusion_model.out[2].bias.detach().double()
     expected = s["out.2.bias"].double() + merged - b["out.2.bias"].double()
     assert torch.allclose(unet_part(written)["out.2.bias"].double(), expected, atol=1e-6)
+    assert metadata["bksdm.parameterization"] == TINY[family].parameterization
 
 
 def test_distill_tab_starts_from_a_student_of_the_list(webui, tmp_path):

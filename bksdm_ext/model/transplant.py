@@ -65,9 +65,11 @@ class TransplantReport:
 def transplant(student: Union[str, Path], base: Union[str, Path],
                finetune: Union[str, Path, Checkpoint], output: Union[str, Path],
                alpha: float = 1.0, dtype: str = "fp16", overwrite: bool = False,
-               progress: Optional[Progress] = None) -> TransplantReport:
+               progress: Optional[Progress] = None,
+               finetune_v_prediction: Optional[bool] = None) -> TransplantReport:
     """Write `output` (.safetensors + .yaml): `student` + alpha·(`finetune` − `base`).
-    `finetune` may be a `Checkpoint` of weights in memory (a WebUI merge not saved)."""
+    `finetune` may be a `Checkpoint` of weights in memory (a WebUI merge not saved, whose
+    parameterization only the WebUI knows: `finetune_v_prediction`)."""
     started = time.perf_counter()
     output = Path(output)
     if dtype not in DTYPES:
@@ -85,7 +87,8 @@ def transplant(student: Union[str, Path], base: Union[str, Path],
                            % (output, source.path))
     check_writable([output, config_path(output)], overwrite)
     pupil, original, changed = sources
-    infos = [inspect_checkpoint(c) for c in sources]
+    infos = [inspect_checkpoint(pupil), inspect_checkpoint(original),
+             inspect_checkpoint(changed, finetune_v_prediction)]
     _check_roles(*infos)
     arch = Architecture(infos[2].arch.teacher, infos[0].arch.removal)
     pairs = _matched_keys(pupil, original, changed, arch)

@@ -111,8 +111,8 @@ def convert(id_task: str, label: str, name: str, dtype: str, overwrite: bool,
         output = output_path(name, overwrite)
         if transplant_form.uses_student(start_from):
             report = transplant_form.transplant_loaded(
-                ckpt if not loaded.has_file else loaded.filename, student, base, alpha, output,
-                dtype, overwrite)
+                ckpt if not loaded.has_file else loaded.filename,
+                loaded.parameterization == "v", student, base, alpha, output, dtype, overwrite)
             a1111.refresh_checkpoints()
             title = a1111.checkpoint_title(output) or output.name
             return [title, gr.update(visible=True),

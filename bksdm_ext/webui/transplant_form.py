@@ -19,7 +19,8 @@ HINT = ("The student keeps its distilled blocks and gets what your model changed
         "with `bksdm import-diffusers FOLDER --out <checkpoint folder>/bk-sdm-small.safetensors`; "
         "their base is the model they were distilled from (SD-v1.4 for nota-ai's v1 students, "
         "SD-v2.1-base for v2). A short distillation from the loaded model (Distill tab, "
-        "*Start from* the result) then closes the rest of the gap.")
+        "*Start from* the result) then closes the rest of the gap. The new checkpoint has the "
+        "student's preset; the preset above is not used.")
 
 
 class Fields(NamedTuple):
@@ -68,13 +69,14 @@ def student_preset(title: str) -> Optional[str]:
     return model.preset if model is not None and model.is_student else None
 
 
-def transplant_loaded(mine: Union[Path, Checkpoint], student_title: str, base_title: str,
-                      alpha: float, output: Path, dtype: str, overwrite: bool) -> TransplantReport:
+def transplant_loaded(mine: Union[Path, Checkpoint], v_prediction: bool, student_title: str,
+                      base_title: str, alpha: float, output: Path, dtype: str,
+                      overwrite: bool) -> TransplantReport:
     if not student_title or not base_title:
         raise BadInput("Choose the distilled student and the base it was distilled from.")
     return transplant(checkpoints.filename(student_title), checkpoints.filename(base_title),
                       mine, output, alpha=float(alpha), dtype=dtype, overwrite=overwrite,
-                      progress=a1111.Progress("Transplanting"))
+                      progress=a1111.Progress("Transplanting"), finetune_v_prediction=v_prediction)
 
 
 def result_text(report: TransplantReport) -> str:
