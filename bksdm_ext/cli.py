@@ -519,7 +519,8 @@ def _render_transplant(report: Dict[str, Any]) -> str:
              "  U-Net       %s parameters, %s; %.0f%% of the fine-tune's change kept"
              % (format(report["unet_params"], ","), report["dtype"], 100 * report["carried_share"]),
              "  change per block (||finetune - base|| / ||base||):"]
-    lines += ["    %-18s %8.2e%s" % (b["block"], b["relative"], "" if b["carried"] else "  removed")
+    lines += ["    %-18s %8.2f%%%s" % (b["block"], 100 * b["relative"],
+                                       "" if b["carried"] else "  removed: not carried")
               for b in report["blocks"]]
     lines += ["  warning     %s" % w for w in report["warnings"]]
     return "\n".join(lines)
