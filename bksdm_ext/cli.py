@@ -35,6 +35,14 @@ def _import_diffusers(args: argparse.Namespace) -> Dict[str, Any]:
                             ).as_dict()
 
 
+def _transplant(args: argparse.Namespace) -> Dict[str, Any]:
+    from .model.transplant import transplant
+
+    return transplant(args.student, args.base, args.finetune, args.out, alpha=args.alpha,
+                      dtype=args.dtype, overwrite=args.overwrite,
+                      progress=None if args.json else _progress_bar("transplanting")).as_dict()
+
+
 def _distill(args: argparse.Namespace) -> Dict[str, Any]:
     from dataclasses import fields
 
@@ -139,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--json", action="store_true")
     imp.set_defaults(run=_import_diffusers, render=_render_conversion)
 
+    _add_transplant(commands)
     _add_distill(commands)
     _add_synth(commands)
     _add_dreambooth(commands)
@@ -170,6 +179,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_transplant(commands: Any) -> None:
+    transplant = commands.add_parser(
+        "transplant", help="a distilled student + what your fine-tune changed in its base",
+        description="Write OUT.safetensors and OUT.yaml: every U-Net tensor the student keeps "
+                    "plus ALPHA x (FINETUNE - BASE) at the teacher tensor it came from; text "
+                    "encoder and VAE from FINETUNE. Then distil briefly from FINETUNE with "
+                    "`bksdm distill --init-student OUT`.")
+    transplant.add_argument("--student", required=True,
+                            help="a distilled BK-SDM student (e.g. imported nota-ai/bk-sdm-small)")
+    transplant.add_argument("--base", required=True,
+                            help="the model the student was distilled from (e.g. SD-v1.4)")
+    transplant.add_argument("--finetune", required=True,
+                            help="your fine-tune or merge of BASE (same family and prediction)")
+    transplant.add_argument("--out", required=True, help="output .safetensors path")
+    transplant.add_argument("--alpha", type=float, default=1.0,
+                            help="how much of the difference to carry (default 1.0)")
+    _add_dtype(transplant)
+    transplant.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    transplant.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    transplant.set_defaults(run=_transplant, render=_render_transplant)
+
+
 def _add_distill(commands: Any) -> None:
     from .train.distill_config import DistillConfig
 
@@ -190,6 +221,10 @@ def _add_distill(commands: Any) -> None:
                               "finished `bksdm synth` run folder")
     distill.add_argument("--out", required=True, help="run folder")
     distill.add_argument("--resume", action="store_true", help="continue the run in --out")
+    distill.add_argument("--init-student", dest="init_student", default=None,
+                         help="start from this student (transplanted, imported or an earlier "
+                              "run's result; its layout must be --arch's) instead of the "
+                              "pruned teacher: the quick path to a student of your model")
     for name, kind, help_text in (
             ("steps", int, "optimizer steps"),
             ("batch_size", int, "images per GPU per micro-step"),
@@ -474,6 +509,22 @@ def _render_conversion(report: Dict[str, Any]) -> str:
     if report.get("parameterization_source") == "family default" and report["family"] == "sd-v2":
         lines.append("  note        no .yaml beside the teacher: assumed epsilon prediction; "
                      "pass --v-prediction for 768 px v models")
+    return "\n".join(lines)
+
+
+def _render_transplant(report: Dict[str, Any]) -> str:
+    lines = ["wrote %s" % report["output"],
+             "  config      %s" % report["config"],
+             "  student     %s (BK-%s, %s, %s)" % (report["student"], report["arch"],
+                                                   report["family"], report["parameterization"]),
+             "  carried     %.2f x (%s - %s)" % (report["alpha"], report["finetune"], report["base"]),
+             "  U-Net       %s parameters, %s; %.0f%% of the fine-tune's change kept"
+             % (format(report["unet_params"], ","), report["dtype"], 100 * report["carried_share"]),
+             "  change per block (||finetune - base|| / ||base||):"]
+    lines += ["    %-18s %8.2f%%%s" % (b["block"], 100 * b["relative"],
+                                       "" if b["carried"] else "  removed: not carried")
+              for b in report["blocks"]]
+    lines += ["  warning     %s" % w for w in report["warnings"]]
     return "\n".join(lines)
 
 

@@ -397,3 +397,39 @@ def test_uploads_through_the_page_are_picked_from_the_lists(browser, webui, tmp_
         assert js_errors == []
     finally:
         standin_app.stop()
+
+
+def test_convert_tab_starts_from_a_student_plus_the_loaded_models_difference(browser, webui,
+                                                                             tmp_path):
+    from playwright.sync_api import expect
+
+    from test_webui_transplant import quick_path_files
+
+    _, student, mine = quick_path_files(webui)  # base: sd-base.safetensors
+    load(mine)
+    out = webui / "mine-bk-small.safetensors"
+    _, url = standin_app.launch()
+    try:
+        page, js_errors = _open_tab(browser, url, "Convert", 1400)
+        page.locator("#bksdm_refresh_loaded").click()
+        expect(page.locator("#bksdm_loaded").first).to_contain_text("Loaded: mine.safetensors")
+        box = page.locator("#bksdm_transplant_box")
+        expect(box).to_be_hidden()
+        page.locator("#bksdm_start_from label", has_text="distilled BK-SDM student").click()
+        expect(box).to_be_visible()
+        expect(box).to_contain_text("bksdm import-diffusers")
+        for elem_id, name in (("student", student.name), ("base", "sd-base.safetensors")):
+            page.locator("#bksdm_transplant_%s input" % elem_id).click()
+            page.locator("#bksdm_transplant_%s ul.options li" % elem_id, has_text=name).click()
+        expect(page.locator("#bksdm_output_name textarea")).to_have_value("mine-bk-small")
+        page.locator("#bksdm_convert").click()
+        result = page.locator("#bksdm_convert_result").first
+        expect(result.locator(".bksdm-success")).to_contain_text(
+            "the BK-SDM small student %s + 1.00 × (loaded model − sd-base.safetensors)"
+            % student.name)
+        expect(page.locator("#bksdm_load_now")).to_be_visible()
+        page.screenshot(path=str(tmp_path / "transplant.png"), full_page=True)
+        assert out.is_file() and out.with_suffix(".yaml").is_file()
+        assert js_errors == []
+    finally:
+        standin_app.stop()

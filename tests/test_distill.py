@@ -139,17 +139,25 @@ def test_the_cache_is_reused_and_no_image_is_encoded_again(teacher, data, tmp_pa
     assert cached["examples"] == 8 and cached.get("encoded", 0) == 0
 
 
-def test_resuming_repeats_the_losses_of_an_uninterrupted_run(teacher, data, tmp_path):
-    straight = tmp_path / "straight"
-    settings = dict(steps=6, save_every=3, ema=True, grad_accum=2)
+def assert_resumes_exactly(teacher: Path, data: Path, folder: Path, stop_at: int,
+                           **settings) -> Path:
+    """A run stopped after `stop_at` steps and resumed repeats an uninterrupted run's losses
+    and ends with the same student; returns the resumed run's folder."""
+    straight = folder / "straight"
     distill(config(teacher, data, straight, **settings))
-    split = tmp_path / "split"
-    distill(config(teacher, data, split, **dict(settings, steps=3)))
+    split = folder / "split"
+    distill(config(teacher, data, split, **dict(settings, steps=stop_at)))
     final = distill(config(teacher, data, split, **settings), resume=True)
     assert [e["loss"] for e in steps(straight)] == [e["loss"] for e in steps(split)]
     a, _ = load_file(final)
     b, _ = load_file(straight / final.name)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    return split
+
+
+def test_resuming_repeats_the_losses_of_an_uninterrupted_run(teacher, data, tmp_path):
+    split = assert_resumes_exactly(teacher, data, tmp_path, 3, steps=6, save_every=3, ema=True,
+                                   grad_accum=2)
     kept = sorted(p.name for p in (split / "checkpoints").iterdir())
     assert kept == ["step-0000003", "step-0000006"]
     assert (split / "checkpoints" / "step-0000006" / "student-step-0000006.safetensors").is_file()

@@ -43,13 +43,14 @@ def tabs():
     return distill_tab, jobs_service, jobs_tab
 
 
-def start_distill(tab, teacher_title, data, free_vram=False, **changes):
+def start_distill(tab, teacher_title, data, free_vram=False, start_from=(), **changes):
     form = dict(FAST, **changes)
     return tab.start(teacher_title, "Small", tab.SOURCES[0], str(data), 0, "", "", False,
                      form["steps"], form["batch_size"], form["grad_accum"], form["lr"],
                      form["resolution"], form["precision"], form["gradient_checkpointing"],
                      form["ema"], form["use_8bit_adam"], form["save_every"],
-                     form["sample_every"], form["sample_prompts"], free_vram, form["gpus"])
+                     form["sample_every"], form["sample_prompts"], free_vram, form["gpus"],
+                     "", *start_from)  # "": nothing uploaded
 
 
 def test_a_distillation_started_in_the_tab_lands_in_the_dropdown_with_a_card(webui, tmp_path):

@@ -25,6 +25,7 @@ from ..model.detect import ModelInfo, inspect_checkpoint
 from .distill_config import DistillConfig
 from ..errors import BadInput
 from ..jobs.events import EventLog
+from .init_student import checked_init_student, load_init_student
 from .kd import EMA, FeatureTaps, LossWeights, kd_loss, student_from_teacher
 from ..model.keymap import UNET_PREFIX, KeyMap
 from .latent_cache import CacheUnion, LatentCache, cache_fingerprint, teacher_identity
@@ -55,6 +56,7 @@ def _distill(cfg: DistillConfig, resume: bool) -> Path:
 
     paths = RunPaths(Path(cfg.out))
     ckpt, info, arch = _teacher(cfg)
+    start = checked_init_student(cfg.init_student, ckpt, info, arch) if cfg.init_student else None
     # An empty or missing dataset, or bad prompts, fail before any model loads.
     data = training_data(cfg.data, cfg.synthetic, cfg.prompts)
     scan = scan_dataset(data.dataset) if data.dataset is not None else None
@@ -77,14 +79,15 @@ def _distill(cfg: DistillConfig, resume: bool) -> Path:
            synthetic=dict(plan.description(), count=plan.settings.count) if plan else None,
            synth_run=str(data.synth_run) if data.synth_run is not None else None,
            random_conditioning=cfg.random_conditioning_p if cfg.random_conditioning else None,
-           processes=accelerator.num_processes,
+           processes=accelerator.num_processes, init_student=cfg.init_student,
            resumed_from=str(start_checkpoint) if start_checkpoint else None)
 
     device = accelerator.device
     teacher_dtype = torch.float16 if device.type == "cuda" else torch.float32
     teacher = load_unet(ckpt, info).to(device, teacher_dtype).requires_grad_(False).eval()
     cache = _training_cache(cfg, paths, ckpt, info, teacher, scan, plan, made, accelerator, log)
-    student = student_from_teacher(teacher, arch).to(device).train()
+    student = (load_init_student(*start, arch) if start else student_from_teacher(teacher, arch)
+               ).to(device).train()
     if cfg.gradient_checkpointing:
         student.enable_gradient_checkpointing()
     _use_xformers(teacher, student, device)
@@ -394,6 +397,8 @@ def _export(output: Path, weights: Dict[str, torch.Tensor], arch: Architecture, 
             for k, v in ldm.items()]
     origin = teacher_origin(ckpt)
     origin["bksdm.distilled_steps"] = str(step)
+    if cfg.init_student:
+        origin["bksdm.init_student"] = Path(cfg.init_student).name
     write_student(output, arch, teacher_parts(ckpt) + unet, info.config, origin, overwrite=True)
 
 

@@ -44,6 +44,8 @@ class DistillConfig:
     v_prediction: Optional[bool] = None
     export_dtype: str = "fp16"
     cache_dir: Optional[str] = None  # default: <out>/cache
+    # A student file to start from instead of the pruned teacher (init_student.py).
+    init_student: Optional[str] = None
     log_every: int = 10
     # Teacher-made pairs, made inside the run before training (synth.py).
     synthetic: int = 0  # with a dataset folder as --data: this many more, teacher-made

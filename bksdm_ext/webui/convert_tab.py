@@ -12,7 +12,7 @@ from ..model.checkpoint import Checkpoint
 from ..model.convert import DTYPES, convert_checkpoint, student_unet_params
 from ..model.detect import ModelInfo, inspect_checkpoint
 from ..errors import BadInput
-from . import a1111, guard
+from . import a1111, guard, transplant_form
 from .messages import message
 
 PRESET_LABELS = {"Base": "base", "Small": "small", "Tiny": "tiny", "Mid-stage removed": "mid-removed"}
@@ -98,14 +98,25 @@ def output_path(name: str, overwrite: bool) -> Path:
     return path
 
 
-def convert(id_task: str, label: str, name: str, dtype: str, overwrite: bool) -> List[Any]:
-    """Convert the loaded model; returns [new checkpoint title, Load-button update, message]."""
+def convert(id_task: str, label: str, name: str, dtype: str, overwrite: bool,
+            start_from: str = transplant_form.START_FROM[0], student: str = "", base: str = "",
+            alpha: float = 1.0) -> List[Any]:
+    """Convert the loaded model (or carry its difference from `base` into `student`);
+    returns [new checkpoint title, Load-button update, message]."""
     try:
         loaded, ckpt, info, problem = _loaded()
         if problem:
             raise BadInput(problem)
         assert loaded is not None and ckpt is not None
         output = output_path(name, overwrite)
+        if transplant_form.uses_student(start_from):
+            report = transplant_form.transplant_loaded(
+                ckpt if not loaded.has_file else loaded.filename,
+                loaded.parameterization == "v", student, base, alpha, output, dtype, overwrite)
+            a1111.refresh_checkpoints()
+            title = a1111.checkpoint_title(output) or output.name
+            return [title, gr.update(visible=True),
+                    message("success", transplant_form.result_text(report))]
         report = convert_checkpoint(ckpt if not loaded.has_file else loaded.filename, output,
                                     PRESET_LABELS[label], dtype=dtype,
                                     v_prediction=loaded.parameterization == "v",
@@ -133,6 +144,7 @@ def build() -> None:
     preset = gr.Radio(list(PRESET_LABELS), value=default_label, label="Preset",
                       elem_id="bksdm_preset")
     preview = gr.Markdown(elem_id="bksdm_preview")
+    start = transplant_form.build()
     with gr.Row():
         name = gr.Textbox(label="New checkpoint name", elem_id="bksdm_output_name")
         dtype = gr.Dropdown(list(DTYPES), value=a1111.opt("bksdm_default_dtype", "fp16"),
@@ -153,7 +165,13 @@ def build() -> None:
     preset.change(lambda label: {preview: preset_preview(label), name: default_name(label)},
                   inputs=[preset], outputs=[preview, name])
     run.click(wrap_gradio_gpu_call(convert, extra_outputs=["", gr.update()]),
-              _js="bksdm_convert_submit", inputs=[id_task, preset, name, dtype, overwrite],
+              _js="bksdm_convert_submit", inputs=[id_task, preset, name, dtype, overwrite,
+                                                  start.start_from, start.student, start.base,
+                                                  start.alpha],
               outputs=[converted, load, result])
+    refresh.click(transplant_form.choices, outputs=[start.student, start.base])
+    start.student.change(lambda title, label: default_name(LABEL_OF.get(
+        transplant_form.student_preset(title) or "", label)), inputs=[start.student, preset],
+        outputs=[name])
     converted.change(None, _js="bksdm_refresh_checkpoints", inputs=[converted], outputs=[])
     load.click(None, _js="bksdm_load_checkpoint", inputs=[converted], outputs=[])

@@ -11,7 +11,7 @@ import gradio as gr
 from ..train.dataset import scan_dataset
 from ..train.distill_config import DistillConfig
 from ..errors import BadInput
-from . import a1111, checkpoints, data_picker, job_form, paths
+from . import a1111, checkpoints, data_picker, init_student_form, job_form, paths
 from .convert_tab import LABEL_OF, PRESET_LABELS
 from .messages import message
 
@@ -59,14 +59,17 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
           batch_size: int, grad_accum: int, lr: float, resolution: int, precision: str,
           gradient_checkpointing: bool, ema: bool, use_8bit_adam: bool, save_every: int,
           sample_every: int, sample_prompts: str, free_vram: bool, gpus: float,
-          uploaded: str = "") -> str:
+          uploaded: str = "", start_from: str = init_student_form.START_FROM[0],
+          init_title: str = "") -> str:
     try:
         teacher = checkpoints.filename(teacher_title)
         model = checkpoints.describe(teacher)
         if model is not None and model.is_student:
             raise BadInput("%s is a BK-SDM student; choose the teacher it was made from."
                            % teacher.name)
-        values: Dict[str, Any] = {"teacher": str(teacher), "arch": PRESET_LABELS[preset_label]}
+        values: Dict[str, Any] = {"teacher": str(teacher)}
+        values.update(init_student_form.flags(start_from, init_title, teacher,
+                                              PRESET_LABELS[preset_label]))
         values.update(data_flags(source, folder, uploaded, synthetic, prompts))
         if source != SOURCES[0]:
             values.update(negative_prompt=negative_prompt.strip(),
@@ -78,7 +81,7 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
         argv = job_form.flags(values)
         for prompt in [p.strip() for p in sample_prompts.splitlines() if p.strip()]:
             argv += ["--sample-prompt", prompt]
-        title = "Distill %s → BK-%s" % (teacher.stem, preset_label)
+        title = "Distill %s → BK-%s" % (teacher.stem, LABEL_OF.get(values["arch"], values["arch"]))
         job = job_form.submit("distill", argv, title, free_vram, gpus)
     except BadInput as e:
         return message("error", str(e))
@@ -100,6 +103,7 @@ def build() -> None:
         refresh = gr.Button("↻", elem_id="bksdm_distill_refresh", scale=0, min_width=40)
         preset = gr.Radio(list(PRESET_LABELS), label="Student preset", elem_id="bksdm_distill_preset",
                           value=LABEL_OF.get(a1111.opt("bksdm_default_preset", "small"), "Small"))
+    start_from, init_student = init_student_form.build()
     source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Training data",
                       elem_id="bksdm_distill_source")
     picker = data_picker.build(data_picker.TRAINING_SET, "Image folder on the server (images "
@@ -148,9 +152,11 @@ def build() -> None:
     job_form.controls("distill")
 
     refresh.click(teacher_choices, outputs=[teacher])
+    refresh.click(init_student_form.student_choices, outputs=[init_student])
     check.click(check_dataset, inputs=[folder, uploaded], outputs=[checked])
     run.click(start, inputs=[teacher, preset, source, folder, synthetic, prompts, negative,
                              random_conditioning, steps, batch_size, grad_accum, lr, resolution,
                              precision, gradient_checkpointing, ema, use_8bit_adam, save_every,
-                             sample_every, sample_prompts, free_vram, gpus, uploaded],
+                             sample_every, sample_prompts, free_vram, gpus, uploaded, start_from,
+                             init_student],
               outputs=[result])
