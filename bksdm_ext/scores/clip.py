@@ -1,0 +1,150 @@
+"""CLIP score, the paper's text-image metric: 100 × the cosine of CLIP's image and text
+embeddings, floored at 0, as torchmetrics' ``CLIPScore`` defines it.
+
+The CLIP model is a transformers ``CLIPModel`` folder or Hugging Face repository.  One is
+used only when it is already on the machine (a folder given, or a repository in the
+Hugging Face cache) unless the user asks for a download by naming it (`--clip-model`, the
+Compare tab's button); nothing is downloaded behind their back.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import BadInput
+
+# OpenAI CLIP's image normalisation (every CLIP in the table below uses it).
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
+# Repositories looked for in the Hugging Face cache, best first, with their download size.
+KNOWN_MODELS = {
+    "openai/clip-vit-large-patch14": "1.7 GB",  # torchmetrics' default, ViT-L/14 like A1111's
+    "openai/clip-vit-base-patch16": "0.6 GB",
+    "openai/clip-vit-base-patch32": "0.6 GB",
+}
+DEFAULT_DOWNLOAD = "openai/clip-vit-large-patch14"
+HOW_TO_ENABLE = ("no CLIP model on this machine: pass --clip-model %s (a %s download) or a "
+                 "local CLIPModel folder; in the WebUI press 'Download CLIP'"
+                 % (DEFAULT_DOWNLOAD, KNOWN_MODELS[DEFAULT_DOWNLOAD]))
+
+
+def clip_score_of_embeddings(image_embeds: torch.Tensor, text_embeds: torch.Tensor
+                             ) -> torch.Tensor:
+    """max(100 · cos(image, text), 0) for each row."""
+    cosine = F.cosine_similarity(image_embeds.float(), text_embeds.float(), dim=-1)
+    return (100 * cosine).clamp(min=0)
+
+
+def cached_model() -> Optional[str]:
+    """The first known CLIP repository already in the Hugging Face cache, if any."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for repo in KNOWN_MODELS:
+        if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+            return repo
+    return None
+
+
+def download_note(name: str) -> str:
+    size = KNOWN_MODELS.get(name)
+    return "downloading CLIP %s%s" % (name, " (%s)" % size if size else "")
+
+
+@dataclass
+class ClipScorer:
+    """A loaded CLIP model that scores images against their prompts."""
+
+    name: str
+    model: Any  # transformers.CLIPModel
+    tokenizer: Any
+    image_size: int
+    mean: Sequence[float] = MEAN
+    std: Sequence[float] = STD
+
+    @classmethod
+    def load(cls, name: str, download: bool = False,
+             device: Optional[torch.device] = None) -> "ClipScorer":
+        """`name`: a CLIPModel folder or a Hugging Face repository id.  A repository not yet
+        in the cache is fetched only with `download`; otherwise the message says how."""
+        from transformers import CLIPModel
+
+        folder = Path(name)
+        local = folder.is_dir()
+        if not local and (folder.suffix or folder.is_absolute() or name.startswith(".")):
+            raise BadInput("%s: no such CLIP model folder (expected a folder with config.json "
+                           "and the weights of a transformers CLIPModel)" % name)
+        try:
+            model = CLIPModel.from_pretrained(name, local_files_only=local or not download)
+        except OSError as e:
+            if local:
+                raise BadInput("%s: not a transformers CLIPModel folder (%s)"
+                               % (name, str(e).splitlines()[0])) from None
+            if not download:
+                raise BadInput("CLIP model %s is not in the Hugging Face cache; ask for it to "
+                               "be downloaded (--clip-model %s, or the WebUI's 'Download "
+                               "CLIP')" % (name, name)) from None
+            raise BadInput("could not download CLIP model %s: %s"
+                           % (name, str(e).splitlines()[0])) from None
+        model = model.eval().requires_grad_(False)
+        if device is not None:
+            model = model.to(device)
+        processor = _preprocessor_config(name, local)
+        return cls(name=name, model=model, tokenizer=_tokenizer(),
+                   image_size=int(model.config.vision_config.image_size),
+                   mean=tuple(processor.get("image_mean", MEAN)),
+                   std=tuple(processor.get("image_std", STD)))
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP's preprocessing: shorter edge to the model's size (bicubic), centre crop,
+        normalise."""
+        height, width = images.shape[-2:]
+        scale = self.image_size / min(height, width)
+        size = (max(self.image_size, round(height * scale)), max(self.image_size, round(width * scale)))
+        if size != (height, width):
+            images = F.interpolate(images.float(), size=size, mode="bicubic", antialias=True,
+                                   align_corners=False).clamp(0, 1)
+        top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
+        images = images[..., top:top + self.image_size, left:left + self.image_size]
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        return (images.float() - mean) / std
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, prompts: List[str]) -> torch.Tensor:
+        """The CLIP score of each image [N, 3, H, W] in [0, 1] with its prompt (shape [N])."""
+        if images.dim() != 4 or images.shape[0] != len(prompts):
+            raise BadInput("CLIP score needs one prompt per image; got %d images and %d prompts"
+                           % (images.shape[0] if images.dim() else 0, len(prompts)))
+        device = next(self.model.parameters()).device
+        dtype = next(self.model.parameters()).dtype
+        tokens = self.tokenizer(prompts, padding="max_length", truncation=True,
+                                max_length=self.model.config.text_config.max_position_embeddings,
+                                return_tensors="pt")
+        text = self.model.get_text_features(input_ids=tokens.input_ids.to(device))
+        image = self.model.get_image_features(
+            pixel_values=self.pixels(images.to(device)).to(dtype))
+        return clip_score_of_embeddings(image, text).cpu()
+
+
+def _tokenizer() -> Any:
+    """OpenAI CLIP's tokenizer, built offline (every CLIP model above uses its BPE)."""
+    from ..model.tokenizer import clip_tokenizer
+
+    return clip_tokenizer("sd-v1")
+
+
+def _preprocessor_config(name: str, local: bool) -> dict:
+    """Mean and std from the model's preprocessor_config.json when it has one."""
+    if local:
+        path: Optional[Path] = Path(name) / "preprocessor_config.json"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(name, "preprocessor_config.json")
+        path = Path(found) if isinstance(found, str) else None
+    if path is None or not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
