@@ -152,3 +152,29 @@ def test_missing_clip_models_say_what_to_do(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BadInput, match="not a transformers CLIPModel folder"):
         ClipScorer.load(str(tmp_path / "empty"))
+
+
+def test_a_clip_model_in_the_hugging_face_cache_is_found_and_used_offline(tmp_path):
+    """A pre-filled cache (the layout huggingface_hub writes), in a fresh process whose
+    HF_HUB_CACHE points at it; an empty cache finds nothing."""
+    import os
+    import subprocess
+    import sys
+
+    hub = tmp_path / "hub"
+    repo = hub / "models--openai--clip-vit-base-patch32"
+    tiny_clip(repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    script = ("import torch; from bksdm_ext.scores.clip import ClipScorer, cached_model\n"
+              "name = cached_model(); print(name)\n"
+              "if name: print(ClipScorer.load(name).score(torch.rand(1, 3, 32, 32), ['a cat']).shape)")
+    root = Path(__file__).resolve().parent.parent
+    for cache, expected in ((hub, "openai/clip-vit-base-patch32\ntorch.Size([1])"),
+                            (tmp_path / "empty", "None")):
+        env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1",
+                   PYTHONPATH=str(root))
+        done = subprocess.run([sys.executable, "-c", script], env=env, cwd=str(root),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == expected

@@ -40,12 +40,16 @@ def clip_score_of_embeddings(image_embeds: torch.Tensor, text_embeds: torch.Tens
 
 def cached_model() -> Optional[str]:
     """The first known CLIP repository already in the Hugging Face cache, if any."""
+    return next((repo for repo in KNOWN_MODELS if _cached_snapshot(repo) is not None), None)
+
+
+def _cached_snapshot(repo: str) -> Optional[Path]:
+    """The cached snapshot folder of `repo` (read straight from the cache huggingface_hub
+    keeps, whichever transformers version is installed), or None."""
     from huggingface_hub import try_to_load_from_cache
 
-    for repo in KNOWN_MODELS:
-        if isinstance(try_to_load_from_cache(repo, "config.json"), str):
-            return repo
-    return None
+    found = try_to_load_from_cache(repo, "config.json")
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def download_note(name: str) -> str:
@@ -72,16 +76,20 @@ class ClipScorer:
         from transformers import CLIPModel
 
         folder = Path(name)
+        a_path = bool(folder.suffix or folder.is_absolute() or name.startswith("."))
+        if not folder.is_dir() and not a_path:  # a repository id: its cached copy, if any
+            folder = _cached_snapshot(name) or folder
         local = folder.is_dir()
-        if not local and (folder.suffix or folder.is_absolute() or name.startswith(".")):
+        if not local and a_path:
             raise BadInput("%s: no such CLIP model folder (expected a folder with config.json "
                            "and the weights of a transformers CLIPModel)" % name)
         try:
-            model = CLIPModel.from_pretrained(name, local_files_only=local or not download)
+            model = CLIPModel.from_pretrained(str(folder) if local else name,
+                                              local_files_only=local or not download)
         except OSError as e:
             if local:
                 raise BadInput("%s: not a transformers CLIPModel folder (%s)"
-                               % (name, str(e).splitlines()[0])) from None
+                               % (folder, str(e).splitlines()[0])) from None
             if not download:
                 raise BadInput("CLIP model %s is not in the Hugging Face cache; ask for it to "
                                "be downloaded (--clip-model %s, or the WebUI's 'Download "
@@ -91,7 +99,7 @@ class ClipScorer:
         model = model.eval().requires_grad_(False)
         if device is not None:
             model = model.to(device)
-        processor = _preprocessor_config(name, local)
+        processor = _preprocessor_config(folder) if local else {}
         return cls(name=name, model=model, tokenizer=_tokenizer(),
                    image_size=int(model.config.vision_config.image_size),
                    mean=tuple(processor.get("image_mean", MEAN)),
@@ -136,15 +144,7 @@ def _tokenizer() -> Any:
     return clip_tokenizer("sd-v1")
 
 
-def _preprocessor_config(name: str, local: bool) -> dict:
+def _preprocessor_config(folder: Path) -> dict:
     """Mean and std from the model's preprocessor_config.json when it has one."""
-    if local:
-        path: Optional[Path] = Path(name) / "preprocessor_config.json"
-    else:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(name, "preprocessor_config.json")
-        path = Path(found) if isinstance(found, str) else None
-    if path is None or not path.is_file():
-        return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    path = folder / "preprocessor_config.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
