@@ -310,6 +310,10 @@ def _add_distill(commands: Any) -> None:
                          default=None, help="precision of exported students (default fp16)")
     distill.add_argument("--sample-prompt", dest="sample_prompts", action="append", default=None,
                          help="a prompt for the sample grids (repeatable)")
+    distill.add_argument("--eval-every", dest="eval_every", type=int, default=None,
+                         help="score the student's sample images against the teacher's (PSNR, "
+                              "SSIM) every N steps into events.jsonl (default: with the "
+                              "samples; 0: never)")
     distill.add_argument("--prompts", dest="prompts", default=None,
                          help="prompts of the teacher-made pairs: a .txt file (one a line), a "
                               "folder of .txt captions, a dataset folder, or builtin (default)")

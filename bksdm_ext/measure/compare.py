@@ -13,10 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import torch
-
 from ..model.staging import staged
-from ..scores.agreement import average_psnr, psnr, ssim
+from ..scores.agreement import agreement, to_tensor
 from ..scores.clip import HOW_TO_ENABLE, ClipScorer
 
 # One line per score, shown under the table and in `bksdm eval --help`.
@@ -62,14 +60,6 @@ class ModelScores:
         return asdict(self)
 
 
-def to_tensor(images: Sequence[Any]) -> torch.Tensor:
-    """PIL images of one size to a float tensor [N, 3, H, W] in [0, 1]."""
-    import numpy as np
-
-    array = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])
-    return torch.from_numpy(array).permute(0, 3, 1, 2) / 255.0
-
-
 def teacher_index(runs: Sequence[ModelImages]) -> int:
     return next((i for i, run in enumerate(runs) if run.preset == "teacher"), 0)
 
@@ -78,21 +68,21 @@ def score_models(runs: Sequence[ModelImages], cases: Sequence[Case],
                  clip: Optional[ClipScorer] = None) -> List[ModelScores]:
     """PSNR and SSIM of every model's images against the teacher's, and the CLIP score of
     each image with its prompt when a CLIP model is given; averaged per model."""
-    reference = to_tensor(runs[teacher_index(runs)].images)
+    reference = runs[teacher_index(runs)].images
     prompts = [prompt for prompt, _ in cases]
     results = []
     for run in runs:
         if len(run.images) != len(cases):
             raise ValueError("%s made %d images for %d cases" % (run.model, len(run.images),
                                                                   len(cases)))
-        images = to_tensor(run.images)
+        agree = agreement(run.images, reference)
         results.append(ModelScores(
             model=run.model, preset=run.preset, unet_params=run.unet_params,
             images=len(run.images),
             seconds_per_image=statistics.median(run.seconds) if run.seconds else None,
-            psnr=average_psnr(psnr(images, reference).tolist()),
-            ssim=float(ssim(images, reference).mean()),
-            clip_score=float(clip.score(images, prompts).mean()) if clip is not None else None,
+            psnr=agree["psnr"], ssim=agree["ssim"],
+            clip_score=(float(clip.score(to_tensor(run.images), prompts).mean())
+                        if clip is not None else None),
             clip_model=clip.name if clip is not None else ""))
     return results
 

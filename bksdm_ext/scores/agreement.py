@@ -9,7 +9,7 @@ use_sample_covariance=False``) uses the same windows but averages only the pixel
 from an edge, so its values differ slightly at image borders.
 """
 import math
-from typing import Sequence
+from typing import Any, Dict, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,3 +73,18 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     score = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
         (mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
     return score.flatten(1).mean(1).float()
+
+
+def to_tensor(images: Sequence[Any]) -> torch.Tensor:
+    """PIL images of one size to a float tensor [N, 3, H, W] in [0, 1]."""
+    import numpy as np
+
+    array = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2) / 255.0
+
+
+def agreement(images: Sequence[Any], reference: Sequence[Any]) -> Dict[str, float]:
+    """Mean PSNR (pooled, see `average_psnr`) and SSIM of PIL images against the reference
+    images of the same prompts and seeds."""
+    a, b = to_tensor(images), to_tensor(reference)
+    return {"psnr": average_psnr(psnr(a, b).tolist()), "ssim": float(ssim(a, b).mean())}
