@@ -1,0 +1,85 @@
+"""The Jobs tab's scores panel: a distillation's PSNR/SSIM against the teacher over the
+steps (its `eval` events), next to the loss curves, with the best step marked, and an
+evaluation job's score table."""
+import html
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import jobs_service
+
+
+def evals(events: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    return [e for e in events if e.get("event") == "eval"]
+
+
+def best_line(points: List[Dict[str, Any]]) -> str:
+    best = [e for e in points if e.get("best")]
+    if not best:
+        return ""
+    e = best[-1]
+    where = ("; its checkpoint: `%s`" % html.escape(Path(e["checkpoint"]).name)
+             if e.get("checkpoint") else "; no checkpoint was saved at that step")
+    return ("**Best student so far:** step %d, SSIM %.4f, PSNR %.2f dB against the teacher's "
+            "samples%s." % (e["step"], e["ssim"], e["psnr"], where))
+
+
+def score_plot(folder: Path, points: List[Dict[str, Any]]) -> Optional[str]:
+    """SSIM and PSNR per eval step as a PNG in the job folder (redrawn when new points
+    arrive), the best step starred."""
+    if not points:
+        return None
+    target = folder / ("scores-%d.png" % points[-1]["step"])
+    if not target.is_file():
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        for old in folder.glob("scores-*.png"):
+            old.unlink()
+        steps = [e["step"] for e in points]
+        figure, ssim_axes = plt.subplots(figsize=(7, 3.2))
+        ssim_axes.plot(steps, [e["ssim"] for e in points], color="#3b7dd8", marker="o",
+                       label="SSIM")
+        ssim_axes.set_xlabel("step")
+        ssim_axes.set_ylabel("SSIM vs teacher")
+        psnr_axes = ssim_axes.twinx()
+        psnr_axes.plot(steps, [e["psnr"] if math.isfinite(e["psnr"]) else None for e in points],
+                       color="#d8873b", marker=".", label="PSNR (dB)")
+        psnr_axes.set_ylabel("PSNR (dB)")
+        best = [e for e in points if e.get("best")]
+        if best:
+            ssim_axes.plot([best[-1]["step"]], [best[-1]["ssim"]], marker="*", markersize=16,
+                           color="gold", markeredgecolor="black", linestyle="", label="best")
+        ssim_axes.legend(loc="lower right", fontsize="small")
+        ssim_axes.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(target, dpi=90)
+        plt.close(figure)
+    return str(target)
+
+
+def eval_job_table(events: List[Dict[str, Any]]) -> str:
+    """An evaluation job's result as a Markdown table (empty for other jobs)."""
+    from ..measure.compare import HEADERS, ModelScores, table_rows
+
+    done = events[-1] if events and events[-1].get("event") == "done" else {}
+    if "scores" not in done:
+        return ""
+    rows = table_rows([ModelScores(**s) for s in done["scores"]])
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(html.escape(str(c)) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def view(selected: str) -> Tuple[Optional[str], str]:
+    """[scores plot, text] of the chosen job."""
+    job_id = jobs_service.job_id(selected)
+    if not job_id:
+        return None, ""
+    runner = jobs_service.runner()
+    events = runner.events(job_id)
+    points = evals(events)
+    text = best_line(points) or eval_job_table(events)
+    return score_plot(runner.folder(job_id), points), text
