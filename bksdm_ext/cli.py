@@ -101,8 +101,9 @@ def _eval(args: argparse.Namespace) -> Dict[str, Any]:
     from pathlib import Path
 
     from .measure.compare import grid, write_csv, write_grid
-    from .measure.evaluate import EvalSettings, clip_scorer, evaluate, evaluate_run
+    from .measure.evaluate import EvalSettings, evaluate, evaluate_run
     from .model.staging import check_writable
+    from .scores.clip import find_scorer
 
     settings = EvalSettings(prompts=args.prompts, seeds=args.seeds, seed=args.seed,
                             steps=args.steps, sampler=args.sampler, size=args.size,
@@ -118,7 +119,7 @@ def _eval(args: argparse.Namespace) -> Dict[str, Any]:
     say = (lambda text: None) if args.json else (lambda text: print(text, file=sys.stderr))
     import torch
 
-    clip = clip_scorer(args.clip_model, torch.device("cuda" if torch.cuda.is_available()
+    clip = find_scorer(args.clip_model, torch.device("cuda" if torch.cuda.is_available()
                                                      else "cpu"), say)
     cases, runs, scores = evaluate(
         args.models, settings, clip,
@@ -394,6 +395,10 @@ def _add_dreambooth(commands: Any) -> None:
     dreambooth.add_argument("--sample-prompt", dest="sample_prompts", action="append",
                             default=None, help="a prompt for the sample grids (repeatable; "
                                                "default: the instance prompt)")
+    dreambooth.add_argument("--clip-model", dest="clip_model", default=None,
+                            help="CLIP score of the samples with their prompts: a transformers "
+                                 "CLIPModel folder or Hugging Face repository (downloaded if "
+                                 "not cached; default: one already in the cache, if any)")
     dreambooth.add_argument("--export-dtype", dest="export_dtype", choices=["fp16", "bf16", "fp32"],
                             default=None, help="precision of the finetuned weights (default fp16)")
     dreambooth.add_argument("--json", action="store_true")

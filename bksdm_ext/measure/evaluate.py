@@ -13,7 +13,7 @@ import torch
 from ..jobs.events import EventLog
 from ..jobs.runs import RunPaths, event, failures_reported, progress_bar, stop_run
 from ..model.samplers import DEFAULT_SAMPLER
-from ..scores.clip import ClipScorer, cached_model, download_note
+from ..scores.clip import ClipScorer, find_scorer
 from ..scores.eval_prompts import BUILTIN, cases as make_cases, load_prompts
 from .compare import Case, ModelImages, ModelScores, grid, score_models, write_csv, write_grid
 from .latency import load_pipeline
@@ -35,20 +35,6 @@ class EvalSettings:
 
     def cases(self) -> List[Case]:
         return make_cases(load_prompts(self.prompts), self.seeds, self.seed)
-
-
-def clip_scorer(name: Optional[str], device: torch.device,
-                say: Callable[[str], None] = print) -> Optional[ClipScorer]:
-    """A named CLIP model (downloaded if it must be: the user named it), else one already
-    in the Hugging Face cache, else None."""
-    if name is None:
-        name = cached_model()
-        if name is None:
-            return None
-        return ClipScorer.load(name, device=device)
-    if not Path(name).is_dir():
-        say(download_note(name) + " unless it is in the Hugging Face cache already")
-    return ClipScorer.load(name, download=True, device=device)
 
 
 def render(path: Path, cases: Sequence[Case], settings: EvalSettings, device: torch.device,
@@ -100,7 +86,7 @@ def evaluate_run(models: Sequence[str], settings: EvalSettings, out: Path,
     with failures_reported(paths.out):
         log = EventLog(paths.events)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        clip = clip_scorer(clip_model, device)
+        clip = find_scorer(clip_model, device)
         cases = settings.cases()
         event(log, "start", total_steps=len(cases) * len(models), models=list(models),
               settings=asdict(settings), clip_model=clip.name if clip else None)

@@ -9,7 +9,7 @@ Compare tab's button); nothing is downloaded behind their back.
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,18 @@ def _cached_snapshot(repo: str) -> Optional[Path]:
 def download_note(name: str) -> str:
     size = KNOWN_MODELS.get(name)
     return "downloading CLIP %s%s" % (name, " (%s)" % size if size else "")
+
+
+def find_scorer(name: Optional[str], device: Optional[torch.device] = None,
+                say: Callable[[str], None] = print) -> Optional["ClipScorer"]:
+    """The CLIP model the user named (downloaded if it must be: they asked for it), else
+    one already in the Hugging Face cache, else None (no CLIP score)."""
+    if name is None:
+        name = cached_model()
+        return None if name is None else ClipScorer.load(name, device=device)
+    if not Path(name).is_dir() and _cached_snapshot(name) is None:
+        say(download_note(name))
+    return ClipScorer.load(name, download=True, device=device)
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""The Jobs tab's scores panel: a distillation's PSNR/SSIM against the teacher over the
-steps (its `eval` events), next to the loss curves, with the best step marked, and an
-evaluation job's score table."""
+"""The Jobs tab's scores panel: a run's `eval` events over the steps, next to the loss
+curves (a distillation's PSNR/SSIM against the teacher with the best step marked, a
+DreamBooth run's CLIP score), and an evaluation job's score table."""
 import html
 import math
 from pathlib import Path
@@ -24,10 +24,16 @@ def best_line(points: List[Dict[str, Any]]) -> str:
             "samples%s." % (e["step"], e["ssim"], e["psnr"], where))
 
 
+SERIES = (("ssim", "SSIM vs teacher"), ("psnr", "PSNR vs teacher (dB)"),
+          ("clip_score", "CLIP score"))
+
+
 def score_plot(folder: Path, points: List[Dict[str, Any]]) -> Optional[str]:
-    """SSIM and PSNR per eval step as a PNG in the job folder (redrawn when new points
-    arrive), the best step starred."""
-    if not points:
+    """Each score a run logs (SSIM and PSNR against the teacher for a distillation, the CLIP
+    score for DreamBooth) over the steps, as a PNG in the job folder redrawn when new points
+    arrive; the best step starred."""
+    series = [(key, label) for key, label in SERIES if any(key in e for e in points)]
+    if not series:
         return None
     target = folder / ("scores-%d.png" % points[-1]["step"])
     if not target.is_file():
@@ -38,22 +44,17 @@ def score_plot(folder: Path, points: List[Dict[str, Any]]) -> Optional[str]:
 
         for old in folder.glob("scores-*.png"):
             old.unlink()
-        steps = [e["step"] for e in points]
-        figure, ssim_axes = plt.subplots(figsize=(7, 3.2))
-        ssim_axes.plot(steps, [e["ssim"] for e in points], color="#3b7dd8", marker="o",
-                       label="SSIM")
-        ssim_axes.set_xlabel("step")
-        ssim_axes.set_ylabel("SSIM vs teacher")
-        psnr_axes = ssim_axes.twinx()
-        psnr_axes.plot(steps, [e["psnr"] if math.isfinite(e["psnr"]) else None for e in points],
-                       color="#d8873b", marker=".", label="PSNR (dB)")
-        psnr_axes.set_ylabel("PSNR (dB)")
+        figure, axes = plt.subplots(1, len(series), figsize=(7, 3.2), squeeze=False)
         best = [e for e in points if e.get("best")]
-        if best:
-            ssim_axes.plot([best[-1]["step"]], [best[-1]["ssim"]], marker="*", markersize=16,
-                           color="gold", markeredgecolor="black", linestyle="", label="best")
-        ssim_axes.legend(loc="lower right", fontsize="small")
-        ssim_axes.grid(alpha=0.3)
+        for plot, (key, label) in zip(axes[0], series):
+            shown = [e for e in points if key in e and math.isfinite(e[key])]
+            plot.plot([e["step"] for e in shown], [e[key] for e in shown], marker="o")
+            if best and key in best[-1]:
+                plot.plot([best[-1]["step"]], [best[-1][key]], marker="*", markersize=16,
+                          color="gold", markeredgecolor="black", linestyle="")
+            plot.set_xlabel("step")
+            plot.set_title(label, fontsize="medium")
+            plot.grid(alpha=0.3)
         figure.tight_layout()
         figure.savefig(target, dpi=90)
         plt.close(figure)
