@@ -27,7 +27,7 @@ EXPLANATIONS = {
     "s/image": "seconds per image while these images were made (median)",
 }
 CSV_COLUMNS = ("model", "preset", "unet_params", "images", "seconds_per_image", "psnr", "ssim",
-               "clip_score", "clip_model", "fid")
+               "clip_score", "clip_model")
 
 Case = Tuple[str, int]  # (prompt, seed)
 
@@ -54,7 +54,6 @@ class ModelScores:
     ssim: float
     clip_score: Optional[float] = None
     clip_model: str = ""
-    fid: Optional[float] = None
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -146,19 +145,15 @@ def table_rows(scores: Sequence[ModelScores]) -> List[List[Any]]:
     return [[r.model, r.preset, format(r.unet_params, ","),
              "-" if r.seconds_per_image is None else "%.3f" % r.seconds_per_image,
              "inf" if math.isinf(r.psnr) else "%.2f" % r.psnr, "%.4f" % r.ssim,
-             "-" if r.clip_score is None else "%.2f" % r.clip_score,
-             "" if r.fid is None else "%.2f" % r.fid] for r in scores]
+             "-" if r.clip_score is None else "%.2f" % r.clip_score] for r in scores]
 
 
-HEADERS = ["model", "preset", "U-Net params", "s/image", "PSNR (dB)", "SSIM", "CLIP score",
-           "FID"]
+HEADERS = ["model", "preset", "U-Net params", "s/image", "PSNR (dB)", "SSIM", "CLIP score"]
 
 
 def table(scores: Sequence[ModelScores]) -> str:
-    with_fid = any(r.fid is not None for r in scores)
-    head = HEADERS if with_fid else HEADERS[:-1]
-    rows = [head] + [row[:len(head)] for row in table_rows(scores)]
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
+    rows = [HEADERS] + table_rows(scores)
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(HEADERS))]
     lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip()
              for row in rows]
     if all(r.clip_score is None for r in scores):
