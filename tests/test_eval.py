@@ -12,7 +12,7 @@ from PIL import Image
 from bksdm_ext.cli import main
 from bksdm_ext.jobs.events import read_events
 from bksdm_ext.model.convert import convert_checkpoint
-from bksdm_ext.scores.clip import cached_model
+from bksdm_ext.scores.clip import local_model
 from bksdm_ext.scores.eval_prompts import EVAL_PROMPTS, load_prompts
 from test_scores import tiny_clip
 
@@ -64,7 +64,7 @@ def test_eval_as_a_job_writes_its_run_folder_and_events(models, prompts, tmp_pat
     assert main(["eval", str(teacher), str(student), "--prompts", str(prompts), *SMALL,
                  "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    if cached_model() is None:  # the table says how to get a CLIP score
+    if local_model() is None:  # the table says how to get a CLIP score
         assert "CLIP score: no CLIP model on this machine: pass --clip-model" in text
     events = read_events(out / "events.jsonl")
     assert events[0]["event"] == "start" and events[0]["total_steps"] == 4

@@ -88,17 +88,17 @@ def test_bad_shapes_are_refused_with_a_message():
 # -- CLIP score -----------------------------------------------------------------------
 
 
-def tiny_clip(folder: Path, image_size: int = 32) -> Path:
+def tiny_clip(folder: Path, image_size: int = 32, width: int = 16, heads: int = 2) -> Path:
     """A random transformers CLIPModel with CLIP's real vocabulary size, saved to `folder`."""
     from transformers import CLIPConfig, CLIPModel
 
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=16, intermediate_size=32,
-                         num_hidden_layers=1, num_attention_heads=2,
+        text_config=dict(vocab_size=49408, hidden_size=width, intermediate_size=4 * width,
+                         num_hidden_layers=2, num_attention_heads=heads,
                          max_position_embeddings=77),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                           num_attention_heads=2, image_size=image_size, patch_size=8),
+        vision_config=dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=2,
+                           num_attention_heads=heads, image_size=image_size, patch_size=8),
         projection_dim=8)
     CLIPModel(config).save_pretrained(str(folder))
     return folder
@@ -147,7 +147,7 @@ def test_clip_score_equals_torchmetrics(tmp_path):
 
 
 def test_missing_clip_models_say_what_to_do(tmp_path):
-    with pytest.raises(BadInput, match="no such CLIP model folder"):
+    with pytest.raises(BadInput, match="no such CLIP model"):
         ClipScorer.load(str(tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(BadInput, match="not a transformers CLIPModel folder"):
@@ -178,3 +178,72 @@ def test_a_clip_model_in_the_hugging_face_cache_is_found_and_used_offline(tmp_pa
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == expected
+
+
+def _openai_state(model) -> dict:
+    """The state dict OpenAI's `clip` package uses for the same weights (written from
+    clip/model.py's module names)."""
+    sd = model.state_dict()
+    out = {"logit_scale": sd["logit_scale"], "text_projection": sd["text_projection.weight"].t(),
+           "visual.proj": sd["visual_projection.weight"].t(),
+           "token_embedding.weight": sd["text_model.embeddings.token_embedding.weight"],
+           "positional_embedding": sd["text_model.embeddings.position_embedding.weight"],
+           "visual.class_embedding": sd["vision_model.embeddings.class_embedding"],
+           "visual.conv1.weight": sd["vision_model.embeddings.patch_embedding.weight"],
+           "visual.positional_embedding": sd["vision_model.embeddings.position_embedding.weight"]}
+    for kind in ("weight", "bias"):
+        out["ln_final." + kind] = sd["text_model.final_layer_norm." + kind]
+        out["visual.ln_pre." + kind] = sd["vision_model.pre_layrnorm." + kind]
+        out["visual.ln_post." + kind] = sd["vision_model.post_layernorm." + kind]
+        for ours, theirs in (("text_model.", ""), ("vision_model.", "visual.")):
+            for i in range(2):
+                a, b = "%sencoder.layers.%d." % (ours, i), "%stransformer.resblocks.%d." % (theirs, i)
+                out[b + "attn.in_proj_" + kind] = torch.cat(
+                    [sd[a + "self_attn.%s_proj.%s" % (x, kind)] for x in "qkv"])
+                for x, y in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"),
+                             ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"),
+                             ("mlp.fc2", "mlp.c_proj")):
+                    out["%s%s.%s" % (b, y, kind)] = sd["%s%s.%s" % (a, x, kind)]
+    return out
+
+
+def _torchscript_archive(state: dict, path: Path) -> Path:
+    """A TorchScript file holding `state` under its dotted names, like OpenAI's .pt files."""
+    root = torch.nn.Module()
+    for key, value in state.items():
+        *parents, leaf = key.split(".")
+        module = root
+        for name in parents:
+            if not hasattr(module, name):
+                module.add_module(name, torch.nn.Module())
+            module = getattr(module, name)
+        module.register_parameter(leaf, torch.nn.Parameter(value.clone(), requires_grad=False))
+    torch.jit.script(root).save(str(path))
+    return path
+
+
+def test_an_openai_clip_file_like_the_interrogators_scores_as_its_transformers_twin(tmp_path):
+    from transformers import CLIPModel
+
+    from bksdm_ext.scores.openai_clip import interrogator_file
+
+    folder = tiny_clip(tmp_path / "hf", width=64, heads=1)  # OpenAI CLIP: 64-wide heads
+    (tmp_path / "models").mkdir()
+    pt = _torchscript_archive(_openai_state(CLIPModel.from_pretrained(str(folder))),
+                              tmp_path / "models" / "ViT-L-14.pt")
+    assert interrogator_file([tmp_path / "elsewhere", tmp_path / "models"]) == pt
+    images, prompts = _images(7, n=2, size=32)[..., :32], ["a cat", "a bridge in the fog"]
+    twin, converted = ClipScorer.load(str(folder)), ClipScorer.load(str(pt))
+    assert torch.allclose(converted.score(images, prompts), twin.score(images, prompts), atol=1e-4)
+    tokens = twin.tokenizer(prompts, padding="max_length", max_length=77,
+                            return_tensors="pt").input_ids
+    with torch.no_grad():  # the embeddings themselves, not just the (often 0-floored) scores
+        for a, b in ((converted.model.get_text_features(input_ids=tokens),
+                      twin.model.get_text_features(input_ids=tokens)),
+                     (converted.model.get_image_features(pixel_values=converted.pixels(images)),
+                      twin.model.get_image_features(pixel_values=twin.pixels(images)))):
+            assert torch.allclose(a, b, atol=1e-5) and a.abs().sum() > 0
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(BadInput, match="not an OpenAI CLIP file"):
+        ClipScorer.load(str(broken))

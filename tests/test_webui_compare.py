@@ -10,7 +10,7 @@ from PIL import Image
 from bksdm_ext.demo import write_tiny_teacher
 from bksdm_ext.jobs.runner import SUCCEEDED
 from bksdm_ext.model.convert import convert_checkpoint
-from bksdm_ext.scores.clip import cached_model
+from bksdm_ext.scores.clip import local_model
 from test_jobs import wait
 from webui_env import load, standin_app, start_webui, stop_jobs
 
@@ -63,7 +63,7 @@ def test_compare_here_scores_the_student_against_the_teacher(webui):
     assert (teacher_row[1], teacher_row[4], teacher_row[5]) == ("teacher", "inf", "1.0000")
     assert student_row[1] == "small" and float(student_row[5]) < 0.999
     assert float(teacher_row[3]) > 0 and float(student_row[3]) > 0  # seconds per image
-    if cached_model() is None:
+    if local_model() is None:
         assert teacher_row[6] == "-" and "pass --clip-model" in text
     with Image.open(picture) as image:  # 1 prompt (the first N = 1) x 2 seeds, 2 models
         assert image.size == (220 + 2 * 256, 28 + 2 * 256)

@@ -1,10 +1,11 @@
 """CLIP score, the paper's text-image metric: 100 × the cosine of CLIP's image and text
 embeddings, floored at 0, as torchmetrics' ``CLIPScore`` defines it.
 
-The CLIP model is a transformers ``CLIPModel`` folder or Hugging Face repository.  One is
-used only when it is already on the machine (a folder given, or a repository in the
-Hugging Face cache) unless the user asks for a download by naming it (`--clip-model`, the
-Compare tab's button); nothing is downloaded behind their back.
+The CLIP model is a transformers ``CLIPModel`` folder or Hugging Face repository, or an
+OpenAI CLIP ``.pt`` file (openai_clip.py: A1111's interrogator keeps ViT-L/14 as one).  One
+is used only when it is already on the machine (a folder or file given, a repository in the
+Hugging Face cache, the interrogator's file) unless the user asks for a download by naming
+it (`--clip-model`, the Compare tab's button); nothing is downloaded behind their back.
 """
 import json
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ KNOWN_MODELS = {
     "openai/clip-vit-base-patch32": "0.6 GB",
 }
 DEFAULT_DOWNLOAD = "openai/clip-vit-large-patch14"
-HOW_TO_ENABLE = ("no CLIP model on this machine: pass --clip-model %s (a %s download) or a "
-                 "local CLIPModel folder; in the WebUI press 'Download CLIP'"
+HOW_TO_ENABLE = ("no CLIP model on this machine: pass --clip-model %s (a %s download), a "
+                 "local CLIPModel folder or an OpenAI CLIP .pt file; in the WebUI press "
+                 "'Download CLIP'"
                  % (DEFAULT_DOWNLOAD, KNOWN_MODELS[DEFAULT_DOWNLOAD]))
 
 
@@ -41,6 +43,15 @@ def clip_score_of_embeddings(image_embeds: torch.Tensor, text_embeds: torch.Tens
 def cached_model() -> Optional[str]:
     """The first known CLIP repository already in the Hugging Face cache, if any."""
     return next((repo for repo in KNOWN_MODELS if _cached_snapshot(repo) is not None), None)
+
+
+def local_model(folders: Sequence[Path] = ()) -> Optional[str]:
+    """A CLIP already on the machine: a known repository in the Hugging Face cache, else
+    the ViT-L/14 file of A1111's interrogator (in `folders` or the `clip` package's cache)."""
+    from .openai_clip import interrogator_file
+
+    found = interrogator_file(folders)
+    return cached_model() or (str(found) if found is not None else None)
 
 
 def _cached_snapshot(repo: str) -> Optional[Path]:
@@ -58,11 +69,12 @@ def download_note(name: str) -> str:
 
 
 def find_scorer(name: Optional[str], device: Optional[torch.device] = None,
-                say: Callable[[str], None] = print) -> Optional["ClipScorer"]:
+                say: Callable[[str], None] = print,
+                folders: Sequence[Path] = ()) -> Optional["ClipScorer"]:
     """The CLIP model the user named (downloaded if it must be: they asked for it), else
-    one already in the Hugging Face cache, else None (no CLIP score)."""
+    one already on the machine (see `local_model`), else None (no CLIP score)."""
     if name is None:
-        name = cached_model()
+        name = local_model(folders)
         return None if name is None else ClipScorer.load(name, device=device)
     if not Path(name).is_dir() and _cached_snapshot(name) is None:
         say(download_note(name))
@@ -88,13 +100,17 @@ class ClipScorer:
         from transformers import CLIPModel
 
         folder = Path(name)
+        if folder.is_file():  # an OpenAI CLIP file, e.g. A1111's interrogator's ViT-L/14
+            from .openai_clip import read_state, to_clip_model
+
+            return cls._ready(name, to_clip_model(read_state(folder), name), device, {})
         a_path = bool(folder.suffix or folder.is_absolute() or name.startswith("."))
         if not folder.is_dir() and not a_path:  # a repository id: its cached copy, if any
             folder = _cached_snapshot(name) or folder
         local = folder.is_dir()
         if not local and a_path:
-            raise BadInput("%s: no such CLIP model folder (expected a folder with config.json "
-                           "and the weights of a transformers CLIPModel)" % name)
+            raise BadInput("%s: no such CLIP model (expected a transformers CLIPModel folder "
+                           "with config.json and weights, or an OpenAI CLIP .pt file)" % name)
         try:
             model = CLIPModel.from_pretrained(str(folder) if local else name,
                                               local_files_only=local or not download)
@@ -108,10 +124,14 @@ class ClipScorer:
                                "CLIP')" % (name, name)) from None
             raise BadInput("could not download CLIP model %s: %s"
                            % (name, str(e).splitlines()[0])) from None
+        return cls._ready(name, model, device, _preprocessor_config(folder) if local else {})
+
+    @classmethod
+    def _ready(cls, name: str, model: Any, device: Optional[torch.device],
+               processor: dict) -> "ClipScorer":
         model = model.eval().requires_grad_(False)
         if device is not None:
             model = model.to(device)
-        processor = _preprocessor_config(folder) if local else {}
         return cls(name=name, model=model, tokenizer=_tokenizer(),
                    image_size=int(model.config.vision_config.image_size),
                    mean=tuple(processor.get("image_mean", MEAN)),

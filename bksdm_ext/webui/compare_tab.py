@@ -22,7 +22,7 @@ from ..measure.latency import LatencySettings
 from ..model.checkpoint import Checkpoint
 from ..model.detect import inspect_checkpoint
 from ..scores.clip import (DEFAULT_DOWNLOAD, HOW_TO_ENABLE, KNOWN_MODELS, ClipScorer,
-                           cached_model)
+                           local_model)
 from ..scores.eval_prompts import BUILTIN, cases as make_cases, load_prompts, prompt_lines
 from . import a1111, checkpoints, job_form, latency_tab
 from .messages import message
@@ -64,10 +64,15 @@ def chosen_prompts(source: str, prompt_file: Optional[str], typed: str) -> List[
     return load_prompts(BUILTIN)
 
 
+def local_clip() -> Optional[str]:
+    """A CLIP already on this machine (Hugging Face cache, the interrogator's ViT-L/14)."""
+    return local_model(a1111.clip_folders())
+
+
 def clip_status() -> str:
-    found = cached_model()
+    found = local_clip()
     if found:
-        return "CLIP score with **%s** (found in the Hugging Face cache)." % found
+        return "CLIP score with **%s** (already on this machine)." % found
     return ("No CLIP model on this machine, so no CLIP score. **Download CLIP** fetches %s "
             "(%s) into the Hugging Face cache once." % (DEFAULT_DOWNLOAD,
                                                           KNOWN_MODELS[DEFAULT_DOWNLOAD]))
@@ -149,7 +154,7 @@ def run_from_ui(id_task: str, titles: List[str], source: str, prompt_file: Any, 
         prompts = chosen_prompts(source, _upload_path(prompt_file), typed)[:max(int(max_prompts), 1)]
         cases = make_cases(prompts, int(seeds))
         settings = LatencySettings(steps=int(steps), size=int(size), cfg_scale=float(cfg_scale))
-        clip_name = cached_model()
+        clip_name = local_clip()
         clip = ClipScorer.load(clip_name) if clip_name else None
         runs = compare_here(titles, cases, settings)
     except InterruptedError:
@@ -190,7 +195,8 @@ def submit_job(titles: List[str], source: str, prompt_file: Any, typed: str,
         models = [str(checkpoints.filename(title)) for title in titles]
         argv = models + job_form.flags({"prompts": str(prompt_file_path), "seeds": int(seeds),
                                         "steps": int(steps), "size": int(size),
-                                        "cfg_scale": float(cfg_scale)})
+                                        "cfg_scale": float(cfg_scale),
+                                        "clip_model": local_clip()})
         job = job_form.submit("eval", argv, "compare %d models" % len(models), False)
     except BadInput as e:
         return message("error", str(e))
