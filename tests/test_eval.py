@@ -93,3 +93,15 @@ def test_bad_inputs_exit_2_before_anything_is_generated(models, tmp_path, capsys
 def test_the_builtin_prompt_set_is_thirty_distinct_prompts():
     assert load_prompts("builtin") == list(EVAL_PROMPTS)
     assert len(set(EVAL_PROMPTS)) == len(EVAL_PROMPTS) == 30
+
+
+def test_a_stop_file_ends_an_eval_job_after_the_current_image(models, prompts, tmp_path):
+    teacher, student = models
+    out = tmp_path / "stopped"
+    out.mkdir()
+    (out / "STOP").write_text("discard")  # as `bksdm jobs cancel` / the Jobs tab ask
+    assert main(["eval", str(teacher), str(student), "--prompts", str(prompts), *SMALL,
+                 "--out", str(out)]) == 3
+    last = read_events(out / "events.jsonl")[-1]
+    assert (last["event"], last["step"]) == ("stopped", 1)
+    assert not (out / "grid.png").exists() and not (out / "STOP").exists()

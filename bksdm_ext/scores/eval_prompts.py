@@ -6,7 +6,7 @@ wide views), so a student's weak spots show up in a few dozen images.  Evaluatio
 distillation takes its first few.
 """
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 from ..errors import BadInput
 
@@ -71,7 +71,7 @@ def prompt_lines(text: str) -> List[str]:
             if line.strip() and not line.strip().startswith("#")]
 
 
-def cases(prompts: Sequence[str], seeds: int, first_seed: int = 0) -> List[tuple]:
+def cases(prompts: Sequence[str], seeds: int, first_seed: int = 0) -> List[Tuple[str, int]]:
     """Every (prompt, seed) pair, prompt by prompt: the grid's rows and the images' order."""
     if seeds < 1:
         raise BadInput("seeds per prompt must be at least 1 (got %d)" % seeds)

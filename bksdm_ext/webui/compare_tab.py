@@ -149,9 +149,7 @@ def run_from_ui(id_task: str, titles: List[str], source: str, prompt_file: Any, 
     """[grid, table, grid file, CSV, history, message]."""
     nothing: List[Any] = [None, None, None, None, None]
     try:
-        if not titles:
-            raise BadInput("Choose at least one checkpoint (the teacher first).")
-        prompts = chosen_prompts(source, _upload_path(prompt_file), typed)[:max(int(max_prompts), 1)]
+        prompts = _form_prompts(titles, source, prompt_file, typed, max_prompts)
         cases = make_cases(prompts, int(seeds))
         settings = LatencySettings(steps=int(steps), size=int(size), cfg_scale=float(cfg_scale))
         clip_name = local_clip()
@@ -185,9 +183,7 @@ def submit_job(titles: List[str], source: str, prompt_file: Any, typed: str,
                cfg_scale: float) -> str:
     """The same comparison as a background `bksdm eval` job (diffusers, its own process)."""
     try:
-        if not titles:
-            raise BadInput("Choose at least one checkpoint (the teacher first).")
-        prompts = chosen_prompts(source, _upload_path(prompt_file), typed)[:max(int(max_prompts), 1)]
+        prompts = _form_prompts(titles, source, prompt_file, typed, max_prompts)
         folder = a1111.data_dir() / "compare"
         folder.mkdir(parents=True, exist_ok=True)
         prompt_file_path = folder / ("prompts-%s.txt" % time.strftime("%Y%m%d-%H%M%S"))
@@ -201,6 +197,14 @@ def submit_job(titles: List[str], source: str, prompt_file: Any, typed: str,
     except BadInput as e:
         return message("error", str(e))
     return job_form.submitted(job)
+
+
+def _form_prompts(titles: List[str], source: str, prompt_file: Any, typed: str,
+                  max_prompts: float) -> List[str]:
+    """The first `max_prompts` prompts of the form, once it names a checkpoint."""
+    if not titles:
+        raise BadInput("Choose at least one checkpoint (the teacher first).")
+    return chosen_prompts(source, _upload_path(prompt_file), typed)[:max(int(max_prompts), 1)]
 
 
 def _upload_path(value: Any) -> Optional[str]:
