@@ -181,7 +181,7 @@ def build() -> None:
         plot = gr.Image(label="Loss", interactive=False, elem_id="bksdm_jobs_loss")
         samples = gr.Image(label="Latest samples (teacher | student, or before | after)", interactive=False,
                            elem_id="bksdm_jobs_samples")
-        scores = gr.Image(label="Student vs teacher samples (SSIM, PSNR)", interactive=False,
+        scores = gr.Image(label="Scores over the steps (SSIM/PSNR vs teacher, CLIP)", interactive=False,
                           elem_id="bksdm_jobs_scores")
     best = gr.Markdown(elem_id="bksdm_jobs_best")
     with gr.Accordion("Teacher-made training data", open=True):
