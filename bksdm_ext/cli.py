@@ -105,6 +105,50 @@ def _render_bench(result: Dict[str, Any]) -> str:
     return table(rows)
 
 
+def _eval(args: argparse.Namespace) -> Dict[str, Any]:
+    from pathlib import Path
+
+    from .measure.compare import grid, write_csv, write_grid
+    from .measure.evaluate import EvalSettings, evaluate, evaluate_run
+    from .model.staging import check_writable
+    from .scores.clip import find_scorer
+
+    settings = EvalSettings(prompts=args.prompts, seeds=args.seeds, seed=args.seed,
+                            steps=args.steps, sampler=args.sampler, size=args.size,
+                            cfg_scale=args.cfg_scale, negative_prompt=args.negative_prompt)
+    settings.cases()  # a bad prompt file fails before any model loads
+    if args.out:  # a background job's run folder
+        scores, grid_path, csv_path = evaluate_run(args.models, settings, Path(args.out),
+                                                   args.clip_model)
+        return {"results": [s.as_dict() for s in scores], "grid": str(grid_path),
+                "csv": str(csv_path)}
+    outputs = [Path(p) for p in (args.grid, args.csv) if p]
+    check_writable(outputs, args.overwrite)
+    say = (lambda text: None) if args.json else (lambda text: print(text, file=sys.stderr))
+    import torch
+
+    clip = find_scorer(args.clip_model, torch.device("cuda" if torch.cuda.is_available()
+                                                     else "cpu"), say)
+    cases, runs, scores = evaluate(
+        args.models, settings, clip,
+        lambda done, total: say("image %d/%d" % (done, total)))
+    result: Dict[str, Any] = {"results": [s.as_dict() for s in scores]}
+    if args.grid:
+        result["grid"] = str(write_grid(grid(runs, cases), Path(args.grid), args.overwrite))
+    if args.csv:
+        result["csv"] = str(write_csv(scores, Path(args.csv), args.overwrite))
+    return result
+
+
+def _render_eval(result: Dict[str, Any]) -> str:
+    from .measure.compare import EXPLANATIONS, ModelScores, table
+
+    lines = [table([ModelScores(**r) for r in result["results"]])]
+    lines += ["  %-8s %s" % (name, text) for name, text in EXPLANATIONS.items()]
+    lines += ["wrote %s" % result[key] for key in ("grid", "csv") if key in result]
+    return "\n".join(lines)
+
+
 def _demo(args: argparse.Namespace) -> Dict[str, Any]:
     from .demo import run_demo
 
@@ -169,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(run=_bench, render=_render_bench)
 
+    _add_eval(commands)
+
     demo = commands.add_parser(
         "demo", help="make a tiny random SD-v1 checkpoint, convert it and compare the student "
                      "with its teacher (no download, a few seconds on a CPU)")
@@ -199,6 +245,46 @@ def _add_transplant(commands: Any) -> None:
     transplant.add_argument("--overwrite", action="store_true", help="replace existing output files")
     transplant.add_argument("--json", action="store_true", help="print the report as one JSON object")
     transplant.set_defaults(run=_transplant, render=_render_transplant)
+
+
+def _add_eval(commands: Any) -> None:
+    from .measure.evaluate import EvalSettings
+
+    defaults = EvalSettings()
+    evaluation = commands.add_parser(
+        "eval", help="teacher and students side by side: a labelled grid and scores "
+                     "(PSNR/SSIM against the teacher, CLIP score), one row per model",
+        description="Every model renders the same prompts and seeds with diffusers; each "
+                    "student image is compared with the teacher's for the same prompt and "
+                    "seed. CLIP score needs a CLIP model: one in the Hugging Face cache is "
+                    "used, --clip-model names one (downloaded if it is not there).")
+    evaluation.add_argument("models", nargs="+", help="A1111 checkpoints, the teacher first")
+    evaluation.add_argument("--prompts", default=defaults.prompts,
+                            help="a .txt file (one prompt a line) or builtin (30 varied "
+                                 "prompts; default)")
+    evaluation.add_argument("--seeds", type=int, default=defaults.seeds,
+                            help="seeds per prompt (default %d)" % defaults.seeds)
+    evaluation.add_argument("--seed", type=int, default=defaults.seed, help="the first seed")
+    evaluation.add_argument("--steps", type=int, default=defaults.steps)
+    evaluation.add_argument("--sampler", default=defaults.sampler, choices=list(SAMPLERS))
+    evaluation.add_argument("--size", type=int, default=defaults.size)
+    evaluation.add_argument("--cfg-scale", dest="cfg_scale", type=float,
+                            default=defaults.cfg_scale)
+    evaluation.add_argument("--negative-prompt", dest="negative_prompt",
+                            default=defaults.negative_prompt)
+    evaluation.add_argument("--clip-model", dest="clip_model", default=None,
+                            help="a transformers CLIPModel folder or Hugging Face repository, "
+                                 "e.g. openai/clip-vit-large-patch14 (1.7 GB, downloaded when "
+                                 "not in the cache)")
+    evaluation.add_argument("--grid", default=None, help="write the labelled grid PNG here")
+    evaluation.add_argument("--csv", default=None, help="write the scores CSV here")
+    evaluation.add_argument("--overwrite", action="store_true",
+                            help="replace an existing --grid / --csv file")
+    evaluation.add_argument("--out", default=None,
+                            help="run folder (background jobs): events.jsonl, grid.png, "
+                                 "scores.csv, scores.json")
+    evaluation.add_argument("--json", action="store_true")
+    evaluation.set_defaults(run=_eval, render=_render_eval)
 
 
 def _add_distill(commands: Any) -> None:
@@ -260,6 +346,10 @@ def _add_distill(commands: Any) -> None:
                          default=None, help="precision of exported students (default fp16)")
     distill.add_argument("--sample-prompt", dest="sample_prompts", action="append", default=None,
                          help="a prompt for the sample grids (repeatable)")
+    distill.add_argument("--eval-every", dest="eval_every", type=int, default=None,
+                         help="score the student's sample images against the teacher's (PSNR, "
+                              "SSIM) every N steps into events.jsonl (default: with the "
+                              "samples; 0: never)")
     distill.add_argument("--prompts", dest="prompts", default=None,
                          help="prompts of the teacher-made pairs: a .txt file (one a line), a "
                               "folder of .txt captions, a dataset folder, or builtin (default)")
@@ -340,6 +430,10 @@ def _add_dreambooth(commands: Any) -> None:
     dreambooth.add_argument("--sample-prompt", dest="sample_prompts", action="append",
                             default=None, help="a prompt for the sample grids (repeatable; "
                                                "default: the instance prompt)")
+    dreambooth.add_argument("--clip-model", dest="clip_model", default=None,
+                            help="CLIP score of the samples with their prompts: a transformers "
+                                 "CLIPModel folder or Hugging Face repository (downloaded if "
+                                 "not cached; default: one already in the cache, if any)")
     dreambooth.add_argument("--export-dtype", dest="export_dtype", choices=["fp16", "bf16", "fp32"],
                             default=None, help="precision of the finetuned weights (default fp16)")
     dreambooth.add_argument("--json", action="store_true")

@@ -19,6 +19,10 @@ function bksdm_latency_submit() {
     return bksdm_submit_with_progress("bksdm_latency_progress", arguments);
 }
 
+function bksdm_compare_submit() {
+    return bksdm_submit_with_progress("bksdm_compare_progress", arguments);
+}
+
 function bksdm_refresh_checkpoints(title) {
     if (title) {
         var refresh = gradioApp().getElementById("refresh_sd_model_checkpoint");

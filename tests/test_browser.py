@@ -433,3 +433,46 @@ def test_convert_tab_starts_from_a_student_plus_the_loaded_models_difference(bro
         assert js_errors == []
     finally:
         standin_app.stop()
+
+
+def test_compare_tab_in_the_browser(browser, webui, tmp_path):
+    from playwright.sync_api import expect
+
+    from bksdm_ext.model.convert import convert_checkpoint
+
+    convert_checkpoint(webui / "teacher.safetensors", webui / "teacher-bk-small.safetensors",
+                       "small", dtype="fp32")
+    _, url = standin_app.launch()
+    try:
+        page, js_errors = _open_tab(browser, url, "Compare", 1600)
+        page.locator("#bksdm_compare_refresh").click()
+        checked = page.locator("#bksdm_compare_models input:checked")
+        expect(checked).to_have_count(2)  # the loaded teacher and its student, preselected
+        page.locator("#bksdm_compare_source label", has_text="Typed lines").click()
+        page.locator("#bksdm_compare_typed textarea").fill("a red cube\na blue ball")
+        tab = page.locator("#bksdm_tab_compare")
+        for field, value in (("Prompts to use", "1"), ("Seeds per prompt", "2"), ("Steps", "2"),
+                             ("Width = height", "32")):
+            tab.get_by_label(re.compile("^" + re.escape(field))).fill(value)
+        expect(page.locator("#bksdm_compare_clip").first).to_contain_text("CLIP")
+        page.locator("#bksdm_compare_run").click()
+        result = page.locator("#bksdm_compare_result").first
+        expect(result.locator(".bksdm-success")).to_contain_text("Compared 2 checkpoints on 2 "
+                                                                 "images each")
+        rows = page.locator("#bksdm_compare_table tbody tr")
+        expect(rows).to_have_count(2)
+        expect(rows.nth(0)).to_contain_text("inf")
+        expect(rows.nth(1)).to_contain_text("small")
+        expect(page.locator("#bksdm_compare_grid img")).to_have_count(1)
+        expect(page.locator("#bksdm_compare_csv a")).to_have_count(1)
+        expect(page.locator("#bksdm_compare_explanations").first).to_contain_text(
+            "agreement with the teacher")
+        page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+        try:
+            shutil.copyfile(str(tmp_path / "compare.png"), "/tmp/bksdm-compare-tab.png")
+        except OSError:
+            pass
+        assert _loaded_file() == webui / "teacher.safetensors"
+        assert js_errors == []
+    finally:
+        standin_app.stop()

@@ -280,3 +280,17 @@ def test_a_stop_file_stops_at_the_next_step(teacher, data, tmp_path, monkeypatch
         monkeypatch.setattr(distill_module, "_batch", real_batch)
         distill(config(teacher, data, out, steps=3), resume=True)
         assert read_events(out / "events.jsonl")[-1]["event"] == "done"
+
+
+def test_eval_events_score_the_student_against_the_teacher_and_mark_the_best(teacher, data,
+                                                                              tmp_path):
+    out = tmp_path / "eval"
+    distill(config(teacher, data, out, steps=2, sample_every=0, eval_every=1, sample_steps=1,
+                   save_every=2, sample_prompts=["a red circle"]))
+    evals = [e for e in read_events(out / "events.jsonl") if e["event"] == "eval"]
+    assert [e["step"] for e in evals] == [1, 2]
+    assert all(0 < e["ssim"] < 1 and 0 < e["psnr"] < 100 and e["prompts"] == 1 for e in evals)
+    assert evals[0]["best"] is True  # the first score is the best so far
+    assert evals[1]["best"] == (evals[1]["ssim"] > evals[0]["ssim"])
+    assert evals[0]["checkpoint"] is None and Path(evals[1]["checkpoint"]).is_dir()
+    assert not (out / "samples").exists()  # scored without writing sample grids

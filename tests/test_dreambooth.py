@@ -338,3 +338,15 @@ def test_cli_runs_a_tiny_dreambooth(student, instances, tmp_path, capsys):
     assert all(torch.equal(state[k], base[k]) for k in base if k.startswith(V1_TEXT))
     assert state["model.diffusion_model.out.2.weight"].dtype == torch.float16
     assert json.loads((out / "config.json").read_text())["steps"] == 2
+
+
+def test_samples_get_the_clip_score_of_their_prompt(student, instances, tmp_path):
+    from test_scores import tiny_clip
+
+    out = tmp_path / "clip-run"
+    clip = tiny_clip(tmp_path / "clip")
+    dreambooth(config(student, instances, out, steps=2, sample_every=2,
+                      prior_preservation=False, clip_model=str(clip)))
+    scored = events(out, "eval")  # the instance prompt's CLIP score, with the samples
+    assert [e["step"] for e in scored] == [2] and scored[0]["clip_model"] == str(clip)
+    assert 0 <= scored[0]["clip_score"] <= 100

@@ -84,6 +84,11 @@ def test_a_distillation_started_in_the_tab_lands_in_the_dropdown_with_a_card(web
     state, metadata = load_file(registered)
     assert metadata["bksdm.preset"] == "small" and metadata["bksdm.distilled_steps"] == "6"
     ldm_from_yaml(registered.with_suffix(".yaml")).load_state_dict(unet_part(state), strict=True)
+    # the samples were scored against the teacher's; the Jobs tab plots that, best starred
+    from bksdm_ext.webui import job_scores
+
+    plot, best = job_scores.view(jobs_service.label(job))
+    assert Path(plot).is_file() and "Best student so far:** step " in best
 
     table, chooser, bar, plot, samples, log, result_title, made, _, panel = jobs_tab.details("")
     assert chooser["value"] == jobs_service.label(job)

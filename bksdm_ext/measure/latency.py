@@ -105,13 +105,15 @@ class Stopwatch:
             handle.remove()
 
 
-def _pipeline(path: Path, settings: LatencySettings, device: torch.device) -> Any:
+def load_pipeline(path: Path, sampler: str, device: torch.device) -> Any:
+    """A diffusers pipeline of an A1111 checkpoint on `device` (fp16 on a GPU), with what
+    the file is."""
     from ..model.tokenizer import clip_tokenizer
 
     ckpt = Checkpoint(path)
     info = inspect_checkpoint(ckpt)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    pipe = make_pipeline(load_unet(ckpt, info), load_vae(ckpt), info, settings.sampler,
+    pipe = make_pipeline(load_unet(ckpt, info), load_vae(ckpt), info, sampler,
                          text_encoder=load_text_encoder(ckpt, info.family),
                          tokenizer=clip_tokenizer(info.family))
     return pipe.to(device, dtype), info
@@ -129,7 +131,7 @@ def measure(path: Union[str, Path], settings: LatencySettings,
     """Warm up, then time `settings.runs` generations of one model with diffusers."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = Path(path)
-    pipe, info = _pipeline(path, settings, device)
+    pipe, info = load_pipeline(path, settings.sampler, device)
     timings = time_generation(lambda: _run(pipe, settings), pipe.unet, pipe.text_encoder,
                               pipe.vae, settings, device)
     return LatencyResult(model=path.name, preset=info.preset, unet_params=info.unet_params,

@@ -33,6 +33,7 @@ from ..model.loading import latent_scale, load_unet, load_vae, noise_scheduler
 from ..model.generation import make_pipeline
 from .noising import Batches, noised, randn
 from .optim import adamw
+from ..scores.agreement import agreement
 from ..jobs.runs import RunPaths, event, failures_reported, progress_bar, stop_run
 from ..model.safetensors_io import TensorOut, tensor_bytes
 from .state_file import save_state
@@ -108,7 +109,9 @@ def _distill(cfg: DistillConfig, resume: bool) -> Path:
     if start_checkpoint is not None:
         step = _load_state(start_checkpoint, accelerator, student, optimizer, scheduler, ema,
                            generator, batches)
-    samples = _Sampler(cfg, ckpt, info, teacher, paths, device) if main and cfg.sample_every else None
+    samples = (_Sampler(cfg, ckpt, info, teacher, paths, device)
+               if main and (cfg.sample_every or cfg.eval_interval()) else None)
+    best = _BestScore(paths)
 
     progress = progress_bar(cfg.steps, step, main, "distilling")
     started, first_step = time.perf_counter(), step
@@ -150,9 +153,18 @@ def _distill(cfg: DistillConfig, resume: bool) -> Path:
         if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps):
             _save_state(paths, step, accelerator, student, optimizer, scheduler, ema, generator,
                         batches, cfg, ckpt, info, arch, log)
-        if samples is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
-            path = samples.write(step, _student_weights(accelerator.unwrap_model(student), ema))
-            event(log, "samples", step=step, path=str(path))
+        sample_now, eval_now = (bool(every) and (step % every == 0 or step == cfg.steps)
+                                for every in (cfg.sample_every, cfg.eval_interval()))
+        if samples is not None and (sample_now or eval_now):
+            images = samples.student_images(_student_weights(accelerator.unwrap_model(student), ema))
+            if sample_now:
+                event(log, "samples", step=step, path=str(samples.write(step, images)))
+            if eval_now:
+                scores = agreement(images, samples.teacher_images)
+                saved = paths.checkpoint(step)  # the checkpoint of this step, when one was saved
+                event(log, "eval", step=step, best=best.update(scores["ssim"]),
+                      prompts=len(images), checkpoint=str(saved) if saved.is_dir() else None,
+                      **scores)
         request = _stop_request(paths, accelerator)
         if request and step < cfg.steps:
             stop_run(request, step, lambda: _save_state(
@@ -429,14 +441,17 @@ class _Sampler:
                                generator=generator).images[0])
         return images
 
-    def write(self, step: int, weights: Dict[str, torch.Tensor]) -> Path:
+    def student_images(self, weights: Dict[str, torch.Tensor]) -> List[Any]:
         from diffusers import UNet2DConditionModel
-        from PIL import Image
 
         arch = Architecture(self.info.arch.teacher, preset(self.cfg.arch))
         student = UNet2DConditionModel(**arch.diffusers_config())
         student.load_state_dict({k: v.float() for k, v in weights.items()})
-        student_images = self._images(student.to(self.device, self.dtype).eval())
+        return self._images(student.to(self.device, self.dtype).eval())
+
+    def write(self, step: int, student_images: List[Any]) -> Path:
+        from PIL import Image
+
         size = self.cfg.resolution
         grid = Image.new("RGB", (2 * size, size * len(self.prompts)), "white")
         for row, (t, s) in enumerate(zip(self.teacher_images, student_images)):
@@ -446,3 +461,20 @@ class _Sampler:
         path = self.paths.samples / ("step-%07d.png" % step)
         grid.save(path)
         return path
+
+
+class _BestScore:
+    """The best SSIM against the teacher so far, also across a resume (read back from the
+    run's eval events): an `eval` event says whether it is the new best."""
+
+    def __init__(self, paths: RunPaths) -> None:
+        from ..jobs.events import read_events
+
+        earlier = [e["ssim"] for e in read_events(paths.events) if e.get("event") == "eval"]
+        self.ssim = max(earlier) if earlier else float("-inf")
+
+    def update(self, ssim: float) -> bool:
+        if ssim > self.ssim:
+            self.ssim = ssim
+            return True
+        return False

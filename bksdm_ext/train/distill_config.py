@@ -39,6 +39,9 @@ class DistillConfig:
     keep_last: int = 2
     sample_every: int = 1000
     sample_prompts: Sequence[str] = SAMPLE_PROMPTS
+    # PSNR/SSIM of the student's sample images against the teacher's, as `eval` events;
+    # None: with the samples (sample_every), 0: never.
+    eval_every: Optional[int] = None
     sample_steps: int = 20
     seed: int = 0
     v_prediction: Optional[bool] = None
@@ -59,6 +62,9 @@ class DistillConfig:
     # Random conditioning (arXiv 2504.02011): some captions meet unrelated latents.
     random_conditioning: bool = False
     random_conditioning_p: float = 0.5
+
+    def eval_interval(self) -> int:
+        return self.sample_every if self.eval_every is None else self.eval_every
 
     def synth_settings(self, count: int, prompts: Optional[str]) -> SynthSettings:
         """How the teacher makes this run's pairs: at the training resolution, from the

@@ -40,6 +40,8 @@ from ..jobs.runs import RunPaths, event, failures_reported, progress_bar, stop_r
 from ..model.safetensors_io import TensorOut, tensor_bytes, write_safetensors
 from ..model.staging import staged
 from .state_file import save_state
+from ..scores.agreement import to_tensor
+from ..scores.clip import find_scorer
 
 Latent = Tuple[torch.Tensor, torch.Tensor]  # the VAE posterior's mean and std, [4, h, w]
 
@@ -103,6 +105,7 @@ def _dreambooth(cfg: DreamBoothConfig, resume: bool) -> Path:
     if cfg.sample_every:  # "before" images come from the weights as loaded from `model`
         samples = _Samples(cfg, ckpt, info, tokenizer, paths, device, accelerator)
         samples.remember_before(unet, text_encoder)
+    clip = find_scorer(cfg.clip_model, device) if cfg.sample_every else None
     step = 0
     if start_checkpoint is not None:
         step = _load_state(start_checkpoint, accelerator, unet, text_encoder, optimizer,
@@ -129,6 +132,10 @@ def _dreambooth(cfg: DreamBoothConfig, resume: bool) -> Path:
                         instance_order, class_order, log)
         if samples is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
             event(log, "samples", step=step, path=str(samples.write(step, unet, text_encoder)))
+            if clip is not None:
+                scores = clip.score(to_tensor(samples.latest), samples.prompts)
+                event(log, "eval", step=step, clip_model=clip.name,
+                      clip_score=float(scores.mean()))
         request = paths.take_stop_request()
         if request and step < cfg.steps:
             stop_run(request, step, lambda: _save_state(
@@ -387,6 +394,7 @@ class _Samples:
         self.cfg, self.ckpt, self.info, self.paths = cfg, ckpt, info, paths
         self.device, self.accelerator = device, accelerator
         self.before_path = paths.samples / "before.png"
+        self.latest: List[Any] = []  # the newest "now" images, for their CLIP score
 
     def remember_before(self, unet: Any, text_encoder: Any) -> None:
         """The base model's images, made once and kept on disk for resumed runs."""
@@ -402,7 +410,8 @@ class _Samples:
         grid = Image.new("RGB", (2 * size, size * len(self.prompts)), "white")
         with Image.open(self.before_path) as before:
             grid.paste(before, (0, 0))
-        grid.paste(self._column(self._images(unet, text_encoder)), (size, 0))
+        self.latest = self._images(unet, text_encoder)
+        grid.paste(self._column(self.latest), (size, 0))
         path = self.paths.samples / ("step-%07d.png" % step)
         grid.save(path)
         return path

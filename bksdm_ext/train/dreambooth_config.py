@@ -46,6 +46,9 @@ class DreamBoothConfig:
     keep_last: int = 1
     sample_every: int = 200
     sample_prompts: Sequence[str] = ()  # default: the instance prompt
+    # CLIP score of the samples with their prompts (`eval` events): this CLIPModel folder or
+    # Hugging Face repository (downloaded if need be); None: one already cached, if any.
+    clip_model: Optional[str] = None
     sample_steps: int = 25
     class_steps: int = CLASS_STEPS
     class_guidance: float = CLASS_GUIDANCE

@@ -126,6 +126,13 @@ def data_dir() -> Path:
     return folder
 
 
+def clip_folders() -> List[Path]:
+    """Where A1111's interrogator keeps its CLIP file when ``--clip-models-path`` is set
+    (otherwise the `clip` package's own cache, which bksdm_ext.scores searches anyway)."""
+    folder = getattr(shared.cmd_opts, "clip_models_path", None)
+    return [Path(folder)] if folder else []
+
+
 def webui_version() -> str:
     from modules import launch_utils
 

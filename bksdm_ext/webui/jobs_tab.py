@@ -10,7 +10,7 @@ import gradio as gr
 
 from ..errors import BadInput
 from ..jobs.runner import BROKEN, FINISHED, RUNNING, SUCCEEDED, Job, Progress, progress_of
-from . import a1111, jobs_service
+from . import a1111, job_scores, jobs_service
 from .messages import message
 
 STATE_ICONS = {"queued": "⏳", "running": "▶️", "succeeded": "✅", "failed": "❌",
@@ -209,6 +209,9 @@ def build() -> None:
         plot = gr.Image(label="Loss", interactive=False, elem_id="bksdm_jobs_loss")
         samples = gr.Image(label="Latest samples (teacher | student, or before | after)", interactive=False,
                            elem_id="bksdm_jobs_samples")
+        scores = gr.Image(label="Scores over the steps (SSIM/PSNR vs teacher, CLIP)", interactive=False,
+                          elem_id="bksdm_jobs_scores")
+    best = gr.Markdown(elem_id="bksdm_jobs_best")
     with gr.Accordion("Teacher-made training data", open=True, visible=False) as made_panel:
         made = gr.Markdown(elem_id="bksdm_jobs_teacher_data")
         made_grid = gr.Image(label="The first teacher-made images", interactive=False,
@@ -221,6 +224,8 @@ def build() -> None:
     outputs = [table, chooser, bar, plot, samples, log, registered, made, made_grid, made_panel]
     refresh.click(details, inputs=[chooser], outputs=outputs, show_progress=False)
     chooser.select(details, inputs=[chooser], outputs=outputs, show_progress=False)
+    for trigger in (refresh.click, chooser.select):
+        trigger(job_scores.view, inputs=[chooser], outputs=[scores, best], show_progress=False)
     for button, action in ((cancel, "cancel"), (save, "save"), (resume, "resume")):
         button.click(lambda selected, action=action: act(action, selected), inputs=[chooser],
                      outputs=[result]).then(details, inputs=[chooser], outputs=outputs,

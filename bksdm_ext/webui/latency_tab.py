@@ -39,7 +39,7 @@ def candidates() -> List[str]:
     return titles + [t for t in checkpoints.titles(teachers=False) if t not in titles]
 
 
-def _processing(settings: LatencySettings, sampler: str) -> Any:
+def txt2img(settings: LatencySettings, sampler: str) -> Any:
     """A txt2img job as A1111 runs it: 1.9+ splits "DPM++ 2M Karras" into a sampler and a
     scheduler, 1.6 has it as one sampler."""
     from modules import processing, shared
@@ -63,7 +63,7 @@ def _generate(settings: LatencySettings, sampler: str) -> None:
     for cache in ("cached_c", "cached_uc"):
         if hasattr(processing.StableDiffusionProcessing, cache):
             setattr(processing.StableDiffusionProcessing, cache, [None, None])
-    p = _processing(settings, sampler)
+    p = txt2img(settings, sampler)
     try:
         processing.process_images(p)
     finally:

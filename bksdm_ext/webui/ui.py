@@ -1,12 +1,12 @@
-"""The BK-SDM tab: Convert, Distill, DreamBooth, Jobs and Latency."""
+"""The BK-SDM tab: Convert, Distill, DreamBooth, Jobs, Latency and Compare."""
 from typing import List, Tuple
 
 import gradio as gr
 
-from . import convert_tab, distill_tab, dreambooth_tab, jobs_tab, latency_tab
+from . import compare_tab, convert_tab, distill_tab, dreambooth_tab, jobs_tab, latency_tab
 
 SUB_TABS = (("Convert", convert_tab), ("Distill", distill_tab), ("DreamBooth", dreambooth_tab),
-            ("Jobs", jobs_tab), ("Latency", latency_tab))
+            ("Jobs", jobs_tab), ("Latency", latency_tab), ("Compare", compare_tab))
 
 
 def on_ui_tabs() -> List[Tuple[gr.Blocks, str, str]]:

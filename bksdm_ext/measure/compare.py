@@ -1,0 +1,161 @@
+"""Teacher and students side by side: scores per model, the labelled grid and the CSV,
+whoever made the images (diffusers in `bksdm eval`, A1111's txt2img in the Compare tab).
+
+Every model renders the same (prompt, seed) cases; a student's image is compared with the
+teacher's image of the same case.  The teacher is the first model whose preset is
+"teacher", else the first model.
+"""
+import csv
+import math
+import statistics
+import textwrap
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..model.staging import staged
+from ..scores.agreement import agreement, to_tensor
+from ..scores.clip import HOW_TO_ENABLE, ClipScorer
+
+# One line per score, shown under the table and in `bksdm eval --help`.
+EXPLANATIONS = {
+    "PSNR": "agreement with the teacher's image for the same prompt and seed, in dB "
+            "(higher is closer; inf: identical)",
+    "SSIM": "structural similarity with the teacher's image (1: identical, 0: unrelated)",
+    "CLIP": "CLIP score: how well the image matches its prompt, 100 x cosine of CLIP's "
+            "image and text embeddings (the paper's text-image metric; higher is better)",
+    "s/image": "seconds per image while these images were made (median)",
+}
+CSV_COLUMNS = ("model", "preset", "unet_params", "images", "seconds_per_image", "psnr", "ssim",
+               "clip_score", "clip_model")
+
+Case = Tuple[str, int]  # (prompt, seed)
+
+
+@dataclass
+class ModelImages:
+    """What one model made: an image per case, in the cases' order."""
+
+    model: str
+    preset: str
+    unet_params: int
+    images: List[Any]  # PIL images
+    seconds: List[float] = field(default_factory=list)  # per image, when timed
+
+
+@dataclass
+class ModelScores:
+    model: str
+    preset: str
+    unet_params: int
+    images: int
+    seconds_per_image: Optional[float]
+    psnr: float
+    ssim: float
+    clip_score: Optional[float] = None
+    clip_model: str = ""
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def teacher_index(runs: Sequence[ModelImages]) -> int:
+    return next((i for i, run in enumerate(runs) if run.preset == "teacher"), 0)
+
+
+def score_models(runs: Sequence[ModelImages], cases: Sequence[Case],
+                 clip: Optional[ClipScorer] = None) -> List[ModelScores]:
+    """PSNR and SSIM of every model's images against the teacher's, and the CLIP score of
+    each image with its prompt when a CLIP model is given; averaged per model."""
+    reference = runs[teacher_index(runs)].images
+    prompts = [prompt for prompt, _ in cases]
+    results = []
+    for run in runs:
+        if len(run.images) != len(cases):
+            raise ValueError("%s made %d images for %d cases" % (run.model, len(run.images),
+                                                                  len(cases)))
+        agree = agreement(run.images, reference)
+        results.append(ModelScores(
+            model=run.model, preset=run.preset, unet_params=run.unet_params,
+            images=len(run.images),
+            seconds_per_image=statistics.median(run.seconds) if run.seconds else None,
+            psnr=agree["psnr"], ssim=agree["ssim"],
+            clip_score=(float(clip.score(to_tensor(run.images), prompts).mean())
+                        if clip is not None else None),
+            clip_model=clip.name if clip is not None else ""))
+    return results
+
+
+def grid(runs: Sequence[ModelImages], cases: Sequence[Case], cell: int = 256) -> Any:
+    """Rows: prompt × seed; columns: models, each headed by its name.  Images are shown at
+    `cell` px so that a large set stays a viewable file."""
+    from PIL import Image, ImageDraw
+
+    label_width, header = 220, 28
+    canvas = Image.new("RGB", (label_width + cell * len(runs), header + cell * len(cases)),
+                       "white")
+    draw = ImageDraw.Draw(canvas)
+    for column, run in enumerate(runs):
+        draw.text((label_width + column * cell + 4, 8), "%s (%s)" % (run.model, run.preset)
+                  [: cell // 6], fill="black")
+        for row, image in enumerate(run.images):
+            canvas.paste(image.convert("RGB").resize((cell, cell)),
+                         (label_width + column * cell, header + row * cell))
+    for row, (prompt, seed) in enumerate(cases):
+        lines = textwrap.wrap(prompt, 34)[: max(1, cell // 14 - 2)] + ["seed %d" % seed]
+        draw.multiline_text((4, header + row * cell + 4), "\n".join(lines), fill="black")
+    return canvas
+
+
+def write_grid(image: Any, path: Path, overwrite: bool = False) -> Path:
+    with staged([Path(path)], overwrite) as (temp,):
+        image.save(temp, format="PNG")
+    return Path(path)
+
+
+def write_csv(scores: Sequence[ModelScores], path: Path, overwrite: bool = False,
+              extra: Optional[Dict[str, Any]] = None) -> Path:
+    """One row per model; `extra` (settings, time, device) is repeated on every row."""
+    extra = extra or {}
+    with staged([Path(path)], overwrite) as (temp,):
+        with open(temp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, list(extra) + list(CSV_COLUMNS))
+            writer.writeheader()
+            for row in scores:
+                writer.writerow(dict(extra, **csv_row(row)))
+    return Path(path)
+
+
+def csv_row(row: ModelScores) -> Dict[str, Any]:
+    values = row.as_dict()
+    return {key: _rounded(values[key]) for key in CSV_COLUMNS}
+
+
+def _rounded(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else round(value, 4)
+    return value
+
+
+def table_rows(scores: Sequence[ModelScores]) -> List[List[Any]]:
+    """What the Compare tab and `bksdm eval` show: model, preset, U-Net params, s/image,
+    PSNR, SSIM, CLIP score (or how to get one)."""
+    return [[r.model, r.preset, format(r.unet_params, ","),
+             "-" if r.seconds_per_image is None else "%.3f" % r.seconds_per_image,
+             "inf" if math.isinf(r.psnr) else "%.2f" % r.psnr, "%.4f" % r.ssim,
+             "-" if r.clip_score is None else "%.2f" % r.clip_score] for r in scores]
+
+
+HEADERS = ["model", "preset", "U-Net params", "s/image", "PSNR (dB)", "SSIM", "CLIP score"]
+
+
+def table(scores: Sequence[ModelScores]) -> str:
+    rows = [HEADERS] + table_rows(scores)
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(HEADERS))]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip()
+             for row in rows]
+    if all(r.clip_score is None for r in scores):
+        lines.append("CLIP score: " + HOW_TO_ENABLE)
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""`bksdm eval`: teacher and students render the same prompts and seeds with diffusers,
+then are scored (compare.py).  As a background job (the Compare tab's larger sets) the run
+folder gets the runner's event file, the grid, the CSV and the scores as JSON.
+"""
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..jobs.events import EventLog
+from ..jobs.runs import RunPaths, event, failures_reported, progress_bar, stop_run
+from ..model.samplers import DEFAULT_SAMPLER
+from ..scores.clip import ClipScorer, find_scorer
+from ..scores.eval_prompts import BUILTIN, cases as make_cases, load_prompts
+from .compare import Case, ModelImages, ModelScores, grid, score_models, write_csv, write_grid
+from .latency import load_pipeline
+
+
+@dataclass
+class EvalSettings:
+    """What every model renders; the generation defaults are the Latency tab's (the
+    paper's Orin setup: 20 steps DPM++ 2M Karras, 512², CFG 7)."""
+
+    prompts: str = BUILTIN  # "builtin" or a .txt file
+    seeds: int = 1  # per prompt
+    seed: int = 0  # the first seed
+    steps: int = 20
+    sampler: str = DEFAULT_SAMPLER
+    size: int = 512
+    cfg_scale: float = 7.0
+    negative_prompt: str = ""
+
+    def cases(self) -> List[Case]:
+        return make_cases(load_prompts(self.prompts), self.seeds, self.seed)
+
+
+def render(path: Path, cases: Sequence[Case], settings: EvalSettings, device: torch.device,
+           on_image: Callable[[], None]) -> ModelImages:
+    """One model's image per case, each timed (the GPU synchronised)."""
+    pipe, info = load_pipeline(path, settings.sampler, device)
+    run = ModelImages(model=path.name, preset=info.preset, unet_params=info.unet_params,
+                      images=[])
+    for prompt, seed in cases:
+        started = time.perf_counter()
+        image = pipe(prompt, negative_prompt=settings.negative_prompt or None,
+                     height=settings.size, width=settings.size,
+                     num_inference_steps=settings.steps, guidance_scale=settings.cfg_scale,
+                     generator=torch.Generator().manual_seed(seed)).images[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        run.seconds.append(time.perf_counter() - started)
+        run.images.append(image)
+        on_image()
+    del pipe
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return run
+
+
+def evaluate(models: Sequence[str], settings: EvalSettings, clip: Optional[ClipScorer] = None,
+             on_image: Callable[[int, int], None] = lambda done, total: None,
+             device: Optional[torch.device] = None
+             ) -> Tuple[List[Case], List[ModelImages], List[ModelScores]]:
+    """Render every case with every model (the teacher first is clearest), then score."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cases = settings.cases()
+    total, done = len(cases) * len(models), [0]
+
+    def count() -> None:
+        done[0] += 1
+        on_image(done[0], total)
+
+    runs = [render(Path(model), cases, settings, device, count) for model in models]
+    return cases, runs, score_models(runs, cases, clip)
+
+
+def evaluate_run(models: Sequence[str], settings: EvalSettings, out: Path,
+                 clip_model: Optional[str] = None) -> Tuple[List[ModelScores], Path, Path]:
+    """The background job: ``out`` gets events.jsonl (an event per image, so the Jobs tab
+    shows progress and ETA; STOP ends it), grid.png, scores.csv and scores.json."""
+    paths = RunPaths(Path(out))
+    paths.out.mkdir(parents=True, exist_ok=True)
+    with failures_reported(paths.out):
+        log = EventLog(paths.events)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        clip = find_scorer(clip_model, device)
+        cases = settings.cases()
+        event(log, "start", total_steps=len(cases) * len(models), models=list(models),
+              settings=asdict(settings), clip_model=clip.name if clip else None)
+        started = time.perf_counter()
+
+        def progress(done: int, total: int) -> None:
+            rate = done / (time.perf_counter() - started)
+            event(log, "step", step=done, it_s=round(rate, 4),
+                  eta_s=round((total - done) / rate, 1))
+            request = paths.take_stop_request()
+            if request and done < total:
+                stop_run("discard", done, lambda: None, log, progress_bar(total, enabled=False))
+
+        cases, runs, scores = evaluate(models, settings, clip, progress, device)
+        grid_path = write_grid(grid(runs, cases), paths.out / "grid.png", overwrite=True)
+        csv_path = write_csv(scores, paths.out / "scores.csv", overwrite=True,
+                             extra=_settings_columns(settings))
+        (paths.out / "scores.json").write_text(json.dumps([s.as_dict() for s in scores],
+                                                          indent=2))
+        event(log, "done", step=len(cases) * len(models), output=str(grid_path),
+              csv=str(csv_path), scores=[s.as_dict() for s in scores])
+    return scores, grid_path, csv_path
+
+
+def _settings_columns(settings: EvalSettings) -> dict:
+    return {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "prompts": settings.prompts,
+            "seeds": settings.seeds, "steps": settings.steps, "sampler": settings.sampler,
+            "size": settings.size, "cfg_scale": settings.cfg_scale}
+

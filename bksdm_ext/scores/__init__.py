@@ -1,0 +1,8 @@
+"""How good an image is, as numbers: agreement of a student's image with the teacher's
+(PSNR, SSIM) and text-image agreement (CLIP score).
+
+Pure scoring, shared by whoever generates images: the Compare tab and `bksdm eval`
+(`measure`), and evaluation during training (`train`).  It sits just above `model` (for the
+offline CLIP tokenizer) and may import only `model` and `errors`, never `train`, `jobs`,
+`measure`, `webui` or A1111.
+"""

@@ -1,0 +1,182 @@
+"""CLIP score, the paper's text-image metric: 100 × the cosine of CLIP's image and text
+embeddings, floored at 0, as torchmetrics' ``CLIPScore`` defines it.
+
+The CLIP model is a transformers ``CLIPModel`` folder or Hugging Face repository, or an
+OpenAI CLIP ``.pt`` file (openai_clip.py: A1111's interrogator keeps ViT-L/14 as one).  One
+is used only when it is already on the machine (a folder or file given, a repository in the
+Hugging Face cache, the interrogator's file) unless the user asks for a download by naming
+it (`--clip-model`, the Compare tab's button); nothing is downloaded behind their back.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import BadInput
+
+# OpenAI CLIP's image normalisation (every CLIP in the table below uses it).
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
+# Repositories looked for in the Hugging Face cache, best first, with their download size.
+KNOWN_MODELS = {
+    "openai/clip-vit-large-patch14": "1.7 GB",  # torchmetrics' default, ViT-L/14 like A1111's
+    "openai/clip-vit-base-patch16": "0.6 GB",
+    "openai/clip-vit-base-patch32": "0.6 GB",
+}
+DEFAULT_DOWNLOAD = "openai/clip-vit-large-patch14"
+HOW_TO_ENABLE = ("no CLIP model on this machine: pass --clip-model %s (a %s download), a "
+                 "local CLIPModel folder or an OpenAI CLIP .pt file; in the WebUI press "
+                 "'Download CLIP'"
+                 % (DEFAULT_DOWNLOAD, KNOWN_MODELS[DEFAULT_DOWNLOAD]))
+
+
+def clip_score_of_embeddings(image_embeds: torch.Tensor, text_embeds: torch.Tensor
+                             ) -> torch.Tensor:
+    """max(100 · cos(image, text), 0) for each row."""
+    cosine = F.cosine_similarity(image_embeds.float(), text_embeds.float(), dim=-1)
+    return (100 * cosine).clamp(min=0)
+
+
+def cached_model() -> Optional[str]:
+    """The first known CLIP repository already in the Hugging Face cache, if any."""
+    return next((repo for repo in KNOWN_MODELS if _cached_snapshot(repo) is not None), None)
+
+
+def local_model(folders: Sequence[Path] = ()) -> Optional[str]:
+    """A CLIP already on the machine: a known repository in the Hugging Face cache, else
+    the ViT-L/14 file of A1111's interrogator (in `folders` or the `clip` package's cache)."""
+    from .openai_clip import interrogator_file
+
+    found = interrogator_file(folders)
+    return cached_model() or (str(found) if found is not None else None)
+
+
+def _cached_snapshot(repo: str) -> Optional[Path]:
+    """The cached snapshot folder of `repo` (read straight from the cache huggingface_hub
+    keeps, whichever transformers version is installed), or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, "config.json")
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def download_note(name: str) -> str:
+    size = KNOWN_MODELS.get(name)
+    return "downloading CLIP %s%s" % (name, " (%s)" % size if size else "")
+
+
+def find_scorer(name: Optional[str], device: Optional[torch.device] = None,
+                say: Callable[[str], None] = print,
+                folders: Sequence[Path] = ()) -> Optional["ClipScorer"]:
+    """The CLIP model the user named (downloaded if it must be: they asked for it), else
+    one already on the machine (see `local_model`), else None (no CLIP score)."""
+    if name is None:
+        name = local_model(folders)
+        return None if name is None else ClipScorer.load(name, device=device)
+    if not Path(name).is_dir() and _cached_snapshot(name) is None:
+        say(download_note(name))
+    return ClipScorer.load(name, download=True, device=device)
+
+
+@dataclass
+class ClipScorer:
+    """A loaded CLIP model that scores images against their prompts."""
+
+    name: str
+    model: Any  # transformers.CLIPModel
+    tokenizer: Any
+    image_size: int
+    mean: Sequence[float] = MEAN
+    std: Sequence[float] = STD
+
+    @classmethod
+    def load(cls, name: str, download: bool = False,
+             device: Optional[torch.device] = None) -> "ClipScorer":
+        """`name`: a CLIPModel folder or a Hugging Face repository id.  A repository not yet
+        in the cache is fetched only with `download`; otherwise the message says how."""
+        from transformers import CLIPModel
+
+        folder = Path(name)
+        if folder.is_file():  # an OpenAI CLIP file, e.g. A1111's interrogator's ViT-L/14
+            from .openai_clip import read_state, to_clip_model
+
+            return cls._ready(name, to_clip_model(read_state(folder), name), device, {})
+        a_path = bool(folder.suffix or folder.is_absolute() or name.startswith("."))
+        if not folder.is_dir() and not a_path:  # a repository id: its cached copy, if any
+            folder = _cached_snapshot(name) or folder
+        local = folder.is_dir()
+        if not local and a_path:
+            raise BadInput("%s: no such CLIP model (expected a transformers CLIPModel folder "
+                           "with config.json and weights, or an OpenAI CLIP .pt file)" % name)
+        try:
+            model = CLIPModel.from_pretrained(str(folder) if local else name,
+                                              local_files_only=local or not download)
+        except OSError as e:
+            if local:
+                raise BadInput("%s: not a transformers CLIPModel folder (%s)"
+                               % (folder, str(e).splitlines()[0])) from None
+            if not download:
+                raise BadInput("CLIP model %s is not in the Hugging Face cache; ask for it to "
+                               "be downloaded (--clip-model %s, or the WebUI's 'Download "
+                               "CLIP')" % (name, name)) from None
+            raise BadInput("could not download CLIP model %s: %s"
+                           % (name, str(e).splitlines()[0])) from None
+        return cls._ready(name, model, device, _preprocessor_config(folder) if local else {})
+
+    @classmethod
+    def _ready(cls, name: str, model: Any, device: Optional[torch.device],
+               processor: dict) -> "ClipScorer":
+        model = model.eval().requires_grad_(False)
+        if device is not None:
+            model = model.to(device)
+        return cls(name=name, model=model, tokenizer=_tokenizer(),
+                   image_size=int(model.config.vision_config.image_size),
+                   mean=tuple(processor.get("image_mean", MEAN)),
+                   std=tuple(processor.get("image_std", STD)))
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP's preprocessing: shorter edge to the model's size (bicubic), centre crop,
+        normalise."""
+        height, width = images.shape[-2:]
+        scale = self.image_size / min(height, width)
+        size = (max(self.image_size, round(height * scale)), max(self.image_size, round(width * scale)))
+        if size != (height, width):
+            images = F.interpolate(images.float(), size=size, mode="bicubic", antialias=True,
+                                   align_corners=False).clamp(0, 1)
+        top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
+        images = images[..., top:top + self.image_size, left:left + self.image_size]
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        return (images.float() - mean) / std
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, prompts: List[str]) -> torch.Tensor:
+        """The CLIP score of each image [N, 3, H, W] in [0, 1] with its prompt (shape [N])."""
+        if images.dim() != 4 or images.shape[0] != len(prompts):
+            raise BadInput("CLIP score needs one prompt per image; got %d images and %d prompts"
+                           % (images.shape[0] if images.dim() else 0, len(prompts)))
+        device = next(self.model.parameters()).device
+        dtype = next(self.model.parameters()).dtype
+        tokens = self.tokenizer(prompts, padding="max_length", truncation=True,
+                                max_length=self.model.config.text_config.max_position_embeddings,
+                                return_tensors="pt")
+        text = self.model.get_text_features(input_ids=tokens.input_ids.to(device))
+        image = self.model.get_image_features(
+            pixel_values=self.pixels(images.to(device)).to(dtype))
+        return clip_score_of_embeddings(image, text).cpu()
+
+
+def _tokenizer() -> Any:
+    """OpenAI CLIP's tokenizer, built offline (every CLIP model above uses its BPE)."""
+    from ..model.tokenizer import clip_tokenizer
+
+    return clip_tokenizer("sd-v1")
+
+
+def _preprocessor_config(folder: Path) -> dict:
+    """Mean and std from the model's preprocessor_config.json when it has one."""
+    path = folder / "preprocessor_config.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -1,0 +1,273 @@
+"""The Compare sub-tab: teacher and students render the same prompts and seeds, shown as
+one labelled grid with a score table (agreement with the teacher, CLIP score) and the
+seconds per image beside them.
+
+A quick look runs here, through A1111's own txt2img (as the Latency tab times it), with
+the original checkpoint loaded again afterwards; a larger set runs as a background job
+(`bksdm eval` in its own process, followed in the Jobs tab).  Every comparison is
+appended to a CSV history.
+"""
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import gradio as gr
+
+from ..errors import BadInput
+from ..measure.compare import (EXPLANATIONS, HEADERS, ModelImages, grid, score_models,
+                               table_rows, write_csv, write_grid)
+from ..measure import device_info
+from ..measure.latency import LatencySettings
+from ..model.checkpoint import Checkpoint
+from ..model.detect import inspect_checkpoint
+from ..scores.clip import (DEFAULT_DOWNLOAD, HOW_TO_ENABLE, KNOWN_MODELS, ClipScorer,
+                           local_model)
+from ..scores.eval_prompts import BUILTIN, cases as make_cases, load_prompts, prompt_lines
+from . import a1111, checkpoints, job_form, latency_tab
+from .messages import message
+
+SOURCES = ("Built-in set (30 prompts)", "Prompt file", "Typed lines")
+
+
+def candidates() -> Tuple[List[str], List[str]]:
+    """(every usable checkpoint, the preselected ones: the loaded model and the students
+    converted from it)."""
+    titles = checkpoints.titles()
+    loaded = a1111.loaded_model()
+    if loaded is None:
+        return titles, titles[:1]
+    teacher_name = loaded.filename.name
+    chosen = [loaded.title] + [
+        title for title in titles
+        if title != loaded.title and _teacher_of(checkpoints.filename(title)) == teacher_name]
+    return titles, chosen
+
+
+def _teacher_of(path: Path) -> str:
+    info = checkpoints.describe(path)
+    if info is None or not info.is_student:
+        return ""
+    return Checkpoint(path).metadata.get("bksdm.teacher", "")
+
+
+def chosen_prompts(source: str, prompt_file: Optional[str], typed: str) -> List[str]:
+    if source == SOURCES[1]:
+        if not prompt_file:
+            raise BadInput("Upload a prompt file (.txt, one prompt a line) first.")
+        return load_prompts(prompt_file)
+    if source == SOURCES[2]:
+        prompts = prompt_lines(typed or "")
+        if not prompts:
+            raise BadInput("Type at least one prompt (one a line).")
+        return prompts
+    return load_prompts(BUILTIN)
+
+
+def local_clip() -> Optional[str]:
+    """A CLIP already on this machine (Hugging Face cache, the interrogator's ViT-L/14)."""
+    return local_model(a1111.clip_folders())
+
+
+def clip_status() -> str:
+    found = local_clip()
+    if found:
+        return "CLIP score with **%s** (already on this machine)." % found
+    return ("No CLIP model on this machine, so no CLIP score. **Download CLIP** fetches %s "
+            "(%s) into the Hugging Face cache once." % (DEFAULT_DOWNLOAD,
+                                                          KNOWN_MODELS[DEFAULT_DOWNLOAD]))
+
+
+def download_clip() -> Tuple[str, str]:
+    """[status, message]: the one download this tab does, only on the button."""
+    try:
+        ClipScorer.load(DEFAULT_DOWNLOAD, download=True)
+    except BadInput as e:
+        return clip_status(), message("error", str(e))
+    return clip_status(), message("success", "CLIP %s is ready." % DEFAULT_DOWNLOAD)
+
+
+def render_loaded(title: str, cases: Sequence[Tuple[str, int]], settings: LatencySettings,
+                  sampler: str) -> ModelImages:
+    """Every case with the loaded checkpoint through A1111's txt2img, each timed."""
+    from modules import processing, shared
+
+    model = shared.sd_model
+    info = inspect_checkpoint(Checkpoint(model.sd_checkpoint_info.filename))
+    run = ModelImages(model=title.split(" [")[0], preset=info.preset,
+                      unet_params=info.unet_params, images=[])
+    for prompt, seed in cases:
+        p = latency_tab.txt2img(replace(settings, prompt=prompt, seed=seed), sampler)
+        started = time.perf_counter()
+        try:
+            processed = processing.process_images(p)
+        finally:
+            p.close()
+        if shared.state.interrupted:
+            raise InterruptedError("interrupted")
+        run.seconds.append(time.perf_counter() - started)
+        run.images.append(processed.images[0])
+    return run
+
+
+def compare_here(titles: Sequence[str], cases: Sequence[Tuple[str, int]],
+                 settings: LatencySettings, sampler: str = latency_tab.SAMPLER
+                 ) -> List[ModelImages]:
+    """Each checkpoint in turn, then the original one again, whatever happens."""
+    from modules import shared
+
+    original = a1111.loaded_model()
+    shared.state.job_count = len(titles) * len(cases)
+    runs = []
+    try:
+        for title in titles:
+            a1111.load_checkpoint(title)
+            runs.append(render_loaded(title, cases, settings, sampler))
+    finally:
+        if original is not None:
+            a1111.load_checkpoint(original.title)
+    return runs
+
+
+def history_path() -> Path:
+    return a1111.data_dir() / "compare_history.csv"
+
+
+def _append_history(csv_file: Path) -> Path:
+    """The comparison's rows appended to the history (its header once)."""
+    history = history_path()
+    lines = csv_file.read_text(encoding="utf-8").splitlines(keepends=True)
+    with open(history, "a", encoding="utf-8", newline="") as f:
+        f.writelines(lines if not history.is_file() or history.stat().st_size == 0
+                     else lines[1:])
+    return history
+
+
+def run_from_ui(id_task: str, titles: List[str], source: str, prompt_file: Any, typed: str,
+                max_prompts: float, seeds: float, steps: float, size: float,
+                cfg_scale: float) -> List[Any]:
+    """[grid, table, grid file, CSV, history, message]."""
+    nothing: List[Any] = [None, None, None, None, None]
+    try:
+        prompts = _form_prompts(titles, source, prompt_file, typed, max_prompts)
+        cases = make_cases(prompts, int(seeds))
+        settings = LatencySettings(steps=int(steps), size=int(size), cfg_scale=float(cfg_scale))
+        clip_name = local_clip()
+        clip = ClipScorer.load(clip_name) if clip_name else None
+        runs = compare_here(titles, cases, settings)
+    except InterruptedError:
+        return nothing + [message("error", "Interrupted; the original checkpoint is loaded "
+                                           "again.")]
+    except BadInput as e:
+        return nothing + [message("error", str(e))]
+    scores = score_models(runs, cases, clip)
+    folder = a1111.data_dir() / "compare"
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    grid_file = write_grid(grid(runs, cases), folder / ("grid-%s.png" % stamp), overwrite=True)
+    csv_file = write_csv(scores, folder / ("scores-%s.csv" % stamp), overwrite=True, extra={
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_info.software()["gpu"],
+        "webui": a1111.webui_version(), "prompts": len(prompts), "seeds": int(seeds),
+        "steps": settings.steps, "sampler": latency_tab.SAMPLER, "size": settings.size,
+        "cfg_scale": settings.cfg_scale})
+    text = "Compared %d checkpoints on %d images each; the original checkpoint is loaded " \
+           "again." % (len(runs), len(cases))
+    if clip is None:
+        text += " CLIP score: " + HOW_TO_ENABLE + "."
+    return [str(grid_file), {"headers": HEADERS, "data": table_rows(scores)}, str(grid_file),
+            str(csv_file), str(_append_history(csv_file)), message("success", text)]
+
+
+def submit_job(titles: List[str], source: str, prompt_file: Any, typed: str,
+               max_prompts: float, seeds: float, steps: float, size: float,
+               cfg_scale: float) -> str:
+    """The same comparison as a background `bksdm eval` job (diffusers, its own process)."""
+    try:
+        prompts = _form_prompts(titles, source, prompt_file, typed, max_prompts)
+        folder = a1111.data_dir() / "compare"
+        folder.mkdir(parents=True, exist_ok=True)
+        prompt_file_path = folder / ("prompts-%s.txt" % time.strftime("%Y%m%d-%H%M%S"))
+        prompt_file_path.write_text("\n".join(prompts) + "\n", encoding="utf-8")
+        models = [str(checkpoints.filename(title)) for title in titles]
+        argv = models + job_form.flags({"prompts": str(prompt_file_path), "seeds": int(seeds),
+                                        "steps": int(steps), "size": int(size),
+                                        "cfg_scale": float(cfg_scale),
+                                        "clip_model": local_clip()})
+        job = job_form.submit("eval", argv, "compare %d models" % len(models), False)
+    except BadInput as e:
+        return message("error", str(e))
+    return job_form.submitted(job)
+
+
+def _form_prompts(titles: List[str], source: str, prompt_file: Any, typed: str,
+                  max_prompts: float) -> List[str]:
+    """The first `max_prompts` prompts of the form, once it names a checkpoint."""
+    if not titles:
+        raise BadInput("Choose at least one checkpoint (the teacher first).")
+    return chosen_prompts(source, _upload_path(prompt_file), typed)[:max(int(max_prompts), 1)]
+
+
+def _upload_path(value: Any) -> Optional[str]:
+    """gradio 3.41 gives an uploaded file as a temp-file object (or its path)."""
+    if value is None:
+        return None
+    return getattr(value, "name", None) or str(value)
+
+
+def build() -> None:
+    from modules.call_queue import wrap_gradio_gpu_call
+
+    defaults = LatencySettings()
+    choices, chosen = candidates()
+    with gr.Row():
+        models = gr.CheckboxGroup(choices, value=chosen, label="Checkpoints (teacher first)",
+                                  elem_id="bksdm_compare_models")
+        refresh = gr.Button("↻", elem_id="bksdm_compare_refresh", scale=0, min_width=40)
+    with gr.Row():
+        source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Prompts",
+                          elem_id="bksdm_compare_source")
+        prompt_file = gr.File(label="Prompt file (.txt, one a line)", file_types=[".txt"],
+                              elem_id="bksdm_compare_file")
+        typed = gr.Textbox(label="Typed prompts (one a line)", lines=3,
+                           elem_id="bksdm_compare_typed")
+    with gr.Row():
+        max_prompts = gr.Number(4, label="Prompts to use (the first N)", precision=0,
+                                elem_id="bksdm_compare_max_prompts")
+        seeds = gr.Number(1, label="Seeds per prompt", precision=0, elem_id="bksdm_compare_seeds")
+        steps = gr.Number(defaults.steps, label="Steps (%s)" % latency_tab.SAMPLER, precision=0)
+        size = gr.Number(defaults.size, label="Width = height", precision=0,
+                         elem_id="bksdm_compare_size")
+        cfg_scale = gr.Number(defaults.cfg_scale, label="CFG scale")
+    with gr.Row():
+        clip_text = gr.Markdown(clip_status(), elem_id="bksdm_compare_clip")
+        download = gr.Button("Download CLIP", elem_id="bksdm_compare_download", scale=0)
+    id_task = gr.Textbox(visible=False)
+    with gr.Row():
+        start = gr.Button("Compare here (A1111 txt2img)", variant="primary",
+                          elem_id="bksdm_compare_run")
+        background = gr.Button("Run as a background job", elem_id="bksdm_compare_job")
+    gr.HTML(elem_id="bksdm_compare_progress")
+    result = gr.HTML(elem_id="bksdm_compare_result")
+    table = gr.Dataframe(headers=HEADERS, interactive=False, elem_id="bksdm_compare_table")
+    gr.Markdown("  \n".join("**%s**: %s" % item for item in EXPLANATIONS.items()),
+                elem_id="bksdm_compare_explanations")
+    picture = gr.Image(label="Rows: prompt × seed; columns: checkpoints", interactive=False,
+                       elem_id="bksdm_compare_grid")
+    with gr.Row():
+        grid_file = gr.File(label="Grid (PNG)", interactive=False, elem_id="bksdm_compare_png")
+        csv_file = gr.File(label="Scores (CSV)", interactive=False, elem_id="bksdm_compare_csv")
+        history = gr.File(label="History (CSV)", interactive=False,
+                          elem_id="bksdm_compare_history")
+
+    def refreshed() -> Dict[str, Any]:
+        a1111.refresh_checkpoints()
+        titles, preselected = candidates()
+        return gr.update(choices=titles, value=preselected)
+
+    form = [models, source, prompt_file, typed, max_prompts, seeds, steps, size, cfg_scale]
+    refresh.click(refreshed, outputs=[models])
+    download.click(download_clip, outputs=[clip_text, result])
+    start.click(wrap_gradio_gpu_call(run_from_ui, extra_outputs=[None] * 5),
+                _js="bksdm_compare_submit", inputs=[id_task] + form,
+                outputs=[picture, table, grid_file, csv_file, history, result])
+    background.click(submit_job, inputs=form, outputs=[result])

@@ -1,0 +1,108 @@
+"""The Compare panel inside the A1111 1.10.1 stand-in: teacher and student render the same
+prompts and seeds through A1111's own txt2img, are scored against the teacher, and the
+original checkpoint comes back; the same comparison runs as a background eval job."""
+import csv
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bksdm_ext.demo import write_tiny_teacher
+from bksdm_ext.jobs.runner import SUCCEEDED
+from bksdm_ext.model.convert import convert_checkpoint
+from bksdm_ext.scores.clip import local_model
+from test_jobs import wait
+from webui_env import load, standin_app, start_webui, stop_jobs
+
+FORM = dict(max_prompts=1, seeds=2, steps=2, size=32, cfg_scale=7)
+
+
+@pytest.fixture
+def webui(tmp_path):
+    folder = start_webui(tmp_path / "webui")
+    teacher = folder / "teacher.safetensors"
+    write_tiny_teacher(teacher)
+    convert_checkpoint(teacher, folder / "teacher-bk-small.safetensors", "small", dtype="fp32")
+    other = folder / "other.safetensors"
+    write_tiny_teacher(other)
+    convert_checkpoint(other, folder / "other-bk-tiny.safetensors", "tiny", dtype="fp32")
+    load(teacher)
+    yield folder
+    stop_jobs()
+    standin_app.reset(tmp_path / "after")
+
+
+def _loaded_name():
+    from modules import sd_models
+
+    return Path(sd_models.model_data.sd_model.sd_checkpoint_info.filename).name
+
+
+def _names(titles):
+    return [t.split(" [")[0] for t in titles]
+
+
+def test_the_loaded_teacher_and_its_students_are_preselected(webui):
+    from bksdm_ext.webui import compare_tab
+
+    titles, chosen = compare_tab.candidates()
+    assert set(_names(titles)) == {"teacher.safetensors", "teacher-bk-small.safetensors",
+                                   "other.safetensors", "other-bk-tiny.safetensors"}
+    assert _names(chosen) == ["teacher.safetensors", "teacher-bk-small.safetensors"]
+
+
+def test_compare_here_scores_the_student_against_the_teacher(webui):
+    from bksdm_ext.webui import compare_tab
+
+    _, chosen = compare_tab.candidates()
+    picture, table, grid_file, csv_file, history, text = compare_tab.run_from_ui(
+        "task(1)", chosen, compare_tab.SOURCES[2], None, "a red cube\na blue ball", **FORM)
+    assert "bksdm-success" in text, text
+    assert _loaded_name() == "teacher.safetensors"  # the original is loaded again
+    teacher_row, student_row = table["data"]
+    assert (teacher_row[1], teacher_row[4], teacher_row[5]) == ("teacher", "inf", "1.0000")
+    assert student_row[1] == "small" and float(student_row[5]) < 0.999
+    assert float(teacher_row[3]) > 0 and float(student_row[3]) > 0  # seconds per image
+    if local_model() is None:
+        assert teacher_row[6] == "-" and "pass --clip-model" in text
+    with Image.open(picture) as image:  # 1 prompt (the first N = 1) x 2 seeds, 2 models
+        assert image.size == (220 + 2 * 256, 28 + 2 * 256)
+    assert Path(grid_file).is_file()
+    with open(csv_file, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["preset"] for r in rows] == ["teacher", "small"] and rows[0]["webui"] == "v1.10.1"
+    compare_tab.run_from_ui("task(2)", chosen[:1], compare_tab.SOURCES[0], None, "", **FORM)
+    with open(history, newline="") as f:
+        assert [r["preset"] for r in csv.DictReader(f)] == ["teacher", "small", "teacher"]
+
+
+def test_bad_forms_say_what_to_do(webui):
+    from bksdm_ext.webui import compare_tab
+
+    _, chosen = compare_tab.candidates()
+    *_, text = compare_tab.run_from_ui("task(3)", [], compare_tab.SOURCES[0], None, "", **FORM)
+    assert "Choose at least one checkpoint" in text
+    *_, text = compare_tab.run_from_ui("task(4)", chosen, compare_tab.SOURCES[2], None, " \n",
+                                       **FORM)
+    assert "Type at least one prompt" in text
+    text = compare_tab.submit_job(chosen, compare_tab.SOURCES[1], None, "", **FORM)
+    assert "Upload a prompt file" in text
+
+
+def test_a_background_comparison_runs_bksdm_eval_as_a_job(webui, tmp_path):
+    from bksdm_ext.webui import compare_tab, job_scores, jobs_service
+
+    _, chosen = compare_tab.candidates()
+    prompts = tmp_path / "mine.txt"
+    prompts.write_text("a green tree\na yellow car\n")
+    text = compare_tab.submit_job(chosen, compare_tab.SOURCES[1], str(prompts), "",
+                                  **dict(FORM, seeds=1, steps=1))
+    assert "bksdm-success" in text, text
+    runner = jobs_service.runner()
+    job = runner.jobs()[-1]
+    assert job.kind == "eval" and str(webui / "teacher.safetensors") in job.argv
+    job = wait(runner, job.id, lambda j: j.state not in ("queued", "running"))
+    assert job.state == SUCCEEDED, runner.log_tail(job.id)
+    assert Path(job.result) == runner.folder(job.id) / "grid.png" and not job.registered
+    _, table = job_scores.view(jobs_service.label(job))
+    assert "| teacher.safetensors | teacher |" in table and "| small |" in table
