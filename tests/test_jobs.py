@@ -75,7 +75,7 @@ def test_cancel_stops_a_running_job_and_saves_nothing(inputs, tmp_path):
 
 def test_a_killed_worker_is_interrupted_after_a_restart_and_resumes_to_the_end(inputs, tmp_path):
     runner = JobRunner(tmp_path / "jobs")
-    job = runner.submit("distill", distill_args(inputs, steps=40, save_every=2), device="cpu")
+    job = runner.submit("distill", distill_args(inputs, steps=16, save_every=2), device="cpu")
     wait(runner, job.id, lambda j: any(e["event"] == "checkpoint" for e in runner.events(job.id)))
     os.kill(runner.job(job.id).pid, signal.SIGKILL)
     time.sleep(0.5)
@@ -85,7 +85,7 @@ def test_a_killed_worker_is_interrupted_after_a_restart_and_resumes_to_the_end(i
     restarted.resume(job.id)
     done = wait(restarted, job.id, lambda j: j.state == SUCCEEDED, timeout=600)
     events = restarted.events(job.id)
-    assert events[-1]["event"] == "done" and events[-1]["step"] == 40
+    assert events[-1]["event"] == "done" and events[-1]["step"] == 16
     assert any(e["event"] == "start" and e["resumed_from"] for e in events)
     assert Path(done.result).is_file()
 
