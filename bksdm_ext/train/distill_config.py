@@ -57,6 +57,8 @@ class DistillConfig:
     # Random conditioning (arXiv 2504.02011): some captions meet unrelated latents.
     random_conditioning: bool = False
     random_conditioning_p: float = 0.5
+    # On a GPU, lower the batch/memory settings to fit its free memory (memory_fit.py).
+    fit_memory: bool = True
 
     def synth_settings(self, count: int, prompts: Optional[str]) -> SynthSettings:
         """How the teacher makes this run's pairs: at the training resolution, from the
