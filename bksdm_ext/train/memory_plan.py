@@ -83,7 +83,7 @@ class MemoryPlan:
                  % (s.micro_batch, s.grad_accum, s.effective_batch),
                  s.mixed_precision if s.mixed_precision != "no" else "fp32",
                  "gradient checkpointing" if s.gradient_checkpointing else "no checkpointing",
-                 "8-bit AdamW" if s.use_8bit_adam else "AdamW"]
+                 "8-bit AdamW" if s.use_8bit_adam else "AdamW"] + (["EMA"] if s.ema else [])
         text = "%s: ≈%.1f GiB peak of %.1f GiB free" % (", ".join(parts), self.estimate_gib,
                                                          self.free_gib)
         if self.changed:
@@ -98,22 +98,21 @@ def _family(family: str) -> str:
 
 
 def _interpolate(points: Tuple[Tuple[float, float], ...], x: float) -> float:
-    """Piecewise-linear through `points` (sorted by x), extended by the end segments."""
-    (x0, y0), (x1, y1) = points[0], points[1]
-    for (a, ya), (b, yb) in zip(points, points[1:]):
-        x0, y0, x1, y1 = a, ya, b, yb
-        if x <= b:
-            break
+    """Piecewise-linear through `points` (sorted by x), extended by the last segment."""
+    segments = list(zip(points, points[1:]))
+    (x0, y0), (x1, y1) = next((seg for seg in segments if x <= seg[1][0]), segments[-1])
     return y0 + (x - x0) * (y1 - y0) / (x1 - x0)
 
 
-def _activation_scale(s: Settings, resolution: int, no_checkpointing_measured: bool) -> float:
+def _activation_scale(s: Settings, resolution: int, measured_checkpointing: bool) -> float:
+    """Activations of `s` relative to a measurement at 512², autocast, with or without
+    gradient checkpointing."""
     scale = (resolution / 512.0) ** 2
     if s.mixed_precision == "no":
         scale *= FP32_ACTIVATIONS
-    if no_checkpointing_measured and s.gradient_checkpointing:
+    if s.gradient_checkpointing and not measured_checkpointing:
         scale *= CHECKPOINTING_KEEPS
-    if not no_checkpointing_measured and not s.gradient_checkpointing:
+    if measured_checkpointing and not s.gradient_checkpointing:
         scale /= CHECKPOINTING_KEEPS
     return scale
 
@@ -132,7 +131,7 @@ def distill_peak_gib(family: str, arch: str, resolution: int, s: Settings) -> fl
     base = distill_state_gib("sd-v1", "small", measured)
     curve = ((0, base),) + KD_MEASURED_PEAKS
     activations = _interpolate(curve, s.micro_batch) - base
-    return distill_state_gib(family, arch, s) + activations * _activation_scale(s, resolution, False)
+    return distill_state_gib(family, arch, s) + activations * _activation_scale(s, resolution, True)
 
 
 def dreambooth_peak_gib(family: str, arch: str, resolution: int, s: Settings, lora: bool,
@@ -152,7 +151,7 @@ def dreambooth_peak_gib(family: str, arch: str, resolution: int, s: Settings, lo
     per_param = [(peak - ((p + TEXT_PARAMS["sd-v1"]) * BYTES_ADAMW / GIB + CUDA_CONTEXT_GIB)) / p
                  for p, peak in (small, teacher)]
     activations = unet * sum(per_param) / len(per_param) * s.micro_batch
-    return state + activations * _activation_scale(s, resolution, True)
+    return state + activations * _activation_scale(s, resolution, False)
 
 
 def _micro_batches(effective: int, start: int, floor: int) -> List[int]:
