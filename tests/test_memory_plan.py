@@ -11,7 +11,7 @@ from bksdm_ext.errors import BadInput
 from bksdm_ext.train.distill_config import DistillConfig
 from bksdm_ext.train.dreambooth_config import DreamBoothConfig
 from bksdm_ext.train.memory_fit import (MEMORY_FILE, fit_distill, fit_dreambooth,
-                                        out_of_memory_explained)
+                                        free_gpu_bytes, out_of_memory_explained)
 from bksdm_ext.train.memory_plan import (GIB, Settings, distill_peak_gib, dreambooth_peak_gib,
                                          plan_distill, plan_dreambooth)
 
@@ -108,3 +108,12 @@ def test_dreambooth_out_of_memory_suggests_the_next_memory_option(tmp_path):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
     fitted, plan = fit_dreambooth(cfg, "sd-v1", "small", 8 * GIB, True)
     assert fitted.use_8bit_adam and plan.fits
+
+
+def test_processes_of_a_multi_gpu_run_keep_their_settings(monkeypatch):
+    """Each DDP process sees its own free memory; fitting could make them disagree."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *device: (16 * GIB, 80 * GIB))
+    assert free_gpu_bytes() == 16 * GIB
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert free_gpu_bytes() is None

@@ -26,12 +26,13 @@ C = TypeVar("C", DistillConfig, DreamBoothConfig)
 
 
 def free_gpu_bytes() -> Optional[int]:
-    """Free memory of this process's CUDA device (LOCAL_RANK under accelerate), None without one."""
+    """Free memory of this process's CUDA device; None without one, and under DDP
+    (``accelerate launch``), where each process could fit differently but all must agree."""
     import torch
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return None
-    free, _total = torch.cuda.mem_get_info(int(os.environ.get("LOCAL_RANK", "0")))
+    free, _total = torch.cuda.mem_get_info()
     return int(free)
 
 
