@@ -117,3 +117,19 @@ def test_processes_of_a_multi_gpu_run_keep_their_settings(monkeypatch):
     assert free_gpu_bytes() == 16 * GIB
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert free_gpu_bytes() is None
+
+
+def test_a_run_on_a_gpu_announces_its_plan_and_records_it(teacher, tmp_path, monkeypatch, capsys):
+    """The wiring in distill(): the plan is printed before the run and kept in its start event
+    (a CPU run stands in for the GPU here; only the free memory is pretended)."""
+    from bksdm_ext.jobs.events import read_events
+    from bksdm_ext.train import distill as distill_module
+    from test_distill import config
+
+    monkeypatch.setattr(distill_module, "free_gpu_bytes", lambda: 16 * GIB)
+    out = tmp_path / "run"
+    distill_module.distill(config(teacher, "teacher:2", out, steps=1, synth_steps=1,
+                                  synth_batch_size=2, synth_preview=0))
+    (start,) = [e for e in read_events(out / "events.jsonl") if e["event"] == "start"]
+    assert start["memory_plan"].startswith("micro-batch 2 × 1 accumulation (effective 2)")
+    assert "GPU memory plan: micro-batch 2 × 1" in capsys.readouterr().err

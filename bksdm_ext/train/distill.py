@@ -49,13 +49,13 @@ def distill(cfg: DistillConfig, resume: bool = False) -> Path:
     that fails says why in its event file too (the WebUI's job list reads it there)."""
     with failures_reported(cfg.out):
         family = _teacher(cfg)[1].family
-        cfg, plan = fit_distill(cfg, family, free_gpu_bytes(), have_bitsandbytes())
-        announce(plan)
+        cfg, memory = fit_distill(cfg, family, free_gpu_bytes(), have_bitsandbytes())
+        announce(memory)
         with out_of_memory_explained(cfg):
-            return _distill(cfg, resume, plan)
+            return _distill(cfg, resume, memory)
 
 
-def _distill(cfg: DistillConfig, resume: bool, plan: Optional[MemoryPlan] = None) -> Path:
+def _distill(cfg: DistillConfig, resume: bool, memory: Optional[MemoryPlan] = None) -> Path:
     from accelerate import Accelerator
 
     paths = RunPaths(Path(cfg.out))
@@ -83,7 +83,7 @@ def _distill(cfg: DistillConfig, resume: bool, plan: Optional[MemoryPlan] = None
            synth_run=str(data.synth_run) if data.synth_run is not None else None,
            random_conditioning=cfg.random_conditioning_p if cfg.random_conditioning else None,
            processes=accelerator.num_processes,
-           memory_plan=plan.describe() if plan is not None else None,
+           memory_plan=memory.describe() if memory is not None else None,
            resumed_from=str(start_checkpoint) if start_checkpoint else None)
 
     device = accelerator.device

@@ -50,14 +50,15 @@ def dreambooth(cfg: DreamBoothConfig, resume: bool = False) -> Path:
     fails says why in its event file too (the WebUI's job list reads it there)."""
     with failures_reported(cfg.out):
         info = _check_inputs(cfg)[1]
-        cfg, plan = fit_dreambooth(cfg, info.family, info.preset, free_gpu_bytes(),
+        cfg, memory = fit_dreambooth(cfg, info.family, info.preset, free_gpu_bytes(),
                                    have_bitsandbytes())
-        announce(plan)
+        announce(memory)
         with out_of_memory_explained(cfg):
-            return _dreambooth(cfg, resume, plan)
+            return _dreambooth(cfg, resume, memory)
 
 
-def _dreambooth(cfg: DreamBoothConfig, resume: bool, plan: Optional[MemoryPlan] = None) -> Path:
+def _dreambooth(cfg: DreamBoothConfig, resume: bool, memory: Optional[MemoryPlan] = None
+                ) -> Path:
     from accelerate import Accelerator
 
     paths = RunPaths(Path(cfg.out))
@@ -74,7 +75,7 @@ def _dreambooth(cfg: DreamBoothConfig, resume: bool, plan: Optional[MemoryPlan] 
           instance_images=len(instances),
           class_images=cfg.num_class_images if cfg.prior_preservation else 0,
           mode="lora" if cfg.lora else "full", lr=cfg.learning_rate(), mixed_precision=precision,
-          memory_plan=plan.describe() if plan is not None else None,
+          memory_plan=memory.describe() if memory is not None else None,
           resumed_from=str(start_checkpoint) if start_checkpoint else None)
 
     class_paths: List[Path] = []
