@@ -135,9 +135,11 @@ def out_of_memory_explained(cfg: Any) -> Iterator[None]:
             (Path(cfg.out) / MEMORY_FILE).write_text(json.dumps({"max_micro_batch": micro}),
                                                      encoding="utf-8")
             resume = ("resuming (--resume, or Resume in the Jobs tab) continues from the last "
-                      "checkpoint with micro-batch %d (recorded in %s)" % (micro, MEMORY_FILE))
+                      "checkpoint, and a run with none yet starts again in the same folder, "
+                      "with micro-batch %d (recorded in %s)" % (micro, MEMORY_FILE))
         else:
-            resume = "then resume (--resume) from the last checkpoint"
+            resume = ("then resume (--resume) from the last checkpoint, or start again in the "
+                      "same folder if there is none yet")
         raise BadInput(
             "%s: out of GPU memory with micro-batch %d × %d, %s%s%s; %s; %s"
             % (cfg.out, s.micro_batch, s.grad_accum, s.mixed_precision,
