@@ -58,7 +58,7 @@ PY38_PATHS = $(wildcard bksdm_ext scripts install.py)
 LATEST_VENV  := .venv-latest
 LATEST_STAMP := $(LATEST_VENV)/.installed
 LATEST_REQS  := diffusers==0.42.1 transformers==5.24.0 accelerate==1.15.0 huggingface_hub==2.4.0 \
-                peft==0.21.2 pytest omegaconf einops
+                peft==0.21.2 pytest ftfy omegaconf einops
 # (tests/test_parts_keymap.py compares with A1111's own text encoders, built the way
 # transformers 4.30 builds them, so it belongs to the first stack only.)
 LATEST_TESTS := tests/test_tokenizer.py tests/test_clip_naming.py tests/test_demo.py \
