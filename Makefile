@@ -48,7 +48,25 @@ CHROMIUM := /usr/bin/chromium
 # Paths that must stay Python-3.8 compatible; missing ones are skipped.
 PY38_PATHS = $(wildcard bksdm_ext scripts install.py)
 
-.PHONY: .venv test demo
+# The second stack (`make test-latest`): the newest releases the `train` extra allows,
+# which is what `pip install ".[train]"` gives a lab today; its upper bounds are these pins.
+# Python 3.11 with the same local CPU torch: PyPI's Linux torch wheels for Python 3.12 are
+# CUDA builds (several GB with their nvidia-* wheels) and download.pytorch.org's CPU
+# wheels cannot be reached here, so 2.13.0+cpu is the newest CPU torch available.
+# open-clip-torch (the tokenizer tests' reference) and sdkit's `ldm` (the U-Net the
+# conversion tests load students into) come without their dependencies, as in .venv.
+LATEST_VENV  := .venv-latest
+LATEST_STAMP := $(LATEST_VENV)/.installed
+LATEST_REQS  := diffusers==0.42.1 transformers==5.24.0 accelerate==1.15.0 huggingface_hub==2.4.0 \
+                peft==0.21.2 pytest ftfy omegaconf einops
+# (tests/test_parts_keymap.py compares with A1111's own text encoders, built the way
+# transformers 4.30 builds them, so it belongs to the first stack only.)
+LATEST_TESTS := tests/test_tokenizer.py tests/test_clip_naming.py tests/test_demo.py \
+                tests/test_convert.py tests/test_distill.py tests/test_dreambooth.py \
+                tests/test_synth.py tests/test_latency.py tests/test_memory_plan.py \
+                tests/test_gpu_bench.py tests/test_layout.py
+
+.PHONY: .venv test demo test-latest test-wheel
 
 .venv: $(STAMP) $(CHROMIUM)
 
@@ -82,3 +100,18 @@ test: .venv
 
 demo: .venv
 	$(PY) -m bksdm_ext demo
+
+$(LATEST_STAMP): pyproject.toml Makefile
+	test -x $(LATEST_VENV)/bin/python || $(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --progress-bar off "$(TORCH_REQ)" ".[train]" $(LATEST_REQS)
+	$(LATEST_VENV)/bin/python -m pip uninstall -q -y bksdm-webui
+	$(LATEST_VENV)/bin/python -m pip install -q --progress-bar off --no-deps $(SDKIT)
+	touch $@
+
+# The suite's engine tests on the second stack (the WebUI tests need A1111's pins).
+test-latest: $(LATEST_STAMP)
+	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(LATEST_TESTS)
+
+# The wheel alone in a fresh venv, offline, away from the checkout: a tiny distillation.
+test-wheel:
+	PYTHON=$(PYTHON) TORCH_REQ="$(TORCH_REQ)" .ci/clean-wheel

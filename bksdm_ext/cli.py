@@ -363,6 +363,7 @@ def _add_distill(commands: Any) -> None:
     distill.add_argument("--no-flip", dest="flip", action="store_false", default=None)
     distill.add_argument("--use-8bit-adam", dest="use_8bit_adam", action="store_true", default=None,
                          help="bitsandbytes' 8-bit AdamW (needs bitsandbytes)")
+    _add_no_fit_memory(distill)
     _add_v_prediction(distill)
     distill.add_argument("--json", action="store_true")
     distill.set_defaults(run=_distill, render=_render_info)
@@ -427,6 +428,7 @@ def _add_dreambooth(commands: Any) -> None:
                             action="store_false", default=None)
     dreambooth.add_argument("--use-8bit-adam", dest="use_8bit_adam", action="store_true",
                             default=None, help="bitsandbytes' 8-bit AdamW (needs bitsandbytes)")
+    _add_no_fit_memory(dreambooth)
     dreambooth.add_argument("--sample-prompt", dest="sample_prompts", action="append",
                             default=None, help="a prompt for the sample grids (repeatable; "
                                                "default: the instance prompt)")
@@ -565,6 +567,13 @@ def _add_jobs(commands: Any) -> None:
 def _add_dtype(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32", "keep"],
                         help="precision of the written U-Net (default fp16)")
+
+
+def _add_no_fit_memory(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-fit-memory", dest="fit_memory", action="store_false", default=None,
+                        help="on a GPU, keep the batch and memory settings as given instead of "
+                             "lowering them to fit its free memory (the estimate is printed "
+                             "before the run starts)")
 
 
 def _add_v_prediction(parser: argparse.ArgumentParser) -> None:

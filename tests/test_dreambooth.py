@@ -15,6 +15,7 @@ from PIL import Image
 from bksdm_ext.train import class_images as class_images_module
 from bksdm_ext.train import dreambooth as dreambooth_module
 from bksdm_ext.cli import main
+from bksdm_ext.model.clip_naming import nested_name
 from bksdm_ext.model.convert import convert_checkpoint
 from bksdm_ext.demo import write_tiny_teacher
 from bksdm_ext.train.dreambooth import dreambooth
@@ -222,8 +223,9 @@ def test_lora_file_resolves_in_a1111_and_reproduces_the_merged_student(student, 
                                         num_attention_heads=1, vocab_size=49408))
     modules = {("diffusion_model." + n).replace(".", "_"): (m, "model.diffusion_model." + n)
                for n, m in ldm.named_modules()}
-    modules.update({("transformer." + n).replace(".", "_"): (m, V1_TEXT + n)
-                    for n, m in text.named_modules()})
+    # A1111's CLIP (transformers 4.x) nests the tower under text_model.; transformers 5 does not.
+    modules.update({("transformer." + nested_name(n)).replace(".", "_"):
+                    (m, V1_TEXT + nested_name(n)) for n, m in text.named_modules()})
     seen = {"unet": 0, "te": 0}
     touched = set()
     for name, delta in lora_modules(lora):

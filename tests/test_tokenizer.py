@@ -1,12 +1,13 @@
 """The CLIP tokenizers built offline give OpenAI's/OpenCLIP's token ids, padding per family."""
 import importlib.util
+from pathlib import Path
 from types import ModuleType
 
 import pytest
 from transformers import CLIPTokenizer
 
 from bksdm_ext.errors import BadInput
-from bksdm_ext.model.tokenizer import HF_TOKENIZER, clip_tokenizer, open_clip_bpe
+from bksdm_ext.model.tokenizer import BPE_FILE, PACKAGED_BPE, clip_tokenizer
 
 PROMPTS = [
     "a photo of a cat",
@@ -18,14 +19,19 @@ PROMPTS = [
 ]
 
 
-def open_clip_reference() -> ModuleType:
-    """open_clip's own tokenizer module, loaded from its file without importing the package
-    (whose __init__ imports torchvision)."""
-    bpe = open_clip_bpe()
-    if bpe is None:
+def open_clip_folder() -> Path:
+    """Where open-clip-torch (the reference) is installed, found without importing it
+    (its __init__ imports torchvision)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
         pytest.skip("open-clip-torch is not installed")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def open_clip_reference() -> ModuleType:
+    """open_clip's own tokenizer module, loaded from its file without importing the package."""
     spec = importlib.util.spec_from_file_location("open_clip_tokenizer_reference",
-                                                  str(bpe.parent / "tokenizer.py"))
+                                                  str(open_clip_folder() / "tokenizer.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -55,12 +61,20 @@ def test_sd_v1_matches_openai_ids_padded_with_end_token():
     assert reference[-1][-1] == 49407 and len(reference[-1]) == 77
 
 
+def test_shipped_vocabulary_is_open_clips_byte_for_byte():
+    assert PACKAGED_BPE.read_bytes() == (open_clip_folder() / BPE_FILE).read_bytes()
+
+
+def test_exclamation_marks_stay_text_when_sd_v2_pads_with_them():
+    """id 0 is "!": padding with it must not turn a prompt's "!!" into two pads."""
+    tokenizer = clip_tokenizer("sd-v2")
+    padded = tokenizer("a cat!!", padding="max_length", max_length=10).input_ids
+    assert padded == [49406, 320, 2368, 748, 49407, 0, 0, 0, 0, 0]
+
+
 def test_explicit_vocab_file(tmp_path):
-    bpe = open_clip_bpe()
-    if bpe is None:
-        pytest.skip("open-clip-torch is not installed")
     copy = tmp_path / "vocab.txt.gz"
-    copy.write_bytes(bpe.read_bytes())
+    copy.write_bytes(PACKAGED_BPE.read_bytes())
     assert clip_tokenizer("sd-v1", copy)("a photo of a cat").input_ids == [
         49406, 320, 1125, 539, 320, 2368, 49407]
 
@@ -70,40 +84,10 @@ def test_missing_or_broken_vocab_file_is_bad_input(tmp_path):
         clip_tokenizer("sd-v1", tmp_path / "no-such.gz")
     broken = tmp_path / "broken.gz"
     broken.write_bytes(b"not gzip")
-    with pytest.raises(BadInput, match="broken.gz.*reinstall open-clip-torch"):
+    with pytest.raises(BadInput, match="broken.gz.*the one this package ships"):
         clip_tokenizer("sd-v1", broken)
 
 
 def test_unknown_family():
     with pytest.raises(ValueError, match="sd-xl"):
         clip_tokenizer("sd-xl")
-
-
-def test_falls_back_to_local_hugging_face_cache(tmp_path, monkeypatch):
-    if open_clip_bpe() is None:
-        pytest.skip("open-clip-torch is not installed")
-    saved = tmp_path / "hf"
-    clip_tokenizer("sd-v1").save_pretrained(str(saved))
-    original = CLIPTokenizer.from_pretrained
-    calls = []
-
-    def from_cache(name, **kwargs):
-        calls.append((name, kwargs["local_files_only"]))
-        return original(str(saved), **kwargs)
-
-    monkeypatch.setattr("bksdm_ext.model.tokenizer.open_clip_bpe", lambda: None)
-    monkeypatch.setattr(CLIPTokenizer, "from_pretrained", staticmethod(from_cache))
-    tokenizer = clip_tokenizer("sd-v2")
-    assert calls == [(HF_TOKENIZER, True)]
-    assert tokenizer("a cat", padding="max_length", max_length=77).input_ids[:5] == [
-        49406, 320, 2368, 49407, 0]
-
-
-def test_no_vocabulary_anywhere_says_how_to_get_one(monkeypatch):
-    def not_cached(name, **kwargs):
-        raise OSError("not in the cache")
-
-    monkeypatch.setattr("bksdm_ext.model.tokenizer.open_clip_bpe", lambda: None)
-    monkeypatch.setattr(CLIPTokenizer, "from_pretrained", staticmethod(not_cached))
-    with pytest.raises(BadInput, match="pip install open-clip-torch"):
-        clip_tokenizer("sd-v1")

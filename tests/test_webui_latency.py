@@ -5,6 +5,7 @@ import csv
 from pathlib import Path
 
 import pytest
+import torch
 
 from bksdm_ext.model.convert import convert_checkpoint
 from tiny import TINY, write_teacher
@@ -53,6 +54,25 @@ def test_panel_times_each_model_and_loads_the_original_again(webui):
                             warmup=0, seed=1)
     with open(history, newline="") as f:
         assert len(list(csv.DictReader(f))) == 4  # history grows, nothing is overwritten
+
+
+def test_a_loaded_student_brings_its_teacher_along(webui):
+    """The teacher is found by the hash the student records once A1111 has hashed it, and by
+    its recorded file name before that (a never-loaded teacher has no hash yet)."""
+    from bksdm_ext.webui import latency_tab
+
+    other = write_teacher(webui, TINY["sd-v1"], name="other.safetensors",
+                          extra={"marker": torch.ones(1)})  # another file, another hash
+    other_student = webui / "other-bk-base.safetensors"
+    convert_checkpoint(other, other_student, "base", dtype="fp32")
+    load(webui / "teacher-bk-small.safetensors")
+    names = [t.split(" [")[0] for t in latency_tab.candidates()]
+    assert names[:2] == ["teacher-bk-small.safetensors", "teacher.safetensors"]
+    assert "other.safetensors" not in names
+    load(other_student)
+    names = [t.split(" [")[0] for t in latency_tab.candidates()]
+    assert names[:2] == ["other-bk-base.safetensors", "other.safetensors"]
+    assert "teacher.safetensors" not in names
 
 
 def test_the_original_checkpoint_is_restored_after_a_failure(webui, monkeypatch):

@@ -9,6 +9,7 @@ from typing import Any, Dict
 import torch
 
 from .checkpoint import Checkpoint
+from .clip_naming import model_names
 from .detect import ModelInfo
 from .keymap import UNET_PREFIX, KeyMap
 from .parts_keymap import TEXT_PREFIX, VAE_PREFIX, clip_to_hf, vae_to_diffusers
@@ -87,10 +88,11 @@ def load_text_encoder(ckpt: Checkpoint, family: str) -> Any:
         state = {k: v for k, v in state.items()
                  if not k.startswith("text_model.encoder.layers.%d." % last)}
     model = CLIPTextModel(CLIPTextConfig(**text_encoder_config(state, family)))
-    # position_ids is a buffer that only some transformers versions save.
-    result = model.load_state_dict(state, strict=False)
-    problems = [k for k in result.missing_keys if not k.endswith("position_ids")]
-    problems += result.unexpected_keys
+    # position_ids is a buffer that only some transformers versions save (4.30 does, 5 does
+    # not): checkpoints may have it or not, and it is always arange(77).
+    result = model.load_state_dict(model_names(model, state), strict=False)
+    problems = [k for k in result.missing_keys + result.unexpected_keys
+                if not k.endswith("position_ids")]
     if problems:
         raise ValueError("text encoder weights do not fit: " + ", ".join(sorted(problems)[:5]))
     return model.float()

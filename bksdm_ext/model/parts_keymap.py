@@ -12,8 +12,9 @@ Layouts (keys in and out exclude the checkpoint prefixes below):
   are read from the keys, so tiny test VAEs work as well as the 4-level one.
 * Text encoder SD-v1: HF ``CLIPTextModel`` <-> A1111's ``FrozenCLIPEmbedder``,
   which wraps the same HF model, so only the key set is checked (and old
-  checkpoints' ``embeddings.``/``encoder.``/``final_layer_norm.`` keys are
-  normalised to ``text_model.…`` the way A1111 does when it loads them).
+  checkpoints' ``embeddings.``/``encoder.``/``final_layer_norm.`` keys, which
+  are also transformers 5's names, are normalised to ``text_model.…`` the way
+  A1111 does when it loads them: see clip_naming).
 * Text encoder SD-v2: HF ``CLIPTextModel`` (a diffusers SD-2 ``text_encoder/``)
   <-> OpenCLIP's text tower as A1111's ``FrozenOpenCLIPEmbedder`` holds it.
 
@@ -53,6 +54,8 @@ import re
 from typing import Dict, Iterable, List, Mapping, Tuple
 
 import torch
+
+from .clip_naming import nested_name, nested_names
 
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = {"sd-v1": "cond_stage_model.transformer.", "sd-v2": "cond_stage_model.model."}
@@ -205,8 +208,6 @@ _CLIP_TOP_PAIRS = [
     ("text_projection.weight", "text_projection"),
 ]
 _OPENCLIP_LOGIT_SCALE = "logit_scale"
-# Old SD-v1 checkpoints lack the "text_model." level; A1111 adds it on load.
-_OLD_V1_PREFIXES = ("embeddings.", "encoder.", "final_layer_norm.")
 
 
 def _hf_layer_count(keys: Iterable[str]) -> int:
@@ -287,24 +288,25 @@ def _clip_v2_to_hf(sd: Mapping[str, torch.Tensor]) -> StateDict:
     return out
 
 
-def _v1_checked(sd: Mapping[str, torch.Tensor], add_text_model: bool) -> StateDict:
-    """SD-v1's embedder holds the HF model itself: keep its keys (adding old ones' ``text_model.``), reject others."""
-    names = {k: "text_model." + k if add_text_model and k.startswith(_OLD_V1_PREFIXES) else k for k in sd}
+def _v1_checked(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """SD-v1's embedder holds the HF model itself: keep its keys (in the nested naming), reject others."""
+    names = {k: nested_name(k) for k in sd}
     known = set(_v1_keys(_hf_layer_count(names.values())))
     return _rename(sd, {k: v for k, v in names.items() if v in known}, "SD-v1 CLIP text")
 
 
 def clip_to_ldm(sd: Mapping[str, torch.Tensor], family: str) -> Dict[str, torch.Tensor]:
-    """Convert an HF ``CLIPTextModel`` state dict to the keys after ``TEXT_PREFIX[family]``."""
+    """Convert an HF ``CLIPTextModel`` state dict (either transformers naming) to the keys
+    after ``TEXT_PREFIX[family]``."""
     _check_family(family)
     if family == "sd-v1":
-        return _v1_checked(sd, add_text_model=False)
-    return _clip_v2_to_openclip(sd)
+        return _v1_checked(sd)
+    return _clip_v2_to_openclip(nested_names(sd))
 
 
 def clip_to_hf(sd: Mapping[str, torch.Tensor], family: str) -> Dict[str, torch.Tensor]:
     """Convert the keys after ``TEXT_PREFIX[family]`` to an HF ``CLIPTextModel`` state dict."""
     _check_family(family)
     if family == "sd-v1":
-        return _v1_checked(sd, add_text_model=True)
+        return _v1_checked(sd)
     return _clip_v2_to_hf(sd)

@@ -28,6 +28,8 @@ from ..jobs.events import EventLog
 from .init_student import checked_init_student, load_init_student
 from .kd import EMA, FeatureTaps, LossWeights, kd_loss, student_from_teacher
 from ..model.keymap import UNET_PREFIX, KeyMap
+from .memory_fit import announce, fit_distill, free_gpu_bytes, have_bitsandbytes, out_of_memory_explained
+from .memory_plan import MemoryPlan
 from .latent_cache import CacheUnion, LatentCache, cache_fingerprint, teacher_identity
 from ..model.loading import latent_scale, load_unet, load_vae, noise_scheduler
 from ..model.generation import make_pipeline
@@ -49,10 +51,14 @@ def distill(cfg: DistillConfig, resume: bool = False) -> Path:
     """Train, checkpoint, export; returns the final student's .safetensors path.  A run
     that fails says why in its event file too (the WebUI's job list reads it there)."""
     with failures_reported(cfg.out):
-        return _distill(cfg, resume)
+        family = _teacher(cfg)[1].family
+        cfg, memory = fit_distill(cfg, family, free_gpu_bytes(), have_bitsandbytes())
+        announce(memory)
+        with out_of_memory_explained(cfg):
+            return _distill(cfg, resume, memory)
 
 
-def _distill(cfg: DistillConfig, resume: bool) -> Path:
+def _distill(cfg: DistillConfig, resume: bool, memory: Optional[MemoryPlan] = None) -> Path:
     from accelerate import Accelerator
 
     paths = RunPaths(Path(cfg.out))
@@ -81,6 +87,7 @@ def _distill(cfg: DistillConfig, resume: bool) -> Path:
            synth_run=str(data.synth_run) if data.synth_run is not None else None,
            random_conditioning=cfg.random_conditioning_p if cfg.random_conditioning else None,
            processes=accelerator.num_processes, init_student=cfg.init_student,
+           memory_plan=memory.describe() if memory is not None else None,
            resumed_from=str(start_checkpoint) if start_checkpoint else None)
 
     device = accelerator.device

@@ -62,6 +62,8 @@ class DistillConfig:
     # Random conditioning (arXiv 2504.02011): some captions meet unrelated latents.
     random_conditioning: bool = False
     random_conditioning_p: float = 0.5
+    # On a GPU, lower the batch/memory settings to fit its free memory (memory_fit.py).
+    fit_memory: bool = True
 
     def eval_interval(self) -> int:
         return self.sample_every if self.eval_every is None else self.eval_every

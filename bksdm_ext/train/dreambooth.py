@@ -26,6 +26,8 @@ from .class_images import ClassImageRecipe, ensure_class_images
 from ..model.convert import DTYPES, student_metadata, teacher_parts, write_student
 from .dataset import image_files, is_readable_image, open_rgb
 from ..model.detect import ModelInfo, inspect_checkpoint
+from .memory_fit import announce, fit_dreambooth, free_gpu_bytes, have_bitsandbytes, out_of_memory_explained
+from .memory_plan import MemoryPlan
 from .noising import Batches, noised
 from .optim import adamw, require_bitsandbytes
 from .dreambooth_config import CLASS_SAMPLER, DreamBoothConfig
@@ -50,10 +52,16 @@ def dreambooth(cfg: DreamBoothConfig, resume: bool = False) -> Path:
     """Finetune, checkpoint, export; returns the merged checkpoint's path.  A run that
     fails says why in its event file too (the WebUI's job list reads it there)."""
     with failures_reported(cfg.out):
-        return _dreambooth(cfg, resume)
+        info = _check_inputs(cfg)[1]
+        cfg, memory = fit_dreambooth(cfg, info.family, info.preset, free_gpu_bytes(),
+                                   have_bitsandbytes())
+        announce(memory)
+        with out_of_memory_explained(cfg):
+            return _dreambooth(cfg, resume, memory)
 
 
-def _dreambooth(cfg: DreamBoothConfig, resume: bool) -> Path:
+def _dreambooth(cfg: DreamBoothConfig, resume: bool, memory: Optional[MemoryPlan] = None
+                ) -> Path:
     from accelerate import Accelerator
 
     paths = RunPaths(Path(cfg.out))
@@ -70,6 +78,7 @@ def _dreambooth(cfg: DreamBoothConfig, resume: bool) -> Path:
           instance_images=len(instances),
           class_images=cfg.num_class_images if cfg.prior_preservation else 0,
           mode="lora" if cfg.lora else "full", lr=cfg.learning_rate(), mixed_precision=precision,
+          memory_plan=memory.describe() if memory is not None else None,
           resumed_from=str(start_checkpoint) if start_checkpoint else None)
 
     class_paths: List[Path] = []

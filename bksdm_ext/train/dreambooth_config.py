@@ -55,6 +55,8 @@ class DreamBoothConfig:
     seed: int = 0
     export_dtype: str = "fp16"
     log_every: int = 10
+    # On a GPU, lower the batch/memory settings to fit its free memory (memory_fit.py).
+    fit_memory: bool = True
 
     def learning_rate(self) -> float:
         """--lr in full mode (1e-6 if not given); --lora-lr in LoRA mode unless --lr was given."""

@@ -8,7 +8,8 @@ and looking the result up among the LDM model's module names with "." turned int
 its fallback for diffusers-style names assumes the full SD layout, which would land a
 student's adapters in the wrong blocks.  So U-Net keys here are the LDM module paths of
 THIS architecture (``lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q``), and
-text-encoder keys are transformers' names (``lora_te_text_model_encoder_layers_0_self_attn_q_proj``),
+text-encoder keys are transformers 4.x names (``lora_te_text_model_encoder_layers_0_self_attn_q_proj``,
+also under transformers 5: see clip_naming),
 which A1111 maps to SD-v1's CLIP and to SD-v2's OpenCLIP attention (q/k/v into its fused
 ``in_proj_weight``, ``out_proj`` as is).
 
@@ -19,6 +20,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 
 from ..model.arch import Architecture
+from ..model.clip_naming import nested_name
 from ..errors import BadInput
 from ..model.keymap import KeyMap
 
@@ -76,7 +78,7 @@ def kohya_state(unet: torch.nn.Module, arch: Architecture,
         state.update(_kohya_entries(UNET_PREFIX + ldm_name.replace(".", "_"), layer))
     if text_encoder is not None:
         for name, layer in lora_layers(text_encoder).items():
-            state.update(_kohya_entries(TEXT_PREFIX + name.replace(".", "_"), layer))
+            state.update(_kohya_entries(TEXT_PREFIX + nested_name(name).replace(".", "_"), layer))
     return state
 
 

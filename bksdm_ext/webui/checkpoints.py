@@ -55,10 +55,17 @@ def filename(title: str) -> Path:
 
 
 def teacher_of(student: Path) -> Optional[str]:
-    """The dropdown title of the teacher a student was converted from, matched by the
-    sha256 its metadata records (only files A1111 has already hashed are compared)."""
-    wanted = Checkpoint(student).metadata.get("bksdm.teacher_sha256", "")
-    for info in a1111.checkpoint_infos():
+    """The dropdown title of the teacher a student was converted from: the file whose
+    sha256 its metadata records, else (among files A1111 has not hashed yet) the file of
+    the teacher's recorded name."""
+    metadata = Checkpoint(student).metadata
+    wanted = metadata.get("bksdm.teacher_sha256", "")
+    name = metadata.get("bksdm.teacher", "")
+    infos = a1111.checkpoint_infos()
+    for info in infos:
         if wanted and getattr(info, "sha256", None) == wanted:
+            return info.title
+    for info in infos:
+        if name and Path(info.filename).name == name and not getattr(info, "sha256", None):
             return info.title
     return None

@@ -11,7 +11,7 @@ import gradio as gr
 from ..train.dataset import scan_dataset
 from ..train.distill_config import DistillConfig
 from ..errors import BadInput
-from . import a1111, checkpoints, data_picker, init_student_form, job_form, paths
+from . import a1111, checkpoints, data_picker, init_student_form, job_form, memory_estimate, paths
 from .convert_tab import LABEL_OF, PRESET_LABELS
 from .messages import message
 
@@ -147,6 +147,9 @@ def build() -> None:
                                  precision=0, elem_id="bksdm_distill_sample_every")
         sample_prompts = gr.Textbox("\n".join(DEFAULTS.sample_prompts), lines=3,
                                     label="Sample prompts (one per line)")
+    memory_estimate.show(memory_estimate.distill_estimate,
+                         [teacher, preset, batch_size, grad_accum, resolution, precision,
+                          gradient_checkpointing, ema, use_8bit_adam], "bksdm_distill_memory")
     run = gr.Button("Start distillation", variant="primary", elem_id="bksdm_distill_start")
     result = gr.HTML(elem_id="bksdm_distill_result")
     job_form.controls("distill")

@@ -11,7 +11,7 @@ import gradio as gr
 
 from ..train.dreambooth import instance_images
 from ..errors import BadInput
-from . import a1111, checkpoints, data_picker, job_form
+from . import a1111, checkpoints, data_picker, job_form, memory_estimate
 from .messages import message
 
 SAME_MODEL = "(the model itself)"
@@ -107,6 +107,9 @@ def build() -> None:
         use_8bit_adam = gr.Checkbox(False, label="8-bit AdamW (bitsandbytes)")
         free_vram = gr.Checkbox(a1111.opt("bksdm_free_vram", False),
                                 label="Free the WebUI's VRAM while it runs")
+    memory_estimate.show(memory_estimate.dreambooth_estimate,
+                         [model, resolution, text_encoder, lora, precision,
+                          gradient_checkpointing, use_8bit_adam], "bksdm_db_memory")
     run = gr.Button("Start DreamBooth", variant="primary", elem_id="bksdm_db_start")
     result = gr.HTML(elem_id="bksdm_db_result")
     job_form.controls("dreambooth")

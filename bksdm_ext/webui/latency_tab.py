@@ -33,9 +33,15 @@ HISTORY_COLUMNS = ("time", "device", "board", "power_mode", "webui", "model", "p
 
 
 def candidates() -> List[str]:
-    """Checkpoints worth timing: the loaded one and every BK student in the dropdown."""
+    """Checkpoints worth timing: the loaded one, its teacher when a student is loaded
+    (named in the student's metadata, if that file is in the dropdown), and every BK
+    student in the dropdown."""
     loaded = a1111.loaded_model()
     titles = [loaded.title] if loaded is not None else []
+    if loaded is not None:
+        info = checkpoints.describe(Path(loaded.filename))
+        teacher = checkpoints.teacher_of(Path(loaded.filename)) if info and info.is_student else None
+        titles += [teacher] if teacher is not None else []
     return titles + [t for t in checkpoints.titles(teachers=False) if t not in titles]
 
 
