@@ -5,7 +5,8 @@ import sys
 from typing import Any, Callable, Dict, List, Optional
 
 from . import __version__
-from .model.arch import PRESETS
+from .model.arch import PRESETS, SD_V1
+from .model.blocks import describe_presets
 from .errors import BadInput, Stopped
 from .model.samplers import DEFAULT_SAMPLER, SAMPLERS
 
@@ -16,15 +17,20 @@ EXIT_STOPPED = 3
 def _convert(args: argparse.Namespace) -> Dict[str, Any]:
     from .model.convert import convert_checkpoint
 
-    report = convert_checkpoint(args.source, args.out, args.arch, dtype=args.dtype,
+    report = convert_checkpoint(args.source, args.out, args.arch or "teacher", dtype=args.dtype,
                                 v_prediction=args.v_prediction, overwrite=args.overwrite,
-                                progress=None if args.json else _progress_bar("converting"))
+                                progress=None if args.json else _progress_bar("converting"),
+                                remove=args.remove)
     return report.as_dict()
 
 
 def _info(args: argparse.Namespace) -> Dict[str, Any]:
     from .model.info import describe
 
+    if args.blocks:
+        from .model.unit_costs import describe_blocks
+
+        return describe_blocks(args.file, v_prediction=args.v_prediction)
     return describe(args.file, v_prediction=args.v_prediction)
 
 
@@ -115,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "initialised from the teacher's weights. VAE and text encoder are copied "
                     "unchanged; --dtype applies to the U-Net.")
     convert.add_argument("source", help="teacher checkpoint (.safetensors or .ckpt)")
-    convert.add_argument("--arch", required=True, choices=list(PRESETS))
+    convert.add_argument("--arch", choices=list(PRESETS),
+                         help="a preset: " + _PRESETS_IN_NOTATION + " (--remove adds to it)")
+    convert.add_argument("--remove", metavar="UNITS", help=_REMOVE_HELP)
     convert.add_argument("--out", required=True, help="output .safetensors path")
     _add_dtype(convert)
     convert.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -125,9 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="what a checkpoint is: family, teacher or BK preset, sizes")
     info.add_argument("file")
+    info.add_argument("--blocks", action="store_true",
+                      help="list the removable units (" + _UNIT_NAMES + ") with their "
+                           "parameters and estimated share of a U-Net step")
     _add_v_prediction(info)
     info.add_argument("--json", action="store_true")
-    info.set_defaults(run=_info, render=_render_info)
+    info.set_defaults(run=_info, render=_render_info_or_blocks)
 
     imp = commands.add_parser(
         "import-diffusers", help="turn a BK-SDM diffusers folder (e.g. nota-ai/bk-sdm-small) "
@@ -168,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(run=_demo, render=_render_info)
     return parser
+
+
+_UNIT_NAMES = "down.S.L, mid, up.S.L, innermost"
+_PRESETS_IN_NOTATION = "; ".join("%s = %s" % item for item in describe_presets(SD_V1).items())
+_REMOVE_HELP = ("blocks to remove, comma-separated: down.S.L (stage S from the full-resolution "
+                "stage 0 or * for every stage, layer L = a ResNet with its attention), up.S.L "
+                "(layers 0-2), mid, innermost (the lowest-resolution stage). An up stage must "
+                "lose as many layers as its down stage. `bksdm info --blocks` lists them.")
 
 
 def _add_distill(commands: Any) -> None:
@@ -479,6 +498,15 @@ def _render_info(info: Dict[str, Any]) -> str:
     width = max(map(len, info))
     return "\n".join("%-*s  %s" % (width, k, format(v, ",") if isinstance(v, int) and not
                                    isinstance(v, bool) else v) for k, v in info.items())
+
+
+def _render_info_or_blocks(info: Dict[str, Any]) -> str:
+    if "units" not in info:
+        return _render_info(info)
+    from .model.unit_costs import unit_rows
+
+    head = "%s: %s, removed: %s" % (info["file"], info["model"], info["removed"] or "nothing")
+    return head + "\n" + unit_rows(info["units"])
 
 
 def main(argv: Optional[List[str]] = None) -> int:
