@@ -12,7 +12,7 @@ from ..model.checkpoint import Checkpoint
 from ..model.convert import DTYPES, convert_checkpoint, student_unet_params
 from ..model.detect import ModelInfo, inspect_checkpoint
 from ..errors import BadInput
-from . import a1111, guard
+from . import a1111, block_picker, guard
 from .messages import message
 
 PRESET_LABELS = {"Base": "base", "Small": "small", "Tiny": "tiny", "Mid-stage removed": "mid-removed"}
@@ -98,8 +98,10 @@ def output_path(name: str, overwrite: bool) -> Path:
     return path
 
 
-def convert(id_task: str, label: str, name: str, dtype: str, overwrite: bool) -> List[Any]:
-    """Convert the loaded model; returns [new checkpoint title, Load-button update, message]."""
+def convert(id_task: str, label: str, name: str, dtype: str, overwrite: bool,
+            use_blocks: bool = False, blocks: Optional[List[str]] = None) -> List[Any]:
+    """Convert the loaded model (to the preset, or to the blocks picked when `use_blocks`);
+    returns [new checkpoint title, Load-button update, message]."""
     try:
         loaded, ckpt, info, problem = _loaded()
         if problem:
@@ -107,9 +109,10 @@ def convert(id_task: str, label: str, name: str, dtype: str, overwrite: bool) ->
         assert loaded is not None and ckpt is not None
         output = output_path(name, overwrite)
         report = convert_checkpoint(ckpt if not loaded.has_file else loaded.filename, output,
-                                    PRESET_LABELS[label], dtype=dtype,
+                                    "teacher" if use_blocks else PRESET_LABELS[label], dtype=dtype,
                                     v_prediction=loaded.parameterization == "v",
-                                    overwrite=overwrite, progress=a1111.Progress("Converting"))
+                                    overwrite=overwrite, progress=a1111.Progress("Converting"),
+                                    remove=block_picker.units_to_remove(use_blocks, blocks))
     except BadInput as e:
         return ["", gr.update(visible=False), message("error", str(e))]
     except InterruptedError:
@@ -133,6 +136,7 @@ def build() -> None:
     preset = gr.Radio(list(PRESET_LABELS), value=default_label, label="Preset",
                       elem_id="bksdm_preset")
     preview = gr.Markdown(elem_id="bksdm_preview")
+    use_blocks, blocks = block_picker.build(preset, PRESET_LABELS.get, _loaded)
     with gr.Row():
         name = gr.Textbox(label="New checkpoint name", elem_id="bksdm_output_name")
         dtype = gr.Dropdown(list(DTYPES), value=a1111.opt("bksdm_default_dtype", "fp16"),
@@ -153,7 +157,8 @@ def build() -> None:
     preset.change(lambda label: {preview: preset_preview(label), name: default_name(label)},
                   inputs=[preset], outputs=[preview, name])
     run.click(wrap_gradio_gpu_call(convert, extra_outputs=["", gr.update()]),
-              _js="bksdm_convert_submit", inputs=[id_task, preset, name, dtype, overwrite],
+              _js="bksdm_convert_submit",
+              inputs=[id_task, preset, name, dtype, overwrite, use_blocks, blocks],
               outputs=[converted, load, result])
     converted.change(None, _js="bksdm_refresh_checkpoints", inputs=[converted], outputs=[])
     load.click(None, _js="bksdm_load_checkpoint", inputs=[converted], outputs=[])
