@@ -49,6 +49,8 @@ def _distill(args: argparse.Namespace) -> Dict[str, Any]:
 
     options = {f.name: getattr(args, f.name) for f in fields(DistillConfig)
                if getattr(args, f.name, None) is not None}
+    if args.remove and args.arch is None:
+        options["arch"] = "teacher"  # --remove alone cuts the teacher, as in convert
     output = distill(DistillConfig(**options), resume=args.resume)
     return {"output": str(output), "config": str(output.with_suffix(".yaml")), "run": args.out}
 
@@ -200,7 +202,9 @@ def _add_distill(commands: Any) -> None:
                     "finally the student as an A1111 .safetensors + .yaml. Several GPUs: "
                     "accelerate launch --multi_gpu -m bksdm_ext distill ...")
     distill.add_argument("--teacher", required=True, help="SD-v1/v2 checkpoint (.safetensors/.ckpt)")
-    distill.add_argument("--arch", default=defaults.arch, choices=list(PRESETS))
+    distill.add_argument("--arch", choices=list(PRESETS),
+                         help="a preset (default %s; --remove adds to it)" % defaults.arch)
+    distill.add_argument("--remove", metavar="UNITS", help=_REMOVE_HELP)
     distill.add_argument("--data", required=True,
                          help="folder of images with captions (image.txt beside image.png, or "
                               "metadata.jsonl / metadata.csv with file_name and text); or "
