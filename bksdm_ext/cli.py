@@ -83,6 +83,69 @@ def _synth(args: argparse.Namespace) -> Dict[str, Any]:
     return dict(synth_summary(run), output=str(run))
 
 
+def _blocks(args: argparse.Namespace) -> Dict[str, Any]:
+    """The sensitivity scan, from the cache when this teacher was scanned with these
+    settings; with --out (a background job) it also writes events, table and chart there."""
+    from pathlib import Path
+
+    from .errors import Stopped
+    from .jobs.events import EventLog
+    from .jobs.runs import RunPaths, failures_reported
+    from .measure import block_scan
+    settings = block_scan.ScanSettings(steps=args.steps, size=args.size, cfg_scale=args.cfg_scale,
+                                       seed=args.seed, groups=not args.no_groups)
+    if args.prompts:
+        settings.prompts = _prompt_lines(Path(args.prompts))
+    paths = RunPaths(Path(args.out)) if args.out else None
+    log = EventLog(paths.events) if paths else None
+
+    def progress(done: int, total: int, unit: str) -> None:
+        if paths is not None and paths.take_stop_request():
+            log.write("stopped", step=done, saved=False)
+            raise Stopped("stopped after %d of %d units; nothing saved" % (done, total))
+        if log is not None:
+            log.write("step", step=done, total=total, unit=unit)
+
+    with failures_reported(args.out or "."):
+        if log is not None:
+            log.write("start", teacher=args.teacher, settings=str(settings))
+        cache = Path(args.cache_dir).expanduser()
+        result = block_scan.cached(cache, block_scan.teacher_hash(args.teacher), settings)
+        if result is None:
+            result = block_scan.scan(args.teacher, settings, progress)
+            block_scan.save(result, cache)
+        written = {}
+        csv_path = args.csv or (str(paths.out / "blocks.csv") if paths else None)
+        plot_path = args.plot or (str(paths.out / "blocks.png") if paths else None)
+        if csv_path:
+            written["csv"] = str(block_scan.write_csv(result, Path(csv_path)))
+        if plot_path:
+            written["plot"] = str(block_scan.plot(result, Path(plot_path)))
+        if log is not None:
+            log.write("done", output=written.get("plot", ""), **written)
+    return dict(result.as_dict(), written=written)
+
+
+def _prompt_lines(path: "Any") -> List[str]:
+    try:
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                   if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput("%s: cannot read the prompts (%s)" % (path, e)) from None
+    if not prompts:
+        raise BadInput("%s: no prompts in it (one a line)" % path)
+    return prompts
+
+
+def _render_blocks(result: Dict[str, Any]) -> str:
+    from .measure.block_scan import ScanResult, table
+
+    written = result.pop("written")
+    lines = [table(ScanResult.from_dict(result))]
+    lines += ["wrote %s" % p for p in written.values()]
+    return "\n".join(lines)
+
+
 def _bench(args: argparse.Namespace) -> Dict[str, Any]:
     from .measure.latency import LatencySettings, measure_all
 
@@ -156,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(commands)
     _add_dreambooth(commands)
     _add_jobs(commands)
+    _add_blocks(commands)
 
     bench = commands.add_parser(
         "bench", help="generation latency of a teacher and its students (diffusers, this device)",
@@ -189,6 +253,33 @@ _REMOVE_HELP = ("blocks to remove, comma-separated: down.S.L (stage S from the f
                 "stage 0 or * for every stage, layer L = a ResNet with its attention), up.S.L "
                 "(layers 0-2), mid, innermost (the lowest-resolution stage). An up stage must "
                 "lose as many layers as its down stage. `bksdm info --blocks` lists them.")
+
+
+def _add_blocks(commands: Any) -> None:
+    blocks = commands.add_parser(
+        "blocks", help="block sensitivity analysis: remove each unit alone, measure the damage",
+        description="Renders fixed prompts and seeds with the teacher, then with each unit ("
+                    + _UNIT_NAMES + ", and each stage's down.S.1+up.S.1 pair) taken out without "
+                    "retraining, and ranks the units by how much the images change (PSNR, SSIM "
+                    "against the teacher), with parameters, FLOPs share and U-Net ms per step "
+                    "saved. A layer that cannot go alone is bypassed by a channel-interpolation "
+                    "stand-in (marked *), as in the paper's appendix C. Results are cached per "
+                    "teacher hash and settings.")
+    blocks.add_argument("teacher", help="SD-v1/v2 teacher checkpoint")
+    blocks.add_argument("--prompts", help="a .txt file, one prompt a line (default: 4 built in)")
+    blocks.add_argument("--steps", type=int, default=20)
+    blocks.add_argument("--size", type=int, default=512)
+    blocks.add_argument("--cfg-scale", dest="cfg_scale", type=float, default=7.0)
+    blocks.add_argument("--seed", type=int, default=0)
+    blocks.add_argument("--no-groups", action="store_true", help="single units only")
+    blocks.add_argument("--cache-dir", default="~/.cache/bksdm/blocks")
+    blocks.add_argument("--csv", help="write the ranked table here")
+    blocks.add_argument("--plot", help="write the bar chart (PNG) here")
+    blocks.add_argument("--out", help="run folder of a background job (events, table, chart)")
+    blocks.add_argument("--resume", action="store_true",
+                        help="(jobs) a stopped scan starts again; a finished one is cached")
+    blocks.add_argument("--json", action="store_true")
+    blocks.set_defaults(run=_blocks, render=_render_blocks)
 
 
 def _add_distill(commands: Any) -> None:

@@ -25,7 +25,7 @@ from .events import read_events
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINISHED = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
-KINDS = ("distill", "dreambooth", "synth")
+KINDS = ("distill", "dreambooth", "synth", "blocks")
 
 
 @dataclass

@@ -14,6 +14,7 @@ from ..errors import BadInput
 from ..model.arch import PRESETS, SD_V1, Architecture, TeacherSpec
 from ..model.blocks import known_as, notation, removal_from_units, removed_units, teacher_units
 from ..model.unit_costs import UnitCosts
+from . import blocks_view
 
 
 def _teacher(loaded: Tuple[Any, ...]) -> TeacherSpec:
@@ -63,6 +64,7 @@ def build(preset: Any, label_to_preset: Any, loaded: Any) -> Tuple[Any, Any]:
                   "resolution), mid = mid-stage block, innermost = lowest-resolution stage",
             elem_id="bksdm_blocks")
         summary = gr.Markdown(elem_id="bksdm_blocks_summary")
+        blocks_view.build()
     units.change(lambda picked: picked_summary(loaded(), picked), inputs=[units],
                  outputs=[summary])
     preset.change(lambda label: preset_units(label_to_preset(label), _teacher(loaded())),
