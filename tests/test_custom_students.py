@@ -44,3 +44,21 @@ def test_distill_remove_alone_cuts_the_teacher(teacher, data, tmp_path, capsys):
     assert main(["distill", "--teacher", str(teacher), "--data", str(data), "--out",
                  str(tmp_path / "bad"), "--remove", "down.2.1"]) == 2
     assert "stage 2 removes 1 down and 0 up layers" in capsys.readouterr().err
+
+
+def test_bench_times_a_custom_student(teacher, tmp_path, capsys):
+    import json
+
+    from bksdm_ext.model.convert import convert_checkpoint
+
+    student = tmp_path / "cut.safetensors"
+    convert_checkpoint(teacher, student, "teacher", dtype="fp32", remove="down.0.0,up.0.1,mid")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny U-Net on a busy machine: thread hand-offs dominate
+    try:
+        assert main(["bench", str(teacher), str(student), "--steps", "1", "--size", "32",
+                     "--runs", "1", "--warmup", "0", "--json"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert [r["preset"] for r in rows] == ["teacher", "custom"]
