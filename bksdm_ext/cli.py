@@ -103,12 +103,12 @@ def _blocks(args: argparse.Namespace) -> Dict[str, Any]:
         if paths is not None and paths.take_stop_request():
             log.write("stopped", step=done, saved=False)
             raise Stopped("stopped after %d of %d units; nothing saved" % (done, total))
+        if log is not None and done == 0:
+            log.write("start", total_steps=total, teacher=args.teacher)
         if log is not None:
             log.write("step", step=done, total=total, unit=unit)
 
     with failures_reported(args.out or "."):
-        if log is not None:
-            log.write("start", teacher=args.teacher, settings=str(settings))
         cache = Path(args.cache_dir).expanduser()
         result = block_scan.cached(cache, block_scan.teacher_hash(args.teacher), settings)
         if result is None:

@@ -71,6 +71,7 @@ def test_scan_ranks_every_unit_and_writes_table_and_chart(teacher, tmp_path, one
     events = read_events(out / "events.jsonl")
     assert events[-1]["event"] == "done" and events[-1]["output"] == str(out / "blocks.png")
     assert [e["step"] for e in events if e["event"] == "step"][-1] == len(rows)
+    assert events[0]["event"] == "start" and events[0]["total_steps"] == len(rows)
 
     # Cached per teacher hash and settings: the same scan does not render again.
     monkeypatch.setattr(block_scan, "scan", lambda *a, **k: pytest.fail("scanned again"))
