@@ -54,7 +54,8 @@ def test_blocks_view_shows_the_cached_scan_and_queues_a_scan_job(webui):
             block_scan.ScanSettings(steps=3, size=64)), 2.5, [row]), blocks_view.cache_dir())
     text, table, chart = blocks_view.show()
     assert "3 steps at 64 px" in text
-    assert table["value"] == [["mid", "removed", 30.0, 0.9, 1000, 1.0, 0.5]]
+    assert table["data"] == [["mid", "removed", 30.0, 0.9, 1000, 1.0, 0.5]]
+    assert table["headers"][:2] == ["unit", "how"]
     assert chart.endswith(".png")
     assert "Follow it in the Jobs tab" in blocks_view.start_scan(2, 32)
     from bksdm_ext.webui import jobs_service

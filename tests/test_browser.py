@@ -334,6 +334,9 @@ def test_block_picker_converts_a_custom_student_into_the_dropdown(browser, webui
         counts = [re.search(r"→ ([\d,]+)", t).group(1) for t in (base_text, summary.inner_text())]
         assert int(counts[1].replace(",", "")) > int(counts[0].replace(",", ""))
         expect(summary).to_contain_text(re.compile(r"step time 0\.\d\d× the teacher's"))
+        page.locator("#bksdm_scan_refresh").click()
+        expect(page.locator("#bksdm_scan_status").first).to_contain_text(
+            "No scan of teacher.safetensors yet")
 
         page.locator("#bksdm_use_blocks input").check()
         page.locator("#bksdm_output_name textarea").fill(student.stem)

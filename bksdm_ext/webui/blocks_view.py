@@ -39,25 +39,29 @@ def _hash(path: Path) -> str:
     return _hashes[key]
 
 
-def rows(result: block_scan.ScanResult) -> List[List[Any]]:
-    return [[r.unit, r.how, round(r.psnr, 2), round(r.ssim, 4), r.params,
-             round(100 * r.step_share, 1), round(r.ms_saved, 2)] for r in result.ranked()]
+def table(result: Optional[block_scan.ScanResult]) -> Dict[str, Any]:
+    """The ranked rows with the headers spelled out (gradio 3.41 numbers the columns of an
+    empty list)."""
+    rows = [[r.unit, r.how, round(r.psnr, 2), round(r.ssim, 4), r.params,
+             round(100 * r.step_share, 1), round(r.ms_saved, 2)]
+            for r in (result.ranked() if result else [])]
+    return {"headers": COLUMNS, "data": rows or [[""] * len(COLUMNS)]}
 
 
 def show() -> List[Any]:
     """[status text, table, chart] for the loaded teacher's newest cached scan."""
     path, problem = _loaded_teacher()
     if path is None:
-        return [problem, gr.update(value=[]), None]
+        return [problem, table(None), None]
     result = block_scan.latest_for(cache_dir(), _hash(path))
     if result is None:
-        return ["No scan of %s yet: press **Scan**." % path.name, gr.update(value=[]), None]
+        return ["No scan of %s yet: press **Scan**." % path.name, table(None), None]
     chart = block_scan.plot(result, cache_dir() / ("%s.png" % result.teacher_sha256[:12]))
     settings = result.settings
     text = ("Scan of %s: %d prompts, %d steps at %d px, no retraining; most damaging first. "
             "* = channel-interpolation stand-in (a layer that cannot go alone)."
             % (path.name, len(settings["prompts"]), settings["steps"], settings["size"]))
-    return [text, gr.update(value=rows(result)), str(chart)]
+    return [text, table(result), str(chart)]
 
 
 def start_scan(steps: float, size: float) -> str:
@@ -85,8 +89,8 @@ def build() -> None:
     started = gr.HTML(elem_id="bksdm_scan_message")
     job_form.controls("blocks")
     status = gr.Markdown(elem_id="bksdm_scan_status")
-    table = gr.Dataframe(headers=COLUMNS, value=[], interactive=False, elem_id="bksdm_scan_table")
+    ranked = gr.Dataframe(headers=COLUMNS, interactive=False, elem_id="bksdm_scan_table")
     chart = gr.Image(type="filepath", interactive=False, elem_id="bksdm_scan_chart",
                      show_label=False)
     scan.click(start_scan, inputs=[steps, size], outputs=[started])
-    refresh.click(show, inputs=[], outputs=[status, table, chart])
+    refresh.click(show, inputs=[], outputs=[status, ranked, chart])
