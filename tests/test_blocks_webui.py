@@ -63,3 +63,33 @@ def test_blocks_view_shows_the_cached_scan_and_queues_a_scan_job(webui):
     job = jobs_service.runner().jobs()[-1]
     assert job.kind == "blocks" and job.argv[:5] == [str(teacher), "--steps", "2", "--size", "32"]
     assert jobs_service.runner().command(job)[1:4] == ["-m", "bksdm_ext", "blocks"]
+
+
+def test_the_distill_tab_queues_a_custom_student_and_refuses_a_bad_removal(webui, tmp_path):
+    from bksdm_ext.demo import write_tiny_teacher
+    from bksdm_ext.webui import distill_tab, jobs_service
+    from test_distill import make_dataset
+    from test_webui_jobs import FAST
+
+    write_tiny_teacher(webui / "tiny-sd.safetensors")
+    from modules import sd_models
+
+    sd_models.list_models()
+    title = distill_tab.checkpoints.titles(students=False)[0]
+    data = make_dataset(tmp_path / "pairs")
+
+    def start(remove):
+        form = FAST
+        return distill_tab.start(
+            title, "Base", distill_tab.SOURCES[0], str(data), 0, "", "", False, form["steps"],
+            form["batch_size"], form["grad_accum"], form["lr"], form["resolution"],
+            form["precision"], False, False, False, form["save_every"], form["sample_every"],
+            "", False, 1, remove)
+
+    message = start("up.2.0")
+    assert "bksdm-error" in message and "stage 2 removes 1 down and 2 up" in message
+    assert jobs_service.runner().jobs() == []
+    assert "bksdm-success" in start(" mid ")
+    job = jobs_service.runner().jobs()[-1]
+    assert job.argv[:4] == ["--teacher", str(webui / "tiny-sd.safetensors"), "--arch", "base"]
+    assert job.argv[4:6] == ["--remove", "mid"] and job.title.endswith("BK-Base minus mid")

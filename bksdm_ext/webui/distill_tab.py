@@ -11,6 +11,8 @@ import gradio as gr
 from ..train.dataset import scan_dataset
 from ..train.distill_config import DistillConfig
 from ..errors import BadInput
+from ..model.arch import PRESETS
+from ..model.blocks import removal_from_units
 from . import a1111, checkpoints, job_form
 from .convert_tab import LABEL_OF, PRESET_LABELS
 from .messages import message
@@ -54,14 +56,18 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
           prompts: str, negative_prompt: str, random_conditioning: bool, steps: int,
           batch_size: int, grad_accum: int, lr: float, resolution: int, precision: str,
           gradient_checkpointing: bool, ema: bool, use_8bit_adam: bool, save_every: int,
-          sample_every: int, sample_prompts: str, free_vram: bool, gpus: float) -> str:
+          sample_every: int, sample_prompts: str, free_vram: bool, gpus: float,
+          remove: str = "") -> str:
     try:
         teacher = checkpoints.filename(teacher_title)
         model = checkpoints.describe(teacher)
         if model is not None and model.is_student:
             raise BadInput("%s is a BK-SDM student; choose the teacher it was made from."
                            % teacher.name)
-        values: Dict[str, Any] = {"teacher": str(teacher), "arch": PRESET_LABELS[preset_label]}
+        values: Dict[str, Any] = {"teacher": str(teacher), "arch": PRESET_LABELS[preset_label],
+                                  "remove": remove.strip()}
+        if remove.strip() and model is not None:  # refused now, not when the job starts
+            removal_from_units(model.arch.teacher, remove, PRESETS[values["arch"]])
         values.update(data_flags(source, folder, synthetic, prompts))
         if source != SOURCES[0]:
             values.update(negative_prompt=negative_prompt.strip(),
@@ -73,7 +79,8 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
         argv = job_form.flags(values)
         for prompt in [p.strip() for p in sample_prompts.splitlines() if p.strip()]:
             argv += ["--sample-prompt", prompt]
-        title = "Distill %s → BK-%s" % (teacher.stem, preset_label)
+        title = "Distill %s → BK-%s%s" % (teacher.stem, preset_label,
+                                           " minus " + remove.strip() if remove.strip() else "")
         job = job_form.submit("distill", argv, title, free_vram, gpus)
     except BadInput as e:
         return message("error", str(e))
@@ -95,6 +102,8 @@ def build() -> None:
         refresh = gr.Button("↻", elem_id="bksdm_distill_refresh", scale=0, min_width=40)
         preset = gr.Radio(list(PRESET_LABELS), label="Student preset", elem_id="bksdm_distill_preset",
                           value=LABEL_OF.get(a1111.opt("bksdm_default_preset", "small"), "Small"))
+    remove = gr.Textbox(label="Also remove these blocks (optional; names as in the Convert tab's "
+                              "block picker, e.g. down.3.0,up.3.2)", elem_id="bksdm_distill_remove")
     source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Training data",
                       elem_id="bksdm_distill_source")
     with gr.Row():
@@ -145,5 +154,5 @@ def build() -> None:
     run.click(start, inputs=[teacher, preset, source, folder, synthetic, prompts, negative,
                              random_conditioning, steps, batch_size, grad_accum, lr, resolution,
                              precision, gradient_checkpointing, ema, use_8bit_adam, save_every,
-                             sample_every, sample_prompts, free_vram, gpus],
+                             sample_every, sample_prompts, free_vram, gpus, remove],
               outputs=[result])
