@@ -5,7 +5,8 @@ import sys
 from typing import Any, Callable, Dict, List, Optional
 
 from . import __version__
-from .model.arch import PRESETS
+from .model.arch import PRESETS, SD_V1
+from .model.blocks import describe_presets
 from .errors import BadInput, DiskError, Stopped
 from .model.samplers import DEFAULT_SAMPLER, SAMPLERS
 
@@ -16,15 +17,20 @@ EXIT_STOPPED = 3
 def _convert(args: argparse.Namespace) -> Dict[str, Any]:
     from .model.convert import convert_checkpoint
 
-    report = convert_checkpoint(args.source, args.out, args.arch, dtype=args.dtype,
+    report = convert_checkpoint(args.source, args.out, args.arch or "teacher", dtype=args.dtype,
                                 v_prediction=args.v_prediction, overwrite=args.overwrite,
-                                progress=None if args.json else _progress_bar("converting"))
+                                progress=None if args.json else _progress_bar("converting"),
+                                remove=args.remove)
     return report.as_dict()
 
 
 def _info(args: argparse.Namespace) -> Dict[str, Any]:
     from .model.info import describe
 
+    if args.blocks:
+        from .model.unit_costs import describe_blocks
+
+        return describe_blocks(args.file, v_prediction=args.v_prediction)
     return describe(args.file, v_prediction=args.v_prediction)
 
 
@@ -51,6 +57,8 @@ def _distill(args: argparse.Namespace) -> Dict[str, Any]:
 
     options = {f.name: getattr(args, f.name) for f in fields(DistillConfig)
                if getattr(args, f.name, None) is not None}
+    if args.remove and args.arch is None:
+        options["arch"] = "teacher"  # --remove alone cuts the teacher, as in convert
     output = distill(DistillConfig(**options), resume=args.resume)
     return {"output": str(output), "config": str(output.with_suffix(".yaml")), "run": args.out}
 
@@ -81,6 +89,69 @@ def _synth(args: argparse.Namespace) -> Dict[str, Any]:
                if getattr(args, f.name, None) is not None}
     run = synth(SynthConfig(**options), resume=args.resume)
     return dict(synth_summary(run), output=str(run))
+
+
+def _blocks(args: argparse.Namespace) -> Dict[str, Any]:
+    """The sensitivity scan, from the cache when this teacher was scanned with these
+    settings; with --out (a background job) it also writes events, table and chart there."""
+    from pathlib import Path
+
+    from .errors import Stopped
+    from .jobs.events import EventLog
+    from .jobs.runs import RunPaths, failures_reported
+    from .measure import block_scan
+    settings = block_scan.ScanSettings(steps=args.steps, size=args.size, cfg_scale=args.cfg_scale,
+                                       seed=args.seed, groups=not args.no_groups)
+    if args.prompts:
+        settings.prompts = _prompt_lines(Path(args.prompts))
+    paths = RunPaths(Path(args.out)) if args.out else None
+    log = EventLog(paths.events) if paths else None
+
+    def progress(done: int, total: int, unit: str) -> None:
+        if paths is not None and paths.take_stop_request():
+            log.write("stopped", step=done, saved=False)
+            raise Stopped("stopped after %d of %d units; nothing saved" % (done, total))
+        if log is not None and done == 0:
+            log.write("start", total_steps=total, teacher=args.teacher)
+        if log is not None:
+            log.write("step", step=done, total=total, unit=unit)
+
+    with failures_reported(args.out or "."):
+        cache = Path(args.cache_dir).expanduser()
+        result = block_scan.cached(cache, block_scan.teacher_hash(args.teacher), settings)
+        if result is None:
+            result = block_scan.scan(args.teacher, settings, progress)
+            block_scan.save(result, cache)
+        written = {}
+        csv_path = args.csv or (str(paths.out / "blocks.csv") if paths else None)
+        plot_path = args.plot or (str(paths.out / "blocks.png") if paths else None)
+        if csv_path:
+            written["csv"] = str(block_scan.write_csv(result, Path(csv_path)))
+        if plot_path:
+            written["plot"] = str(block_scan.plot(result, Path(plot_path)))
+        if log is not None:
+            log.write("done", output=written.get("plot", ""), **written)
+    return dict(result.as_dict(), written=written)
+
+
+def _prompt_lines(path: "Any") -> List[str]:
+    try:
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                   if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInput("%s: cannot read the prompts (%s)" % (path, e)) from None
+    if not prompts:
+        raise BadInput("%s: no prompts in it (one a line)" % path)
+    return prompts
+
+
+def _render_blocks(result: Dict[str, Any]) -> str:
+    from .measure.block_scan import ScanResult, table
+
+    written = result.pop("written")
+    lines = [table(ScanResult.from_dict(result))]
+    lines += ["wrote %s" % p for p in written.values()]
+    return "\n".join(lines)
 
 
 def _bench(args: argparse.Namespace) -> Dict[str, Any]:
@@ -167,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "initialised from the teacher's weights. VAE and text encoder are copied "
                     "unchanged; --dtype applies to the U-Net.")
     convert.add_argument("source", help="teacher checkpoint (.safetensors or .ckpt)")
-    convert.add_argument("--arch", required=True, choices=list(PRESETS))
+    convert.add_argument("--arch", choices=list(PRESETS),
+                         help="a preset: " + _PRESETS_IN_NOTATION + " (--remove adds to it)")
+    convert.add_argument("--remove", metavar="UNITS", help=_REMOVE_HELP)
     convert.add_argument("--out", required=True, help="output .safetensors path")
     _add_dtype(convert)
     convert.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -177,9 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="what a checkpoint is: family, teacher or BK preset, sizes")
     info.add_argument("file")
+    info.add_argument("--blocks", action="store_true",
+                      help="list the removable units (" + _UNIT_NAMES + ") with their "
+                           "parameters and estimated share of a U-Net step")
     _add_v_prediction(info)
     info.add_argument("--json", action="store_true")
-    info.set_defaults(run=_info, render=_render_info)
+    info.set_defaults(run=_info, render=_render_info_or_blocks)
 
     imp = commands.add_parser(
         "import-diffusers", help="turn a BK-SDM diffusers folder (e.g. nota-ai/bk-sdm-small) "
@@ -196,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(commands)
     _add_dreambooth(commands)
     _add_jobs(commands)
+    _add_blocks(commands)
 
     bench = commands.add_parser(
         "bench", help="generation latency of a teacher and its students (diffusers, this device)",
@@ -287,6 +364,41 @@ def _add_eval(commands: Any) -> None:
     evaluation.set_defaults(run=_eval, render=_render_eval)
 
 
+_UNIT_NAMES = "down.S.L, mid, up.S.L, innermost"
+_PRESETS_IN_NOTATION = "; ".join("%s = %s" % item for item in describe_presets(SD_V1).items())
+_REMOVE_HELP = ("blocks to remove, comma-separated: down.S.L (stage S from the full-resolution "
+                "stage 0 or * for every stage, layer L = a ResNet with its attention), up.S.L "
+                "(layers 0-2), mid, innermost (the lowest-resolution stage). An up stage must "
+                "lose as many layers as its down stage. `bksdm info --blocks` lists them.")
+
+
+def _add_blocks(commands: Any) -> None:
+    blocks = commands.add_parser(
+        "blocks", help="block sensitivity analysis: remove each unit alone, measure the damage",
+        description="Renders fixed prompts and seeds with the teacher, then with each unit ("
+                    + _UNIT_NAMES + ", and each stage's down.S.1+up.S.1 pair) taken out without "
+                    "retraining, and ranks the units by how much the images change (PSNR, SSIM "
+                    "against the teacher), with parameters, FLOPs share and U-Net ms per step "
+                    "saved. A layer that cannot go alone is bypassed by a channel-interpolation "
+                    "stand-in (marked *), as in the paper's appendix C. Results are cached per "
+                    "teacher hash and settings.")
+    blocks.add_argument("teacher", help="SD-v1/v2 teacher checkpoint")
+    blocks.add_argument("--prompts", help="a .txt file, one prompt a line (default: 4 built in)")
+    blocks.add_argument("--steps", type=int, default=20)
+    blocks.add_argument("--size", type=int, default=512)
+    blocks.add_argument("--cfg-scale", dest="cfg_scale", type=float, default=7.0)
+    blocks.add_argument("--seed", type=int, default=0)
+    blocks.add_argument("--no-groups", action="store_true", help="single units only")
+    blocks.add_argument("--cache-dir", default="~/.cache/bksdm/blocks")
+    blocks.add_argument("--csv", help="write the ranked table here")
+    blocks.add_argument("--plot", help="write the bar chart (PNG) here")
+    blocks.add_argument("--out", help="run folder of a background job (events, table, chart)")
+    blocks.add_argument("--resume", action="store_true",
+                        help="(jobs) a stopped scan starts again; a finished one is cached")
+    blocks.add_argument("--json", action="store_true")
+    blocks.set_defaults(run=_blocks, render=_render_blocks)
+
+
 def _add_distill(commands: Any) -> None:
     from .train.distill_config import DistillConfig
 
@@ -298,7 +410,9 @@ def _add_distill(commands: Any) -> None:
                     "finally the student as an A1111 .safetensors + .yaml. Several GPUs: "
                     "accelerate launch --multi_gpu -m bksdm_ext distill ...")
     distill.add_argument("--teacher", required=True, help="SD-v1/v2 checkpoint (.safetensors/.ckpt)")
-    distill.add_argument("--arch", default=defaults.arch, choices=list(PRESETS))
+    distill.add_argument("--arch", choices=list(PRESETS),
+                         help="a preset (default %s; --remove adds to it)" % defaults.arch)
+    distill.add_argument("--remove", metavar="UNITS", help=_REMOVE_HELP)
     distill.add_argument("--data", required=True,
                          help="folder of images with captions (image.txt beside image.png, or "
                               "metadata.jsonl / metadata.csv with file_name and text); or "
@@ -635,6 +749,15 @@ def _render_info(info: Dict[str, Any]) -> str:
     width = max(map(len, info))
     return "\n".join("%-*s  %s" % (width, k, format(v, ",") if isinstance(v, int) and not
                                    isinstance(v, bool) else v) for k, v in info.items())
+
+
+def _render_info_or_blocks(info: Dict[str, Any]) -> str:
+    if "units" not in info:
+        return _render_info(info)
+    from .model.unit_costs import unit_rows
+
+    head = "%s: %s, removed: %s" % (info["file"], info["model"], info["removed"] or "nothing")
+    return head + "\n" + unit_rows(info["units"])
 
 
 def main(argv: Optional[List[str]] = None) -> int:

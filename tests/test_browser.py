@@ -476,3 +476,49 @@ def test_compare_tab_in_the_browser(browser, webui, tmp_path):
         assert js_errors == []
     finally:
         standin_app.stop()
+
+
+def test_block_picker_converts_a_custom_student_into_the_dropdown(browser, webui, tmp_path):
+    from playwright.sync_api import expect
+
+    student = webui / "teacher-my-cut.safetensors"
+    _, url = standin_app.launch()
+    try:
+        page, js_errors = _open_tab(browser, url, "Convert", 1600)
+        page.locator("#bksdm_refresh_loaded").click()
+        expect(page.locator("#bksdm_loaded").first).to_contain_text("Loaded: teacher.safetensors")
+        page.locator("#bksdm_preset label", has_text="Small").click()
+        page.locator("#bksdm_block_picker").get_by_text("Pick blocks").click()
+        blocks = page.locator("#bksdm_blocks")
+        expect(blocks.locator("input:checked")).to_have_count(4 + 4 + 1)  # down.*.1, up.*.1, mid
+        summary = page.locator("#bksdm_blocks_summary").first
+        # Keep the mid block: that is Base; then also keep stage 3's layers.
+        blocks.get_by_label("mid", exact=True).uncheck()
+        expect(summary).to_contain_text("(= the base preset)")
+        base_text = summary.inner_text()
+        blocks.get_by_label("down.3.1", exact=True).uncheck()
+        expect(summary).to_contain_text("Cannot remove these: stage 3 removes 0 down and 1 up")
+        blocks.get_by_label("up.3.1", exact=True).uncheck()
+        expect(summary).to_contain_text("down.0.1,down.1.1,down.2.1,up.0.1,up.1.1,up.2.1")
+        counts = [re.search(r"→ ([\d,]+)", t).group(1) for t in (base_text, summary.inner_text())]
+        assert int(counts[1].replace(",", "")) > int(counts[0].replace(",", ""))
+        expect(summary).to_contain_text(re.compile(r"step time 0\.\d\d× the teacher's"))
+        page.locator("#bksdm_scan_refresh").click()
+        expect(page.locator("#bksdm_scan_status").first).to_contain_text(
+            "No scan of teacher.safetensors yet")
+
+        page.locator("#bksdm_use_blocks input").check()
+        page.locator("#bksdm_output_name textarea").fill(student.stem)
+        page.locator("#bksdm_convert").click()
+        result = page.locator("#bksdm_convert_result").first
+        expect(result.locator(".bksdm-success")).to_contain_text("Wrote %s" % student)
+        assert student.name in _dropdown_options(page)
+        page.keyboard.press("Escape")
+        page.screenshot(path=str(tmp_path / "block-picker.png"), full_page=True)
+        from bksdm_ext.model.checkpoint import Checkpoint
+
+        assert Checkpoint(student).metadata["bksdm.removal"] == \
+            "down.0.1,down.1.1,down.2.1,up.0.1,up.1.1,up.2.1"
+        assert js_errors == []
+    finally:
+        standin_app.stop()

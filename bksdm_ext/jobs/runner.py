@@ -34,7 +34,7 @@ BROKEN = "broken"  # its job.json cannot be read: listed with the reason, never 
 FINISHED = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
 SETTLED = FINISHED + (BROKEN,)  # nothing more will happen to it without a user
 STATES = (QUEUED, RUNNING) + SETTLED
-KINDS = ("distill", "dreambooth", "synth", "eval")
+KINDS = ("distill", "dreambooth", "synth", "eval", "blocks")
 LOCK_FILE = ".lock"
 WORKER = str(Path(__file__).resolve().with_name("worker.py"))
 # The folder holding the bksdm_ext package: a job's Python imports the package from there,

@@ -56,7 +56,9 @@ class Removal:
 
     ``down_layers``/``up_layers`` are the teacher layer indices (one layer = a resnet,
     plus its attention where the stage has one) kept in every down/up stage; None keeps
-    all.  ``stages`` keeps that many resolution stages, outermost first (None: all).
+    all.  ``stage_layers`` overrides them per stage, outermost first: (down kept, up
+    kept) for each kept stage (a custom removal, see `blocks`).  ``stages`` keeps that
+    many resolution stages, outermost first (None: all).
     """
 
     name: str
@@ -65,6 +67,7 @@ class Removal:
     up_layers: Optional[Tuple[int, ...]] = None
     mid_block: bool = True
     stages: Optional[int] = None
+    stage_layers: Optional[Tuple[Tuple[Tuple[int, ...], Tuple[int, ...]], ...]] = None
     # The paper's figures shown next to a preset (U-Net step time relative to the teacher).
     paper_speed_ratio: Optional[float] = None
 
@@ -154,13 +157,27 @@ class Architecture:
     def stages(self) -> int:
         return self.removal.stages or self.teacher.stages
 
-    @property
-    def down_layers(self) -> Tuple[int, ...]:
+    def down_layers(self, stage: int) -> Tuple[int, ...]:
+        """Teacher layer indices the student keeps in down stage `stage`."""
+        if self.removal.stage_layers is not None:
+            return self.removal.stage_layers[stage][0]
         return self.removal.down_layers or tuple(range(self.teacher.layers_per_stage))
 
-    @property
-    def up_layers(self) -> Tuple[int, ...]:
+    def up_layers(self, stage: int) -> Tuple[int, ...]:
+        """Teacher layer indices the student keeps in the up stage of resolution `stage`."""
+        if self.removal.stage_layers is not None:
+            return self.removal.stage_layers[stage][1]
         return self.removal.up_layers or tuple(range(self.teacher.layers_per_stage + 1))
+
+    @property
+    def layers_per_stage(self) -> List[int]:
+        """Down layers kept per stage (an up stage keeps one more)."""
+        return [len(self.down_layers(s)) for s in range(self.stages)]
+
+    def kept(self) -> Tuple[Any, ...]:
+        """What the student keeps, whatever the removal is called: equal for equal students."""
+        return (self.stages, self.removal.mid_block,
+                tuple((self.down_layers(s), self.up_layers(s)) for s in range(self.stages)))
 
     @property
     def channels(self) -> List[int]:
@@ -192,7 +209,7 @@ class Architecture:
             ],
             "only_cross_attention": False,
             "block_out_channels": self.channels,
-            "layers_per_block": len(self.down_layers),
+            "layers_per_block": _one_or_all(self.layers_per_stage),
             "downsample_padding": 1,
             "mid_block_scale_factor": 1,
             "act_fn": "silu",
@@ -216,7 +233,7 @@ class Architecture:
             "attention_resolutions": [
                 2 ** level for level in range(self.stages) if t.attention_levels[level]
             ][::-1],
-            "num_res_blocks": len(self.down_layers),
+            "num_res_blocks": _one_or_all(self.layers_per_stage),
             "channel_mult": list(t.channel_mult[: self.stages]),
             "use_spatial_transformer": True,
             "transformer_depth": 1,
@@ -259,38 +276,76 @@ class Architecture:
         return pairs
 
     def _last_layer_output(self, stage: int) -> str:
-        last = len(self.down_layers) - 1
+        last = len(self.down_layers(stage)) - 1
         if self.teacher.attention_levels[stage]:
             return "down_blocks.%d.attentions.%d.proj_out" % (stage, last)
         return "down_blocks.%d.resnets.%d" % (stage, last)
 
     def _validate(self) -> None:
-        """Refuse removals whose kept blocks could not be wired together with teacher shapes."""
+        """Refuse removals whose kept blocks could not be wired together with teacher shapes.
+
+        Each kept layer must receive exactly the channels its teacher weights were made
+        for, and an up stage must keep one layer more than its down stage (one per skip
+        connection: each kept down layer's output and the stage's input).  The messages
+        name the units in `blocks`' notation.
+        """
         teacher, removal = self.teacher, self.removal
         n = teacher.layers_per_stage
-        down, up, stages = self.down_layers, self.up_layers, self.stages
         problems = []
         if len(teacher.attention_levels) != teacher.stages:
             problems.append("attention_levels needs one entry per stage")
-        if not 1 <= stages <= teacher.stages:
+        if not 1 <= self.stages <= teacher.stages:
             problems.append("stages must be 1..%d" % teacher.stages)
-        if list(down) != sorted(set(down)) or not set(down) <= set(range(n)):
-            problems.append("down_layers must be increasing indices in 0..%d" % (n - 1))
-        if list(up) != sorted(set(up)) or not set(up) <= set(range(n + 1)):
-            problems.append("up_layers must be increasing indices in 0..%d" % n)
-        if len(up) != len(down) + 1:
-            problems.append("an up stage keeps one layer more than a down stage")
-        # The first up layer takes the deeper stage's width, the last one the skip from the
-        # shallower stage: only the teacher's first and last layers have those input shapes.
-        if up and (up[0] != 0 or up[-1] != n):
-            problems.append("up_layers must keep the teacher's first and last up layer (0 and %d)" % n)
+        elif removal.stage_layers is not None and len(removal.stage_layers) != self.stages:
+            problems.append("stage_layers needs one entry per kept stage")
+        else:
+            for s in range(self.stages):
+                problems += self._stage_problems(s, n)
+            if removal.mid_block and self.stages < teacher.stages and \
+                    self._width(self.stages - 1) != self._width(teacher.stages - 1):
+                problems.append("mid: the mid-stage block is %d channels wide, the kept "
+                                "innermost stage %d; remove mid too"
+                                % (self._width(teacher.stages - 1), self._width(self.stages - 1)))
         if problems:
             raise ValueError("removal '%s' is not valid: %s" % (removal.name, "; ".join(problems)))
 
+    def _width(self, stage: int) -> int:
+        return self.teacher.model_channels * self.teacher.channel_mult[stage]
+
+    def _stage_problems(self, s: int, n: int) -> List[str]:
+        down, up = self.down_layers(s), self.up_layers(s)
+        if list(down) != sorted(set(down)) or not set(down) <= set(range(n)):
+            return ["down.%d: kept layers must be increasing indices in 0..%d" % (s, n - 1)]
+        if list(up) != sorted(set(up)) or not set(up) <= set(range(n + 1)):
+            return ["up.%d: kept layers must be increasing indices in 0..%d" % (s, n)]
+        if not down:
+            return ["down.%d: every layer of the stage is removed; keep at least one" % s]
+        if len(up) != len(down) + 1:
+            return ["stage %d removes %d down and %d up layers: each removed down layer drops "
+                    "a skip connection, so remove as many up layers of that stage (and keep "
+                    "one more up than down layer)" % (s, n - len(down), n + 1 - len(up))]
+        width = self._width(s)
+        before = self._width(s - 1) if s else self.teacher.model_channels
+        below_teacher = self._width(min(s + 1, self.teacher.stages - 1))
+        below = self._width(s + 1) if s + 1 < self.stages else width
+        problems = []
+        for i, layer in enumerate(down):
+            made_for = before if layer == 0 else width
+            gets = before if i == 0 else width
+            if made_for != gets:
+                problems.append("down.%d.%d: made for %d input channels, it would get %d"
+                                % (s, layer, made_for, gets))
+        for i, layer in enumerate(up):
+            made_for = (below_teacher if layer == 0 else width) + (before if layer == n else width)
+            gets = (below if i == 0 else width) + (before if i == len(up) - 1 else width)
+            if made_for != gets:
+                problems.append("up.%d.%d: made for %d input channels, it would get %d"
+                                % (s, layer, made_for, gets))
+        return problems
 
     def _layout(self) -> List[Block]:
         """Walk the U-Net in LDM order, naming each kept block in both namings."""
-        arch_stages, down, up = self.stages, self.down_layers, self.up_layers
+        arch_stages = self.stages
         attention = self.teacher.attention_levels
         blocks = [
             Block("input_blocks.0.0", "conv_in", ("conv_in",)),
@@ -299,7 +354,7 @@ class Architecture:
         ]
         index = 1
         for s in range(arch_stages):
-            for j, layer in enumerate(down):
+            for j, layer in enumerate(self.down_layers(s)):
                 name = "down_blocks.%d" % s
                 blocks.append(Block("input_blocks.%d.0" % index, "%s.resnets.%d" % (name, j),
                                     ("down", s, layer, "resnet"), resnet=True))
@@ -320,6 +375,7 @@ class Architecture:
         index = 0
         for u, s in enumerate(reversed(range(arch_stages))):
             name = "up_blocks.%d" % u
+            up = self.up_layers(s)
             for j, layer in enumerate(up):
                 blocks.append(Block("output_blocks.%d.0" % index, "%s.resnets.%d" % (name, j),
                                     ("up", s, layer, "resnet"), resnet=True))
@@ -335,3 +391,8 @@ class Architecture:
             Block("out.2", "conv_out", ("out", 2)),
         ]
         return blocks
+
+
+def _one_or_all(counts: List[int]) -> Any:
+    """One number when every stage has it (the presets' configs stay as they were), else a list."""
+    return counts[0] if len(set(counts)) == 1 else list(counts)

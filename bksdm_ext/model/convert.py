@@ -16,8 +16,9 @@ import torch
 
 from .. import __version__
 from .arch import Architecture, Removal, preset
+from .blocks import CUSTOM, known_as, notation, parse_optional, preset_name
 from .checkpoint import Checkpoint
-from .detect import config_path, inspect_checkpoint
+from .detect import REMOVAL_KEY, config_path, inspect_checkpoint
 from ..errors import BadInput, ensure_room
 from .hashing import a1111_sha256
 from .keymap import UNET_PREFIX, student_sources
@@ -67,17 +68,20 @@ def student_metadata(arch: Architecture, title: str, origin: Dict[str, str]) -> 
     metadata = {
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": "%s-bk-%s" % (MODELSPEC_ARCH[t.family, t.parameterization],
-                                                arch.removal.name),
+                                                preset_name(arch)),
         "modelspec.title": title,
         "modelspec.date": datetime.date.today().isoformat(),
         "modelspec.prediction_type": "v" if t.parameterization == "v" else "epsilon",
-        "bksdm.preset": arch.removal.name,
+        "bksdm.preset": preset_name(arch),
         "bksdm.family": t.family,
         "bksdm.parameterization": t.parameterization,
         # What the weights cannot tell (head counts), for rebuilding a lost yaml.
         "bksdm.unet_config": json.dumps(arch.ldm_unet_params(), sort_keys=True),
         "bksdm.version": __version__,
     }
+    if preset_name(arch) == CUSTOM:
+        # Which teacher layers were kept: the weights only tell how many.
+        metadata[REMOVAL_KEY] = notation(arch)
     metadata.update(origin)
     return metadata
 
@@ -90,9 +94,11 @@ def convert_checkpoint(
     v_prediction: Optional[bool] = None,
     overwrite: bool = False,
     progress: Optional[Progress] = None,
+    remove: Optional[str] = None,
 ) -> ConversionReport:
     """Write `output` (.safetensors) and its .yaml: the `arch` student of `source`
-    (a preset name, or any `Removal` for a custom student).  `source` is a file, or a
+    (a preset name, or any `Removal` for a custom student), with the units `remove`
+    (block notation, see `blocks`) taken out too.  `source` is a file, or a
     `Checkpoint` (for weights that exist only in memory)."""
     started = time.perf_counter()
     ckpt = source if isinstance(source, Checkpoint) else None
@@ -112,6 +118,11 @@ def convert_checkpoint(
     if info.is_student:
         raise BadInput("%s is already a BK-SDM '%s' student; convert its teacher instead"
                        % (source, info.preset))
+    removal = parse_optional(info.arch.teacher, remove, removal)
+    if removal.name == "teacher":
+        raise BadInput("%s: that removes nothing; name blocks with --remove or pick a preset"
+                       % source)
+    removal = known_as(Architecture(info.arch.teacher, removal))
     student = Architecture(info.arch.teacher, removal)
     unet = [_copy(ckpt, teacher, name, DTYPES[dtype])
             for name, teacher in unet_sources(ckpt, student).items()]
@@ -120,7 +131,7 @@ def convert_checkpoint(
     metadata = write_student(output, student, tensors, info.config, teacher_origin(ckpt),
                              overwrite, progress)
     return ConversionReport(
-        arch=removal.name,
+        arch=preset_name(student),
         family=info.family,
         parameterization=info.parameterization,
         parameterization_source=info.parameterization_source,

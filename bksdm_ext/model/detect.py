@@ -4,16 +4,20 @@ counts, v-prediction) comes from the user, the ``.yaml`` beside the file, or met
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
 from .arch import PRESETS, TEACHER, SD_V1, SD_V2_512, Architecture, Removal, TeacherSpec
+from .blocks import CUSTOM, canonical_removal, notation, removal_from_units
 from .checkpoint import Checkpoint
 from ..errors import BadInput
 from .keymap import UNET_PREFIX, KeyMap
 from .parts_keymap import TEXT_PREFIX, VAE_PREFIX
 
+
+# A custom student's removal in block notation (which teacher layers it kept).
+REMOVAL_KEY = "bksdm.removal"
 
 # (a key that only that kind of file has, what it is)
 FOREIGN_MARKERS = (
@@ -89,10 +93,13 @@ def inspect_checkpoint(ckpt: Checkpoint, v_prediction: Optional[bool] = None) ->
     teacher = replace(teacher, parameterization=parameterization,
                       sample_size=_sample_size(family, parameterization, config))
     claimed = ckpt.metadata.get("bksdm.preset")
-    if claimed and claimed != removal.name:
+    recorded = ckpt.metadata.get(REMOVAL_KEY)
+    found = notation(Architecture(teacher, removal))
+    if (claimed and claimed != removal.name) or (recorded and recorded != found):
         raise BadInput("%s: its metadata says BK-SDM '%s' but its U-Net has the layout of '%s'; "
                        "the file was altered after conversion: convert its teacher again"
-                       % (ckpt.path, claimed, removal.name))
+                       % (ckpt.path, recorded or claimed, found if removal.name == CUSTOM
+                          else removal.name))
     dtypes = sorted({str(ckpt.dtype(UNET_PREFIX + k)).replace("torch.", "") for k in unet_keys})
     return ModelInfo(
         path=ckpt.path,
@@ -161,7 +168,7 @@ def _structure(ckpt: Checkpoint, unet_keys: List[str], family: str
         else:
             levels[-1].append(index)
         index += 1
-    if not all(levels) or len({len(level) for level in levels}) != 1:
+    if not all(levels):
         raise BadInput("%s: its U-Net's down path is not an SD-v1/v2 layout (%s layers per stage)"
                        % (ckpt.path, [len(level) for level in levels]))
     model_channels = shape("input_blocks.0.0.weight")[0]
@@ -180,31 +187,45 @@ def _structure(ckpt: Checkpoint, unet_keys: List[str], family: str
         context_dim=context_dim,
         linear_projection=len(shape("input_blocks.%d.1.proj_in.weight" % first)) == 2,
     )
-    found = match_layout(observed, len(levels[0]), present, "ldm")
+    counts = [len(level) for level in levels]
+    found = match_layout(observed, counts, present, "ldm", ckpt.metadata.get(REMOVAL_KEY))
     if found is None:
-        raise BadInput("%s: its U-Net layout (%d stages, %d layers per stage, middle block %s) is "
-                       "neither an SD-v1/v2 teacher nor a known BK-SDM student"
-                       % (ckpt.path, len(levels), len(levels[0]),
+        raise BadInput("%s: its U-Net layout (%d stages, %s layers per stage, middle block %s) is "
+                       "neither an SD-v1/v2 teacher nor a BK-SDM student"
+                       % (ckpt.path, len(levels), counts,
                           "present" if any(k.startswith("middle_block.") for k in present)
                           else "absent"))
     return found
 
 
-def match_layout(observed: TeacherSpec, layers: int, keys: Iterable[str], naming: str
+def match_layout(observed: TeacherSpec, layers: Union[int, Sequence[int]], keys: Iterable[str],
+                 naming: str, removal_units: Optional[str] = None
                  ) -> Optional[Tuple[TeacherSpec, Removal]]:
     """(teacher, removal) whose blocks are exactly those the U-Net keys belong to.
 
     `observed` describes the file's own stages (widths, attention) and `layers` its
-    layers per down stage; `naming` is "ldm" or "diffusers".
+    layers per down stage (one number for all, or one per stage); `naming` is "ldm" or
+    "diffusers".  `removal_units` is the removal a custom student's metadata records
+    (which teacher layers it kept: the weights only tell how many); without it a custom
+    layout gets `canonical_removal`.
     """
     keys = set(keys)
-    for removal in [TEACHER] + list(PRESETS.values()):
-        teacher = _teacher_of(observed, removal, layers)
-        if teacher is None:
-            continue
+    counts = [layers] * observed.stages if isinstance(layers, int) else list(layers)
+    teacher = _teacher_of(observed)
+    candidates = [TEACHER] + list(PRESETS.values())
+    if removal_units:
+        try:
+            candidates.insert(0, removal_from_units(teacher, removal_units))
+        except BadInput:
+            pass  # not this teacher's notation: the layout decides alone
+    has_mid = any(k.startswith(("middle_block.", "mid_block.")) for k in keys)
+    candidates.append(canonical_removal(teacher, counts, observed.stages, has_mid))
+    for removal in candidates:
         try:
             arch = Architecture(teacher, removal)
         except ValueError:
+            continue
+        if arch.stages != observed.stages or arch.layers_per_stage != counts:
             continue
         keymap = KeyMap(arch)
         if not keymap.missing_blocks(keys, naming) and all(keymap.block_of(k, naming) for k in keys):
@@ -212,17 +233,13 @@ def match_layout(observed: TeacherSpec, layers: int, keys: Iterable[str], naming
     return None
 
 
-def _teacher_of(observed: TeacherSpec, removal: Removal, layers: int) -> Optional[TeacherSpec]:
-    """The teacher a file with this observed structure would come from under `removal`.
+def _teacher_of(observed: TeacherSpec) -> TeacherSpec:
+    """The teacher a file with this observed structure comes from.
 
     SD teachers have four stages of two layers per down stage; a student with fewer
-    stages lost the innermost ones, which in SD have the width of the stage above and
+    stages lost the innermost one, which in SD has the width of the stage above and
     no attention.
     """
-    kept = len(removal.down_layers) if removal.down_layers else SD_V1.layers_per_stage
-    kept_stages = removal.stages or SD_V1.stages
-    if kept != layers or kept_stages != observed.stages:
-        return None
     extra = SD_V1.stages - observed.stages
     return replace(
         observed,

@@ -3,6 +3,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from .checkpoint import Checkpoint
+from .blocks import notation
 from .detect import config_path, inspect_checkpoint
 
 
@@ -16,6 +17,7 @@ def describe(path: Union[str, Path], v_prediction: Optional[bool] = None) -> Dic
         "parameterization_from": info.parameterization_source,
         "model": "BK-SDM %s student" % info.preset if info.is_student else "teacher (full U-Net)",
         "preset": info.preset,
+        "removed": notation(info.arch) or "nothing",
         "unet_params": info.unet_params,
         "text_encoder_params": info.text_encoder_params,
         "vae_params": info.vae_params,

@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from ..model.arch import Architecture, preset
+from ..model.arch import Architecture, TeacherSpec, preset
+from ..model.blocks import known_as, parse_optional, preset_name
 from ..model.checkpoint import Checkpoint
 from ..model.convert import DTYPES, teacher_origin, teacher_parts, write_student
 from .dataset import DatasetScan, scan_dataset
@@ -180,7 +181,7 @@ def _distill(cfg: DistillConfig, resume: bool, memory: Optional[MemoryPlan] = No
     progress.close()
     teacher_taps.close()
     student_taps.close()
-    final = paths.out / ("%s-bk-%s-distilled.safetensors" % (ckpt.path.stem, arch.removal.name))
+    final = paths.out / ("%s-bk-%s-distilled.safetensors" % (ckpt.path.stem, preset_name(arch)))
     # DDP keeps every process's copy identical; say so, since a silent divergence would
     # make the exported (process 0) student not the one the other processes trained.
     checksums = _gather(torch.stack([p.detach().double().sum() for p in student.parameters()]).sum()
@@ -203,9 +204,16 @@ def _teacher(cfg: DistillConfig) -> Tuple[Checkpoint, ModelInfo, Architecture]:
     if info.is_student:
         raise BadInput("%s is a BK-SDM '%s' student; distil from its teacher" % (ckpt.path, info.preset))
     try:
-        return ckpt, info, Architecture(info.arch.teacher, preset(cfg.arch))
+        return ckpt, info, student_architecture(info.arch.teacher, cfg)
     except ValueError as e:
         raise BadInput(str(e)) from None
+
+
+def student_architecture(teacher: TeacherSpec, cfg: DistillConfig) -> Architecture:
+    """The student `cfg` asks for: its preset with the ``remove`` units taken out too
+    (a preset when they amount to one)."""
+    removal = parse_optional(teacher, cfg.remove, preset(cfg.arch))
+    return Architecture(teacher, known_as(Architecture(teacher, removal)))
 
 
 def _resume_point(paths: RunPaths, resume: bool, synthesizes: bool) -> Optional[Path]:
@@ -451,7 +459,7 @@ class _Sampler:
     def student_images(self, weights: Dict[str, torch.Tensor]) -> List[Any]:
         from diffusers import UNet2DConditionModel
 
-        arch = Architecture(self.info.arch.teacher, preset(self.cfg.arch))
+        arch = student_architecture(self.info.arch.teacher, self.cfg)
         student = UNet2DConditionModel(**arch.diffusers_config())
         student.load_state_dict({k: v.float() for k, v in weights.items()})
         return self._images(student.to(self.device, self.dtype).eval())

@@ -20,6 +20,7 @@ class DistillConfig:
     data: str  # a dataset folder, teacher:N, a .txt prompt file or a `bksdm synth` run folder
     out: str
     arch: str = "small"
+    remove: Optional[str] = None  # more units to remove, in block notation (model.blocks)
     steps: int = 50_000
     batch_size: int = 64
     grad_accum: int = 4

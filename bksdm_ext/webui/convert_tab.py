@@ -12,7 +12,7 @@ from ..model.checkpoint import Checkpoint
 from ..model.convert import DTYPES, convert_checkpoint, student_unet_params
 from ..model.detect import ModelInfo, inspect_checkpoint
 from ..errors import BadInput
-from . import a1111, guard, transplant_form
+from . import a1111, block_picker, guard, transplant_form
 from .messages import message
 
 PRESET_LABELS = {"Base": "base", "Small": "small", "Tiny": "tiny", "Mid-stage removed": "mid-removed"}
@@ -100,8 +100,10 @@ def output_path(name: str, overwrite: bool) -> Path:
 
 def convert(id_task: str, label: str, name: str, dtype: str, overwrite: bool,
             start_from: str = transplant_form.START_FROM[0], student: str = "", base: str = "",
-            alpha: float = 1.0) -> List[Any]:
-    """Convert the loaded model (or carry its difference from `base` into `student`);
+            alpha: float = 1.0, use_blocks: bool = False,
+            blocks: Optional[List[str]] = None) -> List[Any]:
+    """Convert the loaded model (to the preset, or to the blocks picked when `use_blocks`; or
+    carry its difference from `base` into `student`);
     returns [new checkpoint title, Load-button update, message]."""
     try:
         loaded, ckpt, info, problem = _loaded()
@@ -118,9 +120,10 @@ def convert(id_task: str, label: str, name: str, dtype: str, overwrite: bool,
             return [title, gr.update(visible=True),
                     message("success", transplant_form.result_text(report))]
         report = convert_checkpoint(ckpt if not loaded.has_file else loaded.filename, output,
-                                    PRESET_LABELS[label], dtype=dtype,
+                                    "teacher" if use_blocks else PRESET_LABELS[label], dtype=dtype,
                                     v_prediction=loaded.parameterization == "v",
-                                    overwrite=overwrite, progress=a1111.Progress("Converting"))
+                                    overwrite=overwrite, progress=a1111.Progress("Converting"),
+                                    remove=block_picker.units_to_remove(use_blocks, blocks))
     except BadInput as e:
         return ["", gr.update(visible=False), message("error", str(e))]
     except InterruptedError:
@@ -144,6 +147,7 @@ def build() -> None:
     preset = gr.Radio(list(PRESET_LABELS), value=default_label, label="Preset",
                       elem_id="bksdm_preset")
     preview = gr.Markdown(elem_id="bksdm_preview")
+    use_blocks, blocks = block_picker.build(preset, PRESET_LABELS.get, _loaded)
     start = transplant_form.build()
     with gr.Row():
         name = gr.Textbox(label="New checkpoint name", elem_id="bksdm_output_name")
@@ -167,7 +171,7 @@ def build() -> None:
     run.click(wrap_gradio_gpu_call(convert, extra_outputs=["", gr.update()]),
               _js="bksdm_convert_submit", inputs=[id_task, preset, name, dtype, overwrite,
                                                   start.start_from, start.student, start.base,
-                                                  start.alpha],
+                                                  start.alpha, use_blocks, blocks],
               outputs=[converted, load, result])
     refresh.click(transplant_form.choices, outputs=[start.student, start.base])
     start.student.change(lambda title, label: default_name(LABEL_OF.get(

@@ -11,6 +11,8 @@ import gradio as gr
 from ..train.dataset import scan_dataset
 from ..train.distill_config import DistillConfig
 from ..errors import BadInput
+from ..model.arch import PRESETS
+from ..model.blocks import removal_from_units
 from . import a1111, checkpoints, data_picker, init_student_form, job_form, memory_estimate, paths
 from .convert_tab import LABEL_OF, PRESET_LABELS
 from .messages import message
@@ -60,16 +62,21 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
           gradient_checkpointing: bool, ema: bool, use_8bit_adam: bool, save_every: int,
           sample_every: int, sample_prompts: str, free_vram: bool, gpus: float,
           uploaded: str = "", start_from: str = init_student_form.START_FROM[0],
-          init_title: str = "") -> str:
+          init_title: str = "", remove: str = "") -> str:
     try:
         teacher = checkpoints.filename(teacher_title)
         model = checkpoints.describe(teacher)
         if model is not None and model.is_student:
             raise BadInput("%s is a BK-SDM student; choose the teacher it was made from."
                            % teacher.name)
-        values: Dict[str, Any] = {"teacher": str(teacher)}
+        values: Dict[str, Any] = {"teacher": str(teacher), "remove": remove.strip()}
         values.update(init_student_form.flags(start_from, init_title, teacher,
                                               PRESET_LABELS[preset_label]))
+        if remove.strip() and "init_student" in values:
+            raise BadInput("Also remove these blocks cuts the pruned teacher; a student to start "
+                           "from keeps its own blocks. Clear one of the two.")
+        if remove.strip() and model is not None:  # refused now, not when the job starts
+            removal_from_units(model.arch.teacher, remove, PRESETS[values["arch"]])
         values.update(data_flags(source, folder, uploaded, synthetic, prompts))
         if source != SOURCES[0]:
             values.update(negative_prompt=negative_prompt.strip(),
@@ -81,7 +88,8 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
         argv = job_form.flags(values)
         for prompt in [p.strip() for p in sample_prompts.splitlines() if p.strip()]:
             argv += ["--sample-prompt", prompt]
-        title = "Distill %s → BK-%s" % (teacher.stem, LABEL_OF.get(values["arch"], values["arch"]))
+        title = "Distill %s → BK-%s%s" % (teacher.stem, LABEL_OF.get(values["arch"], values["arch"]),
+                                           " minus " + remove.strip() if remove.strip() else "")
         job = job_form.submit("distill", argv, title, free_vram, gpus)
     except BadInput as e:
         return message("error", str(e))
@@ -104,6 +112,8 @@ def build() -> None:
         preset = gr.Radio(list(PRESET_LABELS), label="Student preset", elem_id="bksdm_distill_preset",
                           value=LABEL_OF.get(a1111.opt("bksdm_default_preset", "small"), "Small"))
     start_from, init_student = init_student_form.build()
+    remove = gr.Textbox(label="Also remove these blocks (optional; names as in the Convert tab's "
+                              "block picker, e.g. down.3.0,up.3.2)", elem_id="bksdm_distill_remove")
     source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Training data",
                       elem_id="bksdm_distill_source")
     picker = data_picker.build(data_picker.TRAINING_SET, "Image folder on the server (images "
@@ -161,5 +171,5 @@ def build() -> None:
                              random_conditioning, steps, batch_size, grad_accum, lr, resolution,
                              precision, gradient_checkpointing, ema, use_8bit_adam, save_every,
                              sample_every, sample_prompts, free_vram, gpus, uploaded, start_from,
-                             init_student],
+                             init_student, remove],
               outputs=[result])

@@ -1,0 +1,290 @@
+"""Block sensitivity analysis (the paper's appendix C, Fig. 19) for the user's own teacher.
+
+Each unit is taken out of the teacher alone, without retraining, and the same prompts and
+seeds are rendered again; the change against the full teacher's images (PSNR, SSIM) says
+how much the model relies on that unit.  A unit whose removal leaves a valid student
+(mid, innermost, a stage's Base-like pair ``down.S.L,up.S.M``) is removed for real, with
+the student built from the teacher's weights.  A single layer cannot go alone (its skip
+connection would be left over), so it is bypassed instead: its input is passed on, with a
+channel interpolation where the layer changes the width (marked "stand-in", as the paper's
+"*"): for the analysis only.  Rows also carry the unit's parameters, its FLOPs share of a
+step and the measured U-Net milliseconds per step saved.
+"""
+import copy
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+
+from ..errors import BadInput
+from ..model.arch import Architecture
+from ..model.blocks import INNERMOST, MID, removal_from_units, teacher_units
+from ..model.checkpoint import Checkpoint
+from ..model.hashing import a1111_sha256
+from ..model.keymap import student_sources
+from .latency import LatencySettings, Stopwatch, _pipeline
+from .quality import psnr, ssim
+from ..model.unit_costs import UnitCosts
+
+DEFAULT_PROMPTS = (
+    "a photo of an astronaut riding a horse on mars",
+    "a bowl of fruit on a wooden table, still life",
+    "a lighthouse on a cliff at sunset",
+    "portrait of an old man with a beard, studio lighting",
+)
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class ScanSettings:
+    prompts: Sequence[str] = DEFAULT_PROMPTS
+    steps: int = 20
+    size: int = 512
+    cfg_scale: float = 7.0
+    seed: int = 0
+    groups: bool = True  # also each stage's pair (down.S.1 with up.S.1), as Fig. 19b
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class UnitResult:
+    unit: str
+    how: str  # "removed" (a real student) or "stand-in" (bypassed / channel-interpolated)
+    psnr: float
+    ssim: float
+    params: int
+    step_share: float  # FLOPs of the unit / FLOPs of the teacher's step
+    ms_per_step: float
+    ms_saved: float
+
+
+@dataclass
+class ScanResult:
+    teacher: str
+    teacher_sha256: str
+    settings: Dict[str, Any]
+    teacher_ms_per_step: float
+    rows: List[UnitResult] = field(default_factory=list)
+
+    def ranked(self) -> List[UnitResult]:
+        """Most damaging first (lowest SSIM, then lowest PSNR)."""
+        return sorted(self.rows, key=lambda r: (r.ssim, r.psnr))
+
+    def as_dict(self) -> Dict[str, Any]:
+        data = asdict(self)
+        data["rows"] = [asdict(r) for r in self.ranked()]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ScanResult":
+        rows = [UnitResult(**r) for r in data.get("rows", [])]
+        return cls(**dict(data, rows=rows))
+
+
+def scan_units(arch: Architecture, groups: bool) -> List[str]:
+    """What to take out, one row each: every unit, then each stage's layer pairs."""
+    units = teacher_units(arch.teacher)
+    if groups:
+        n = arch.teacher.layers_per_stage
+        units += ["down.%d.%d,up.%d.%d" % (s, n - 1, s, n - 1) for s in range(arch.teacher.stages)]
+    return units
+
+
+def scan(teacher: Union[str, Path], settings: ScanSettings, progress: Optional[Progress] = None,
+         device: Optional[torch.device] = None) -> ScanResult:
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    path = Path(teacher)
+    ckpt = Checkpoint(path)
+    latency = LatencySettings(steps=settings.steps, size=settings.size,
+                              cfg_scale=settings.cfg_scale, seed=settings.seed)
+    pipe, info = _pipeline(path, latency, device)
+    if info.is_student:
+        raise BadInput("%s is a BK-SDM %s student; scan its teacher" % (path, info.preset))
+    costs = UnitCosts(ckpt, info.arch)
+    teacher_flops = costs.student_flops(info.arch)
+    teacher_unet = pipe.unet
+    reference, teacher_ms = _render(pipe, settings, device)
+    result = ScanResult(teacher=str(path), teacher_sha256=a1111_sha256(path),
+                        settings=asdict(settings), teacher_ms_per_step=teacher_ms)
+    units = scan_units(info.arch, settings.groups)
+    for done, unit in enumerate(units):
+        if progress is not None:
+            progress(done, len(units), unit)
+        pipe.unet, how = _without(teacher_unet, info.arch, unit)
+        images, ms = _render(pipe, settings, device)
+        params = flops = 0.0
+        for part in unit.split(","):
+            p, f = costs.unit(part)
+            params, flops = params + p, flops + f
+        result.rows.append(UnitResult(
+            unit=unit, how=how, psnr=float(psnr(images, reference).mean()),
+            ssim=float(ssim(images, reference).mean()), params=int(params),
+            step_share=round(flops / teacher_flops, 4), ms_per_step=ms, ms_saved=teacher_ms - ms))
+    pipe.unet = teacher_unet
+    if progress is not None:
+        progress(len(units), len(units), "")
+    return result
+
+
+def _render(pipe: Any, settings: ScanSettings, device: torch.device) -> Any:
+    """The prompts' images as [N, 3, H, W] in [0, 1] (one seed each) and U-Net ms per step."""
+    watch = Stopwatch(device, pipe.unet)
+    try:
+        images = []
+        for i, prompt in enumerate(settings.prompts):
+            out = pipe(prompt, height=settings.size, width=settings.size,
+                       num_inference_steps=settings.steps, guidance_scale=settings.cfg_scale,
+                       generator=torch.Generator().manual_seed(settings.seed + i), output_type="pt")
+            images.append(out.images.float().cpu())
+        calls = watch.take()
+    finally:
+        watch.close()
+    return torch.cat(images).clamp(0, 1), 1000 * sorted(calls)[len(calls) // 2]
+
+
+def _without(unet: torch.nn.Module, arch: Architecture, units: str) -> Any:
+    """(the teacher U-Net without `units`, "removed" or "stand-in")."""
+    try:
+        removal = removal_from_units(arch.teacher, units)
+    except BadInput:
+        return _bypassed(unet, arch, units), "stand-in"
+    return _student(unet, Architecture(arch.teacher, removal)), "removed"
+
+
+def _student(unet: torch.nn.Module, student: Architecture) -> torch.nn.Module:
+    """A real student built from the teacher's weights (the conversion's weight map)."""
+    from diffusers import UNet2DConditionModel
+
+    state = unet.state_dict()
+    sources = student_sources(student, state, naming="diffusers")
+    parameter = next(unet.parameters())
+    model = UNet2DConditionModel(**student.diffusers_config())
+    model.load_state_dict({s: state[t] for s, t in sources.items()}, strict=True)
+    return model.to(parameter.device, parameter.dtype).eval()
+
+
+def _bypassed(unet: torch.nn.Module, arch: Architecture, unit: str) -> torch.nn.Module:
+    """The teacher with one layer (resnet + attention) replaced by a pass-through."""
+    if unit in (MID, INNERMOST) or "," in unit:
+        raise BadInput("%s: not a single layer" % unit)  # these are always valid removals
+    side, stage, layer = unit.split(".")
+    model = copy.deepcopy(unet)
+    index = int(stage) if side == "down" else arch.teacher.stages - 1 - int(stage)
+    block = (model.down_blocks if side == "down" else model.up_blocks)[index]
+    resnet = block.resnets[int(layer)]
+    block.resnets[int(layer)] = ChannelInterpolation(resnet.in_channels, resnet.out_channels)
+    if getattr(block, "attentions", None) is not None:
+        block.attentions[int(layer)] = PassThrough()
+    return model
+
+
+class ChannelInterpolation(torch.nn.Module):
+    """Stands in for a removed resnet: its input, linearly resampled along the channels
+    when the widths differ (the identity when they do not)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.in_channels == self.out_channels:
+            return hidden_states
+        n, c, h, w = hidden_states.shape
+        flat = hidden_states.permute(0, 2, 3, 1).reshape(n * h * w, 1, c)
+        resized = torch.nn.functional.interpolate(flat, size=self.out_channels, mode="linear",
+                                                  align_corners=True)
+        return resized.reshape(n, h, w, self.out_channels).permute(0, 3, 1, 2).contiguous()
+
+
+class PassThrough(torch.nn.Module):
+    """Stands in for a removed attention block (diffusers reads element 0 of its output)."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return (hidden_states,)
+
+
+# -- results on disk ----------------------------------------------------------------
+
+
+def teacher_hash(teacher: Union[str, Path]) -> str:
+    """The teacher's A1111 SHA-256 (the cache key); BadInput when it is not a checkpoint."""
+    return a1111_sha256(Checkpoint(teacher).path)
+
+
+def cached(cache_dir: Path, sha256: str, settings: ScanSettings) -> Optional[ScanResult]:
+    path = cache_dir / ("%s-%s.json" % (sha256[:12], settings.key()))
+    if not path.is_file():
+        return None
+    return ScanResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def latest_for(cache_dir: Path, sha256: str) -> Optional[ScanResult]:
+    """The newest scan of that teacher, whatever its settings (what the WebUI shows)."""
+    found = sorted(cache_dir.glob("%s-*.json" % sha256[:12]), key=lambda p: p.stat().st_mtime)
+    return ScanResult.from_dict(json.loads(found[-1].read_text(encoding="utf-8"))) if found else None
+
+
+def save(result: ScanResult, cache_dir: Path) -> Path:
+    """Into the cache, under the teacher's hash and the settings' key (temp name, then rename)."""
+    settings = ScanSettings(**result.settings)
+    path = cache_dir / ("%s-%s.json" % (result.teacher_sha256[:12], settings.key()))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(json.dumps(result.as_dict(), indent=1), encoding="utf-8")
+    temp.replace(path)
+    return path
+
+
+def write_csv(result: ScanResult, path: Path) -> Path:
+    import csv
+
+    temp = path.with_name(path.name + ".tmp")
+    with open(temp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(UnitResult.__dataclass_fields__))
+        writer.writeheader()
+        for row in result.ranked():
+            writer.writerow(asdict(row))
+    temp.replace(path)
+    return path
+
+
+def plot(result: ScanResult, path: Path) -> Path:
+    """A bar chart like Fig. 19: SSIM against the teacher per unit, U-Net order, stand-ins hatched."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result.rows
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows)), 4))
+    bars = ax.bar(range(len(rows)), [r.ssim for r in rows], color="#4c72b0")
+    for bar, row in zip(bars, rows):
+        if row.how == "stand-in":
+            bar.set_hatch("//")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r.unit.replace(",", "+") + ("*" if r.how == "stand-in" else "")
+                        for r in rows], rotation=70, fontsize=7)
+    ax.set_ylabel("SSIM vs. teacher (higher: less damage)")
+    ax.set_ylim(min(0.0, min((r.ssim for r in rows), default=0)), 1.0)
+    ax.set_title("Removing one block at a time, no retraining (* = channel-interpolation stand-in)",
+                 fontsize=9)
+    fig.tight_layout()
+    temp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(str(temp), dpi=100)
+    plt.close(fig)
+    temp.replace(path)
+    return path
+
+
+def table(result: ScanResult) -> str:
+    lines = ["%-24s %-9s %8s %7s %13s %7s %9s" % ("unit", "how", "PSNR", "SSIM", "parameters",
+                                                   "of step", "ms saved")]
+    for r in result.ranked():
+        lines.append("%-24s %-9s %8.2f %7.4f %13s %6.1f%% %9.2f" % (
+            r.unit, r.how, r.psnr, r.ssim, format(r.params, ","), 100 * r.step_share, r.ms_saved))
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""The block picker and the Blocks view inside the A1111 stand-in (issue #15)."""
+import pytest
+
+from bksdm_ext.measure import block_scan
+from bksdm_ext.model.checkpoint import Checkpoint
+from test_convert import load_file, unet_part
+from tiny import TINY, write_teacher
+from webui_env import load, standin_app, start_webui, stop_jobs
+
+
+@pytest.fixture
+def webui(tmp_path):
+    folder = start_webui(tmp_path / "webui")
+    yield folder
+    stop_jobs()
+    standin_app.reset(tmp_path / "after")
+
+
+def test_picked_blocks_convert_and_the_student_loads_exactly(webui):
+    from bksdm_ext.webui import block_picker, convert_tab, guard
+
+    teacher = write_teacher(webui, TINY["sd-v2-v"])
+    load(teacher)
+    assert block_picker.preset_units("small") == [
+        "down.0.1", "down.1.1", "down.2.1", "down.3.1", "up.0.1", "up.1.1", "up.2.1", "up.3.1", "mid"]
+    picked = ["down.0.0", "up.0.1", "innermost"]
+    summary = block_picker.picked_summary(convert_tab._loaded(), picked)
+    assert "down.0.0,up.0.1,innermost" in summary and "smaller" in summary and "step time" in summary
+    assert "every layer of the stage" in block_picker.picked_summary(
+        convert_tab._loaded(), ["down.1.0", "down.1.1", "up.1.0", "up.1.1"])
+    title, _, text = convert_tab.convert("task(1)", "Small", "cut", "fp32", False,
+                                         use_blocks=True, blocks=picked)
+    assert "Wrote" in text, text
+    student = webui / "cut.safetensors"
+    assert Checkpoint(student).metadata["bksdm.removal"] == "down.0.0,up.0.1,innermost"
+    model = load(student)
+    assert guard.last_problem == []
+    assert set(model.model.diffusion_model.state_dict()) == set(unet_part(load_file(student)[0]))
+    # Unticked, the preset is converted as before.
+    load(teacher)
+    convert_tab.convert("task(2)", "Small", "small", "fp32", False, use_blocks=False,
+                        blocks=picked)
+    assert load_file(webui / "small.safetensors")[1]["bksdm.preset"] == "small"
+
+
+def test_blocks_view_shows_the_cached_scan_and_queues_a_scan_job(webui):
+    from bksdm_ext.webui import blocks_view
+
+    teacher = write_teacher(webui, TINY["sd-v1"])
+    assert "Load a teacher" in blocks_view.show()[0]
+    load(teacher)
+    assert "No scan of teacher.safetensors yet" in blocks_view.show()[0]
+    row = block_scan.UnitResult("mid", "removed", 30.0, 0.9, 1000, 0.01, 2.0, 0.5)
+    block_scan.save(block_scan.ScanResult(
+        str(teacher), block_scan.teacher_hash(teacher), block_scan.asdict(
+            block_scan.ScanSettings(steps=3, size=64)), 2.5, [row]), blocks_view.cache_dir())
+    text, table, chart = blocks_view.show()
+    assert "3 steps at 64 px" in text
+    assert table["data"] == [["mid", "removed", 30.0, 0.9, 1000, 1.0, 0.5]]
+    assert table["headers"][:2] == ["unit", "how"]
+    assert chart.endswith(".png")
+    assert "Follow it in the Jobs tab" in blocks_view.start_scan(2, 32)
+    from bksdm_ext.webui import jobs_service
+
+    job = jobs_service.runner().jobs()[-1]
+    assert job.kind == "blocks" and job.argv[:5] == [str(teacher), "--steps", "2", "--size", "32"]
+    assert jobs_service.runner().command(job)[1:4] == ["-m", "bksdm_ext", "blocks"]
+
+
+def test_the_distill_tab_queues_a_custom_student_and_refuses_a_bad_removal(webui, tmp_path):
+    from bksdm_ext.demo import write_tiny_teacher
+    from bksdm_ext.webui import distill_tab, jobs_service
+    from test_distill import make_dataset
+    from test_webui_jobs import FAST
+
+    write_tiny_teacher(webui / "tiny-sd.safetensors")
+    from modules import sd_models
+
+    sd_models.list_models()
+    title = distill_tab.checkpoints.titles(students=False)[0]
+    data = make_dataset(tmp_path / "pairs")
+
+    def start(remove):
+        form = FAST
+        return distill_tab.start(
+            title, "Base", distill_tab.SOURCES[0], str(data), 0, "", "", False, form["steps"],
+            form["batch_size"], form["grad_accum"], form["lr"], form["resolution"],
+            form["precision"], False, False, False, form["save_every"], form["sample_every"],
+            "", False, 1, remove=remove)
+
+    message = start("up.2.0")
+    assert "bksdm-error" in message and "stage 2 removes 1 down and 2 up" in message
+    assert jobs_service.runner().jobs() == []
+    assert "bksdm-success" in start(" mid ")
+    job = jobs_service.runner().jobs()[-1]
+    assert job.argv[:4] == ["--teacher", str(webui / "tiny-sd.safetensors"), "--arch", "base"]
+    assert job.argv[4:6] == ["--remove", "mid"] and job.title.endswith("BK-Base minus mid")
