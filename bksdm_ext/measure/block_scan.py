@@ -25,7 +25,7 @@ from ..model.blocks import INNERMOST, MID, removal_from_units, teacher_units
 from ..model.checkpoint import Checkpoint
 from ..model.hashing import a1111_sha256
 from ..model.keymap import student_sources
-from .latency import LatencySettings, Stopwatch, _pipeline
+from .latency import LatencySettings, Stopwatch, load_pipeline
 from .quality import psnr, ssim
 from ..model.unit_costs import UnitCosts
 
@@ -102,7 +102,7 @@ def scan(teacher: Union[str, Path], settings: ScanSettings, progress: Optional[P
     ckpt = Checkpoint(path)
     latency = LatencySettings(steps=settings.steps, size=settings.size,
                               cfg_scale=settings.cfg_scale, seed=settings.seed)
-    pipe, info = _pipeline(path, latency, device)
+    pipe, info = load_pipeline(path, latency.sampler, device)
     if info.is_student:
         raise BadInput("%s is a BK-SDM %s student; scan its teacher" % (path, info.preset))
     costs = UnitCosts(ckpt, info.arch)

@@ -69,9 +69,10 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
         if model is not None and model.is_student:
             raise BadInput("%s is a BK-SDM student; choose the teacher it was made from."
                            % teacher.name)
-        values: Dict[str, Any] = {"teacher": str(teacher), "remove": remove.strip()}
+        values: Dict[str, Any] = {"teacher": str(teacher)}
         values.update(init_student_form.flags(start_from, init_title, teacher,
                                               PRESET_LABELS[preset_label]))
+        values["remove"] = remove.strip()
         if remove.strip() and "init_student" in values:
             raise BadInput("Also remove these blocks cuts the pruned teacher; a student to start "
                            "from keeps its own blocks. Clear one of the two.")
