@@ -121,4 +121,7 @@ def test_distill_tab_starts_from_a_student_of_the_list(webui, tmp_path):
     assert "bksdm-error" in message and "other-bk-small.safetensors" in message
     message = start("")
     assert "bksdm-error" in message and "Choose a checkpoint" in message
+    message = start_distill(distill_tab, title_of(teacher), data, steps=1, save_every=0,
+                            sample_every=0, start_from=(mode, title_of(student), "mid"))
+    assert "bksdm-error" in message and "keeps its own blocks" in message
     assert len(jobs_service.runner().jobs()) == 1
