@@ -60,11 +60,12 @@ LATEST_STAMP := $(LATEST_VENV)/.installed
 LATEST_REQS  := diffusers==0.42.1 transformers==5.24.0 accelerate==1.15.0 huggingface_hub==2.4.0 \
                 peft==0.21.2 pytest ftfy omegaconf einops
 # (tests/test_parts_keymap.py compares with A1111's own text encoders, built the way
-# transformers 4.30 builds them, so it belongs to the first stack only.)
+# transformers 4.30 builds them, so it belongs to the first stack only; so does
+# tests/test_gpu_bench.py, whose parts are the engines these tests already run here.)
 LATEST_TESTS := tests/test_tokenizer.py tests/test_clip_naming.py tests/test_demo.py \
                 tests/test_convert.py tests/test_distill.py tests/test_dreambooth.py \
                 tests/test_synth.py tests/test_latency.py tests/test_memory_plan.py \
-                tests/test_gpu_bench.py tests/test_layout.py
+                tests/test_layout.py
 
 .PHONY: .venv test demo test-latest test-wheel
 

@@ -207,3 +207,30 @@ def test_existing_outputs_and_sources_are_never_replaced(tmp_path, capsys, model
                          str(finetune), "--out", str(finetune), "--overwrite")
     assert "would replace" in err
     assert not list(tmp_path.glob(".*.tmp")) and not list(finetune.parent.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("family", ["sd-v1", "sd-v2"])
+def test_a_custom_students_transplant_is_exact_through_its_own_map(tmp_path, capsys, models,
+                                                                   family):
+    """A custom removal (issue #15) carries the difference like a preset; each student
+    tensor's source is found by value (it was copied from the base before it was moved),
+    so the check does not lean on the map under test."""
+    _, base, finetune = models(family, "small")
+    cut, student = tmp_path / "cut.safetensors", tmp_path / "custom.safetensors"
+    convert_checkpoint(base, cut, "teacher", dtype="fp32", remove="down.1.1,up.1.1,mid")
+    perturbed(cut, student, seed=3, keep_metadata=True)
+    out = tmp_path / "mine-custom.safetensors"
+    code, stdout, _ = run(capsys, "--student", str(student), "--base", str(base), "--finetune",
+                          str(finetune), "--out", str(out), "--alpha", "1.0", "--dtype", "fp32",
+                          "--json")
+    assert code == 0
+    written = load_file(out)[0]
+    c, s, b, f = (load_file(p)[0] for p in (cut, student, base, finetune))
+    assert set(unet_part(written)) == set(unet_part(s))
+    for key in unet_part(s):
+        (source,) = [k for k, v in unet_part(b).items()
+                     if v.shape == c[UNET + key].shape and torch.equal(v, c[UNET + key])]
+        exact = s[UNET + key].double() + (f[UNET + source].double() - b[UNET + source].double())
+        assert torch.allclose(written[UNET + key].double(), exact, rtol=1e-6, atol=1e-7), key
+    ldm_from_yaml(out.with_suffix(".yaml")).load_state_dict(
+        {k: v.float() for k, v in unet_part(written).items()}, strict=True)
