@@ -163,10 +163,16 @@ class ClipScorer:
         tokens = self.tokenizer(prompts, padding="max_length", truncation=True,
                                 max_length=self.model.config.text_config.max_position_embeddings,
                                 return_tensors="pt")
-        text = self.model.get_text_features(input_ids=tokens.input_ids.to(device))
-        image = self.model.get_image_features(
-            pixel_values=self.pixels(images.to(device)).to(dtype))
+        text = _projected(self.model.get_text_features(input_ids=tokens.input_ids.to(device)))
+        image = _projected(self.model.get_image_features(
+            pixel_values=self.pixels(images.to(device)).to(dtype)))
         return clip_score_of_embeddings(image, text).cpu()
+
+
+def _projected(features: Any) -> torch.Tensor:
+    """The projected embeddings from ``get_*_features``: a tensor up to transformers 4,
+    a model output holding them as ``pooler_output`` from transformers 5 on."""
+    return features if isinstance(features, torch.Tensor) else features.pooler_output
 
 
 def _tokenizer() -> Any:
