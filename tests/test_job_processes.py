@@ -91,7 +91,10 @@ def test_a_queued_job_starts_exactly_once_when_many_processes_move_the_queue(tmp
     submitter = JobRunner(root, drive=False)
     env = child_environment(os.environ)
     for round_ in range(3):
-        jobs = [submitter.submit("distill", BAD_ARGS, device="dev-%d" % i, title="r%d" % round_)
+        # Devices of their own: a job of the last round still running (a loaded machine)
+        # would rightly keep a new job on its device waiting.
+        jobs = [submitter.submit("distill", BAD_ARGS, device="dev-%d-%d" % (round_, i),
+                                 title="r%d" % round_)
                 for i in range(6)]
         moment = time.time() + 2.0
         pollers = [subprocess.Popen([sys.executable, "-c", poller, str(root), str(moment)],
