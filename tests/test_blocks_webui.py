@@ -5,16 +5,12 @@ from bksdm_ext.measure import block_scan
 from bksdm_ext.model.checkpoint import Checkpoint
 from test_convert import load_file, unet_part
 from tiny import TINY, write_teacher
-from webui_env import allow_data_root, load, standin_app, start_webui, stop_jobs
+from webui_env import load, webui_with_data_roots
 
 
 @pytest.fixture
 def webui(tmp_path):
-    folder = start_webui(tmp_path / "webui")
-    allow_data_root(tmp_path)  # the tests' data folders may be typed in
-    yield folder
-    stop_jobs()
-    standin_app.reset(tmp_path / "after")
+    yield from webui_with_data_roots(tmp_path)
 
 
 def test_picked_blocks_convert_and_the_student_loads_exactly(webui):

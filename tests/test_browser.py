@@ -78,6 +78,15 @@ def slow_progress(monkeypatch):
     monkeypatch.setattr(a1111.Progress, "__call__", slowly)
 
 
+def _screenshot(page, path: Path, copy: str) -> None:
+    """A full-page screenshot, with a copy at a fixed /tmp path to look at by hand."""
+    page.screenshot(path=str(path), full_page=True)
+    try:
+        shutil.copyfile(str(path), copy)
+    except OSError:
+        pass
+
+
 def _wait_for(condition, what, timeout=TIMEOUT_MS / 1000):
     deadline = time.time() + timeout
     while not condition():
@@ -245,11 +254,7 @@ def test_latency_tab_in_the_browser(browser, webui, tmp_path):
         expect(rows).to_have_count(2)
         expect(rows.nth(1)).to_contain_text("tiny")
         expect(page.locator("#bksdm_latency_chart img")).to_have_count(1)
-        page.screenshot(path=str(tmp_path / "latency.png"), full_page=True)
-        try:
-            shutil.copyfile(str(tmp_path / "latency.png"), "/tmp/bksdm-latency-tab.png")
-        except OSError:
-            pass
+        _screenshot(page, tmp_path / "latency.png", "/tmp/bksdm-latency-tab.png")
         assert _loaded_file() == webui / "teacher.safetensors"
         assert js_errors == []
     finally:
@@ -304,11 +309,7 @@ def test_distill_tab_starts_a_job_the_jobs_tab_follows_to_the_dropdown(browser, 
         expect(page.locator("#bksdm_jobs_table tbody tr")).to_have_count(1)
         expect(page.locator("#bksdm_jobs_table thead")).to_contain_text("state")
         expect(page.locator("#bksdm_jobs_teacher_data").first).to_be_hidden()  # real images only
-        page.screenshot(path=str(tmp_path / "jobs.png"), full_page=True)
-        try:
-            shutil.copyfile(str(tmp_path / "jobs.png"), "/tmp/bksdm-jobs-tab.png")
-        except OSError:
-            pass
+        _screenshot(page, tmp_path / "jobs.png", "/tmp/bksdm-jobs-tab.png")
 
         expect(progress).to_contain_text("succeeded", timeout=600000)
         job = jobs_service.runner().jobs()[-1]
@@ -467,11 +468,7 @@ def test_compare_tab_in_the_browser(browser, webui, tmp_path):
         expect(page.locator("#bksdm_compare_csv a")).to_have_count(1)
         expect(page.locator("#bksdm_compare_explanations").first).to_contain_text(
             "agreement with the teacher")
-        page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
-        try:
-            shutil.copyfile(str(tmp_path / "compare.png"), "/tmp/bksdm-compare-tab.png")
-        except OSError:
-            pass
+        _screenshot(page, tmp_path / "compare.png", "/tmp/bksdm-compare-tab.png")
         assert _loaded_file() == webui / "teacher.safetensors"
         assert js_errors == []
     finally:

@@ -9,16 +9,12 @@ from test_convert import load_file, unet_part
 from test_transplant import perturbed
 from test_webui_jobs import start_distill
 from tiny import TINY, write_teacher
-from webui_env import allow_data_root, load, standin_app, start_webui, stop_jobs
+from webui_env import load, stop_jobs, webui_with_data_roots
 
 
 @pytest.fixture
 def webui(tmp_path):
-    folder = start_webui(tmp_path / "webui")
-    allow_data_root(tmp_path)  # the tests' data folders may be typed in
-    yield folder
-    stop_jobs()
-    standin_app.reset(tmp_path / "after")
+    yield from webui_with_data_roots(tmp_path)
 
 
 def title_of(path):

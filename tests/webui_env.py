@@ -40,6 +40,16 @@ def allow_data_root(folder: Path):
     assert shared.opts.set("bksdm_data_roots", str(folder))
 
 
+def webui_with_data_roots(tmp_path: Path):
+    """A pytest fixture body: a fresh stand-in WebUI whose tabs may read folders under
+    `tmp_path` (the tests' data); jobs are stopped and the WebUI reset afterwards."""
+    folder = start_webui(tmp_path / "webui")
+    allow_data_root(tmp_path)  # the tests' data folders may be typed in
+    yield folder
+    stop_jobs()
+    standin_app.reset(tmp_path / "after")
+
+
 def load(path: Path):
     """Load a checkpoint file the way choosing it in the dropdown does."""
     from modules import sd_models, shared
