@@ -50,15 +50,17 @@ PY38_PATHS = $(wildcard bksdm_ext scripts install.py)
 
 # The second stack (`make test-latest`): the newest releases the `train` extra allows,
 # which is what `pip install ".[train]"` gives a lab today; its upper bounds are these pins.
-# Python 3.11 with the same local CPU torch: PyPI's Linux torch wheels for Python 3.12 are
-# CUDA builds (several GB with their nvidia-* wheels) and download.pytorch.org's CPU
-# wheels cannot be reached here, so 2.13.0+cpu is the newest CPU torch available.
+# Python 3.12 with PyPI's own torch (a CUDA build that runs on the CPU; its nvidia-* wheels
+# make the venv ~5.5 GB) and the torchvision built against it, so torch-fidelity (FID) and
+# open_clip's image code import for real here. This machine caps torch at 2.14.1.
 # open-clip-torch (the tokenizer tests' reference) and sdkit's `ldm` (the U-Net the
 # conversion tests load students into) come without their dependencies, as in .venv.
+PY312        ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python) python3.12)
 LATEST_VENV  := .venv-latest
 LATEST_STAMP := $(LATEST_VENV)/.installed
+LATEST_TORCH := torch==2.14.1 torchvision==0.29.1
 LATEST_REQS  := diffusers==0.42.1 transformers==5.24.0 accelerate==1.15.0 huggingface_hub==2.4.0 \
-                peft==0.21.2 pytest ftfy omegaconf einops
+                peft==0.21.2 torch-fidelity==0.4.0 torchmetrics pytest ftfy omegaconf einops
 # (tests/test_parts_keymap.py compares with A1111's own text encoders, built the way
 # transformers 4.30 builds them, so it belongs to the first stack only; so does
 # tests/test_gpu_bench.py, whose parts are the engines these tests already run here.
@@ -112,8 +114,9 @@ demo: .venv
 	$(PY) -m bksdm_ext demo
 
 $(LATEST_STAMP): pyproject.toml Makefile
-	test -x $(LATEST_VENV)/bin/python || $(PYTHON) -m venv $(LATEST_VENV)
-	$(LATEST_VENV)/bin/python -m pip install -q --progress-bar off "$(TORCH_REQ)" ".[train]" $(LATEST_REQS)
+	@$(PY312) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 12) else "need Python 3.12 for the second stack, got " + sys.version)'
+	test -x $(LATEST_VENV)/bin/python || $(PY312) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --progress-bar off $(LATEST_TORCH) ".[train]" $(LATEST_REQS)
 	$(LATEST_VENV)/bin/python -m pip uninstall -q -y bksdm-webui
 	$(LATEST_VENV)/bin/python -m pip install -q --progress-bar off --no-deps $(SDKIT)
 	touch $@
