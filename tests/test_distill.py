@@ -294,3 +294,24 @@ def test_eval_events_score_the_student_against_the_teacher_and_mark_the_best(tea
     assert evals[1]["best"] == (evals[1]["ssim"] > evals[0]["ssim"])
     assert evals[0]["checkpoint"] is None and Path(evals[1]["checkpoint"]).is_dir()
     assert not (out / "samples").exists()  # scored without writing sample grids
+
+
+def test_pruning_old_checkpoints_spares_the_one_marked_best(teacher, data, tmp_path, monkeypatch):
+    """keep_last=1 would delete step 1's checkpoint; it is the best by score, so it stays
+    (and stays across a resume), while the other old ones go."""
+    import bksdm_ext.train.distill as distill_module
+
+    ssims = iter([0.9, 0.5, 0.4, 0.3])  # step 1 scores best
+    monkeypatch.setattr(distill_module, "agreement",
+                        lambda images, reference: {"ssim": next(ssims), "psnr": 20.0})
+    out = tmp_path / "best"
+    distill(config(teacher, data, out, steps=3, save_every=1, keep_last=1, eval_every=1,
+                   sample_steps=1, sample_prompts=["a red circle"]))
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["step-0000001", "step-0000003"]
+    distill(config(teacher, data, out, steps=4, save_every=1, keep_last=1, eval_every=1,
+                   sample_steps=1, sample_prompts=["a red circle"]), resume=True)
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["step-0000001", "step-0000004"]
+    best = [e for e in read_events(out / "events.jsonl") if e["event"] == "eval" and e["best"]]
+    assert [e["step"] for e in best] == [1]

@@ -38,11 +38,13 @@ class RunPaths:
         found = sorted(self.checkpoints.glob("step-*[0-9]")) if self.checkpoints.is_dir() else []
         return found[-1] if found else None
 
-    def write_checkpoint(self, step: int, fill: Callable[[Path], None], keep_last: int) -> Path:
+    def write_checkpoint(self, step: int, fill: Callable[[Path], None], keep_last: int,
+                         keep: Optional[Path] = None) -> Path:
         """``checkpoints/step-N``, filled by `fill(folder)` under a temporary name and then
-        renamed, so a kill never leaves half a checkpoint; only the newest `keep_last` stay.
-        A full disk removes the half-written one and is a `DiskError` that names the last
-        good checkpoint, which stays for --resume."""
+        renamed, so a kill never leaves half a checkpoint; only the newest `keep_last` stay,
+        and `keep` (the checkpoint an evaluation marked best), so pruning never deletes
+        the student a user would pick.  A full disk removes the half-written one and is a
+        `DiskError` that names the last good checkpoint, which stays for --resume."""
         target = self.checkpoint(step)
         temp = target.with_name(target.name + ".tmp")
         shutil.rmtree(temp, ignore_errors=True)
@@ -58,7 +60,8 @@ class RunPaths:
         shutil.rmtree(target, ignore_errors=True)
         os.replace(temp, target)
         for old in sorted(self.checkpoints.glob("step-*[0-9]"))[:-max(keep_last, 1)]:
-            shutil.rmtree(old)
+            if keep is None or old != keep:
+                shutil.rmtree(old)
         return target
 
     def _not_saved(self, target: Path) -> str:

@@ -160,7 +160,7 @@ def _distill(cfg: DistillConfig, resume: bool, memory: Optional[MemoryPlan] = No
                    **totals)
         if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps):
             _save_state(paths, step, accelerator, student, optimizer, scheduler, ema, generator,
-                        batches, cfg, ckpt, info, arch, log)
+                        batches, cfg, ckpt, info, arch, log, best.checkpoint)
         sample_now, eval_now = (bool(every) and (step % every == 0 or step == cfg.steps)
                                 for every in (cfg.sample_every, cfg.eval_interval()))
         if samples is not None and (sample_now or eval_now):
@@ -170,14 +170,15 @@ def _distill(cfg: DistillConfig, resume: bool, memory: Optional[MemoryPlan] = No
             if eval_now:
                 scores = agreement(images, samples.teacher_images)
                 saved = paths.checkpoint(step)  # the checkpoint of this step, when one was saved
-                event(log, "eval", step=step, best=best.update(scores["ssim"]),
-                      prompts=len(images), checkpoint=str(saved) if saved.is_dir() else None,
+                saved_path = saved if saved.is_dir() else None
+                event(log, "eval", step=step, best=best.update(scores["ssim"], saved_path),
+                      prompts=len(images), checkpoint=str(saved_path) if saved_path else None,
                       **scores)
         request = _stop_request(paths, accelerator)
         if request and step < cfg.steps:
             stop_run(request, step, lambda: _save_state(
                 paths, step, accelerator, student, optimizer, scheduler, ema, generator, batches,
-                cfg, ckpt, info, arch, log), log, progress)
+                cfg, ckpt, info, arch, log, best.checkpoint), log, progress)
     progress.close()
     teacher_taps.close()
     student_taps.close()
@@ -342,9 +343,9 @@ def _speed(started: float, first_step: int, step: int, cfg: DistillConfig, proce
 def _save_state(paths: RunPaths, step: int, accelerator: Any, student: Any, optimizer: Any,
                 scheduler: Any, ema: Optional[EMA], generator: torch.Generator, batches: Batches,
                 cfg: DistillConfig, ckpt: Checkpoint, info: ModelInfo, arch: Architecture,
-                log: Optional[EventLog]) -> None:
+                log: Optional[EventLog], best: Optional[Path]) -> None:
     """Everything a resume needs, written under a temporary name and renamed, plus the
-    student as an A1111 file; only the last `keep_last` are kept."""
+    student as an A1111 file; only the last `keep_last` are kept, and the `best` one."""
     generators = _gather(generator.get_state(), accelerator)
     if not accelerator.is_main_process:
         return
@@ -365,7 +366,7 @@ def _save_state(paths: RunPaths, step: int, accelerator: Any, student: Any, opti
         _export(folder / student_name, _student_weights(accelerator.unwrap_model(student), ema),
                 arch, ckpt, info, cfg, step)
 
-    target = paths.write_checkpoint(step, fill, cfg.keep_last)
+    target = paths.write_checkpoint(step, fill, cfg.keep_last, keep=best)
     event(log, "checkpoint", step=step, path=str(target), student=str(target / student_name))
 
 
@@ -479,17 +480,20 @@ class _Sampler:
 
 
 class _BestScore:
-    """The best SSIM against the teacher so far, also across a resume (read back from the
-    run's eval events): an `eval` event says whether it is the new best."""
+    """The best SSIM against the teacher so far and its checkpoint (when that step saved
+    one), also across a resume (read back from the run's eval events): an `eval` event says
+    whether it is the new best, and checkpoint pruning spares the best one."""
 
     def __init__(self, paths: RunPaths) -> None:
         from ..jobs.events import read_events
 
-        earlier = [e["ssim"] for e in read_events(paths.events) if e.get("event") == "eval"]
-        self.ssim = max(earlier) if earlier else float("-inf")
+        self.ssim, self.checkpoint = float("-inf"), None  # type: float, Optional[Path]
+        for e in read_events(paths.events):
+            if e.get("event") == "eval":
+                self.update(e["ssim"], Path(e["checkpoint"]) if e.get("checkpoint") else None)
 
-    def update(self, ssim: float) -> bool:
+    def update(self, ssim: float, checkpoint: Optional[Path]) -> bool:
         if ssim > self.ssim:
-            self.ssim = ssim
+            self.ssim, self.checkpoint = ssim, checkpoint
             return True
         return False
