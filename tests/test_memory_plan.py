@@ -1,7 +1,7 @@
 """The GPU-memory chooser against the peaks measured on an H200 (FACTS §9) and the GPU sizes
 users have; an out-of-memory error names the setting to lower and leaves the run resumable."""
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -133,3 +133,36 @@ def test_a_run_on_a_gpu_announces_its_plan_and_records_it(teacher, tmp_path, mon
     (start,) = [e for e in read_events(out / "events.jsonl") if e["event"] == "start"]
     assert start["memory_plan"].startswith("micro-batch 2 × 1 accumulation (effective 2)")
     assert "GPU memory plan: micro-batch 2 × 1" in capsys.readouterr().err
+
+
+def test_a_resumed_run_keeps_the_settings_it_started_with(tmp_path, capsys):
+    """Resumed on a GPU with more (or less) free memory, a run continues with its own
+    micro-batch, so it repeats the uninterrupted run; only an out-of-memory error lowers it."""
+    started, _plan = fit_distill(distill_config(tmp_path), "sd-v1", 16 * GIB, True)
+    assert (started.batch_size, started.grad_accum) == (32, 8)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(asdict(started), default=str))  # as distill() does
+    fresh, _plan = fit_distill(distill_config(tmp_path), "sd-v1", 80 * GIB, True)
+    assert fresh.batch_size == 64  # what a new run on this card would take
+    resumed, plan = fit_distill(distill_config(tmp_path), "sd-v1", 80 * GIB, True, resume=True)
+    assert plan is None and (resumed.batch_size, resumed.grad_accum) == (32, 8)
+    assert "resuming with the run's own settings, micro-batch 32 × 8" in capsys.readouterr().err
+    (run / MEMORY_FILE).write_text(json.dumps({"max_micro_batch": 16}))
+    lowered, _plan = fit_distill(distill_config(tmp_path), "sd-v1", 80 * GIB, True, resume=True)
+    assert (lowered.batch_size, lowered.grad_accum) == (16, 16)
+    assert "(lowered by memory.json)" in capsys.readouterr().err
+    # --no-fit-memory takes the arguments as given
+    off = distill_config(tmp_path, fit_memory=False, batch_size=8, grad_accum=32)
+    assert fit_distill(off, "sd-v1", 80 * GIB, True, resume=True)[0].batch_size == 8
+
+
+def test_a_resumed_dreambooth_run_keeps_its_memory_settings(tmp_path):
+    cfg = DreamBoothConfig(model="m", instance_dir="i", instance_prompt="a sks dog",
+                           class_prompt="a dog", out=str(tmp_path / "db"))
+    started, _plan = fit_dreambooth(cfg, "sd-v1", "small", 8 * GIB, True)
+    assert started.use_8bit_adam
+    (tmp_path / "db").mkdir()
+    (tmp_path / "db" / "config.json").write_text(json.dumps(asdict(started), default=str))
+    assert not fit_dreambooth(cfg, "sd-v1", "small", 80 * GIB, True)[0].use_8bit_adam
+    assert fit_dreambooth(cfg, "sd-v1", "small", 80 * GIB, True, resume=True)[0].use_8bit_adam

@@ -53,7 +53,7 @@ def distill(cfg: DistillConfig, resume: bool = False) -> Path:
     that fails says why in its event file too (the WebUI's job list reads it there)."""
     with failures_reported(cfg.out):
         family = _teacher(cfg)[1].family
-        cfg, memory = fit_distill(cfg, family, free_gpu_bytes(), have_bitsandbytes())
+        cfg, memory = fit_distill(cfg, family, free_gpu_bytes(), have_bitsandbytes(), resume)
         announce(memory)
         with out_of_memory_explained(cfg):
             return _distill(cfg, resume, memory)

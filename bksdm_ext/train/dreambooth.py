@@ -54,7 +54,7 @@ def dreambooth(cfg: DreamBoothConfig, resume: bool = False) -> Path:
     with failures_reported(cfg.out):
         info = _check_inputs(cfg)[1]
         cfg, memory = fit_dreambooth(cfg, info.family, info.preset, free_gpu_bytes(),
-                                   have_bitsandbytes())
+                                     have_bitsandbytes(), resume)
         announce(memory)
         with out_of_memory_explained(cfg):
             return _dreambooth(cfg, resume, memory)

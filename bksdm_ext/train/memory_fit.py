@@ -5,7 +5,9 @@ free memory (only ever lowered from the run's own, effective batch kept; ``--no-
 keeps them as given) and say so on stderr and in the event file.  When the GPU still runs
 out, the run fails with one message that names the setting to lower, and records the
 smaller micro-batch in ``memory.json`` in the run folder, so resuming the run (``--resume``,
-the Jobs tab's Resume) continues from its last checkpoint with it.
+the Jobs tab's Resume) continues from its last checkpoint with it.  Otherwise a resumed run
+keeps the settings it started with (its ``config.json``) whatever memory is free now: a
+different micro-batch would draw other noise, and the run would not continue exactly.
 """
 import importlib.util
 import json
@@ -22,6 +24,9 @@ from .dreambooth_config import DreamBoothConfig
 from .memory_plan import MemoryPlan, Settings, plan_distill, plan_dreambooth
 
 MEMORY_FILE = "memory.json"
+STARTED_WITH = "config.json"  # the settings a run started with, written by distill/dreambooth
+MEMORY_FIELDS = ("batch_size", "grad_accum", "gradient_checkpointing", "use_8bit_adam",
+                 "mixed_precision", "ema")
 C = TypeVar("C", DistillConfig, DreamBoothConfig)
 
 
@@ -74,22 +79,55 @@ def _capped(cfg: C) -> C:
     return replace(cfg, batch_size=micro, grad_accum=effective // micro)
 
 
+def _started_with(cfg: C) -> Optional[C]:
+    """`cfg` with the memory settings its run folder's config.json recorded, if it has one."""
+    path = Path(cfg.out) / STARTED_WITH
+    if not path.is_file():
+        return None
+    recorded = json.loads(path.read_text(encoding="utf-8"))
+    return replace(cfg, **{k: recorded[k] for k in MEMORY_FIELDS
+                           if k in recorded and hasattr(cfg, k)})
+
+
+def _resumed(cfg: C, resume: bool) -> Optional[C]:
+    """The settings a resumed run continues with (announced), or None to plan afresh."""
+    started = _started_with(cfg) if resume else None
+    if started is None:
+        return None
+    kept = _capped(started)
+    s = settings_of(kept)
+    print("GPU memory plan: resuming with the run's own settings, micro-batch %d × %d "
+          "accumulation%s" % (s.micro_batch, s.grad_accum,
+                              " (lowered by %s)" % MEMORY_FILE if kept != started else ""),
+          file=sys.stderr, flush=True)
+    return kept
+
+
 def fit_distill(cfg: DistillConfig, family: str, free_bytes: Optional[int],
-                bitsandbytes: bool) -> Tuple[DistillConfig, Optional[MemoryPlan]]:
-    """The run's settings for a GPU with `free_bytes` free (None: no GPU, nothing changes)."""
-    cfg = _capped(cfg)
+                bitsandbytes: bool, resume: bool = False
+                ) -> Tuple[DistillConfig, Optional[MemoryPlan]]:
+    """The run's settings for a GPU with `free_bytes` free (None: no GPU, nothing changes);
+    a resumed run keeps those it started with."""
     if free_bytes is None or not cfg.fit_memory:
-        return cfg, None
+        return _capped(cfg), None
+    resumed = _resumed(cfg, resume)
+    if resumed is not None:
+        return resumed, None
+    cfg = _capped(cfg)
     plan = plan_distill(free_bytes, family, cfg.arch, cfg.resolution, settings_of(cfg),
                         bitsandbytes)
     return with_settings(cfg, plan.settings), plan
 
 
 def fit_dreambooth(cfg: DreamBoothConfig, family: str, arch: str, free_bytes: Optional[int],
-                   bitsandbytes: bool) -> Tuple[DreamBoothConfig, Optional[MemoryPlan]]:
-    cfg = _capped(cfg)
+                   bitsandbytes: bool, resume: bool = False
+                   ) -> Tuple[DreamBoothConfig, Optional[MemoryPlan]]:
     if free_bytes is None or not cfg.fit_memory:
-        return cfg, None
+        return _capped(cfg), None
+    resumed = _resumed(cfg, resume)
+    if resumed is not None:
+        return resumed, None
+    cfg = _capped(cfg)
     plan = plan_dreambooth(free_bytes, family, arch, cfg.resolution, settings_of(cfg),
                            bitsandbytes, cfg.lora, cfg.train_text_encoder)
     return with_settings(cfg, plan.settings), plan
