@@ -292,7 +292,7 @@ def prepare_models(cfg: DreamBoothConfig, unet: Any, text_encoder: Any, device: 
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if cfg.train_text_encoder:
-            text_encoder.gradient_checkpointing_enable()
+            _checkpoint_activations(text_encoder)
             # transformers' checkpointing reruns layers only for inputs that need grad;
             # with frozen embeddings (LoRA) the adapters would get none without this.
             text_encoder.enable_input_require_grads()
@@ -530,3 +530,10 @@ def _write_tensors(path: Path, state: Dict[str, torch.Tensor], dtype: torch.dtyp
     with staged([path], overwrite=True) as (temp,):
         write_safetensors(temp, [_tensor_out(k, v, dtype) for k, v in sorted(state.items())],
                           metadata)
+
+
+def _checkpoint_activations(model: Any) -> None:
+    """Gradient checkpointing of a transformers model: transformers 5 renamed the call
+    (the old name warns until v6), 4.x only has the old one."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    (enable or model.gradient_checkpointing_enable)()
