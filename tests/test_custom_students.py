@@ -47,20 +47,15 @@ def test_distill_remove_alone_cuts_the_teacher(teacher, data, tmp_path, capsys):
     assert "stage 2 removes 1 down and 0 up layers" in capsys.readouterr().err
 
 
-def test_bench_times_a_custom_student(teacher, tmp_path, capsys):
+def test_bench_times_a_custom_student(teacher, tmp_path, capsys, one_thread):
     import json
 
     from bksdm_ext.model.convert import convert_checkpoint
 
     student = tmp_path / "cut.safetensors"
     convert_checkpoint(teacher, student, "teacher", dtype="fp32", remove="down.0.0,up.0.1,mid")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny U-Net on a busy machine: thread hand-offs dominate
-    try:
-        assert main(["bench", str(teacher), str(student), "--steps", "1", "--size", "32",
-                     "--runs", "1", "--warmup", "0", "--json"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["bench", str(teacher), str(student), "--steps", "1", "--size", "32",
+                 "--runs", "1", "--warmup", "0", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["results"]
     assert [r["preset"] for r in rows] == ["teacher", "custom"]
 
@@ -77,15 +72,6 @@ def custom_student(teacher, tmp_path_factory):
     path = tmp_path_factory.mktemp("custom") / "tiny-sd-v1-cut.safetensors"
     convert_checkpoint(teacher, path, "teacher", dtype="fp32", remove=DREAMBOOTH_CUT)
     return path
-
-
-@pytest.fixture
-def one_thread():
-    """A tiny model on a busy machine: OpenMP thread hand-offs dominate."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _dreambooth_config(model, instances, out, **changes):
