@@ -93,13 +93,17 @@ def _synth(args: argparse.Namespace) -> Dict[str, Any]:
 
 def _blocks(args: argparse.Namespace) -> Dict[str, Any]:
     """The sensitivity scan, from the cache when this teacher was scanned with these
-    settings; with --out (a background job) it also writes events, table and chart there."""
+    settings (and the CLIP model there is now, if any); with --out (a background job) it
+    also writes events, table and chart there."""
     from pathlib import Path
+
+    import torch
 
     from .errors import Stopped
     from .jobs.events import EventLog
     from .jobs.runs import RunPaths, failures_reported
     from .measure import block_scan
+    from .scores.clip import find_scorer, local_model
     settings = block_scan.ScanSettings(steps=args.steps, size=args.size, cfg_scale=args.cfg_scale,
                                        seed=args.seed, groups=not args.no_groups)
     if args.prompts:
@@ -118,9 +122,14 @@ def _blocks(args: argparse.Namespace) -> Dict[str, Any]:
 
     with failures_reported(args.out or "."):
         cache = Path(args.cache_dir).expanduser()
-        result = block_scan.cached(cache, block_scan.teacher_hash(args.teacher), settings)
+        clip_model = args.clip_model or local_model()
+        result = block_scan.cached(cache, block_scan.teacher_hash(args.teacher), settings,
+                                   clip_model)
         if result is None:
-            result = block_scan.scan(args.teacher, settings, progress)
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            clip = find_scorer(clip_model, device,
+                               say=lambda text: print(text, file=sys.stderr))
+            result = block_scan.scan(args.teacher, settings, progress, device, clip)
             block_scan.save(result, cache)
         written = {}
         csv_path = args.csv or (str(paths.out / "blocks.csv") if paths else None)
@@ -379,9 +388,11 @@ def _add_blocks(commands: Any) -> None:
                     + _UNIT_NAMES + ", and each stage's down.S.1+up.S.1 pair) taken out without "
                     "retraining, and ranks the units by how much the images change (PSNR, SSIM "
                     "against the teacher), with parameters, FLOPs share and U-Net ms per step "
-                    "saved. A layer that cannot go alone is bypassed by a channel-interpolation "
-                    "stand-in (marked *), as in the paper's appendix C. Results are cached per "
-                    "teacher hash and settings.")
+                    "saved, and the change of CLIP score where a CLIP model is available. A layer "
+                    "that cannot go alone is bypassed by a channel-interpolation stand-in "
+                    "(marked *), as in the paper's appendix C. Results are cached per teacher "
+                    "hash and settings; a cached scan without CLIP scores is redone once a "
+                    "CLIP model is there.")
     blocks.add_argument("teacher", help="SD-v1/v2 teacher checkpoint")
     blocks.add_argument("--prompts", help="a .txt file, one prompt a line (default: 4 built in)")
     blocks.add_argument("--steps", type=int, default=20)
@@ -389,6 +400,11 @@ def _add_blocks(commands: Any) -> None:
     blocks.add_argument("--cfg-scale", dest="cfg_scale", type=float, default=7.0)
     blocks.add_argument("--seed", type=int, default=0)
     blocks.add_argument("--no-groups", action="store_true", help="single units only")
+    blocks.add_argument("--clip-model", dest="clip_model", default=None,
+                        help="CLIP score of each removal's images with their prompts: a "
+                             "transformers CLIPModel folder or Hugging Face repository "
+                             "(downloaded if not cached; default: one already on the machine, "
+                             "if any)")
     blocks.add_argument("--cache-dir", default="~/.cache/bksdm/blocks")
     blocks.add_argument("--csv", help="write the ranked table here")
     blocks.add_argument("--plot", help="write the bar chart (PNG) here")

@@ -15,3 +15,14 @@ def teacher(tmp_path_factory):
     path = tmp_path_factory.mktemp("teacher") / "tiny-sd-v1.safetensors"
     write_tiny_teacher(path)
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: a tiny U-Net on a busy machine is dominated by thread hand-offs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

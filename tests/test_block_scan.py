@@ -32,15 +32,6 @@ def teacher(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def one_thread():
-    """A tiny U-Net is dominated by thread hand-offs on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_scan_ranks_every_unit_and_writes_table_and_chart(teacher, tmp_path, one_thread, capsys,
                                                           monkeypatch):
     out = tmp_path / "job"
@@ -90,3 +81,64 @@ def test_channel_interpolation_stand_in_keeps_the_identity_and_resizes():
 def test_a_missing_teacher_is_refused(tmp_path, capsys):
     assert main(["blocks", str(tmp_path / "nope.safetensors")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def agreeable_clip(folder: Path) -> Path:
+    """A tiny random CLIP whose text and image embeddings point roughly the same way (a
+    shared offset before one shared projection), so its scores are well above CLIP score's
+    floor of 0 and still move with the image."""
+    from transformers import CLIPModel
+
+    from test_scores import tiny_clip
+
+    model = CLIPModel.from_pretrained(str(tiny_clip(folder)))
+    with torch.no_grad():
+        offset = torch.linspace(-1, 1, model.config.text_config.hidden_size)
+        for norm in (model.vision_model.post_layernorm, model.text_model.final_layer_norm):
+            norm.weight.mul_(0.2)
+            norm.bias.copy_(offset)
+        model.visual_projection.weight.copy_(model.text_projection.weight)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+def test_clip_scores_join_the_scan_and_a_clip_less_cached_scan_is_redone(
+        teacher, tmp_path, one_thread, capsys, monkeypatch):
+    from PIL import Image
+
+    from bksdm_ext.scores import clip as clip_module
+
+    monkeypatch.setattr(clip_module, "local_model", lambda folders=(): None)  # none cached here
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    argv = ["blocks", str(teacher), "--steps", "1", "--size", "32", "--no-groups", "--prompts",
+            str(prompts), "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv + ["--plot", str(tmp_path / "plain.png")]) == 0
+    text = capsys.readouterr().out
+    assert "CLIP score: " + clip_module.HOW_TO_ENABLE in text
+
+    clip = str(agreeable_clip(tmp_path / "clip"))
+    out = tmp_path / "job"
+    assert main(argv + ["--clip-model", clip, "--out", str(out), "--json"]) == 0  # not cached
+    result = json.loads(capsys.readouterr().out)
+    assert result["clip_model"] == clip and result["device"].startswith("CPU")
+    teacher_score = result["teacher_clip_score"]
+    assert 0 < teacher_score <= 100  # above the floor, so a change can show
+    rows = {r["unit"]: r for r in result["rows"]}
+    assert rows[NO_OP_UNIT]["clip_score"] == teacher_score and rows[NO_OP_UNIT]["clip_change"] == 0
+    for unit, row in rows.items():
+        assert row["clip_change"] == pytest.approx(row["clip_score"] - teacher_score)
+        if unit != NO_OP_UNIT:
+            assert row["clip_change"] != 0, unit
+    with open(out / "blocks.csv") as f:
+        first = next(csv.DictReader(f))
+    assert float(first["clip_change"]) == pytest.approx(rows[first["unit"]]["clip_change"])
+    with Image.open(out / "blocks.png") as chart, Image.open(tmp_path / "plain.png") as plain:
+        assert chart.height > plain.height  # the CLIP-change panel under the SSIM bars
+
+    # Now cached with CLIP scores: asked again, nothing renders; the table shows them.
+    monkeypatch.setattr(block_scan, "scan", lambda *a, **k: pytest.fail("scanned again"))
+    assert main(argv + ["--clip-model", clip]) == 0
+    text = capsys.readouterr().out
+    assert "ΔCLIP" in text and "CLIP score with %s: the full teacher scores %.2f" % (
+        clip, teacher_score) in text

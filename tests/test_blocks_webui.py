@@ -40,7 +40,8 @@ def test_picked_blocks_convert_and_the_student_loads_exactly(webui):
     assert load_file(webui / "small.safetensors")[1]["bksdm.preset"] == "small"
 
 
-def test_blocks_view_shows_the_cached_scan_and_queues_a_scan_job(webui):
+def test_blocks_view_shows_the_cached_scan_and_queues_a_scan_job(webui, monkeypatch):
+    from bksdm_ext.scores.clip import HOW_TO_ENABLE
     from bksdm_ext.webui import blocks_view
 
     teacher = write_teacher(webui, TINY["sd-v1"])
@@ -52,17 +53,53 @@ def test_blocks_view_shows_the_cached_scan_and_queues_a_scan_job(webui):
         str(teacher), block_scan.teacher_hash(teacher), block_scan.asdict(
             block_scan.ScanSettings(steps=3, size=64)), 2.5, [row]), blocks_view.cache_dir())
     text, table, chart = blocks_view.show()
-    assert "3 steps at 64 px" in text
-    assert table["data"] == [["mid", "removed", 30.0, 0.9, 1000, 1.0, 0.5]]
-    assert table["headers"][:2] == ["unit", "how"]
+    assert "3 steps at 64 px" in text and HOW_TO_ENABLE in text
+    assert table["data"] == [["mid", "removed", 30.0, 0.9, 1000, 1.0, 0.5, "-", "-"]]
+    assert table["headers"][:2] == ["unit", "how"] and table["headers"][-2:] == [
+        "CLIP score", "CLIP change"]
     assert chart.endswith(".png")
+    # A scan with CLIP scores: the columns filled, the status names the CLIP model.
+    row.clip_score, row.clip_change = 28.25, -1.5
+    block_scan.save(block_scan.ScanResult(
+        str(teacher), block_scan.teacher_hash(teacher), block_scan.asdict(
+            block_scan.ScanSettings(steps=3, size=64)), 2.5, [row], "CPU", "tiny-clip", 29.75),
+        blocks_view.cache_dir())
+    text, table, _ = blocks_view.show()
+    assert table["data"][0][-2:] == [28.25, -1.5]
+    assert "CLIP score with tiny-clip: the full teacher scores 29.75" in text
+    # The job scores with the CLIP already on this machine (the Compare tab's), if any.
+    monkeypatch.setattr(blocks_view, "local_clip", lambda: "/models/clip")
     assert "Follow it in the Jobs tab" in blocks_view.start_scan(2, 32)
     from bksdm_ext.webui import jobs_service
 
     job = jobs_service.runner().jobs()[-1]
     assert job.kind == "blocks" and job.argv[:5] == [str(teacher), "--steps", "2", "--size", "32"]
+    assert job.argv[-2:] == ["--clip-model", "/models/clip"]
     command = jobs_service.runner().command(job)
     assert command[command.index("-m", 4):][:3] == ["-m", "bksdm_ext", "blocks"]
+
+
+def test_the_picker_estimates_step_time_from_the_teachers_scan_once_there_is_one(webui):
+    from bksdm_ext.model.blocks import teacher_units
+    from bksdm_ext.model.arch import SD_V1
+    from bksdm_ext.webui import block_picker, blocks_view, convert_tab
+
+    teacher = write_teacher(webui, TINY["sd-v1"])
+    load(teacher)
+    picked = ["down.0.0", "up.0.1", "innermost"]
+    before = block_picker.picked_summary(convert_tab._loaded(), picked)
+    assert "× the teacher's (from FLOPs)" in before and "measured" not in before
+    saved = {"down.0.0": 2.0, "up.0.1": 1.5, "innermost": 3.0}  # of a 10 ms step: 0.35×
+    rows = [block_scan.UnitResult(unit, "removed", 30.0, 0.9, 1000, 0.01, 9.0,
+                                  saved.get(unit, 0.25)) for unit in teacher_units(SD_V1)]
+    block_scan.save(block_scan.ScanResult(
+        str(teacher), block_scan.teacher_hash(teacher), block_scan.asdict(
+            block_scan.ScanSettings(steps=3, size=64)), 10.0, rows, "Test GPU"),
+        blocks_view.cache_dir())
+    after = block_picker.picked_summary(convert_tab._loaded(), picked)
+    assert ("estimated U-Net step time 0.35× the teacher's (measured by the block scan on "
+            "Test GPU, 3 steps at 64 px)") in after
+    assert "from FLOPs" not in after
 
 
 def test_the_distill_tab_queues_a_custom_student_and_refuses_a_bad_removal(webui, tmp_path):

@@ -2,13 +2,15 @@
 
 Each unit is taken out of the teacher alone, without retraining, and the same prompts and
 seeds are rendered again; the change against the full teacher's images (PSNR, SSIM) says
-how much the model relies on that unit.  A unit whose removal leaves a valid student
+how much the model relies on that unit, and, where a CLIP model is on the machine (or
+named), the change of the CLIP score says how much the images drift from their prompts.  A unit whose removal leaves a valid student
 (mid, innermost, a stage's Base-like pair ``down.S.L,up.S.M``) is removed for real, with
 the student built from the teacher's weights.  A single layer cannot go alone (its skip
 connection would be left over), so it is bypassed instead: its input is passed on, with a
 channel interpolation where the layer changes the width (marked "stand-in", as the paper's
 "*"): for the analysis only.  Rows also carry the unit's parameters, its FLOPs share of a
-step and the measured U-Net milliseconds per step saved.
+step and the measured U-Net milliseconds per step saved (the block picker's measured
+step-time estimate).
 """
 import copy
 import hashlib
@@ -25,9 +27,10 @@ from ..model.blocks import INNERMOST, MID, removal_from_units, teacher_units
 from ..model.checkpoint import Checkpoint
 from ..model.hashing import a1111_sha256
 from ..model.keymap import student_sources
-from .latency import LatencySettings, Stopwatch, load_pipeline
-from .quality import psnr, ssim
 from ..model.unit_costs import UnitCosts
+from ..scores.clip import HOW_TO_ENABLE, ClipScorer
+from .latency import LatencySettings, Stopwatch, device_name, load_pipeline
+from .quality import psnr, ssim
 
 DEFAULT_PROMPTS = (
     "a photo of an astronaut riding a horse on mars",
@@ -61,6 +64,8 @@ class UnitResult:
     step_share: float  # FLOPs of the unit / FLOPs of the teacher's step
     ms_per_step: float
     ms_saved: float
+    clip_score: Optional[float] = None  # mean over the prompts; None without a CLIP model
+    clip_change: Optional[float] = None  # clip_score minus the full teacher's
 
 
 @dataclass
@@ -70,6 +75,9 @@ class ScanResult:
     settings: Dict[str, Any]
     teacher_ms_per_step: float
     rows: List[UnitResult] = field(default_factory=list)
+    device: str = ""  # where the milliseconds were measured
+    clip_model: str = ""  # "" when no CLIP model scored the images
+    teacher_clip_score: Optional[float] = None
 
     def ranked(self) -> List[UnitResult]:
         """Most damaging first (lowest SSIM, then lowest PSNR)."""
@@ -85,6 +93,15 @@ class ScanResult:
         rows = [UnitResult(**r) for r in data.get("rows", [])]
         return cls(**dict(data, rows=rows))
 
+    def step_time_ratio(self, units: Sequence[str]) -> Optional[float]:
+        """A student's U-Net step time relative to the teacher's, from the milliseconds this
+        scan measured each of `units` (single units, as `removed_units` lists them) to save;
+        None when the scan lacks one of them."""
+        saved = {r.unit: r.ms_saved for r in self.rows}
+        if not self.teacher_ms_per_step or any(u not in saved for u in units):
+            return None
+        return (self.teacher_ms_per_step - sum(saved[u] for u in units)) / self.teacher_ms_per_step
+
 
 def scan_units(arch: Architecture, groups: bool) -> List[str]:
     """What to take out, one row each: every unit, then each stage's layer pairs."""
@@ -96,7 +113,8 @@ def scan_units(arch: Architecture, groups: bool) -> List[str]:
 
 
 def scan(teacher: Union[str, Path], settings: ScanSettings, progress: Optional[Progress] = None,
-         device: Optional[torch.device] = None) -> ScanResult:
+         device: Optional[torch.device] = None, clip: Optional[ClipScorer] = None) -> ScanResult:
+    """Every unit of `scan_units` removed in turn; `clip` adds the CLIP-score columns."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = Path(teacher)
     ckpt = Checkpoint(path)
@@ -109,8 +127,11 @@ def scan(teacher: Union[str, Path], settings: ScanSettings, progress: Optional[P
     teacher_flops = costs.student_flops(info.arch)
     teacher_unet = pipe.unet
     reference, teacher_ms = _render(pipe, settings, device)
+    teacher_clip = _clip_score(clip, reference, settings)
     result = ScanResult(teacher=str(path), teacher_sha256=a1111_sha256(path),
-                        settings=asdict(settings), teacher_ms_per_step=teacher_ms)
+                        settings=asdict(settings), teacher_ms_per_step=teacher_ms,
+                        device=device_name(device), clip_model=clip.name if clip else "",
+                        teacher_clip_score=teacher_clip)
     units = scan_units(info.arch, settings.groups)
     for done, unit in enumerate(units):
         if progress is not None:
@@ -121,10 +142,12 @@ def scan(teacher: Union[str, Path], settings: ScanSettings, progress: Optional[P
         for part in unit.split(","):
             p, f = costs.unit(part)
             params, flops = params + p, flops + f
+        score = _clip_score(clip, images, settings)
         result.rows.append(UnitResult(
             unit=unit, how=how, psnr=float(psnr(images, reference).mean()),
             ssim=float(ssim(images, reference).mean()), params=int(params),
-            step_share=round(flops / teacher_flops, 4), ms_per_step=ms, ms_saved=teacher_ms - ms))
+            step_share=round(flops / teacher_flops, 4), ms_per_step=ms, ms_saved=teacher_ms - ms,
+            clip_score=score, clip_change=None if score is None else score - teacher_clip))
     pipe.unet = teacher_unet
     if progress is not None:
         progress(len(units), len(units), "")
@@ -145,6 +168,12 @@ def _render(pipe: Any, settings: ScanSettings, device: torch.device) -> Any:
     finally:
         watch.close()
     return torch.cat(images).clamp(0, 1), 1000 * sorted(calls)[len(calls) // 2]
+
+
+def _clip_score(clip: Optional[ClipScorer], images: torch.Tensor, settings: ScanSettings
+                ) -> Optional[float]:
+    """The mean CLIP score of the images with their prompts (None without a CLIP model)."""
+    return None if clip is None else float(clip.score(images, list(settings.prompts)).mean())
 
 
 def _without(unet: torch.nn.Module, arch: Architecture, units: str) -> Any:
@@ -216,11 +245,18 @@ def teacher_hash(teacher: Union[str, Path]) -> str:
     return a1111_sha256(Checkpoint(teacher).path)
 
 
-def cached(cache_dir: Path, sha256: str, settings: ScanSettings) -> Optional[ScanResult]:
+def cached(cache_dir: Path, sha256: str, settings: ScanSettings,
+           clip_model: Optional[str] = None) -> Optional[ScanResult]:
+    """The scan of that teacher with these settings, unless `clip_model` (a CLIP model to
+    score with now) is not the one it was scored with: a scan without CLIP scores is not
+    an answer once a CLIP is available."""
     path = cache_dir / ("%s-%s.json" % (sha256[:12], settings.key()))
     if not path.is_file():
         return None
-    return ScanResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    result = ScanResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    if clip_model is not None and result.clip_model != clip_model:
+        return None
+    return result
 
 
 def latest_for(cache_dir: Path, sha256: str) -> Optional[ScanResult]:
@@ -254,25 +290,31 @@ def write_csv(result: ScanResult, path: Path) -> Path:
 
 
 def plot(result: ScanResult, path: Path) -> Path:
-    """A bar chart like Fig. 19: SSIM against the teacher per unit, U-Net order, stand-ins hatched."""
+    """A bar chart like Fig. 19: SSIM against the teacher per unit, U-Net order, stand-ins
+    hatched; below it, when the scan has CLIP scores, each removal's change of CLIP score."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = result.rows
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows)), 4))
-    bars = ax.bar(range(len(rows)), [r.ssim for r in rows], color="#4c72b0")
-    for bar, row in zip(bars, rows):
-        if row.how == "stand-in":
-            bar.set_hatch("//")
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([r.unit.replace(",", "+") + ("*" if r.how == "stand-in" else "")
-                        for r in rows], rotation=70, fontsize=7)
-    ax.set_ylabel("SSIM vs. teacher (higher: less damage)")
-    ax.set_ylim(min(0.0, min((r.ssim for r in rows), default=0)), 1.0)
-    ax.set_title("Removing one block at a time, no retraining (* = channel-interpolation stand-in)",
-                 fontsize=9)
+    panels = 2 if result.clip_model else 1
+    fig, axes = plt.subplots(panels, 1, sharex=True, squeeze=False,
+                             figsize=(max(6, 0.45 * len(rows)), 1 + 3 * panels))
+    top = axes[0][0]
+    _bars(top, rows, [r.ssim for r in rows], "SSIM vs. teacher (higher: less damage)")
+    top.set_ylim(min(0.0, min((r.ssim for r in rows), default=0)), 1.0)
+    top.set_title("Removing one block at a time, no retraining (* = channel-interpolation "
+                  "stand-in)", fontsize=9)
+    if result.clip_model:
+        bottom = axes[1][0]
+        _bars(bottom, rows, [r.clip_change or 0.0 for r in rows],
+              "CLIP score change (%s)" % Path(result.clip_model).name)
+        bottom.axhline(0, color="black", linewidth=0.5)
+    bottom_axis = axes[-1][0]
+    bottom_axis.set_xticks(range(len(rows)))
+    bottom_axis.set_xticklabels([r.unit.replace(",", "+") + ("*" if r.how == "stand-in" else "")
+                                 for r in rows], rotation=70, fontsize=7)
     fig.tight_layout()
     temp = path.with_name(path.stem + ".tmp" + path.suffix)
     fig.savefig(str(temp), dpi=100)
@@ -281,10 +323,33 @@ def plot(result: ScanResult, path: Path) -> Path:
     return path
 
 
+def _bars(ax: Any, rows: List[UnitResult], values: List[float], label: str) -> None:
+    """One bar per unit, the stand-ins hatched."""
+    bars = ax.bar(range(len(rows)), values, color="#4c72b0")
+    for bar, row in zip(bars, rows):
+        if row.how == "stand-in":
+            bar.set_hatch("//")
+    ax.set_ylabel(label, fontsize=8)
+
+
 def table(result: ScanResult) -> str:
-    lines = ["%-24s %-9s %8s %7s %13s %7s %9s" % ("unit", "how", "PSNR", "SSIM", "parameters",
-                                                   "of step", "ms saved")]
+    lines = ["%-24s %-9s %8s %7s %13s %7s %9s %7s %7s" % (
+        "unit", "how", "PSNR", "SSIM", "parameters", "of step", "ms saved", "CLIP", "ΔCLIP")]
     for r in result.ranked():
-        lines.append("%-24s %-9s %8.2f %7.4f %13s %6.1f%% %9.2f" % (
-            r.unit, r.how, r.psnr, r.ssim, format(r.params, ","), 100 * r.step_share, r.ms_saved))
+        lines.append("%-24s %-9s %8.2f %7.4f %13s %6.1f%% %9.2f %7s %7s" % (
+            r.unit, r.how, r.psnr, r.ssim, format(r.params, ","), 100 * r.step_share, r.ms_saved,
+            _optional(r.clip_score), _optional(r.clip_change, "%+.2f")))
+    lines.append(clip_note(result))
     return "\n".join(lines)
+
+
+def clip_note(result: ScanResult) -> str:
+    """What the CLIP columns are, or how to get them."""
+    if not result.clip_model:
+        return "CLIP score: " + HOW_TO_ENABLE
+    return ("CLIP score with %s: the full teacher scores %.2f; ΔCLIP is each removal's change"
+            % (result.clip_model, result.teacher_clip_score))
+
+
+def _optional(value: Optional[float], form: str = "%.2f") -> str:
+    return "-" if value is None else form % value

@@ -2,9 +2,10 @@
 
 A collapsible section under the presets.  Its check boxes are the units `bksdm info
 --blocks` names (ticked = removed), pre-filled from the chosen preset; each change shows
-the student's U-Net parameters and its step time estimated from FLOPs, or why that
-removal cannot work.  Ticking "Convert these blocks" makes Convert use them instead of
-the preset.
+the student's U-Net parameters and its step time, or why that removal cannot work.  The
+step time comes from the milliseconds per unit the Blocks view's scan of this teacher
+measured, once there is one, and is estimated from FLOPs until then.  Ticking "Convert
+these blocks" makes Convert use them instead of the preset.
 """
 from typing import Any, List, Optional, Tuple
 
@@ -46,11 +47,27 @@ def picked_summary(loaded: Tuple[Any, ...], units: List[str]) -> str:
         return "  \n".join(lines)
     costs = UnitCosts(ckpt, info.arch)
     params = costs.student_params(student)
-    lines.append("U-Net parameters %s → %s (%.1f%% smaller) · estimated U-Net step time "
-                 "%.2f× the teacher's (from FLOPs)"
+    step_time = (_measured_step_time(loaded[0], student)
+                 or "%.2f× the teacher's (from FLOPs)" % costs.speed_ratio(student))
+    lines.append("U-Net parameters %s → %s (%.1f%% smaller) · estimated U-Net step time %s"
                  % (format(info.unet_params, ","), format(params, ","),
-                    100 * (1 - params / info.unet_params), costs.speed_ratio(student)))
+                    100 * (1 - params / info.unet_params), step_time))
     return "  \n".join(lines)
+
+
+def _measured_step_time(model: Any, student: Architecture) -> Optional[str]:
+    """The step-time ratio from the newest block scan of the loaded teacher's file, with
+    where it was measured; None when that teacher has no scan."""
+    if model is None or not model.has_file:
+        return None
+    scan = blocks_view.latest_scan(model.filename)
+    ratio = scan.step_time_ratio(removed_units(student)) if scan is not None else None
+    if ratio is None:
+        return None
+    settings = scan.settings
+    return ("%.2f× the teacher's (measured by the block scan on %s, %d steps at %d px)"
+            % (ratio, scan.device or "an unrecorded device", settings["steps"],
+               settings["size"]))
 
 
 def build(preset: Any, label_to_preset: Any, loaded: Any) -> Tuple[Any, Any]:

@@ -3,7 +3,9 @@
 **Scan** queues ``bksdm blocks`` as a background job (it renders the prompts once per
 unit: minutes on a GPU); its results are cached under the teacher's hash in the WebUI's
 data folder, so the ranked table and the chart come back for that teacher at once, in
-later sessions too.
+later sessions too.  The job scores with the CLIP model already on this machine, if any
+(the Compare tab's **Download CLIP** fetches one); without one the CLIP columns stay empty
+and the status says how to get them.
 """
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -13,9 +15,11 @@ import gradio as gr
 from ..errors import BadInput
 from ..measure import block_scan
 from . import a1111, job_form
+from .compare_tab import local_clip
 from .messages import message
 
-COLUMNS = ["unit", "how", "PSNR", "SSIM", "parameters", "% of step", "ms/step saved"]
+COLUMNS = ["unit", "how", "PSNR", "SSIM", "parameters", "% of step", "ms/step saved",
+           "CLIP score", "CLIP change"]
 _hashes: Dict[Tuple[str, float, int], str] = {}
 
 
@@ -43,9 +47,19 @@ def table(result: Optional[block_scan.ScanResult]) -> Dict[str, Any]:
     """The ranked rows with the headers spelled out (gradio 3.41 numbers the columns of an
     empty list)."""
     rows = [[r.unit, r.how, round(r.psnr, 2), round(r.ssim, 4), r.params,
-             round(100 * r.step_share, 1), round(r.ms_saved, 2)]
+             round(100 * r.step_share, 1), round(r.ms_saved, 2), _rounded(r.clip_score),
+             _rounded(r.clip_change)]
             for r in (result.ranked() if result else [])]
     return {"headers": COLUMNS, "data": rows or [[""] * len(COLUMNS)]}
+
+
+def _rounded(value: Optional[float]) -> Any:
+    return "-" if value is None else round(value, 2)
+
+
+def latest_scan(path: Path) -> Optional[block_scan.ScanResult]:
+    """The newest cached scan of the teacher at `path` (None when it was never scanned)."""
+    return block_scan.latest_for(cache_dir(), _hash(path))
 
 
 def show() -> List[Any]:
@@ -53,14 +67,15 @@ def show() -> List[Any]:
     path, problem = _loaded_teacher()
     if path is None:
         return [problem, table(None), None]
-    result = block_scan.latest_for(cache_dir(), _hash(path))
+    result = latest_scan(path)
     if result is None:
         return ["No scan of %s yet: press **Scan**." % path.name, table(None), None]
     chart = block_scan.plot(result, cache_dir() / ("%s.png" % result.teacher_sha256[:12]))
     settings = result.settings
     text = ("Scan of %s: %d prompts, %d steps at %d px, no retraining; most damaging first. "
-            "* = channel-interpolation stand-in (a layer that cannot go alone)."
-            % (path.name, len(settings["prompts"]), settings["steps"], settings["size"]))
+            "* = channel-interpolation stand-in (a layer that cannot go alone). %s."
+            % (path.name, len(settings["prompts"]), settings["steps"], settings["size"],
+               block_scan.clip_note(result)))
     return [text, table(result), str(chart)]
 
 
@@ -70,7 +85,7 @@ def start_scan(steps: float, size: float) -> str:
         if path is None:
             raise BadInput(problem)
         argv = [str(path), "--steps", str(int(steps)), "--size", str(int(size)),
-                "--cache-dir", str(cache_dir())]
+                "--cache-dir", str(cache_dir())] + job_form.flags({"clip_model": local_clip()})
         job = job_form.submit("blocks", argv, "blocks of %s" % path.stem, free_vram=False)
     except BadInput as e:
         return message("error", str(e))
