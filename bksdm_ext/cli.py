@@ -106,6 +106,10 @@ def _blocks(args: argparse.Namespace) -> Dict[str, Any]:
     from .scores.clip import find_scorer, local_model
     settings = block_scan.ScanSettings(steps=args.steps, size=args.size, cfg_scale=args.cfg_scale,
                                        seed=args.seed, groups=not args.no_groups)
+    if args.plot and not block_scan.can_plot():  # before the scan's minutes, not after
+        raise BadInput("--plot %s: drawing the chart needs matplotlib, which is not installed: "
+                       "pip install matplotlib, or leave out --plot (the table, --csv and "
+                       "--json need nothing more)" % args.plot)
     if args.prompts:
         settings.prompts = _prompt_lines(Path(args.prompts))
     paths = RunPaths(Path(args.out)) if args.out else None
@@ -133,7 +137,8 @@ def _blocks(args: argparse.Namespace) -> Dict[str, Any]:
             block_scan.save(result, cache)
         written = {}
         csv_path = args.csv or (str(paths.out / "blocks.csv") if paths else None)
-        plot_path = args.plot or (str(paths.out / "blocks.png") if paths else None)
+        plot_path = args.plot or (str(paths.out / "blocks.png")
+                                  if paths and block_scan.can_plot() else None)
         if csv_path:
             written["csv"] = str(block_scan.write_csv(result, Path(csv_path)))
         if plot_path:

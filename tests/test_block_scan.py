@@ -83,6 +83,17 @@ def test_a_missing_teacher_is_refused(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+def test_a_chart_without_matplotlib_is_refused_before_the_scan(teacher, tmp_path, capsys,
+                                                               monkeypatch):
+    """`pip install .[train]` brings no matplotlib: --plot says so before any unit is scanned."""
+    monkeypatch.setattr(block_scan, "can_plot", lambda: False)
+    monkeypatch.setattr(block_scan, "scan", lambda *args, **kwargs: pytest.fail("scanned"))
+    assert main(["blocks", str(teacher), "--plot", str(tmp_path / "chart.png"),
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "needs matplotlib, which is not installed: pip install matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "chart.png").exists()
+
+
 def agreeable_clip(folder: Path) -> Path:
     """A tiny random CLIP whose text and image embeddings point roughly the same way (a
     shared offset before one shared projection), so its scores are well above CLIP score's

@@ -14,6 +14,7 @@ step-time estimate).
 """
 import copy
 import hashlib
+import importlib.util
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -287,6 +288,12 @@ def write_csv(result: ScanResult, path: Path) -> Path:
             writer.writerow(asdict(row))
     temp.replace(path)
     return path
+
+
+def can_plot() -> bool:
+    """Whether matplotlib is there: A1111 has it (gradio needs it); the `train` extra does
+    not bring it, so a headless scan draws no chart unless one was asked for."""
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def plot(result: ScanResult, path: Path) -> Path:
