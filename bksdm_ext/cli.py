@@ -347,8 +347,10 @@ def _add_eval(commands: Any) -> None:
                      "(PSNR/SSIM against the teacher, CLIP score), one row per model",
         description="Every model renders the same prompts and seeds with diffusers; each "
                     "student image is compared with the teacher's for the same prompt and "
-                    "seed. CLIP score needs a CLIP model: one in the Hugging Face cache is "
-                    "used, --clip-model names one (downloaded if it is not there).")
+                    "seed. CLIP score needs a CLIP model: one already on the machine is "
+                    "used (Hugging Face cache, open_clip's LAION models there, A1111's "
+                    "interrogator's ViT-L-14.pt), --clip-model names one (downloaded if it "
+                    "is not there).")
     evaluation.add_argument("models", nargs="+", help="A1111 checkpoints, the teacher first")
     evaluation.add_argument("--prompts", default=defaults.prompts,
                             help="a .txt file (one prompt a line) or builtin (30 varied "
@@ -364,9 +366,9 @@ def _add_eval(commands: Any) -> None:
     evaluation.add_argument("--negative-prompt", dest="negative_prompt",
                             default=defaults.negative_prompt)
     evaluation.add_argument("--clip-model", dest="clip_model", default=None,
-                            help="a transformers CLIPModel folder or Hugging Face repository, "
-                                 "e.g. openai/clip-vit-large-patch14 (1.7 GB, downloaded when "
-                                 "not in the cache)")
+                            help="a transformers CLIPModel folder, Hugging Face repository "
+                                 "(e.g. openai/clip-vit-large-patch14, 1.7 GB, downloaded when "
+                                 "not in the cache) or OpenAI/open_clip ViT checkpoint file")
     evaluation.add_argument("--grid", default=None, help="write the labelled grid PNG here")
     evaluation.add_argument("--csv", default=None, help="write the scores CSV here")
     evaluation.add_argument("--overwrite", action="store_true",
@@ -569,8 +571,9 @@ def _add_dreambooth(commands: Any) -> None:
                                                "default: the instance prompt)")
     dreambooth.add_argument("--clip-model", dest="clip_model", default=None,
                             help="CLIP score of the samples with their prompts: a transformers "
-                                 "CLIPModel folder or Hugging Face repository (downloaded if "
-                                 "not cached; default: one already in the cache, if any)")
+                                 "CLIPModel folder, Hugging Face repository (downloaded if "
+                                 "not cached) or OpenAI/open_clip ViT checkpoint file; default: "
+                                 "one already on the machine, if any)")
     dreambooth.add_argument("--export-dtype", dest="export_dtype", choices=["fp16", "bf16", "fp32"],
                             default=None, help="precision of the finetuned weights (default fp16)")
     dreambooth.add_argument("--json", action="store_true")

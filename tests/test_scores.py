@@ -245,66 +245,29 @@ def test_an_openai_clip_file_like_the_interrogators_scores_as_its_transformers_t
             assert torch.allclose(a, b, atol=1e-5) and a.abs().sum() > 0
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
-    with pytest.raises(BadInput, match="not an OpenAI CLIP file"):
+    with pytest.raises(BadInput, match="broken.pt: not a CLIP checkpoint"):
         ClipScorer.load(str(broken))
 
 
 def test_a_named_clip_is_downloaded_on_request_only(tmp_path):
     """A local file server answers as the Hugging Face hub does (HF_ENDPOINT); nothing is
     fetched until a CLIP is named, then it is, once, into the cache where it is found."""
-    import hashlib
-    import http.server
-    import os
     import subprocess
     import sys
-    import threading
 
-    files = {p.name: p.read_bytes() for p in tiny_clip(tmp_path / "served").iterdir()}
-    prefix, fetched = "/openai/clip-vit-base-patch32/resolve/main/", []
+    from fake_hub import hub_env, serving
 
-    class Hub(http.server.BaseHTTPRequestHandler):
-        def answer(self, body: bool) -> None:
-            name = self.path[len(prefix):] if self.path.startswith(prefix) else None
-            if name not in files:
-                self.send_response(404)
-                self.send_header("X-Error-Code", "EntryNotFound")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            fetched.append((self.command, name))
-            self.send_response(200)
-            self.send_header("X-Repo-Commit", "0" * 40)
-            self.send_header("ETag", '"%s"' % hashlib.sha256(files[name]).hexdigest())
-            self.send_header("Content-Length", str(len(files[name])))
-            self.end_headers()
-            if body:
-                self.wfile.write(files[name])
-
-        def do_HEAD(self) -> None:
-            self.answer(False)
-
-        def do_GET(self) -> None:
-            self.answer(True)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:%d" % server.server_port,
-               HF_HOME=str(tmp_path / "hf-home"), PYTHONPATH=str(root))
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE"):
-        env.pop(name, None)
+    with serving("openai/clip-vit-base-patch32", tiny_clip(tmp_path / "served")) as (url, fetched):
+        env = hub_env(url, tmp_path / "hf-home", str(root))
 
-    def run(script: str) -> str:
-        done = subprocess.run([sys.executable, "-c", "from bksdm_ext.scores.clip import *\n"
-                               + script], env=env, cwd=str(root), capture_output=True,
-                              text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
+        def run(script: str) -> str:
+            done = subprocess.run([sys.executable, "-c", "from bksdm_ext.scores.clip import *\n"
+                                   + script], env=env, cwd=str(root), capture_output=True,
+                                  text=True, timeout=300)
+            assert done.returncode == 0, done.stderr
+            return done.stdout.strip()
 
-    try:
         assert run("print(find_scorer(None))\n"
                    "try:\n    ClipScorer.load('openai/clip-vit-base-patch32')\n"
                    "except Exception as e:\n    print(e)") == (
@@ -316,5 +279,3 @@ def test_a_named_clip_is_downloaded_on_request_only(tmp_path):
             "downloading CLIP openai/clip-vit-base-patch32 (0.6 GB)\n"
             "openai/clip-vit-base-patch32 openai/clip-vit-base-patch32")
         assert ("GET", "config.json") in fetched and len(fetched) >= 3
-    finally:
-        server.shutdown()

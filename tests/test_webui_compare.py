@@ -106,3 +106,78 @@ def test_a_background_comparison_runs_bksdm_eval_as_a_job(webui, tmp_path):
     assert Path(job.result) == runner.folder(job.id) / "grid.png" and not job.registered
     _, table = job_scores.view(jobs_service.label(job))
     assert "| teacher.safetensors | teacher |" in table and "| small |" in table
+
+
+# The Download CLIP button, in a WebUI of its own: huggingface_hub reads where to download
+# from (a local fake hub) and the cache to fill (empty) when it is first imported.
+DOWNLOAD_SCRIPT = """
+import json, sys
+from pathlib import Path
+
+import gradio as gr
+
+from bksdm_ext.demo import write_tiny_teacher
+from webui_env import load, start_webui
+
+folder = start_webui(Path(sys.argv[1]))
+write_tiny_teacher(folder / "teacher.safetensors")
+load(folder / "teacher.safetensors")
+from bksdm_ext.webui import compare_tab
+
+with gr.Blocks() as page:
+    compare_tab.build()
+blocks = {getattr(block, "elem_id", None): block for block in page.blocks.values()}
+button = blocks["bksdm_compare_download"]
+index = next(i for i, d in enumerate(page.dependencies)
+             if d["targets"] == [button._id] and d["trigger"] == "click")
+ids = {block._id: getattr(block, "elem_id", None) for block in page.blocks.values()}
+
+
+def clip_column():
+    _, table, *_, text = compare_tab.run_from_ui(
+        "task(1)", compare_tab.candidates()[1], compare_tab.SOURCES[2], None, "a red cube",
+        max_prompts=1, seeds=1, steps=2, size=32, cfg_scale=7)
+    return [row[6] for row in table["data"]], text
+
+
+before = {"status": blocks["bksdm_compare_clip"].value, "column": clip_column()}
+pressed = page.fns[index].fn()
+print("RESULT " + json.dumps({
+    "before": before, "outputs": [ids[i] for i in page.dependencies[index]["outputs"]],
+    "pressed": pressed, "after": {"status": compare_tab.clip_status(), "column": clip_column()}}))
+"""
+
+
+def test_download_clip_fetches_the_named_clip_on_the_button_only(tmp_path):
+    """Before: the CLIP column says how to enable it; the button downloads
+    openai/clip-vit-large-patch14 from a local fake hub, saying which and how big; after:
+    the column has scores.  Nothing reaches the network (HF_ENDPOINT is the fake hub)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from fake_hub import hub_env, serving
+    from test_scores import tiny_clip
+
+    root = Path(__file__).resolve().parent.parent
+    with serving("openai/clip-vit-large-patch14", tiny_clip(tmp_path / "served")) as (url, fetched):
+        env = hub_env(url, tmp_path / "hf-home",
+                      os.pathsep.join([str(root), str(root / "tests")]))
+        env["HOME"] = str(tmp_path / "home")  # no `clip` package files of the developer's
+        done = subprocess.run([sys.executable, "-c", DOWNLOAD_SCRIPT, str(tmp_path / "webui")],
+                              env=env, cwd=str(root), capture_output=True, text=True,
+                              timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.split("RESULT ", 1)[1])
+    before, after = result["before"], result["after"]
+    assert "No CLIP model on this machine" in before["status"]
+    assert "openai/clip-vit-large-patch14 (1.7 GB)" in before["status"]
+    assert before["column"][0] == ["-"] and "pass --clip-model" in before["column"][1]
+    assert result["outputs"] == ["bksdm_compare_clip", "bksdm_compare_result"]
+    status, text = result["pressed"]
+    assert "bksdm-success" in text and "openai/clip-vit-large-patch14 (a 1.7 GB download)" in text
+    assert "**openai/clip-vit-large-patch14** (already on this machine)" in status
+    assert after["status"] == status
+    assert float(after["column"][0][0]) >= 0 and "pass --clip-model" not in after["column"][1]
+    assert ("GET", "config.json") in fetched  # from the fake hub, on the button

@@ -1,11 +1,13 @@
 """CLIP score, the paper's text-image metric: 100 × the cosine of CLIP's image and text
 embeddings, floored at 0, as torchmetrics' ``CLIPScore`` defines it.
 
-The CLIP model is a transformers ``CLIPModel`` folder or Hugging Face repository, or an
-OpenAI CLIP ``.pt`` file (openai_clip.py: A1111's interrogator keeps ViT-L/14 as one).  One
-is used only when it is already on the machine (a folder or file given, a repository in the
-Hugging Face cache, the interrogator's file) unless the user asks for a download by naming
-it (`--clip-model`, the Compare tab's button); nothing is downloaded behind their back.
+The CLIP model is a transformers ``CLIPModel`` folder or Hugging Face repository, or a CLIP
+checkpoint in OpenAI's layout (openai_clip.py): an OpenAI ``.pt`` file (A1111's
+interrogator keeps ViT-L/14 as one) or open_clip's weights of a laion repository in the
+Hugging Face cache (open_clip_cache.py).  One is used only when it is already on the
+machine (a folder or file given, a repository in the Hugging Face cache, the
+interrogator's file) unless the user asks for a download by naming it (`--clip-model`,
+the Compare tab's button); nothing is downloaded behind their back.
 """
 import json
 from dataclasses import dataclass
@@ -16,15 +18,23 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import BadInput
+from .open_clip_cache import cached_weights, settings_for
+from .openai_clip import OPENAI, interrogator_file, read_state, to_clip_model
 
-# OpenAI CLIP's image normalisation (every CLIP in the table below uses it).
-MEAN = (0.48145466, 0.4578275, 0.40821073)
-STD = (0.26862954, 0.26130258, 0.27577711)
-# Repositories looked for in the Hugging Face cache, best first, with their download size.
+# Repositories looked for in the Hugging Face cache (transformers' files or open_clip's),
+# with their download size (float32 weights, the same for both).  Order: ViT-L/14 first,
+# torchmetrics' default and the CLIP most published scores use; then the others by size,
+# smallest (quickest to score with) first.  CLIPs score differently, so the one used is
+# always named.
 KNOWN_MODELS = {
-    "openai/clip-vit-large-patch14": "1.7 GB",  # torchmetrics' default, ViT-L/14 like A1111's
+    "openai/clip-vit-large-patch14": "1.7 GB",  # the same weights as A1111's interrogator's
+    "laion/CLIP-ViT-L-14-laion2B-s32B-b82K": "1.7 GB",
     "openai/clip-vit-base-patch16": "0.6 GB",
     "openai/clip-vit-base-patch32": "0.6 GB",
+    "laion/CLIP-ViT-H-14-laion2B-s32B-b79K": "3.9 GB",  # open_clip's, for SD-v2's text encoder
+    "laion/CLIP-ViT-g-14-laion2B-s12B-b42K": "5.5 GB",
+    "laion/CLIP-ViT-g-14-laion2B-s34B-b88K": "5.5 GB",  # the BK-SDM paper's CLIP score
+    "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": "10.2 GB",  # open_clip's, for SDXL's
 }
 DEFAULT_DOWNLOAD = "openai/clip-vit-large-patch14"
 HOW_TO_ENABLE = ("no CLIP model on this machine: pass --clip-model %s (a %s download), a "
@@ -42,25 +52,37 @@ def clip_score_of_embeddings(image_embeds: torch.Tensor, text_embeds: torch.Tens
 
 def cached_model() -> Optional[str]:
     """The first known CLIP repository already in the Hugging Face cache, if any."""
-    return next((repo for repo in KNOWN_MODELS if _cached_snapshot(repo) is not None), None)
+    return next((repo for repo in KNOWN_MODELS if _in_cache(repo)), None)
 
 
 def local_model(folders: Sequence[Path] = ()) -> Optional[str]:
-    """A CLIP already on the machine: a known repository in the Hugging Face cache, else
-    the ViT-L/14 file of A1111's interrogator (in `folders` or the `clip` package's cache)."""
-    from .openai_clip import interrogator_file
-
+    """A CLIP already on the machine, ViT-L/14 first: OpenAI's in the Hugging Face cache,
+    else the file of A1111's interrogator (in `folders` or the `clip` package's cache),
+    else the first of KNOWN_MODELS in the cache."""
+    if _in_cache(DEFAULT_DOWNLOAD):
+        return DEFAULT_DOWNLOAD
     found = interrogator_file(folders)
-    return cached_model() or (str(found) if found is not None else None)
+    return str(found) if found is not None else cached_model()
 
 
 def _cached_snapshot(repo: str) -> Optional[Path]:
-    """The cached snapshot folder of `repo` (read straight from the cache huggingface_hub
-    keeps, whichever transformers version is installed), or None."""
+    """The cached snapshot folder of `repo` with transformers' files (read straight from
+    the cache huggingface_hub keeps, whichever transformers version is installed), or None."""
     from huggingface_hub import try_to_load_from_cache
 
     found = try_to_load_from_cache(repo, "config.json")
     return Path(found).parent if isinstance(found, str) else None
+
+
+def _in_cache(repo: str) -> bool:
+    """Whether `repo` is in the Hugging Face cache, as transformers' or open_clip's files."""
+    return _cached_snapshot(repo) is not None or cached_weights(repo) is not None
+
+
+def _is_path(name: str) -> bool:
+    """Whether `name` means a file or folder rather than a repository id."""
+    path = Path(name)
+    return path.exists() or bool(path.suffix or path.is_absolute() or name.startswith("."))
 
 
 def download_note(name: str) -> str:
@@ -76,7 +98,7 @@ def find_scorer(name: Optional[str], device: Optional[torch.device] = None,
     if name is None:
         name = local_model(folders)
         return None if name is None else ClipScorer.load(name, device=device)
-    if not Path(name).is_dir() and _cached_snapshot(name) is None:
+    if not _is_path(name) and not _in_cache(name):
         say(download_note(name))
     return ClipScorer.load(name, download=True, device=device)
 
@@ -89,24 +111,28 @@ class ClipScorer:
     model: Any  # transformers.CLIPModel
     tokenizer: Any
     image_size: int
-    mean: Sequence[float] = MEAN
-    std: Sequence[float] = STD
+    mean: Sequence[float] = OPENAI.mean
+    std: Sequence[float] = OPENAI.std
 
     @classmethod
     def load(cls, name: str, download: bool = False,
              device: Optional[torch.device] = None) -> "ClipScorer":
-        """`name`: a CLIPModel folder or a Hugging Face repository id.  A repository not yet
-        in the cache is fetched only with `download`; otherwise the message says how."""
+        """`name`: a CLIPModel folder, a CLIP file in OpenAI's layout, or a Hugging Face
+        repository id (its cached transformers files, else its cached open_clip file).  A
+        repository not yet in the cache is fetched only with `download` (transformers'
+        files); otherwise the message says how."""
         from transformers import CLIPModel
 
         folder = Path(name)
-        if folder.is_file():  # an OpenAI CLIP file, e.g. A1111's interrogator's ViT-L/14
-            from .openai_clip import read_state, to_clip_model
-
-            return cls._ready(name, to_clip_model(read_state(folder), name), device, {})
-        a_path = bool(folder.suffix or folder.is_absolute() or name.startswith("."))
-        if not folder.is_dir() and not a_path:  # a repository id: its cached copy, if any
-            folder = _cached_snapshot(name) or folder
+        if folder.is_file():  # e.g. A1111's interrogator's ViT-L/14
+            return cls._from_checkpoint(name, folder, device)
+        a_path = _is_path(name)
+        if not a_path:  # a repository id: its cached copy, if any
+            snapshot = _cached_snapshot(name)
+            weights = cached_weights(name) if snapshot is None else None
+            if weights is not None:  # only open_clip's files
+                return cls._from_checkpoint(name, weights, device)
+            folder = snapshot or folder
         local = folder.is_dir()
         if not local and a_path:
             raise BadInput("%s: no such CLIP model (expected a transformers CLIPModel folder "
@@ -124,18 +150,26 @@ class ClipScorer:
                                "CLIP')" % (name, name)) from None
             raise BadInput("could not download CLIP model %s: %s"
                            % (name, str(e).splitlines()[0])) from None
-        return cls._ready(name, model, device, _preprocessor_config(folder) if local else {})
+        processor = _preprocessor_config(folder) if local else {}
+        return cls._ready(name, model, device, tuple(processor.get("image_mean", OPENAI.mean)),
+                          tuple(processor.get("image_std", OPENAI.std)))
+
+    @classmethod
+    def _from_checkpoint(cls, name: str, path: Path, device: Optional[torch.device]
+                         ) -> "ClipScorer":
+        """A CLIP file in OpenAI's layout (OpenAI's or open_clip's), converted."""
+        settings = settings_for(path)
+        model = to_clip_model(read_state(path), str(path), settings)
+        return cls._ready(name, model, device, settings.mean, settings.std)
 
     @classmethod
     def _ready(cls, name: str, model: Any, device: Optional[torch.device],
-               processor: dict) -> "ClipScorer":
+               mean: Sequence[float], std: Sequence[float]) -> "ClipScorer":
         model = model.eval().requires_grad_(False)
         if device is not None:
             model = model.to(device)
         return cls(name=name, model=model, tokenizer=_tokenizer(),
-                   image_size=int(model.config.vision_config.image_size),
-                   mean=tuple(processor.get("image_mean", MEAN)),
-                   std=tuple(processor.get("image_std", STD)))
+                   image_size=int(model.config.vision_config.image_size), mean=mean, std=std)
 
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
         """CLIP's preprocessing: shorter edge to the model's size (bicubic), centre crop,

@@ -84,7 +84,9 @@ def download_clip() -> Tuple[str, str]:
         ClipScorer.load(DEFAULT_DOWNLOAD, download=True)
     except BadInput as e:
         return clip_status(), message("error", str(e))
-    return clip_status(), message("success", "CLIP %s is ready." % DEFAULT_DOWNLOAD)
+    return clip_status(), message("success", "CLIP %s (a %s download) is in the Hugging Face "
+                                             "cache; the CLIP score column uses it."
+                                  % (DEFAULT_DOWNLOAD, KNOWN_MODELS[DEFAULT_DOWNLOAD]))
 
 
 def render_loaded(title: str, cases: Sequence[Tuple[str, int]], settings: LatencySettings,

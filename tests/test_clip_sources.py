@@ -1,0 +1,158 @@
+"""Where a CLIP for the CLIP score comes from: open_clip's LAION models in the Hugging Face
+cache (only open_clip's weight file, no transformers config) score exactly as open_clip
+itself does; the preferred CLIP is picked first; a ResNet CLIP is never picked and,
+named, is refused with one clear message.  Every model is tiny and random."""
+import importlib
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bksdm_ext.errors import BadInput
+from bksdm_ext.scores.clip import ClipScorer, cached_model, find_scorer, local_model
+from bksdm_ext.scores.openai_clip import OPENAI, ClipSettings, to_clip_model
+from test_parts_keymap import torchvision_stubbed_if_unimportable
+from test_scores import _images, tiny_clip
+
+H14 = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # the table: gelu, 80-wide vision heads
+BIGG = "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"
+OPENAI_L14 = "openai/clip-vit-large-patch14"
+PROMPTS = ["a red cube on a table", "two dogs"]
+
+
+@pytest.fixture(scope="module")
+def open_clip():
+    if importlib.util.find_spec("open_clip") is None:
+        pytest.skip("needs open-clip-torch")
+    with torchvision_stubbed_if_unimportable():  # the first stack has no torchvision
+        return importlib.import_module("open_clip")
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An empty Hugging Face cache and an empty home (no `clip` package files)."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return cache
+
+
+def snapshot(cache: Path, repo: str) -> Path:
+    """A snapshot folder of `repo` in the layout huggingface_hub writes."""
+    folder = cache / ("models--" + repo.replace("/", "--"))
+    (folder / "snapshots" / "0123abcd").mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0123abcd")
+    return folder / "snapshots" / "0123abcd"
+
+
+def tiny_open_clip(open_clip, vision: dict, text: dict, quick_gelu: bool = False,
+                   seed: int = 1):
+    torch.manual_seed(seed)
+    return open_clip.CLIP(embed_dim=8, quick_gelu=quick_gelu,
+                          vision_cfg=dict(dict(layers=2, patch_size=8, image_size=32), **vision),
+                          text_cfg=dict(context_length=77, vocab_size=49408, layers=2, **text)
+                          ).eval()
+
+
+def open_clip_embeddings(open_clip, model, images, mean, std):
+    """open_clip's own encode_image / encode_text (its tokenizer pads with 0, ours with
+    the end token: the causal mask makes that irrelevant)."""
+    pixels = (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return model.encode_image(pixels), model.encode_text(open_clip.tokenize(PROMPTS))
+
+
+def our_embeddings(scorer, images):
+    tokens = scorer.tokenizer(PROMPTS, padding="max_length", max_length=77,
+                              return_tensors="pt").input_ids
+    with torch.no_grad():
+        image = scorer.model.get_image_features(pixel_values=scorer.pixels(images))
+        text = scorer.model.get_text_features(input_ids=tokens)
+    unwrap = (lambda x: x if isinstance(x, torch.Tensor) else x.pooler_output)
+    return unwrap(image), unwrap(text)
+
+
+def assert_scores_as_open_clip(open_clip, scorer, model, mean, std):
+    images = _images(36, n=2, size=32)[..., :32]  # at the model's size: no resizing
+    theirs = open_clip_embeddings(open_clip, model, images, mean, std)
+    for ours, want in zip(our_embeddings(scorer, images), theirs):
+        assert torch.allclose(ours, want, atol=1e-5), (ours - want).abs().max()
+    cosine = torch.nn.functional.cosine_similarity(*theirs, dim=-1)
+    assert (cosine > 0).all()  # seeds chosen so that the floor at 0 hides nothing
+    assert torch.allclose(scorer.score(images, PROMPTS), (100 * cosine).clamp(min=0), atol=1e-3)
+
+
+def test_open_clip_models_in_the_cache_score_as_open_clip_does(open_clip, hub):
+    """SD-v2's ViT-H-14 as open_clip caches it: only open_clip_pytorch_model.bin, read with
+    the table's settings (gelu, 80-wide vision heads); SDXL's ViT-bigG-14 with an
+    open_clip_config.json, whose settings win (quick_gelu, 24-wide heads, its own mean)."""
+    h14 = tiny_open_clip(open_clip, dict(width=160, head_width=80, mlp_ratio=3.5),
+                         dict(width=64, heads=1), seed=5)
+    torch.save(h14.state_dict(), str(snapshot(hub, H14) / "open_clip_pytorch_model.bin"))
+    assert local_model() == H14 and cached_model() == H14
+    scorer = ClipScorer.load(H14)
+    assert scorer.name == H14 and scorer.model.config.vision_config.num_attention_heads == 2
+    assert scorer.model.config.vision_config.intermediate_size == 560
+    assert_scores_as_open_clip(open_clip, scorer, h14, OPENAI.mean, OPENAI.std)
+
+    # The same weights read as an OpenAI CLIP (quick_gelu) give other embeddings, so the
+    # comparison above does tell the activations apart.
+    wrong = ClipScorer(H14, to_clip_model(h14.state_dict(), H14, ClipSettings(
+        vision_head_width=80)).eval(), scorer.tokenizer, 32)
+    images = _images(36, n=2, size=32)[..., :32]
+    assert not torch.allclose(our_embeddings(wrong, images)[0],
+                              our_embeddings(scorer, images)[0], atol=1e-4)
+
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.3, 0.35)
+    bigg = tiny_open_clip(open_clip, dict(width=48, head_width=24), dict(width=64, heads=2),
+                          quick_gelu=True)
+    folder = snapshot(hub, BIGG)
+    torch.save(bigg.state_dict(), str(folder / "open_clip_pytorch_model.bin"))
+    (folder / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": {"embed_dim": 8, "quick_gelu": True,
+                      "vision_cfg": {"width": 48, "head_width": 24, "layers": 2},
+                      "text_cfg": {"width": 64, "heads": 2, "layers": 2}},
+        "preprocess_cfg": {"mean": list(mean), "std": list(std)}}))
+    assert local_model() == H14  # the smaller one first
+    scorer = ClipScorer.load(BIGG)
+    assert (tuple(scorer.mean), tuple(scorer.std)) == (mean, std)
+    assert scorer.model.config.text_config.hidden_act == "quick_gelu"
+    assert_scores_as_open_clip(open_clip, scorer, bigg, mean, std)
+
+
+def test_openai_vit_l14_comes_first(hub, tmp_path):
+    """ViT-L/14 before a bigger or smaller CLIP: OpenAI's in the cache, else the
+    interrogator's file, else the first of the table."""
+    torch.save({}, str(snapshot(hub, H14) / "open_clip_pytorch_model.bin"))
+    assert local_model() == H14
+    folder = tmp_path / "interrogator"
+    folder.mkdir()
+    (folder / "ViT-L-14.pt").write_bytes(b"")
+    assert local_model([folder]) == str(folder / "ViT-L-14.pt")
+    tiny_clip(snapshot(hub, OPENAI_L14))
+    assert local_model([folder]) == OPENAI_L14
+
+
+def test_a_resnet_clip_is_never_picked_and_named_is_refused(open_clip, hub, tmp_path):
+    said = []
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    resnet = tiny_open_clip(open_clip, dict(layers=(1, 1, 1, 1), width=16), dict(width=64, heads=1))
+    rn50 = folder / "RN50.pt"
+    torch.save(resnet.state_dict(), str(rn50))
+    assert local_model([folder]) is None
+    assert find_scorer(None, say=said.append, folders=[folder]) is None
+    for load in (lambda: ClipScorer.load(str(rn50)), lambda: find_scorer(str(rn50), say=said.append)):
+        with pytest.raises(BadInput) as refused:
+            load()
+        text = str(refused.value)
+        assert text.startswith(str(rn50) + ": a ResNet CLIP"), text
+        assert "ViT-L-14.pt" in text and "open_clip_pytorch_model.bin" in text
+    assert said == []  # nothing to download: a file was named
