@@ -65,7 +65,7 @@ LATEST_REQS  := diffusers==0.42.1 transformers==5.24.0 accelerate==1.15.0 huggin
 # transformers 4.30 builds them, so it belongs to the first stack only; so does
 # tests/test_gpu_bench.py, whose parts are the engines these tests already run here.
 # The engines are sampled, one run of each kind, to keep CI within its budget.)
-LATEST_TESTS := tests/test_tokenizer.py tests/test_clip_naming.py tests/test_clip_sources.py \
+LATEST_TESTS := tests/test_tokenizer.py tests/test_clip_naming.py tests/test_clip_sources.py tests/test_scores.py \
                 tests/test_demo.py \
                 tests/test_layout.py tests/test_memory_plan.py tests/test_convert.py \
                 tests/test_latency.py \
