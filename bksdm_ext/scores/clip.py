@@ -38,8 +38,8 @@ KNOWN_MODELS = {
 }
 DEFAULT_DOWNLOAD = "openai/clip-vit-large-patch14"
 HOW_TO_ENABLE = ("no CLIP model on this machine: pass --clip-model %s (a %s download), a "
-                 "local CLIPModel folder or an OpenAI CLIP .pt file; in the WebUI press "
-                 "'Download CLIP'"
+                 "local CLIPModel folder, an OpenAI CLIP .pt file or an open_clip "
+                 "open_clip_pytorch_model.bin; in the WebUI press 'Download CLIP'"
                  % (DEFAULT_DOWNLOAD, KNOWN_MODELS[DEFAULT_DOWNLOAD]))
 
 
