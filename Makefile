@@ -60,7 +60,7 @@ LATEST_VENV  := .venv-latest
 LATEST_STAMP := $(LATEST_VENV)/.installed
 LATEST_TORCH := torch==2.14.1 torchvision==0.29.1
 LATEST_REQS  := diffusers==0.42.1 transformers==5.24.0 accelerate==1.15.0 huggingface_hub==2.4.0 \
-                peft==0.21.2 torch-fidelity==0.4.0 torchmetrics pytest ftfy omegaconf einops
+                peft==0.21.2 torch-fidelity==0.4.0 torchmetrics==1.9.0 pytest ftfy omegaconf einops
 # (tests/test_parts_keymap.py compares with A1111's own text encoders, built the way
 # transformers 4.30 builds them, so it belongs to the first stack only; so does
 # tests/test_gpu_bench.py, whose parts are the engines these tests already run here.
@@ -68,7 +68,7 @@ LATEST_REQS  := diffusers==0.42.1 transformers==5.24.0 accelerate==1.15.0 huggin
 LATEST_TESTS := tests/test_tokenizer.py tests/test_clip_naming.py tests/test_clip_sources.py tests/test_scores.py \
                 tests/test_demo.py \
                 tests/test_layout.py tests/test_memory_plan.py tests/test_convert.py \
-                tests/test_latency.py \
+                tests/test_latency.py tests/test_fid.py \
                 tests/test_distill.py::test_losses_are_finite_and_fall_and_the_run_ends_with_an_a1111_student \
                 tests/test_distill.py::test_v_prediction_teacher_trains_on_velocity \
                 tests/test_distill.py::test_resuming_repeats_the_losses_of_an_uninterrupted_run \

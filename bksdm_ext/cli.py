@@ -194,17 +194,24 @@ def _eval(args: argparse.Namespace) -> Dict[str, Any]:
     from pathlib import Path
 
     from .measure.compare import grid, write_csv, write_grid
-    from .measure.evaluate import EvalSettings, evaluate, evaluate_run
+    from .measure.evaluate import EvalSettings, evaluate, evaluate_run, fid_columns
     from .model.staging import check_writable
     from .scores.clip import find_scorer
+    from .scores.fid import FidScorer, check_count
 
     settings = EvalSettings(prompts=args.prompts, seeds=args.seeds, seed=args.seed,
                             steps=args.steps, sampler=args.sampler, size=args.size,
                             cfg_scale=args.cfg_scale, negative_prompt=args.negative_prompt)
-    settings.cases()  # a bad prompt file fails before any model loads
+    cases = settings.cases()  # a bad prompt file fails before any model loads
+    if args.fid_weights and not args.fid_reference:
+        raise BadInput("--fid-weights is for FID: give --fid-reference DIR too")
+    if args.fid_reference:
+        check_count(len(cases), "each model makes %d image(s) (prompts x --seeds)"
+                    % len(cases))
     if args.out:  # a background job's run folder
         scores, grid_path, csv_path = evaluate_run(args.models, settings, Path(args.out),
-                                                   args.clip_model)
+                                                   args.clip_model, args.fid_reference,
+                                                   args.fid_weights)
         return {"results": [s.as_dict() for s in scores], "grid": str(grid_path),
                 "csv": str(csv_path)}
     outputs = [Path(p) for p in (args.grid, args.csv) if p]
@@ -212,24 +219,34 @@ def _eval(args: argparse.Namespace) -> Dict[str, Any]:
     say = (lambda text: None) if args.json else (lambda text: print(text, file=sys.stderr))
     import torch
 
-    clip = find_scorer(args.clip_model, torch.device("cuda" if torch.cuda.is_available()
-                                                     else "cpu"), say)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    clip = find_scorer(args.clip_model, device, say)
+    fid = (FidScorer.load(Path(args.fid_reference), args.fid_weights, device, say)
+           if args.fid_reference else None)
     cases, runs, scores = evaluate(
         args.models, settings, clip,
-        lambda done, total: say("image %d/%d" % (done, total)))
-    result: Dict[str, Any] = {"results": [s.as_dict() for s in scores]}
+        lambda done, total: say("image %d/%d" % (done, total)), device, fid)
+    result: Dict[str, Any] = {"results": [s.as_dict() for s in scores], **fid_columns(fid)}
+    if fid is not None and fid.skipped:
+        result["fid_reference_skipped"] = fid.skipped
     if args.grid:
         result["grid"] = str(write_grid(grid(runs, cases), Path(args.grid), args.overwrite))
     if args.csv:
-        result["csv"] = str(write_csv(scores, Path(args.csv), args.overwrite))
+        result["csv"] = str(write_csv(scores, Path(args.csv), args.overwrite,
+                                      extra=fid_columns(fid)))
     return result
 
 
 def _render_eval(result: Dict[str, Any]) -> str:
-    from .measure.compare import EXPLANATIONS, ModelScores, table
+    from .measure.compare import EXPLANATIONS, FID_EXPLANATION, ModelScores, table
 
     lines = [table([ModelScores(**r) for r in result["results"]])]
-    lines += ["  %-8s %s" % (name, text) for name, text in EXPLANATIONS.items()]
+    explanations = dict(EXPLANATIONS)
+    if any(r.get("fid") is not None for r in result["results"]):
+        explanations["FID"] = FID_EXPLANATION + (
+            "; here %d images in %s" % (result["fid_reference_images"], result["fid_reference"])
+            if "fid_reference" in result else "")
+    lines += ["  %-8s %s" % (name, text) for name, text in explanations.items()]
     lines += ["wrote %s" % result[key] for key in ("grid", "csv") if key in result]
     return "\n".join(lines)
 
@@ -340,6 +357,7 @@ def _add_transplant(commands: Any) -> None:
 
 def _add_eval(commands: Any) -> None:
     from .measure.evaluate import EvalSettings
+    from .scores.fid import WEIGHTS_FILE as FID_WEIGHTS_FILE, WEIGHTS_SIZE as FID_WEIGHTS_SIZE
 
     defaults = EvalSettings()
     evaluation = commands.add_parser(
@@ -350,7 +368,8 @@ def _add_eval(commands: Any) -> None:
                     "seed. CLIP score needs a CLIP model: one already on the machine is "
                     "used (Hugging Face cache, open_clip's LAION models there, A1111's "
                     "interrogator's ViT-L-14.pt), --clip-model names one (downloaded if it "
-                    "is not there).")
+                    "is not there). FID (--fid-reference) needs torch-fidelity and "
+                    "torchmetrics.")
     evaluation.add_argument("models", nargs="+", help="A1111 checkpoints, the teacher first")
     evaluation.add_argument("--prompts", default=defaults.prompts,
                             help="a .txt file (one prompt a line) or builtin (30 varied "
@@ -369,6 +388,16 @@ def _add_eval(commands: Any) -> None:
                             help="a transformers CLIPModel folder, Hugging Face repository "
                                  "(e.g. openai/clip-vit-large-patch14, 1.7 GB, downloaded when "
                                  "not in the cache) or OpenAI/open_clip ViT checkpoint file")
+    evaluation.add_argument("--fid-reference", dest="fid_reference", default=None,
+                            metavar="DIR",
+                            help="FID of each model's images against the images in DIR and "
+                                 "its subfolders (.png .jpg .jpeg .webp); compare models only "
+                                 "at equal counts (the paper: 30k MS-COCO images). The "
+                                 "Inception weights (%s, %s) are downloaded once into "
+                                 "torch.hub's cache" % (FID_WEIGHTS_FILE, FID_WEIGHTS_SIZE))
+    evaluation.add_argument("--fid-weights", dest="fid_weights", default=None, metavar="FILE",
+                            help="a copy of %s to use instead of the download (offline)"
+                                 % FID_WEIGHTS_FILE)
     evaluation.add_argument("--grid", default=None, help="write the labelled grid PNG here")
     evaluation.add_argument("--csv", default=None, help="write the scores CSV here")
     evaluation.add_argument("--overwrite", action="store_true",

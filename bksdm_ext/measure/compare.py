@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..model.staging import staged
 from ..scores.agreement import agreement, to_tensor
 from ..scores.clip import HOW_TO_ENABLE, ClipScorer
+from ..scores.fid import FidScorer
 
 # One line per score, shown under the table and in `bksdm eval --help`.
 EXPLANATIONS = {
@@ -26,6 +27,10 @@ EXPLANATIONS = {
             "image and text embeddings (the paper's text-image metric; higher is better)",
     "s/image": "seconds per image while these images were made (median)",
 }
+# `bksdm eval --fid-reference` only (the WebUI shows no FID).
+FID_EXPLANATION = ("Fréchet Inception distance of the model's images to the reference "
+                   "folder's (lower is closer; biased on few images: compare models only at "
+                   "equal image counts)")
 CSV_COLUMNS = ("model", "preset", "unet_params", "images", "seconds_per_image", "psnr", "ssim",
                "clip_score", "clip_model")
 
@@ -54,6 +59,7 @@ class ModelScores:
     ssim: float
     clip_score: Optional[float] = None
     clip_model: str = ""
+    fid: Optional[float] = None
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -64,9 +70,11 @@ def teacher_index(runs: Sequence[ModelImages]) -> int:
 
 
 def score_models(runs: Sequence[ModelImages], cases: Sequence[Case],
-                 clip: Optional[ClipScorer] = None) -> List[ModelScores]:
+                 clip: Optional[ClipScorer] = None,
+                 fid: Optional[FidScorer] = None) -> List[ModelScores]:
     """PSNR and SSIM of every model's images against the teacher's, and the CLIP score of
-    each image with its prompt when a CLIP model is given; averaged per model."""
+    each image with its prompt when a CLIP model is given; averaged per model.  With `fid`,
+    the FID of each model's images against its reference folder."""
     reference = runs[teacher_index(runs)].images
     prompts = [prompt for prompt, _ in cases]
     results = []
@@ -82,7 +90,8 @@ def score_models(runs: Sequence[ModelImages], cases: Sequence[Case],
             psnr=agree["psnr"], ssim=agree["ssim"],
             clip_score=(float(clip.score(to_tensor(run.images), prompts).mean())
                         if clip is not None else None),
-            clip_model=clip.name if clip is not None else ""))
+            clip_model=clip.name if clip is not None else "",
+            fid=fid.score(run.images) if fid is not None else None))
     return results
 
 
@@ -119,16 +128,22 @@ def write_csv(scores: Sequence[ModelScores], path: Path, overwrite: bool = False
     extra = extra or {}
     with staged([Path(path)], overwrite) as (temp,):
         with open(temp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, list(extra) + list(CSV_COLUMNS))
+            columns = CSV_COLUMNS + (("fid",) if _has_fid(scores) else ())
+            writer = csv.DictWriter(f, list(extra) + list(columns))
             writer.writeheader()
             for row in scores:
-                writer.writerow(dict(extra, **csv_row(row)))
+                writer.writerow(dict(extra, **csv_row(row, columns)))
     return Path(path)
 
 
-def csv_row(row: ModelScores) -> Dict[str, Any]:
+def csv_row(row: ModelScores, columns: Sequence[str] = CSV_COLUMNS) -> Dict[str, Any]:
     values = row.as_dict()
-    return {key: _rounded(values[key]) for key in CSV_COLUMNS}
+    return {key: _rounded(values[key]) for key in columns}
+
+
+def _has_fid(scores: Sequence[ModelScores]) -> bool:
+    """Whether FID was asked for (`bksdm eval --fid-reference`): only then is there a column."""
+    return any(r.fid is not None for r in scores)
 
 
 def _rounded(value: Any) -> Any:
@@ -152,8 +167,13 @@ HEADERS = ["model", "preset", "U-Net params", "s/image", "PSNR (dB)", "SSIM", "C
 
 
 def table(scores: Sequence[ModelScores]) -> str:
-    rows = [HEADERS] + table_rows(scores)
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(HEADERS))]
+    """The CLI's table: the Compare tab's columns, and FID when it was asked for."""
+    if _has_fid(scores):
+        rows = [HEADERS + ["FID"]] + [row + ["%.2f" % r.fid] for row, r in
+                                      zip(table_rows(scores), scores)]
+    else:
+        rows = [HEADERS] + table_rows(scores)
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip()
              for row in rows]
     if all(r.clip_score is None for r in scores):

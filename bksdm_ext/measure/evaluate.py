@@ -15,6 +15,7 @@ from ..jobs.runs import RunPaths, event, failures_reported, progress_bar, stop_r
 from ..model.samplers import DEFAULT_SAMPLER
 from ..scores.clip import ClipScorer, find_scorer
 from ..scores.eval_prompts import BUILTIN, cases as make_cases, load_prompts
+from ..scores.fid import FidScorer
 from .compare import Case, ModelImages, ModelScores, grid, score_models, write_csv, write_grid
 from .latency import load_pipeline
 
@@ -62,9 +63,10 @@ def render(path: Path, cases: Sequence[Case], settings: EvalSettings, device: to
 
 def evaluate(models: Sequence[str], settings: EvalSettings, clip: Optional[ClipScorer] = None,
              on_image: Callable[[int, int], None] = lambda done, total: None,
-             device: Optional[torch.device] = None
+             device: Optional[torch.device] = None, fid: Optional[FidScorer] = None
              ) -> Tuple[List[Case], List[ModelImages], List[ModelScores]]:
-    """Render every case with every model (the teacher first is clearest), then score."""
+    """Render every case with every model (the teacher first is clearest), then score
+    (FID too when `fid` holds a reference folder)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cases = settings.cases()
     total, done = len(cases) * len(models), [0]
@@ -74,22 +76,28 @@ def evaluate(models: Sequence[str], settings: EvalSettings, clip: Optional[ClipS
         on_image(done[0], total)
 
     runs = [render(Path(model), cases, settings, device, count) for model in models]
-    return cases, runs, score_models(runs, cases, clip)
+    return cases, runs, score_models(runs, cases, clip, fid)
 
 
 def evaluate_run(models: Sequence[str], settings: EvalSettings, out: Path,
-                 clip_model: Optional[str] = None) -> Tuple[List[ModelScores], Path, Path]:
+                 clip_model: Optional[str] = None, fid_reference: Optional[Path] = None,
+                 fid_weights: Optional[Path] = None
+                 ) -> Tuple[List[ModelScores], Path, Path]:
     """The background job: ``out`` gets events.jsonl (an event per image, so the Jobs tab
-    shows progress and ETA; STOP ends it), grid.png, scores.csv and scores.json."""
+    shows progress and ETA; STOP ends it), grid.png, scores.csv and scores.json (with FID
+    against `fid_reference` when it is given)."""
     paths = RunPaths(Path(out))
     paths.out.mkdir(parents=True, exist_ok=True)
     with failures_reported(paths.out):
         log = EventLog(paths.events)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         clip = find_scorer(clip_model, device)
+        fid = (FidScorer.load(Path(fid_reference), fid_weights, device)
+               if fid_reference is not None else None)
         cases = settings.cases()
         event(log, "start", total_steps=len(cases) * len(models), models=list(models),
-              settings=asdict(settings), clip_model=clip.name if clip else None)
+              settings=asdict(settings), clip_model=clip.name if clip else None,
+              **fid_columns(fid))
         started = time.perf_counter()
 
         def progress(done: int, total: int) -> None:
@@ -100,15 +108,22 @@ def evaluate_run(models: Sequence[str], settings: EvalSettings, out: Path,
             if request and done < total:
                 stop_run("discard", done, lambda: None, log, progress_bar(total, enabled=False))
 
-        cases, runs, scores = evaluate(models, settings, clip, progress, device)
+        cases, runs, scores = evaluate(models, settings, clip, progress, device, fid)
         grid_path = write_grid(grid(runs, cases), paths.out / "grid.png", overwrite=True)
         csv_path = write_csv(scores, paths.out / "scores.csv", overwrite=True,
-                             extra=_settings_columns(settings))
+                             extra=dict(_settings_columns(settings), **fid_columns(fid)))
         (paths.out / "scores.json").write_text(json.dumps([s.as_dict() for s in scores],
                                                           indent=2))
         event(log, "done", step=len(cases) * len(models), output=str(grid_path),
               csv=str(csv_path), scores=[s.as_dict() for s in scores])
     return scores, grid_path, csv_path
+
+
+def fid_columns(fid: Optional[FidScorer]) -> dict:
+    """What a FID value was measured against (values compare only at equal counts)."""
+    if fid is None:
+        return {}
+    return {"fid_reference": str(fid.reference), "fid_reference_images": fid.images}
 
 
 def _settings_columns(settings: EvalSettings) -> dict:

@@ -1,5 +1,6 @@
 """How good an image is, as numbers: agreement of a student's image with the teacher's
-(PSNR, SSIM) and text-image agreement (CLIP score).
+(PSNR, SSIM), text-image agreement (CLIP score) and, for `bksdm eval`, FID against a
+folder of reference images.
 
 Pure scoring, shared by whoever generates images: the Compare tab and `bksdm eval`
 (`measure`), and evaluation during training (`train`).  It sits just above `model` (for the
