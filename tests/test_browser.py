@@ -112,6 +112,17 @@ def _dropdown_options(page):
     return texts
 
 
+def _wait_for_listed(page, checkpoint: Path) -> None:
+    """Until the checkpoint dropdown offers `checkpoint` (the page refreshes the list in an
+    event that follows the one that wrote the file)."""
+    def listed():
+        names = _dropdown_options(page)
+        page.keyboard.press("Escape")
+        return checkpoint.name in names
+
+    _wait_for(listed, "%s in the checkpoint dropdown" % checkpoint.name)
+
+
 def test_convert_tab_in_the_browser(browser, webui, slow_progress, tmp_path):
     from playwright.sync_api import expect
 
@@ -179,8 +190,7 @@ def test_convert_tab_in_the_browser(browser, webui, slow_progress, tmp_path):
                    for text in page.evaluate("window.bksdmProgressSeen"))
 
         # The new checkpoint is in the dropdown without reloading the page.
-        assert student.name in _dropdown_options(page)
-        page.keyboard.press("Escape")
+        _wait_for_listed(page, student)
         assert page.evaluate("window.bksdmSamePage") is True
 
         # "Load it now" selects it (A1111's selectCheckpoint) and A1111 loads it.
@@ -317,12 +327,7 @@ def test_distill_tab_starts_a_job_the_jobs_tab_follows_to_the_dropdown(browser, 
         argv = " ".join(job.argv)
         assert "--data %s" % data in argv and "--steps 30" in argv and "--no-ema" in argv
         # The page refreshed the checkpoint dropdown itself: the student is there.
-        def student_listed():
-            names = _dropdown_options(page)
-            page.keyboard.press("Escape")
-            return Path(job.registered).name in names
-
-        _wait_for(student_listed, "the student in the checkpoint dropdown")
+        _wait_for_listed(page, Path(job.registered))
         assert js_errors == []
     finally:
         standin_app.stop()
@@ -509,8 +514,7 @@ def test_block_picker_converts_a_custom_student_into_the_dropdown(browser, webui
         page.locator("#bksdm_convert").click()
         result = page.locator("#bksdm_convert_result").first
         expect(result.locator(".bksdm-success")).to_contain_text("Wrote %s" % student)
-        assert student.name in _dropdown_options(page)
-        page.keyboard.press("Escape")
+        _wait_for_listed(page, student)
         page.screenshot(path=str(tmp_path / "block-picker.png"), full_page=True)
         from bksdm_ext.model.checkpoint import Checkpoint
 

@@ -356,10 +356,10 @@ def test_a_training_run_that_fills_the_disk_keeps_its_checkpoint_and_resumes(
     argv = ["distill", "--teacher", teacher, "--data", data, "--keep-last", "1"] + settings
     write_checkpoint = RunPaths.write_checkpoint
 
-    def fill_the_disk_first(paths, step, fill, keep_last):
+    def fill_the_disk_first(paths, step, fill, keep_last, keep=None):
         if step == 2:  # others filled the disk meanwhile: 64 KB left
             resize(disk, shutil.disk_usage(str(disk)).used + 64 * 1024)
-        return write_checkpoint(paths, step, fill, keep_last)
+        return write_checkpoint(paths, step, fill, keep_last, keep)
 
     with small_disk(tmp_path / "disk", 1024 ** 3) as disk:
         out = disk / "run"
