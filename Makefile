@@ -79,7 +79,21 @@ LATEST_TESTS := tests/test_tokenizer.py tests/test_clip_naming.py tests/test_cli
                 tests/test_synth.py::test_the_cache_holds_n_latents_with_std_zero_from_prompt_i_and_seed_i \
                 tests/test_synth.py::test_distilling_from_teacher_data_never_encodes_an_image_and_losses_fall
 
-.PHONY: .venv test demo test-latest test-wheel
+# The Jetson stack (`make test-jetson`): what A1111 1.6.1 runs on a Jetson AGX Orin under
+# JetPack 5 (FACTS §6b): Python 3.8, torch 2.0.1, safetensors 0.3.1, numpy 1.23.5,
+# transformers 4.30.2, accelerate 0.21.0, huggingface_hub 0.36.2, gradio 3.41.2 with
+# pydantic 1.10, and diffusers 0.30.3 as install.py adds it. torch 2.0.1 is PyPI's CUDA
+# build (it runs on the CPU). The whole suite runs there but the browser tests (Playwright
+# needs a newer Python) and tests/test_environment.py (the first stack's pins).
+JETSON_VENV  := .venv-jetson
+JETSON_STAMP := $(JETSON_VENV)/.installed
+JETSON_REQS  := torch==2.0.1 safetensors==0.3.1 numpy==1.23.5 diffusers==0.30.3 \
+                transformers==4.30.2 tokenizers==0.13.3 accelerate==0.21.0 huggingface_hub==0.36.2 \
+                Pillow==9.5.0 gradio==3.41.2 gradio_client==0.5.0 fastapi==0.94.0 httpx==0.24.1 \
+                "pydantic<2" omegaconf==2.2.3 einops==0.4.1 peft==0.13.2 pytorch_lightning==1.9.4 \
+                setuptools==75.3.0 PyYAML tqdm ftfy pytest
+
+.PHONY: .venv test demo test-latest test-wheel test-jetson
 
 .venv: $(STAMP) $(CHROMIUM)
 
@@ -125,6 +139,17 @@ $(LATEST_STAMP): pyproject.toml Makefile
 # The suite's engine tests on the second stack (the WebUI tests need A1111's pins).
 test-latest: $(LATEST_STAMP)
 	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(LATEST_TESTS)
+
+$(JETSON_STAMP): Makefile
+	@$(PY38) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 8) else "need Python 3.8 for the Jetson stack, got " + sys.version)'
+	test -x $(JETSON_VENV)/bin/python || $(PY38) -m venv $(JETSON_VENV)
+	$(JETSON_VENV)/bin/python -m pip install -q --progress-bar off $(JETSON_REQS)
+	$(JETSON_VENV)/bin/python -m pip install -q --progress-bar off --no-deps $(SDKIT)
+	touch $@
+
+test-jetson: $(JETSON_STAMP)
+	$(JETSON_VENV)/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/test_browser.py \
+	  --ignore=tests/test_environment.py
 
 # The wheel alone in a fresh venv, offline, away from the checkout: a tiny distillation.
 test-wheel:

@@ -63,7 +63,9 @@ def official_iteration_seconds(full: bool, batch: int, steps: int, device: torch
     taps = FeatureTaps(teacher, [t for t, _ in pairs]), FeatureTaps(student, [s for _, s in pairs])
     images = torch.randn(batch, 3, size, size, device=device, dtype=frozen)
     ids = torch.randint(0, 49407, (batch, 77), device=device)
-    autocast = torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda")
+    # (torch 2.0 refuses an fp16 CPU autocast even when it is disabled, hence bf16 there)
+    autocast = torch.autocast(device.type, enabled=device.type == "cuda",
+                              dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
 
     def iteration() -> None:
         with torch.no_grad():

@@ -177,8 +177,9 @@ def test_info_blocks_lists_every_unit_with_its_parameters(tmp_path, teachers, ca
 def test_step_flops_are_what_torch_counts(teachers, family):
     """The FLOPs estimate (from tensor shapes alone) against torch's own FLOP counter on
     the diffusers model of the same student."""
+    FlopCounterMode = pytest.importorskip(  # torch >= 2.1 (the Jetson stack has 2.0)
+        "torch.utils.flop_counter").FlopCounterMode
     from diffusers import UNet2DConditionModel
-    from torch.utils.flop_counter import FlopCounterMode
 
     from bksdm_ext.model.unit_costs import CONTEXT_TOKENS
 

@@ -16,7 +16,6 @@ from unittest import mock
 
 import diffusers
 import pytest
-import safetensors.torch
 import torch
 import transformers
 
@@ -344,7 +343,8 @@ def test_clip_v2_round_trips_exactly(model_class: str) -> None:
 
 
 def test_clip_v2_from_open_clip_keeps_all_but_logit_scale(ldm_encoders: types.ModuleType) -> None:
-    """A full OpenCLIP text tower (as in an SD-2 checkpoint) loses only logit_scale, and saves with safetensors."""
+    """A full OpenCLIP text tower (as in an SD-2 checkpoint) loses only logit_scale, and can be
+    saved as it is (contiguous tensors)."""
     sd = randomize(tiny_text_tower(ldm_encoders, layers=3), seed=11).state_dict()
     hf_sd = clip_to_hf(sd, "sd-v2")
 
@@ -352,7 +352,8 @@ def test_clip_v2_from_open_clip_keeps_all_but_logit_scale(ldm_encoders: types.Mo
     full.load_state_dict(hf_sd, strict=True)
     without_logit_scale = {k: v for k, v in sd.items() if k != "logit_scale"}
     assert_same_state(clip_to_ldm(hf_sd, "sd-v2"), without_logit_scale)
-    safetensors.torch.save(hf_sd)  # refuses non-contiguous tensors, e.g. an un-copied transpose
+    # safetensors refuses non-contiguous tensors, e.g. an un-copied transpose
+    assert all(v.is_contiguous() for v in hf_sd.values())
 
 
 def test_clip_v2_rejects_what_openclip_cannot_hold() -> None:
