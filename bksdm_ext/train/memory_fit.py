@@ -16,7 +16,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Optional, Tuple, TypeVar
+from typing import Any, Callable, Iterator, Optional, Tuple, TypeVar
 
 from ..errors import BadInput
 from .distill_config import DistillConfig
@@ -108,28 +108,29 @@ def fit_distill(cfg: DistillConfig, family: str, free_bytes: Optional[int],
                 ) -> Tuple[DistillConfig, Optional[MemoryPlan]]:
     """The run's settings for a GPU with `free_bytes` free (None: no GPU, nothing changes);
     a resumed run keeps those it started with."""
-    if free_bytes is None or not cfg.fit_memory:
-        return _capped(cfg), None
-    resumed = _resumed(cfg, resume)
-    if resumed is not None:
-        return resumed, None
-    cfg = _capped(cfg)
-    plan = plan_distill(free_bytes, family, cfg.arch, cfg.resolution, settings_of(cfg),
-                        bitsandbytes)
-    return with_settings(cfg, plan.settings), plan
+    return _fit(cfg, free_bytes, resume, lambda c: plan_distill(
+        free_bytes, family, c.arch, c.resolution, settings_of(c), bitsandbytes))
 
 
 def fit_dreambooth(cfg: DreamBoothConfig, family: str, arch: str, free_bytes: Optional[int],
                    bitsandbytes: bool, resume: bool = False
                    ) -> Tuple[DreamBoothConfig, Optional[MemoryPlan]]:
+    return _fit(cfg, free_bytes, resume, lambda c: plan_dreambooth(
+        free_bytes, family, arch, c.resolution, settings_of(c), bitsandbytes, c.lora,
+        c.train_text_encoder))
+
+
+def _fit(cfg: C, free_bytes: Optional[int], resume: bool,
+         plan_for: Callable[[C], MemoryPlan]) -> Tuple[C, Optional[MemoryPlan]]:
+    """What both engines do: nothing without a GPU or with fitting off (but the micro-batch
+    cap an out-of-memory error recorded); a resumed run's own settings; else a fresh plan."""
     if free_bytes is None or not cfg.fit_memory:
         return _capped(cfg), None
     resumed = _resumed(cfg, resume)
     if resumed is not None:
         return resumed, None
     cfg = _capped(cfg)
-    plan = plan_dreambooth(free_bytes, family, arch, cfg.resolution, settings_of(cfg),
-                           bitsandbytes, cfg.lora, cfg.train_text_encoder)
+    plan = plan_for(cfg)
     return with_settings(cfg, plan.settings), plan
 
 
