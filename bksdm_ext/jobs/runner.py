@@ -395,13 +395,29 @@ def _pid_runs(pid: Optional[int], marker: str) -> bool:
         os.kill(pid, 0)
     except OSError:
         return False
-    cmdline = Path("/proc/%d/cmdline" % pid)
-    if cmdline.is_file():
+    proc = Path("/proc/%d" % pid)
+    if not (proc / "cmdline").is_file():
+        return True  # no /proc (macOS): alive is all we can tell
+    command = _command_line(proc)
+    return command is not None and marker in command
+
+
+def _command_line(proc: Path, wait_s: float = 1.0) -> Optional[str]:
+    """The command line in `proc`; None for a zombie or a process gone.  It reads empty for
+    about a millisecond after the process was started (while it is exec'ing), which is just
+    when another process may list the jobs: an empty one is read again."""
+    deadline = time.monotonic() + wait_s
+    while True:
         try:
-            return marker in cmdline.read_bytes().decode("utf-8", "replace")
-        except OSError:
-            return False
-    return True
+            command = (proc / "cmdline").read_bytes().decode("utf-8", "replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except (OSError, IndexError):
+            return None
+        if state == "Z":
+            return None
+        if command or time.monotonic() > deadline:
+            return command
+        time.sleep(0.005)
 
 
 def _windows_pid_runs(pid: int) -> bool:
