@@ -104,10 +104,23 @@ def _loaded_file():
 
 
 def _dropdown_options(page):
-    """The checkpoint dropdown's choices, read by opening it as a user would."""
-    page.locator("#setting_sd_model_checkpoint input").click()
+    """The checkpoint dropdown's choices, read by opening it as a user would.  gradio 3.41
+    opens the list on focus, and a click that lands while the page re-renders the
+    dropdown (its choices just refreshed) opens nothing: then the box is left and
+    clicked again, as a user would."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    box = page.locator("#setting_sd_model_checkpoint input")
     options = page.locator("#setting_sd_model_checkpoint ul.options li")
-    options.first.wait_for()
+    for attempt in range(3):
+        box.blur()
+        box.click()
+        try:
+            options.first.wait_for(timeout=10_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
     texts = [t.replace("✓", "").strip() for t in options.all_inner_texts()]
     return texts
 
@@ -234,6 +247,16 @@ def _open_tab(browser, url, sub_tab, height):
     page.goto(url + "/")
     page.locator("#tabs > .tab-nav > button", has_text="BK-SDM").click()
     page.locator("#bksdm_tabs > .tab-nav > button", has_text=sub_tab).click()
+    return page, js_errors
+
+
+def _open_convert_tab(browser, url, height, loaded: str):
+    """The Convert tab, its loaded-model line refreshed until it names `loaded`."""
+    from playwright.sync_api import expect
+
+    page, js_errors = _open_tab(browser, url, "Convert", height)
+    page.locator("#bksdm_refresh_loaded").click()
+    expect(page.locator("#bksdm_loaded").first).to_contain_text("Loaded: " + loaded)
     return page, js_errors
 
 
@@ -416,9 +439,7 @@ def test_convert_tab_starts_from_a_student_plus_the_loaded_models_difference(bro
     out = webui / "mine-bk-small.safetensors"
     _, url = standin_app.launch()
     try:
-        page, js_errors = _open_tab(browser, url, "Convert", 1400)
-        page.locator("#bksdm_refresh_loaded").click()
-        expect(page.locator("#bksdm_loaded").first).to_contain_text("Loaded: mine.safetensors")
+        page, js_errors = _open_convert_tab(browser, url, 1400, "mine.safetensors")
         box = page.locator("#bksdm_transplant_box")
         expect(box).to_be_hidden()
         page.locator("#bksdm_start_from label", has_text="distilled BK-SDM student").click()
@@ -486,9 +507,7 @@ def test_block_picker_converts_a_custom_student_into_the_dropdown(browser, webui
     student = webui / "teacher-my-cut.safetensors"
     _, url = standin_app.launch()
     try:
-        page, js_errors = _open_tab(browser, url, "Convert", 1600)
-        page.locator("#bksdm_refresh_loaded").click()
-        expect(page.locator("#bksdm_loaded").first).to_contain_text("Loaded: teacher.safetensors")
+        page, js_errors = _open_convert_tab(browser, url, 1600, "teacher.safetensors")
         page.locator("#bksdm_preset label", has_text="Small").click()
         page.locator("#bksdm_block_picker").get_by_text("Pick blocks").click()
         blocks = page.locator("#bksdm_blocks")
