@@ -103,18 +103,24 @@ def _loaded_file():
     return Path(info.filename) if info is not None else None
 
 
+def _open_dropdown(page, elem_id):
+    """Open a gradio 3.41 dropdown's list.  It opens on focus, and Escape hides the list
+    but keeps the focus, so a box looked at before is left first: a click on a box that
+    still has the focus would open nothing."""
+    box = page.locator("#%s input" % elem_id)
+    box.blur()
+    box.click()
+
+
 def _dropdown_options(page):
-    """The checkpoint dropdown's choices, read by opening it as a user would.  gradio 3.41
-    opens the list on focus, and a click that lands while the page re-renders the
-    dropdown (its choices just refreshed) opens nothing: then the box is left and
-    clicked again, as a user would."""
+    """The checkpoint dropdown's choices, read by opening it as a user would; a click that
+    lands while the page re-renders the dropdown (its choices just refreshed) opens
+    nothing, so it is opened again."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    box = page.locator("#setting_sd_model_checkpoint input")
     options = page.locator("#setting_sd_model_checkpoint ul.options li")
     for attempt in range(3):
-        box.blur()
-        box.click()
+        _open_dropdown(page, "setting_sd_model_checkpoint")
         try:
             options.first.wait_for(timeout=10_000)
             break
@@ -362,7 +368,7 @@ def _pick(page, elem_id, text):
     option = page.locator("#%s ul.options li" % elem_id, has_text=text)
     deadline = time.time() + TIMEOUT_MS / 1000
     while True:
-        page.locator("#%s input" % elem_id).click()
+        _open_dropdown(page, elem_id)
         try:
             option.click(timeout=2000)
             return
