@@ -80,7 +80,7 @@ LATEST_TESTS := tests/test_tokenizer.py tests/test_clip_naming.py tests/test_cli
                 tests/test_synth.py::test_distilling_from_teacher_data_never_encodes_an_image_and_losses_fall
 
 # The Jetson stack (`make test-jetson`): what A1111 1.6.1 runs on a Jetson AGX Orin under
-# JetPack 5 (FACTS §6b): Python 3.8, torch 2.0.1, safetensors 0.3.1, numpy 1.23.5,
+# JetPack 5 (docs/facts.md §6b): Python 3.8, torch 2.0.1, safetensors 0.3.1, numpy 1.23.5,
 # transformers 4.30.2, accelerate 0.21.0, huggingface_hub 0.36.2, gradio 3.41.2 with
 # pydantic 1.10, and diffusers 0.30.3 as install.py adds it. torch 2.0.1 is PyPI's CUDA
 # build (it runs on the CPU). The whole suite runs there but the browser tests (Playwright

@@ -42,7 +42,7 @@ WHEELS = HERE / "wheels"
 DEPS = HERE / ".deps"
 PARTS = ("kd", "dreambooth:reference", "dreambooth:options", "dreambooth:lora", "synth",
          "latency")
-# FACTS §9 (H200): what the figures are compared with.
+# docs/facts.md §9 (H200): what the figures are compared with.
 ANCHORS = {"official_kd_s_iter": 1.12, "official_kd_peak_gib": 34.9,
            "dreambooth_plain_adamw_gib": 11.5, "teacher_unet_images_s": 8.7,
            "latency_ratios": {"base": 0.71, "small": 0.63, "tiny": 0.59}}

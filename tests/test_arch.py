@@ -1,11 +1,11 @@
-"""The architecture spec against the paper's numbers and the official maps (FACTS §1-4)."""
+"""The architecture spec against the paper's numbers and the official maps (docs/facts.md §1-4)."""
 import pytest
 import torch
 
 from bksdm_ext.model.arch import (PRESETS, SD_V1, SD_V2_512, SD_V2_768_V, TEACHER, Architecture,
                             Removal)
 
-# FACTS §1: exact U-Net parameter counts.
+# docs/facts.md §1: exact U-Net parameter counts.
 PARAMS = {
     "sd-v1": {"teacher": 859_520_964, "mid-removed": 762_482_884, "base": 579_384_964,
               "small": 482_346_884, "tiny": 323_384_964},
@@ -47,7 +47,7 @@ def _index_map(arch: Architecture, part: str):
     return sorted(pairs)
 
 
-# FACTS §3, verified in a real A1111: student LDM block index <- teacher index.
+# docs/facts.md §3, verified in a real A1111: student LDM block index <- teacher index.
 LDM_MAPS = {
     "base": ([0, 1, 3, 4, 6, 7, 9, 10], [0, 2, 3, 5, 6, 8, 9, 11]),
     "small": ([0, 1, 3, 4, 6, 7, 9, 10], [0, 2, 3, 5, 6, 8, 9, 11]),
@@ -74,7 +74,7 @@ def test_upsamplers_keep_their_position_inside_the_block():
 
 
 def _official_diffusers_source(name: str, student_module: str) -> str:
-    """FACTS §3's official diffusers map, written out independently of the spec."""
+    """docs/facts.md §3's official diffusers map, written out independently of the spec."""
     parts = student_module.split(".")
     if name in ("base", "small") and parts[0] == "up_blocks" and parts[3] == "1":
         parts[3] = "2"

@@ -14,7 +14,7 @@ from bksdm_ext.model.convert import convert_checkpoint
 from bksdm_ext.model.keymap import UNET_PREFIX, KeyMap
 from tiny import TINY, write_teacher
 
-# FACTS §3 (student LDM block index <- teacher index), independent of the code under test.
+# docs/facts.md §3 (student LDM block index <- teacher index), independent of the code under test.
 INPUT_MAP = {"base": [0, 1, 3, 4, 6, 7, 9, 10], "small": [0, 1, 3, 4, 6, 7, 9, 10],
              "tiny": [0, 1, 3, 4, 6, 7], "mid-removed": list(range(12))}
 OUTPUT_MAP = {"base": [0, 2, 3, 5, 6, 8, 9, 11], "small": [0, 2, 3, 5, 6, 8, 9, 11],

@@ -6,10 +6,14 @@ CLIP score) sits between `model` and the two packages that both score images, `t
 (evaluation during distillation) and `measure` (the Compare tab, `bksdm eval`), which may
 not import each other.  `measure` may import `jobs`: an evaluation run as a background job
 writes the runner's event file.
+
+The documents the code, tests, benchmarks, build files and docs cite are in the repository
+too: a reader who follows "docs/facts.md §9" or a link in the README finds what it names.
 """
 import ast
+import re
 from pathlib import Path
-from typing import Set
+from typing import Iterator, List, Optional, Set
 
 import pytest
 
@@ -71,3 +75,168 @@ def test_only_the_webui_package_imports_a1111():
     for path in sorted(PACKAGE.rglob("*.py")):
         if "webui" not in path.relative_to(PACKAGE).parts:
             assert "modules" not in _imported_parts(path), path
+
+
+# -- cited documents ---------------------------------------------------------------------
+
+REPO = PACKAGE.parent
+# Where citations live: the code, the tests, the benchmarks, the build and CI files, the docs.
+CITING = ["bksdm_ext", "scripts", "install.py", "tests", "bench", "Makefile", ".ci", "docs",
+          "README.md", "pyproject.toml", "javascript"]
+CITING_SUFFIXES = {".py", ".md", ".toml", ".js", ".css"}
+# A document and the sections cited in it ("docs/facts.md §6b", "facts.md) §1-4, §7"); the
+# document may also be a bare capitalised name, as the old citations of a facts file outside
+# the repository were, which then resolves to nothing.
+_SECTIONS = r"§\s*\d\w*(?:\s*[-–]\s*§?\s*\d\w*)?"  # §6b, §1-4, §1–§4; not §N
+SECTION_CITATION = re.compile(r"(?<![\w./-])([\w./-]+\.(?:md|txt)|[A-Z][A-Z0-9_]+)[`)\]]*\s+"
+                              r"(%s(?:(?:\s*,\s*|\s+and\s+)%s)*)" % (_SECTIONS, _SECTIONS))
+SECTION_ID = re.compile(r"(?:§|[-–]\s*§?)\s*(\d\w*)")
+# A path ending in .md or .txt (not .txt.gz), and a Markdown link's target.
+DOCUMENT_PATH = re.compile(r"(?<![\w./-])([\w./-]*[\w-]\.(?:md|txt))(?![\w-])(?!\.\w)")
+MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
+HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$")
+
+
+def _citing_files() -> Iterator[Path]:
+    for name in CITING:
+        root = REPO / name
+        if root.is_file():
+            yield root
+            continue
+        for path in sorted(root.rglob("*")):
+            folders = path.relative_to(root).parts[:-1]
+            if (path.is_file() and (path.suffix in CITING_SUFFIXES or name == ".ci")
+                    and not any(f.startswith(".") or f == "__pycache__" for f in folders)):
+                yield path
+
+
+def _outside_fences(text: str) -> str:
+    """Markdown without its fenced code blocks (a ``# comment`` there is no heading)."""
+    kept, fenced = [], False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def _headings(markdown: str) -> List[str]:
+    return [m.group(1) for m in map(HEADING.match, _outside_fences(markdown).splitlines()) if m]
+
+
+def _sections(markdown: str) -> Set[str]:
+    """The numbered sections of a Markdown document: "## 6b. Title" is section 6b."""
+    return {m.group(1) for m in (re.match(r"(\w+)\.\s", h) for h in _headings(markdown)) if m}
+
+
+def _anchors(markdown: str) -> Set[str]:
+    """GitHub's heading anchors: a link's text only, lower case, punctuation dropped, spaces
+    to hyphens, and -1, -2 ... after repeated headings."""
+    anchors: Set[str] = set()
+    for heading in _headings(markdown):
+        text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)
+        slug = re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+        unique, n = slug, 0
+        while unique in anchors:
+            n += 1
+            unique = "%s-%d" % (slug, n)
+        anchors.add(unique)
+    return anchors
+
+
+def _resolve(cited: str, citing: Path) -> Optional[Path]:
+    """The repository file or folder a citation names, seen from the citing file's folder or
+    from the repository root; None when there is none."""
+    for base in (citing.parent, REPO):
+        path = (base / cited).resolve()
+        if path.exists() and REPO in path.parents:
+            return path
+    return None
+
+
+def _is_repository_path(cited: str) -> bool:
+    """A path into this repository (docs/..., ../bench/...) or a capitalised document name
+    (README.md); a bare lower-case name is an example file (prompts.txt, image.txt)."""
+    if "/" not in cited:
+        return re.match(r"[A-Z][A-Z0-9_-]*\.(md|txt)$", cited) is not None
+    first = cited.split("/")[0]
+    return first in (".", "..") or (first != "" and (REPO / first).exists())
+
+
+def _broken_citations(citing: Path, text: str) -> List[str]:
+    """What `text`, the content of the repository file `citing`, cites that is not there."""
+    where = citing.relative_to(REPO)
+    broken = []
+    for match in SECTION_CITATION.finditer(text):
+        cited, sections = match.group(1), match.group(2).strip()
+        document = _resolve(cited, citing)
+        if document is None or document.suffix != ".md":
+            broken.append("%s cites %s %s: no such document in the repository"
+                          % (where, cited, sections))
+            continue
+        missing = sorted(set(SECTION_ID.findall(sections)) -
+                         _sections(document.read_text(encoding="utf-8")))
+        if missing:
+            broken.append("%s cites %s §%s: %s has no such section"
+                          % (where, cited, ", §".join(missing), document.relative_to(REPO)))
+    for match in DOCUMENT_PATH.finditer(text):
+        cited = match.group(1)
+        if _is_repository_path(cited) and _resolve(cited, citing) is None:
+            broken.append("%s names %s: no such file in the repository" % (where, cited))
+    if citing.suffix == ".md":
+        for match in MARKDOWN_LINK.finditer(_outside_fences(text)):
+            target, _, anchor = match.group(1).partition("#")
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
+                continue
+            document = (citing.parent / target).resolve()
+            if target and (not document.exists() or REPO not in document.parents):
+                broken.append("%s links to %s: no such file in the repository" % (where, target))
+                continue
+            linked = document.read_text(encoding="utf-8") if target else text
+            if anchor and (document.suffix == ".md" or not target) and \
+                    anchor not in _anchors(linked):
+                broken.append("%s links to %s#%s: no such heading" % (where, target, anchor))
+    return broken
+
+
+def test_every_cited_document_and_section_is_in_the_repository():
+    broken = [line for path in _citing_files() if path != Path(__file__).resolve()  # examples
+              for line in _broken_citations(path, path.read_text(encoding="utf-8",
+                                                                 errors="replace"))]
+    assert not broken, "\n".join(broken)
+
+
+def test_the_citation_check_reads_the_files_that_cite():
+    files = {path.relative_to(REPO).as_posix() for path in _citing_files()}
+    assert {"Makefile", "README.md", "pyproject.toml", "install.py", "scripts/bksdm.py",
+            "docs/facts.md", "bench/gpu.py", ".ci/run"} <= files
+    for package in ("bksdm_ext/model/", "bksdm_ext/webui/", "tests/", "tests/a1111/"):
+        assert any(f.startswith(package) and f.endswith(".py") for f in files), package
+
+
+CODE, DOC = "bksdm_ext/train/memory_plan.py", "docs/webui.md"
+
+
+@pytest.mark.parametrize("citing, text, expected", [
+    (CODE, "# the paper's defaults (docs/facts.md §4)", []),
+    (CODE, "# calibrated to docs/facts.md §9 and §1-4, see [x](docs/facts.md) §6b", []),
+    (CODE, "# see FACTS §6b", ["cites FACTS §6b: no such document"]),
+    (CODE, "# see docs/facts.md §99", ["cites docs/facts.md §99: docs/facts.md has no such"]),
+    (CODE, "# see docs/facts.md §4, §6c", ["cites docs/facts.md §6c: docs/facts.md has no such"]),
+    (CODE, "# see facts.md §4", ["cites facts.md §4: no such document"]),
+    (CODE, "# the notes are in docs/notes.md", ["names docs/notes.md: no such file"]),
+    (CODE, "# see FACTS.md and bench/README.md", ["names FACTS.md: no such file"]),
+    (CODE, "# captions: image.txt beside image.png, or prompts.txt", []),
+    (CODE, "# the vocabulary is open_clip/bpe_simple_vocab_16e6.txt.gz", []),
+    (DOC, "[facts](facts.md) §7 and [fitting](cli.md#fitting-the-gpu)", []),
+    (DOC, "# Install\n[the README](../README.md#documentation), [x](#install)", []),
+    (DOC, "[gone](nowhere.md)", ["links to nowhere.md: no such file"]),
+    (DOC, "[a heading](cli.md#no-such-heading)", ["links to cli.md#no-such-heading: no such"]),
+    (DOC, "[here](#no-such-heading)", ["links to #no-such-heading: no such heading"]),
+    (DOC, "[the paper](https://arxiv.org/abs/2305.15798)", []),
+    (DOC, "```\n[code](not-a-link.md)\n```", []),
+])
+def test_a_citation_of_a_missing_document_section_or_heading_is_found(citing, text, expected):
+    found = _broken_citations(REPO / citing, text)
+    assert len(found) == len(expected) and all(e in f for e, f in zip(expected, found)), found

@@ -1,5 +1,5 @@
-"""The GPU-memory chooser against the peaks measured on an H200 (FACTS §9) and the GPU sizes
-users have; an out-of-memory error names the setting to lower and leaves the run resumable."""
+"""The GPU-memory chooser against the peaks measured on an H200 (docs/facts.md §9) and the GPU
+sizes users have; an out-of-memory error names the setting to lower and leaves the run resumable."""
 import json
 from dataclasses import asdict, replace
 
@@ -20,7 +20,8 @@ DREAMBOOTH = Settings(1, 1, False, False, "fp16")  # the measured DreamBooth ste
 
 
 def test_estimates_reproduce_the_measured_peaks():
-    # FACTS §9: BK-Small distillation, cached latents, 512²: micro-batch 64 24.5 GiB, 32 13.8 GiB
+    # docs/facts.md §9: BK-Small distillation, cached latents, 512²: micro-batch 64 24.5 GiB,
+    # 32 13.8 GiB
     assert distill_peak_gib("sd-v1", "small", 512, PAPER) == pytest.approx(24.5, abs=0.05)
     assert distill_peak_gib("sd-v1", "small", 512, replace(PAPER, micro_batch=32)) == \
         pytest.approx(13.8, abs=0.05)

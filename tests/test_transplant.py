@@ -86,7 +86,7 @@ def test_every_tensor_is_student_plus_alpha_times_the_difference(tmp_path, capsy
     finfo = torch.finfo(dtype_of)
     assert set(unet_part(written)) == set(unet_part(s))
     for key in unet_part(s):
-        source = UNET + teacher_key(key, preset)  # FACTS §3, not the code under test
+        source = UNET + teacher_key(key, preset)  # docs/facts.md §3, not the code under test
         exact = s[UNET + key].double() + 0.7 * (f[source].double() - b[source].double())
         got = written[UNET + key]
         assert got.dtype == dtype_of

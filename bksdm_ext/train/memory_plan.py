@@ -13,7 +13,7 @@ The estimate is arithmetic plus measurement:
 * what stays on the GPU all run: the trained weights, their gradients and AdamW moments
   (16 bytes per parameter, 10 with 8-bit AdamW), the fp32 EMA copy (4), frozen weights
   (2 in half precision, 4 in fp32) and the CUDA context;
-* activations per sample, calibrated to the peaks measured on an H200 (FACTS §9) with
+* activations per sample, calibrated to the peaks measured on an H200 (docs/facts.md §9) with
   BK-Small at 512² and scaled with the resolution's pixel count: distillation's
   micro-batch 32 (13.8 GiB, the setting this picks on 16-24 GB cards) and 64 (24.5 GiB,
   steeper than the line through the weights: the measured curve is used as is); DreamBooth
@@ -31,7 +31,7 @@ GIB = 1024 ** 3
 HEADROOM = 0.9
 CUDA_CONTEXT_GIB = 0.5
 
-# U-Net and text-encoder parameter counts (FACTS §1); SD-v2 768-v shares SD-v2's.
+# U-Net and text-encoder parameter counts (docs/facts.md §1); SD-v2 768-v shares SD-v2's.
 UNET_PARAMS: Dict[str, Dict[str, int]] = {
     "sd-v1": {"teacher": 859_520_964, "mid-removed": 762_482_884, "base": 579_384_964,
               "small": 482_346_884, "tiny": 323_384_964},

@@ -1,6 +1,6 @@
 """Every A1111 call the extension makes, in one place, written for 1.6.1 and 1.10.1 alike.
 
-Where the two differ (FACTS §6b) the difference is handled here: options are read with
+Where the two differ (docs/facts.md §6b) the difference is handled here: options are read with
 a default because 1.6 does not store defaults, the loaded model is read without
 triggering a load, and callbacks are registered without 1.7+'s ``name=``.
 """

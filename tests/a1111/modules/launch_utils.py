@@ -55,5 +55,5 @@ def run_extension_installer(extension_dir):
 
 
 def git_tag():
-    """the WebUI's version tag (the real one asks git, then CHANGELOG.md)"""
+    """the WebUI's version tag (the real one asks git, then reads its changelog)"""
     return "v1.10.1"
