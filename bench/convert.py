@@ -18,14 +18,16 @@ from pathlib import Path
 
 import torch
 
-from bksdm_ext.model.arch import PRESETS, SD_V1, Architecture
-from bksdm_ext.model.keymap import UNET_PREFIX, KeyMap
-from bksdm_ext.model.parts_keymap import TEXT_PREFIX, VAE_PREFIX, clip_to_ldm, vae_to_ldm
-from bksdm_ext.model.safetensors_io import TensorOut, tensor_bytes, write_safetensors
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's bksdm_ext
+
+from bksdm_ext.model.arch import PRESETS, SD_V1, Architecture  # noqa: E402
+from bksdm_ext.model.keymap import UNET_PREFIX, KeyMap  # noqa: E402
+from bksdm_ext.model.parts_keymap import TEXT_PREFIX, VAE_PREFIX, clip_to_ldm, vae_to_ldm  # noqa: E402
+from bksdm_ext.model.safetensors_io import TensorOut, tensor_bytes, write_safetensors  # noqa: E402
 
 CHILD = """
 import json, resource, sys, time
-from bksdm_ext.model.convert import convert_checkpoint
+from bksdm_ext.model.convert import convert_checkpoint  # noqa: E402
 report = convert_checkpoint(sys.argv[1], sys.argv[2], sys.argv[3], overwrite=True)
 print(json.dumps({"seconds": report.seconds,
                   "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))

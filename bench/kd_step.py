@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's bksdm_ext
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from bksdm_ext.model.arch import PRESETS, SD_V1, Architecture  # noqa: E402

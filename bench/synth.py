@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's bksdm_ext
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from convert import sd_v1_shapes  # noqa: E402
