@@ -1,6 +1,7 @@
 """The ``bksdm`` command line: the same jobs as the WebUI tab, for scripts and labs."""
 import argparse
 import json
+import os
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
@@ -530,6 +531,7 @@ def _add_distill(commands: Any) -> None:
     distill.add_argument("--use-8bit-adam", dest="use_8bit_adam", action="store_true", default=None,
                          help="bitsandbytes' 8-bit AdamW (needs bitsandbytes)")
     _add_no_fit_memory(distill)
+    _add_resolved_paths(distill, "data", "prompts")
     _add_v_prediction(distill)
     distill.add_argument("--json", action="store_true")
     distill.set_defaults(run=_distill, render=_render_info)
@@ -595,6 +597,7 @@ def _add_dreambooth(commands: Any) -> None:
     dreambooth.add_argument("--use-8bit-adam", dest="use_8bit_adam", action="store_true",
                             default=None, help="bitsandbytes' 8-bit AdamW (needs bitsandbytes)")
     _add_no_fit_memory(dreambooth)
+    _add_resolved_paths(dreambooth, "instance_dir")
     dreambooth.add_argument("--sample-prompt", dest="sample_prompts", action="append",
                             default=None, help="a prompt for the sample grids (repeatable; "
                                                "default: the instance prompt)")
@@ -736,6 +739,27 @@ def _add_dtype(parser: argparse.ArgumentParser) -> None:
                         help="precision of the written U-Net (default fp16)")
 
 
+def _add_resolved_paths(parser: argparse.ArgumentParser, *dests: str) -> None:
+    flags = " and ".join("--" + dest.replace("_", "-") for dest in dests)
+    parser.add_argument("--resolved-paths", dest="resolved_paths", action="store_true",
+                        help="refuse %s when it no longer resolves to itself: the WebUI passes "
+                             "the resolved paths it checked, so a link put in their way since "
+                             "is not followed" % flags)
+    parser.set_defaults(resolved_path_args=dests)
+
+
+def _check_resolved_paths(args: argparse.Namespace) -> None:
+    """With --resolved-paths, each data path must still be the place it was checked as."""
+    if not getattr(args, "resolved_paths", False):
+        return
+    for dest in args.resolved_path_args:
+        value = getattr(args, dest, None)
+        if value and os.path.isabs(value) and os.path.realpath(value) != value:
+            raise BadInput("--%s %s: a link now stands in the path that was checked; nothing "
+                           "was read from it; check the folder and start the job again"
+                           % (dest.replace("_", "-"), value))
+
+
 def _add_no_fit_memory(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-fit-memory", dest="fit_memory", action="store_false", default=None,
                         help="on a GPU, keep the batch and memory settings as given instead of "
@@ -816,6 +840,7 @@ def _render_info_or_blocks(info: Dict[str, Any]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_resolved_paths(args)
         result = args.run(args)
     except BadInput as e:
         print("bksdm %s: error: %s" % (args.command, e), file=sys.stderr)

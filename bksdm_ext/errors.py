@@ -4,6 +4,9 @@ from pathlib import Path
 from typing import Optional, Union
 
 
+NAME_MAX = 255  # bytes in one file or folder name (Linux, macOS and Windows file systems)
+
+
 class BadInput(Exception):
     """A problem with what the user gave us: the message names the file, what is wrong
     and what to do.  The CLI prints it on one line and exits 2; the UI shows it."""
@@ -20,7 +23,7 @@ class DiskError(BadInput):
     system's reason, the space needed when it is known, and what to do."""
 
     ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG,
-                        errno.EROFS, errno.EACCES, errno.EPERM})
+                        errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG})
 
     def __init__(self, path: Union[str, Path, None], reason: str, needed: Optional[int] = None,
                  free: Optional[int] = None, advice: str = "", then: str = "") -> None:
@@ -43,6 +46,8 @@ class DiskError(BadInput):
             advice = "the disk is mounted read-only: choose a folder on a writable disk"
         elif error.errno in (errno.EACCES, errno.EPERM):
             advice = "check that this user may read and write there, or choose another folder"
+        elif error.errno == errno.ENAMETOOLONG:
+            advice = "choose a shorter name (at most %d bytes a name)" % NAME_MAX
         else:
             advice = "free some space or choose another folder"
         return cls(error.filename, error.strerror or str(error), advice=advice)
@@ -62,6 +67,26 @@ def ensure_room(path: Union[str, Path], needed: int) -> None:
     if free < needed:
         raise DiskError(path, "not enough space", needed, free,
                         "free some space or choose another folder")
+
+
+def check_path_text(text: str, what: str, reserve: int = 0) -> None:
+    """BadInput unless every file system takes `text` as a path: no NUL byte, no name over
+    NAME_MAX bytes (the last one `reserve` bytes shorter, for the temporary name it is
+    first written under).  Checked before the path is used, so the message says which
+    field holds it instead of a traceback from the operating system."""
+    if "\0" in text:
+        raise BadInput("%s: the path contains a NUL byte, which no file name may; type it "
+                       "again" % what)
+    names = [name for name in text.replace("\\", "/").split("/") if name]
+    for index, name in enumerate(names):
+        size = len(name.encode("utf-8", "surrogateescape"))
+        room = NAME_MAX - (reserve if index == len(names) - 1 else 0)
+        if size > room:
+            raise BadInput("%s: the name %s... is %d bytes long, over the %d a file system "
+                           "allows%s; choose a shorter name" % (
+                               what, name[:40], size, room,
+                               " here (%d are kept for the temporary name it is written "
+                               "under)" % reserve if reserve else ""))
 
 
 def _size(count: int) -> str:

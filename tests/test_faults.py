@@ -399,3 +399,27 @@ def test_the_convert_tab_says_the_disk_is_full(tmp_path):
                                                                 "teacher.yaml"]
     finally:
         standin_app.reset(tmp_path / "after")
+
+
+# -- issue 22, item 6: names no file system takes -------------------------------------------
+
+
+def test_an_output_name_over_255_bytes_is_one_line(tmp_path, capsys):
+    teacher = write_teacher(tmp_path, TINY["sd-v1"])
+    out = tmp_path / ("s" * 300 + ".safetensors")
+    assert_one_line_refusal(capsys, tmp_path, "convert", teacher, "--arch", "small", "--out",
+                            out, words=("output file: the name", "is 312 bytes long",
+                                        "choose a shorter name"))
+    # Short enough itself, but not its temporary name: refused before anything is written.
+    out = tmp_path / ("s" * 230 + ".safetensors")
+    assert_one_line_refusal(capsys, tmp_path, "convert", teacher, "--arch", "small", "--out",
+                            out, words=("is 242 bytes long", "kept for the temporary name"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher.safetensors", "teacher.yaml"]
+
+
+def test_an_input_path_with_a_name_over_255_bytes_is_one_line(tmp_path, capsys):
+    teacher = write_teacher(tmp_path, TINY["sd-v1"])
+    assert_one_line_refusal(capsys, tmp_path, "dreambooth", "--model", teacher,
+                            "--instance-dir", tmp_path / ("d" * 300), "--instance-prompt",
+                            "a sks dog", "--no-prior-preservation", "--out", tmp_path / "run",
+                            words=("File name too long", "choose a shorter name"))

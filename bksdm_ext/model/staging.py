@@ -12,11 +12,15 @@ import uuid
 from pathlib import Path
 from typing import Iterator, List, Sequence
 
-from ..errors import BadInput, DiskError
+from ..errors import BadInput, DiskError, check_path_text
+
+# What a temporary name adds to its target's: ".", then ".<pid>.<8 hex>.tmp" (pids < 2**22).
+TEMP_NAME_EXTRA = len("..%d.%s.tmp" % (2 ** 22, "0" * 8))
 
 
 def check_writable(targets: Sequence[Path], overwrite: bool) -> None:
     for target in targets:
+        check_path_text(str(target), "output file", reserve=TEMP_NAME_EXTRA)
         if target.exists() and not overwrite:
             raise _exists(target)
         if not target.parent.is_dir():

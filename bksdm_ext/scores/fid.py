@@ -13,7 +13,8 @@ is asked for.  Its weights (``WEIGHTS_FILE``) are fetched by torch.hub into its 
 is asked for, after one line says so; `--fid-weights FILE` uses a copy instead (offline).
 
 The reference folder is read recursively (a data set's images often sit in subfolders);
-.png, .jpg, .jpeg and .webp files count, unreadable ones are skipped and reported.
+.png, .jpg, .jpeg, .webp and .bmp files count (opened as `model.image_files` opens user
+images), unreadable ones are skipped and reported.
 """
 import inspect
 import pickle
@@ -24,12 +25,12 @@ from typing import Any, Callable, Iterable, Iterator, List, Optional, Sequence
 import torch
 
 from ..errors import BadInput
+from ..model.image_files import SUFFIXES as IMAGE_SUFFIXES, TooLarge, open_image
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_SIZE = "91 MiB"
 INSTALL = ("pip install torch-fidelity torchmetrics (or the `fid` extra: pip install "
            "'bksdm-webui[fid]'), with the torchvision that matches your torch")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # FID is biased on few images (the estimate falls as the count grows), so values are
 # comparable only at equal counts; below this many, `FidScorer.load` warns.
 FEW_IMAGES = 2048
@@ -172,13 +173,14 @@ def _check_weights_file(path: Path) -> None:
 
 def _readable(files: Iterable[Path], skipped: List[str]) -> Iterator[Any]:
     """Each file as an RGB PIL image; one that cannot be read is noted in `skipped`."""
-    from PIL import Image
-
     for path in files:
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 rgb = image.convert("RGB")
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
+        except TooLarge as e:
+            skipped.append(str(e))
+            continue
+        except (OSError, ValueError) as e:
             skipped.append("%s: %s" % (path, e))
             continue
         yield rgb

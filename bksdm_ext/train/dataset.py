@@ -9,13 +9,14 @@ The layout follows from what is in the folder:
 
 Single bad images or missing captions are collected and reported, not fatal, so one stray
 file does not stop a long run; a folder with nothing usable is a BadInput before any model
-loads.
+loads.  A dataset reads nothing outside its folder: a row naming ``../x.png`` and a link
+that leads out (``linkdir/x.png`` with ``linkdir`` a symlink) are skipped alike, without
+looking whether the file there exists.
 """
 import csv
 import io
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
@@ -24,8 +25,9 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
+from ..model.image_files import (SUFFIXES as IMAGE_SUFFIXES, UNREADABLE, TooLarge,
+                                 image_problems, open_image)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 CAPTION_SUFFIXES = (".txt", ".caption")
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 EXPECTED_LAYOUT = (
@@ -48,9 +50,11 @@ class DatasetScan:
     examples: List[Example]
     unreadable: List[Path]  # images PIL cannot open or verify, or rows naming no file
     missing_captions: List[Path]  # no caption file, an empty one, or no metadata row
-    # metadata rows whose file_name leaves the folder ("line 3: ../x.png"), never opened
+    # what leads out of the folder, never opened: metadata rows ("metadata.jsonl, line 3:
+    # ../x.png") and links ("x.png (a link)")
     outside: List[str] = field(default_factory=list)
     unreadable_captions: List[Path] = field(default_factory=list)  # caption files not UTF-8
+    reasons: Dict[Path, str] = field(default_factory=dict)  # what is wrong with an unreadable
 
     def summary(self) -> str:
         """One line for a log or the UI."""
@@ -69,11 +73,12 @@ class DatasetScan:
 
     def problems(self, limit: int = 10) -> List[str]:
         """What was skipped, one file a line, the first `limit` of them."""
-        lines = ["%s: %s" % (path, "not a readable image; replace or remove it" if path.is_file()
-                             else "no such file, but %s lists it" % self.layout)
-                 for path in self.unreadable[:limit]]
-        lines += ["%s, %s: outside the dataset folder, not used; name files relative to it"
-                  % (self.layout, row) for row in self.outside[:limit - len(lines)]]
+        lines = ["%s: %s" % (path, self.reasons.get(path) or (
+            UNREADABLE if path.is_file() else "no such file, but %s lists it" % self.layout))
+            for path in self.unreadable[:limit]]
+        lines += ["%s: outside the dataset folder, not used; put the file itself in the "
+                  "folder and name it relative to it" % row
+                  for row in self.outside[:limit - len(lines)]]
         for path in self.missing_captions[:limit - len(lines)]:
             if self.layout == "pairs":
                 fix = "write its caption into %s" % path.with_suffix(".txt").name
@@ -93,24 +98,40 @@ def scan_dataset(folder: Union[str, Path]) -> DatasetScan:
     if not folder.is_dir():
         raise BadInput("%s: no such folder; give the folder that holds the training images"
                        % folder)
-    images = sorted(image_files(folder))
-    layout = next((name for name in METADATA_FILES if (folder / name).is_file()), "pairs")
-    scan = DatasetScan(folder, layout, [], [], [])
-    if layout == "pairs":
+    root = Path(os.path.realpath(str(folder)))
+    scan = DatasetScan(folder, "pairs", [], [], [])
+    images = []
+    for image in sorted(image_files(folder)):
+        through = next((path for path in (image, _caption_path(image))
+                        if path is not None and leads_out(path, root)), None)
+        if through is None:
+            images.append(image)
+        else:
+            scan.outside.append("%s (a link)" % through.relative_to(folder).as_posix())
+    for name in METADATA_FILES:
+        if leads_out(folder / name, root):
+            scan.outside.append("%s (a link)" % name)
+        elif (folder / name).is_file():
+            scan.layout = name
+            break
+    if scan.layout == "pairs":
         candidates = [(image, _caption_file(image)) for image in images]
     else:
-        rows, scan.outside = _metadata_rows(folder / layout)
+        rows, outside_rows = _metadata_rows(folder / scan.layout, root)
+        scan.outside += outside_rows
         listed = {image for image, _ in rows}
         candidates = rows + [(image, "") for image in images if image not in listed]
         candidates.sort(key=lambda candidate: candidate[0])
-    readable = _readable_images([image for image, caption in candidates if caption])
+    problems = image_problems([image for image, caption in candidates if caption])
     for image, caption in candidates:
         if caption is None:
             scan.unreadable_captions.append(_caption_path(image) or image)
         elif not caption:
             scan.missing_captions.append(image)
-        elif not readable[image]:
+        elif problems[image] is not None:
             scan.unreadable.append(image)
+            if image.is_file():
+                scan.reasons[image] = str(problems[image])
         else:
             scan.examples.append(Example(image, caption))
     if not scan.examples:
@@ -164,12 +185,14 @@ def open_rgb(path: Path) -> Any:
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as opened:
+        with open_image(path) as opened:
             image = ImageOps.exif_transpose(opened)
             if image.mode == "I" or image.mode.startswith("I;16"):
                 levels = np.asarray(image).astype(np.float64) / 257.0
                 image = Image.fromarray(levels.round().clip(0, 255).astype(np.uint8), "L")
             image = image.convert("RGBA")
+    except TooLarge:
+        raise
     except Exception as e:  # PIL raises many exception types for damaged files
         raise BadInput("%s: cannot be decoded as an image (%s); replace or remove it"
                        % (path, e)) from None
@@ -191,16 +214,27 @@ def image_files(folder: Path) -> Iterator[Path]:
 
 
 def _caption_path(image: Path) -> Optional[Path]:
-    """The caption file beside `image`, if there is one."""
-    return next((path for path in map(image.with_suffix, CAPTION_SUFFIXES) if path.is_file()),
-                None)
+    """The caption file beside `image`, if there is one (or a link in its place, which
+    `scan_dataset` follows only when it stays in the folder)."""
+    return next((path for path in map(image.with_suffix, CAPTION_SUFFIXES)
+                 if path.is_symlink() or path.is_file()), None)
+
+
+def leads_out(path: Path, root: Path) -> bool:
+    """Whether `path`, with every link followed, lies outside the (resolved) folder `root`;
+    decided from the links alone, never from whether the file at the end exists."""
+    try:
+        Path(os.path.realpath(str(path))).relative_to(root)
+    except ValueError:
+        return True
+    return False
 
 
 def _caption_file(image: Path) -> Optional[str]:
     """The caption beside `image`; "" when there is none, None when it is not UTF-8 text
     (one mis-saved caption skips its image, not the dataset)."""
     path = _caption_path(image)
-    if path is None:
+    if path is None or not path.is_file():
         return ""
     try:
         return _read_text(path).strip()
@@ -215,10 +249,11 @@ def _read_text(path: Path) -> str:
         raise BadInput("%s: not UTF-8 text; save it with UTF-8 encoding" % path) from None
 
 
-def _metadata_rows(path: Path) -> Tuple[List[Tuple[Path, str]], List[str]]:
+def _metadata_rows(path: Path, root: Path) -> Tuple[List[Tuple[Path, str]], List[str]]:
     """(image, caption) for every row (a row without a usable text has caption ""), and the
-    rows whose file_name leaves the folder ("line 3: ../x.png"), which are not looked at:
-    a dataset must not read, or tell whether there is, any file outside its folder."""
+    rows whose file_name leaves the folder `root` ("line 3: ../x.png", also through a
+    link), which are not looked at: a dataset must not read, or tell whether there is, any
+    file outside its folder."""
     if path.suffix == ".jsonl":
         records = _jsonl_records(path)
     else:
@@ -229,8 +264,8 @@ def _metadata_rows(path: Path) -> Tuple[List[Tuple[Path, str]], List[str]]:
         if not isinstance(name, str) or not name.strip():
             raise BadInput('%s, line %d: no "file_name"; each row names an image relative to '
                            "the folder, with its caption in \"text\"" % (path, line))
-        if not stays_inside(name.strip()):
-            outside.append("line %d: %s" % (line, name.strip()))
+        if not stays_inside(name.strip()) or leads_out(path.parent / name.strip(), root):
+            outside.append("%s, line %d: %s" % (path.name, line, name.strip()))
             continue
         text = record.get("text")
         rows.append((path.parent / name.strip(), text.strip() if isinstance(text, str) else ""))
@@ -268,29 +303,3 @@ def _csv_records(path: Path) -> List[Tuple[int, Dict[str, Optional[str]]]]:
         raise BadInput("%s: the header has columns %s; it needs file_name and text"
                        % (path, ", ".join(columns) or "none"))
     return [(reader.line_num, record) for record in reader]
-
-
-def _readable_images(images: List[Path]) -> Dict[Path, bool]:
-    """`is_readable_image` of each, decoded on all cores (PIL decodes without the GIL)."""
-    with ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) + 4)) as pool:
-        return dict(zip(images, pool.map(is_readable_image, images)))
-
-
-def is_readable_image(image: Path) -> bool:
-    """Whether the image checks out to its last byte.  `verify` does that for a PNG (every
-    chunk's checksum, up to the end marker) but passes a truncated JPEG, whose damage shows
-    only when its data is decoded; so other formats are decoded too (a JPEG at its smallest
-    scale, which still reads every byte at a fraction of the cost)."""
-    from PIL import Image
-
-    try:
-        with Image.open(image) as opened:
-            opened.verify()
-            if opened.format == "PNG":
-                return True
-        with Image.open(image) as opened:
-            opened.draft(opened.mode, (1, 1))
-            opened.load()
-        return True
-    except Exception:  # PIL raises many exception types for damaged files
-        return False

@@ -12,6 +12,7 @@ uninterrupted one.  Output: the finetuned model as an A1111 .safetensors + .yaml
 merged in), and in LoRA mode the LoRA file too.
 """
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 from ..model.checkpoint import Checkpoint
 from .class_images import ClassImageRecipe, ensure_class_images
 from ..model.convert import DTYPES, student_metadata, teacher_parts, write_student
-from .dataset import image_files, is_readable_image, open_rgb
+from .dataset import image_files, leads_out, open_rgb
+from ..model.image_files import image_problems
 from ..model.detect import ModelInfo, inspect_checkpoint
 from .memory_fit import announce, fit_dreambooth, free_gpu_bytes, have_bitsandbytes, out_of_memory_explained
 from .memory_plan import MemoryPlan
@@ -197,10 +199,14 @@ def instance_images(folder: Path) -> List[Path]:
     if not images:
         raise BadInput("%s: no images (.png, .jpg, .jpeg, .webp or .bmp); put 3-5 photos of "
                        "your subject there" % folder)
-    broken = [p for p in images if not is_readable_image(p)]
+    root = Path(os.path.realpath(str(folder)))
+    problems = {p: "a link out of the folder; put the photo itself there" for p in images
+                if leads_out(p, root)}
+    problems.update(image_problems([p for p in images if p not in problems]))
+    broken = [p for p in images if problems[p]]
     if broken:
-        raise BadInput("%s: not a readable image; replace or remove it%s"
-                       % (broken[0], " (and %d more)" % (len(broken) - 1) if len(broken) > 1 else ""))
+        raise BadInput("%s: %s%s" % (broken[0], problems[broken[0]], " (and %d more)"
+                                     % (len(broken) - 1) if len(broken) > 1 else ""))
     return images
 
 

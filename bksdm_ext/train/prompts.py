@@ -10,12 +10,13 @@ so a resumed synthesis makes exactly what an uninterrupted one would.
 """
 import hashlib
 import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from .dataset import IMAGE_SUFFIXES, METADATA_FILES, _read_text, scan_dataset
+from .dataset import IMAGE_SUFFIXES, METADATA_FILES, _read_text, leads_out, scan_dataset
 from ..errors import BadInput
 
 BUILTIN = "builtin"
@@ -164,8 +165,11 @@ def load_prompts(source: Optional[str], count: int, seed: int) -> PromptSet:
 
 
 def _folder_prompts(folder: Path) -> PromptSet:
-    """A dataset's captions where the folder holds images, else each .txt file's text."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden(p, folder))
+    """A dataset's captions where the folder holds images, else each .txt file's text
+    (links that lead out of the folder are not followed)."""
+    root = Path(os.path.realpath(str(folder)))
+    files = sorted(p for p in folder.rglob("*")
+                   if not _hidden(p, folder) and not leads_out(p, root) and p.is_file())
     if any(p.suffix.lower() in IMAGE_SUFFIXES for p in files) or any(
             (folder / name).is_file() for name in METADATA_FILES):
         scan = scan_dataset(folder)

@@ -24,7 +24,7 @@ from ..model.detect import inspect_checkpoint
 from ..scores.clip import (DEFAULT_DOWNLOAD, HOW_TO_ENABLE, KNOWN_MODELS, ClipScorer,
                            local_model)
 from ..scores.eval_prompts import BUILTIN, cases as make_cases, load_prompts, prompt_lines
-from . import a1111, checkpoints, job_form, latency_tab
+from . import a1111, checkpoints, client_files, job_form, latency_tab
 from .messages import message
 
 SOURCES = ("Built-in set (30 prompts)", "Prompt file", "Typed lines")
@@ -206,14 +206,9 @@ def _form_prompts(titles: List[str], source: str, prompt_file: Any, typed: str,
     """The first `max_prompts` prompts of the form, once it names a checkpoint."""
     if not titles:
         raise BadInput("Choose at least one checkpoint (the teacher first).")
-    return chosen_prompts(source, _upload_path(prompt_file), typed)[:max(int(max_prompts), 1)]
-
-
-def _upload_path(value: Any) -> Optional[str]:
-    """gradio 3.41 gives an uploaded file as a temp-file object (or its path)."""
-    if value is None:
-        return None
-    return getattr(value, "name", None) or str(value)
+    uploaded = client_files.received(prompt_file)
+    return chosen_prompts(source, str(uploaded[0][0]) if uploaded else None,
+                          typed)[:max(int(max_prompts), 1)]
 
 
 def build() -> None:
@@ -228,8 +223,8 @@ def build() -> None:
     with gr.Row():
         source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Prompts",
                           elem_id="bksdm_compare_source")
-        prompt_file = gr.File(label="Prompt file (.txt, one a line)", file_types=[".txt"],
-                              elem_id="bksdm_compare_file")
+        prompt_file = client_files.File(label="Prompt file (.txt, one a line)",
+                                        file_types=[".txt"], elem_id="bksdm_compare_file")
         typed = gr.Textbox(label="Typed prompts (one a line)", lines=3,
                            elem_id="bksdm_compare_typed")
     with gr.Row():

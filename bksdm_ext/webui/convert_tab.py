@@ -11,7 +11,8 @@ from ..model.arch import PRESETS, Architecture
 from ..model.checkpoint import Checkpoint
 from ..model.convert import DTYPES, convert_checkpoint, student_unet_params
 from ..model.detect import ModelInfo, inspect_checkpoint
-from ..errors import BadInput
+from ..errors import BadInput, check_path_text
+from ..model.staging import TEMP_NAME_EXTRA
 from . import a1111, block_picker, guard, transplant_form
 from .messages import message
 
@@ -93,6 +94,7 @@ def output_path(name: str, overwrite: bool) -> Path:
         raise BadInput("'%s' is not a valid checkpoint name: use letters, digits, spaces and "
                        "- _ . ( ) [ ] + , only, with no folders and no '..'." % name)
     path = a1111.checkpoint_dir() / (name + ".safetensors")
+    check_path_text(path.name, "New checkpoint name", reserve=TEMP_NAME_EXTRA)
     if path.exists() and not overwrite:
         raise BadInput("%s already exists: choose another name or tick Overwrite." % path.name)
     return path

@@ -8,7 +8,7 @@ from typing import Any, List, Tuple
 import gradio as gr
 
 from ..errors import BadInput
-from . import paths, uploads
+from . import client_files, paths, uploads
 from .messages import message
 
 
@@ -41,8 +41,9 @@ def build(kind: Kind, label: str, elem_id: str) -> Picker:
         uploaded = gr.Dropdown(uploads.names(kind.name), label="or an uploaded one",
                                elem_id=elem_id + "_uploaded", scale=3)
         refresh = gr.Button("↻", elem_id=elem_id + "_refresh", scale=0, min_width=40)
-        button = gr.UploadButton(kind.upload_label, file_count=kind.file_count,
-                                 file_types=kind.file_types, elem_id=elem_id + "_upload", scale=0)
+        button = client_files.UploadButton(kind.upload_label, file_count=kind.file_count,
+                                           file_types=kind.file_types,
+                                           elem_id=elem_id + "_upload", scale=0)
     result = gr.HTML(elem_id=elem_id + "_upload_result")
     button.upload(lambda files: store(kind, files), inputs=[button], outputs=[uploaded, result])
     uploaded.select(lambda: "", outputs=[typed])  # a picked upload replaces a typed folder
@@ -53,10 +54,8 @@ def build(kind: Kind, label: str, elem_id: str) -> Picker:
 
 def store(kind: Kind, files: Any) -> Tuple[Any, str]:
     """Store what gradio received; the list gains the new upload, chosen."""
-    received = files if isinstance(files, list) else [files]
-    # gradio 3.41 keeps each upload as <its temp folder>/<the browser's file name>
-    pairs = [(Path(f.name), Path(getattr(f, "orig_name", f.name)).name) for f in received if f]
     try:
+        pairs = client_files.received(files)
         if kind.name == PHOTOS.name:
             name = uploads.store_photos(pairs)
             text = "%s: %d photos stored." % (name, len(pairs))
@@ -71,7 +70,8 @@ def store(kind: Kind, files: Any) -> Tuple[Any, str]:
 
 
 def chosen_folder(kind: Kind, typed: str, uploaded: str, field: str) -> Path:
-    """The folder the form names: the typed one when given (checked), else the upload."""
+    """The folder the form names, resolved: the typed one when given (checked), else the
+    upload."""
     if typed and typed.strip():
         return paths.typed_path(typed, field)
     if uploaded:

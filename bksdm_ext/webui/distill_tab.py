@@ -9,6 +9,7 @@ from typing import Any, Dict
 import gradio as gr
 
 from ..train.dataset import scan_dataset
+from ..train.prompts import load_prompts
 from ..train.distill_config import DistillConfig
 from ..errors import BadInput
 from ..model.arch import PRESETS
@@ -38,9 +39,10 @@ def check_dataset(folder: str, uploaded: str = "") -> str:
 
 def data_flags(source: str, folder: str, uploaded: str, synthetic: int,
                prompts: str) -> Dict[str, Any]:
-    """The --data (and --synthetic, --prompts) flags for a data source."""
+    """The --data (and --synthetic, --prompts) flags for a data source, checked, with
+    --resolved-paths: the job refuses a path that resolves elsewhere when it starts."""
     uses_folder, uses_teacher = source != SOURCES[1], source != SOURCES[0]
-    values: Dict[str, Any] = {}
+    values: Dict[str, Any] = {"resolved_paths": True}
     if uses_folder:
         data = data_picker.chosen_folder(data_picker.TRAINING_SET, folder, uploaded, FOLDER_FIELD)
         scan_dataset(data)  # BadInput: no folder, no captioned images
@@ -52,7 +54,10 @@ def data_flags(source: str, folder: str, uploaded: str, synthetic: int,
             values["synthetic"] = int(synthetic)
         else:
             values["data"] = "teacher:%d" % int(synthetic)
-        values["prompts"] = str(paths.typed_path(prompts, "Prompts")) if prompts.strip() else ""
+        values["prompts"] = ""
+        if prompts.strip():
+            values["prompts"] = str(paths.typed_path(prompts, "Prompts"))
+            load_prompts(values["prompts"], 1, 0)  # BadInput: no such file, no prompts in it
     return values
 
 

@@ -52,7 +52,8 @@ def start(model_title: str, class_title: str, folder: str, instance_prompt: str,
             "steps": steps, "resolution": resolution, "mixed_precision": precision,
             "no_prior_preservation": not prior, "no_train_text_encoder": not text_encoder,
             "no_gradient_checkpointing": not gradient_checkpointing,
-            "use_8bit_adam": use_8bit_adam}
+            "use_8bit_adam": use_8bit_adam,
+            "resolved_paths": True}  # the job refuses the folder if a link stands there then
         if prior:
             # One shared folder: a later run with the same class prompt reuses the images.
             values.update(num_class_images=num_class_images,

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import List
 
-from ..errors import BadInput
+from ..errors import BadInput, check_path_text
 from . import a1111
 
 ROOTS_OPTION = "bksdm_data_roots"
@@ -52,6 +52,7 @@ def typed_path(text: str, field: str) -> Path:
         raise BadInput("%s: this WebUI does not take server paths from the page "
                        "(--hide-ui-dir-config); upload the files and pick them from the list"
                        % field)
+    check_path_text(text.strip(), field)
     path = real_path(text)
     roots = allowed_roots()
     if not any(is_inside(path, root) for root in roots):
