@@ -354,8 +354,9 @@ def test_cli_dreambooth_on_an_a1111_machine_samples_without_a_clip_score(
                  str(out), "--num-class-images", "1", "--steps", "2", "--resolution", "32",
                  "--json"])
     assert code == 0, capsys.readouterr().err
-    assert [e["path"] for e in events(out, "samples")] == [str(out / "samples" / "step-0000002.png")]
-    assert (out / "samples" / "step-0000002.png").is_file() and events(out, "eval") == []
+    sample = out / "samples" / "step-0000002.png"
+    assert [e["path"] for e in events(out, "samples")] == [str(sample)]
+    assert sample.is_file() and events(out, "eval") == []
     assert events(out, "done")
 
 

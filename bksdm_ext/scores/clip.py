@@ -11,9 +11,9 @@ the Compare tab's button); nothing is downloaded behind their back.
 
 A repository counts as cached only with its weights: every A1111 machine has
 openai/clip-vit-large-patch14's config.json and tokenizer in its cache and no weights (A1111
-builds SD-v1's text encoder from that config alone, docs/facts.md §12).  A CLIP found on the machine
-is optional: when none is usable the CLIP score is left empty.  Only a CLIP the user named
-can fail a run, when it is looked up, before the run's work.
+builds SD-v1's text encoder from that config alone, docs/facts.md §12).  A CLIP found on the
+machine is optional: when none is usable the CLIP score is left empty.  Only a CLIP the user
+named can fail a run, when it is looked up, before the run's work.
 """
 import json
 import os
