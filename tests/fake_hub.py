@@ -21,6 +21,10 @@ CLIP_L14 = "openai/clip-vit-large-patch14"  # SD-v1's text encoder, A1111's CLIP
 COMMIT = "32bd64288804d66eefd0ccbe215aa642df71cc41"
 # What A1111's loading asks transformers for: CLIPTextModel.from_pretrained(None, config=repo)
 # reads only the config (CLIPTextConfig.from_pretrained), then the tokenizer's files.
+# What a tokenizer's from_pretrained may fetch (transformers 4 reads vocab.json and merges.txt,
+# transformers 5 tokenizer.json).
+TOKENIZER_FILES = {"vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "added_tokens.json"}
 A1111_FETCH = ("import sys\n"
                "from transformers import CLIPTextConfig, CLIPTokenizer\n"
                "CLIPTextConfig.from_pretrained(sys.argv[1])\n"
@@ -97,6 +101,12 @@ def clip_l14_files(folder: Path) -> Path:
                projection_dim=768).save_pretrained(str(folder))
     clip_tokenizer("sd-v1").save_pretrained(str(folder))
     return folder
+
+
+def holds_config_and_tokenizer_only(snapshot: Path) -> bool:
+    """Whether a cached snapshot holds what A1111 leaves: config.json and tokenizer files."""
+    names = {p.name for p in snapshot.iterdir()}
+    return "config.json" in names and len(names) > 1 and names - {"config.json"} <= TOKENIZER_FILES
 
 
 def cache_like_a1111(hf_home: Path, served: Path, repo: str = CLIP_L14) -> Path:

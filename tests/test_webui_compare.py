@@ -165,7 +165,8 @@ def test_download_clip_fetches_the_weights_a1111s_cache_lacks_on_the_button_only
 
     from bksdm_ext.errors import size_text
     from bksdm_ext.model.tokenizer import clip_tokenizer
-    from fake_hub import CLIP_L14, cache_like_a1111, hub_env, serving
+    from fake_hub import (CLIP_L14, cache_like_a1111, holds_config_and_tokenizer_only, hub_env,
+                          serving)
     from test_scores import tiny_clip
 
     root = Path(__file__).resolve().parent.parent
@@ -173,9 +174,7 @@ def test_download_clip_fetches_the_weights_a1111s_cache_lacks_on_the_button_only
     clip_tokenizer("sd-v1").save_pretrained(str(served))
     weights = [p for p in served.iterdir() if p.name in ("model.safetensors", "pytorch_model.bin")]
     snapshot = cache_like_a1111(tmp_path / "hf-home", served)
-    assert sorted(p.name for p in snapshot.iterdir()) == [
-        "config.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json",
-        "vocab.json"]
+    assert holds_config_and_tokenizer_only(snapshot)
     with serving(CLIP_L14, served) as (url, fetched):
         env = hub_env(url, tmp_path / "hf-home",
                       os.pathsep.join([str(root), str(root / "tests")]))
