@@ -132,7 +132,7 @@ def _blocks(args: argparse.Namespace) -> Dict[str, Any]:
                                    clip_model)
         if result is None:
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            clip = find_scorer(clip_model, device,
+            clip = find_scorer(args.clip_model, device,
                                say=lambda text: print(text, file=sys.stderr))
             result = block_scan.scan(args.teacher, settings, progress, device, clip)
             block_scan.save(result, cache)

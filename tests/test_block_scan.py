@@ -114,19 +114,23 @@ def agreeable_clip(folder: Path) -> Path:
 
 
 def test_clip_scores_join_the_scan_and_a_clip_less_cached_scan_is_redone(
-        teacher, tmp_path, one_thread, capsys, monkeypatch):
+        teacher, tmp_path, one_thread, capsys, monkeypatch, a1111_machine):
+    """First with the Hugging Face cache A1111 leaves (CLIP's config without weights): no
+    CLIP score, the table says how to get one; then with a CLIP named."""
     from PIL import Image
 
     from bksdm_ext.scores import clip as clip_module
 
-    monkeypatch.setattr(clip_module, "local_model", lambda folders=(): None)  # none cached here
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n")
     argv = ["blocks", str(teacher), "--steps", "1", "--size", "32", "--no-groups", "--prompts",
             str(prompts), "--cache-dir", str(tmp_path / "cache")]
-    assert main(argv + ["--plot", str(tmp_path / "plain.png")]) == 0
-    text = capsys.readouterr().out
-    assert "CLIP score: " + clip_module.HOW_TO_ENABLE in text
+    assert main(argv + ["--plot", str(tmp_path / "plain.png"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["clip_model"] == "" and result["teacher_clip_score"] is None
+    assert all(r["clip_score"] is None for r in result["rows"])
+    assert main(argv) == 0  # cached now: the table
+    assert "CLIP score: " + clip_module.HOW_TO_ENABLE in capsys.readouterr().out
 
     clip = str(agreeable_clip(tmp_path / "clip"))
     out = tmp_path / "job"

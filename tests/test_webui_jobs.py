@@ -161,7 +161,9 @@ def test_cancel_and_resume_from_the_tab_buttons(webui, tmp_path):
     assert "nothing saved" in job.reason
 
 
-def test_dreambooth_started_in_the_tab_lands_in_the_dropdown(webui, tmp_path):
+def test_dreambooth_started_in_the_tab_lands_in_the_dropdown(a1111_machine, webui, tmp_path):
+    """With the Hugging Face cache A1111 leaves (CLIP's config without weights), the tab's
+    default sampling makes its samples and no CLIP score."""
     from bksdm_ext.webui import dreambooth_tab, jobs_service
 
     photos = tmp_path / "photos"
@@ -186,6 +188,8 @@ def test_dreambooth_started_in_the_tab_lands_in_the_dropdown(webui, tmp_path):
     assert job.kind == "dreambooth"
     job = wait(runner, job.id, lambda j: j.state not in ("queued", "running"), timeout=600)
     assert job.state == SUCCEEDED, runner.log_tail(job.id)
+    kinds = [e["event"] for e in runner.events(job.id)]
+    assert kinds.count("samples") == 1 and "eval" not in kinds
     registered = Path(job.registered)
     assert registered.parent == webui and registered.with_suffix(".yaml").is_file()
     assert registered.with_suffix(".preview.png").is_file()

@@ -72,6 +72,8 @@ def _dreambooth(cfg: DreamBoothConfig, resume: bool, memory: Optional[MemoryPlan
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = cfg.mixed_precision if device.type == "cuda" else "no"
     accelerator = Accelerator(mixed_precision=precision, cpu=device.type != "cuda")
+    # Before any work: a CLIP named with --clip-model that cannot be had ends the run now.
+    clip = find_scorer(cfg.clip_model, device) if cfg.sample_every else None
     paths.out.mkdir(parents=True, exist_ok=True)
     (paths.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
     log = EventLog(paths.events)
@@ -116,7 +118,6 @@ def _dreambooth(cfg: DreamBoothConfig, resume: bool, memory: Optional[MemoryPlan
     if cfg.sample_every:  # "before" images come from the weights as loaded from `model`
         samples = _Samples(cfg, ckpt, info, tokenizer, paths, device, accelerator)
         samples.remember_before(unet, text_encoder)
-    clip = find_scorer(cfg.clip_model, device) if cfg.sample_every else None
     step = 0
     if start_checkpoint is not None:
         step = _load_state(start_checkpoint, accelerator, unet, text_encoder, optimizer,
