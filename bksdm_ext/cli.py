@@ -680,7 +680,7 @@ def _job_rows(runner: Any) -> List[Dict[str, Any]]:
     from .jobs.runner import progress_of
 
     rows = []
-    for job in runner.snapshot():
+    for job in runner.jobs():
         progress = progress_of(runner.events(job.id))
         rows.append({"id": job.id, "kind": job.kind, "state": job.state, "title": job.title,
                      "step": progress.step, "total": progress.total, "eta_s": progress.eta_s,
