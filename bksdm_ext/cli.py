@@ -659,7 +659,7 @@ def _jobs(args: argparse.Namespace) -> Dict[str, Any]:
     # and change job files, whatever process moves the queue.
     runner = JobRunner(args.root, drive=args.action in ("submit", "watch"))
     if args.action == "submit":
-        if "--out" in args.argv:
+        if any(arg == "--out" or arg.startswith("--out=") for arg in args.argv):
             raise BadInput("leave out --out: the job's folder under %s is its run folder"
                            % runner.root)
         runner.submit(args.kind, args.argv, device=args.device, title=args.title,

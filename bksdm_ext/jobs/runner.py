@@ -297,9 +297,9 @@ class JobRunner:
         """The worker (by absolute path), which runs ``python -m bksdm_ext KIND ...`` and
         records how it ended."""
         folder = str(self._path(job.id))
-        bksdm = ["-m", "bksdm_ext", job.kind] + job.argv + ["--out", folder]
-        if job.resume:
-            bksdm.append("--resume")
+        # Ahead of the job's own arguments, which may end in ``-- POSITIONAL...``.
+        bksdm = ["-m", "bksdm_ext", job.kind, "--out=" + folder] + (
+            ["--resume"] if job.resume else []) + job.argv
         if job.processes > 1:
             run = [self.python, "-m", "accelerate.commands.launch", "--multi_gpu",
                    "--num_processes", str(job.processes)] + bksdm
