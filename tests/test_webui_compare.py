@@ -102,6 +102,7 @@ def test_a_background_comparison_runs_bksdm_eval_as_a_job(webui, tmp_path):
     runner = jobs_service.runner()
     job = runner.jobs()[-1]
     assert job.kind == "eval" and str(webui / "teacher.safetensors") in job.argv
+    assert job.argv.index("--") < job.argv.index(str(webui / "teacher.safetensors"))
     job = wait(runner, job.id, lambda j: j.state not in ("queued", "running"))
     assert job.state == SUCCEEDED, runner.log_tail(job.id)
     assert Path(job.result) == runner.folder(job.id) / "grid.png" and not job.registered

@@ -196,11 +196,10 @@ def submit_job(titles: List[str], source: str, prompt_file: Any, typed: str,
         prompt_file_path = folder / ("prompts-%s.txt" % time.strftime("%Y%m%d-%H%M%S"))
         prompt_file_path.write_text("\n".join(prompts) + "\n", encoding="utf-8")
         models = [str(checkpoints.filename(title)) for title in titles]
-        argv = models + job_form.flags({"prompts": str(prompt_file_path), "seeds": int(seeds),
-                                        "steps": int(steps), "size": int(size),
-                                        "cfg_scale": float(cfg_scale),
-                                        "clip_model": local_clip()})
-        job = job_form.submit("eval", argv, "compare %d models" % len(models), False)
+        options = {"prompts": str(prompt_file_path), "seeds": int(seeds), "steps": int(steps),
+                   "size": int(size), "cfg_scale": float(cfg_scale), "clip_model": local_clip()}
+        job = job_form.submit("eval", options, "compare %d models" % len(models), False,
+                              positional=models)
     except BadInput as e:
         return message("error", str(e))
     return job_form.submitted(job)
