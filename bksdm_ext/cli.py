@@ -61,7 +61,12 @@ def _distill(args: argparse.Namespace) -> Dict[str, Any]:
     if args.remove and args.arch is None:
         options["arch"] = "teacher"  # --remove alone cuts the teacher, as in convert
     output = distill(DistillConfig(**options), resume=args.resume)
-    return {"output": str(output), "config": str(output.with_suffix(".yaml")), "run": args.out}
+    result = {"output": str(output), "config": str(output.with_suffix(".yaml")), "run": args.out}
+    if args.lora_rank:
+        from .train.lcm import lora_file
+
+        result["lora"] = str(lora_file(output))
+    return result
 
 
 def _dreambooth(args: argparse.Namespace) -> Dict[str, Any]:
@@ -462,15 +467,24 @@ def _add_blocks(commands: Any) -> None:
 
 
 def _add_distill(commands: Any) -> None:
-    from .train.distill_config import DistillConfig
+    from .train.distill_config import (KD_LR, LCM_LORA_LR, LCM_LOSSES, LCM_LR, OBJECTIVES,
+                                       DistillConfig)
 
     defaults = DistillConfig(teacher="", data="", out="")
     distill = commands.add_parser(
-        "distill", help="retrain a BK-SDM student by knowledge distillation from its teacher",
+        "distill", help="retrain a BK-SDM student by knowledge distillation from its teacher, "
+                        "or consistency-distil it to draw in a few steps",
         description="Task + output-KD + feature-KD distillation (the paper's recipe and "
-                    "defaults). The run folder gets events.jsonl, checkpoints/, samples/ and "
-                    "finally the student as an A1111 .safetensors + .yaml. Several GPUs: "
+                    "defaults), or with --objective lcm latent consistency distillation (the "
+                    "LCM paper's; a student that draws in 2-8 steps with the LCM sampler). "
+                    "The run folder gets events.jsonl, checkpoints/, samples/ and finally the "
+                    "student as an A1111 .safetensors + .yaml (with --lora-rank also an "
+                    "LCM-LoRA file for the student it started from). KD then LCM: a KD run, then an LCM run with "
+                    "--init-student set to its result. Several GPUs: "
                     "accelerate launch --multi_gpu -m bksdm_ext distill ...")
+    distill.add_argument("--objective", choices=list(OBJECTIVES), default=None,
+                         help="kd: knowledge distillation (default); lcm: latent consistency "
+                              "distillation onto the student")
     distill.add_argument("--teacher", required=True, help="SD-v1/v2 checkpoint (.safetensors/.ckpt)")
     distill.add_argument("--arch", choices=list(PRESETS),
                          help="a preset (default %s; --remove adds to it)" % defaults.arch)
@@ -491,7 +505,6 @@ def _add_distill(commands: Any) -> None:
             ("steps", int, "optimizer steps"),
             ("batch_size", int, "images per GPU per micro-step"),
             ("grad_accum", int, "micro-steps per optimizer step"),
-            ("lr", float, "AdamW learning rate (constant)"),
             ("resolution", int, "training resolution (shorter edge, then center crop)"),
             ("save_every", int, "checkpoint every N steps (0: only at the end)"),
             ("keep_last", int, "checkpoints to keep"),
@@ -512,10 +525,32 @@ def _add_distill(commands: Any) -> None:
             ("synth_batch_size", int, "images per teacher batch when making pairs"),
             ("synth_preview", int, "teacher-made images decoded for the preview grid"),
             ("random_conditioning_p", float, "with --random-conditioning: share of examples "
-                                             "whose caption meets an unrelated latent")):
+                                             "whose caption meets an unrelated latent"),
+            ("lcm_w_min", float, "LCM: lowest guidance w of the teacher, drawn per example "
+                                 "(LCM's formulation: A1111's CFG scale is w + 1)"),
+            ("lcm_w_max", float, "LCM: highest guidance w of the teacher"),
+            ("lcm_ddim_timesteps", int, "LCM: points of the teacher's DDIM solver (50: "
+                                        "skipping step k = 20)"),
+            ("lcm_target_decay", float, "LCM: EMA rate of the target network"),
+            ("lcm_huber_c", float, "LCM: c of the pseudo-Huber loss"),
+            ("lcm_timestep_scaling", float, "LCM: timestep scaling of the boundary conditions"),
+            ("lcm_feature_kd", float, "LCM: weight of a feature-KD term toward the teacher at "
+                                      "the same timestep (EdgeFusion; 0: off)"),
+            ("lcm_steps", int, "LCM: steps of the LCM sampler the samples and eval use, "
+                               "recorded in the result as its recommendation")):
         flag = "--" + name.replace("_", "-")
         distill.add_argument(flag, dest=name, type=kind, default=None,
                              help="%s (default %s)" % (help_text, getattr(defaults, name)))
+    distill.add_argument("--lr", dest="lr", type=float, default=None,
+                         help="AdamW learning rate, constant (default: KD %g, LCM %g, LCM-LoRA "
+                              "%g)" % (KD_LR, LCM_LR, LCM_LORA_LR))
+    distill.add_argument("--lcm-loss", dest="lcm_loss", choices=list(LCM_LOSSES), default=None,
+                         help="LCM: the consistency loss (default %s)" % defaults.lcm_loss)
+    distill.add_argument("--lora-rank", dest="lora_rank", type=int, default=None,
+                         help="LCM-LoRA: train only rank-R LoRA adapters on the student and "
+                              "write them as a LoRA file A1111 applies to it, beside the "
+                              "student with them merged (the LCM-LoRA script uses 64; needs "
+                              "peft; no EMA)")
     distill.add_argument("--mixed-precision", dest="mixed_precision", choices=["no", "fp16", "bf16"],
                          default=None, help="default fp16")
     distill.add_argument("--export-dtype", dest="export_dtype", choices=["fp16", "bf16", "fp32"],

@@ -141,7 +141,7 @@ def build() -> None:
                                elem_id="bksdm_distill_batch")
         grad_accum = gr.Number(DEFAULTS.grad_accum, label="Gradient accumulation", precision=0,
                                elem_id="bksdm_distill_accum")
-        lr = gr.Number(DEFAULTS.lr, label="Learning rate", elem_id="bksdm_distill_lr")
+        lr = gr.Number(DEFAULTS.learning_rate(), label="Learning rate", elem_id="bksdm_distill_lr")
         resolution = gr.Number(DEFAULTS.resolution, label="Resolution", precision=0,
                                elem_id="bksdm_distill_resolution")
     with gr.Row():
