@@ -174,6 +174,23 @@ def teacher_lora(family: str, kind: str, naming: str, prefix: str = "lora_unet_"
     return LoraFile("mylora", shapes), teacher_module
 
 
+def save_lora(path, lora: LoraFile, seed: int = 0, scale: float = 0.1):
+    """The file: random tensors of its shapes (alpha = rank, IA3 on the output side)."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in sorted(lora.shapes.items()):
+        if key.endswith(".alpha"):
+            state[key] = torch.tensor(4.0)
+        elif key.endswith(".on_input"):
+            state[key] = torch.tensor(False)
+        else:
+            state[key] = torch.randn(shape, generator=g) * scale
+    save_file(state, str(path), metadata=lora.metadata or None)
+    return path
+
+
 @pytest.fixture(scope="module")
 def students():
     return {(f, n): (student_arch(f, n), model_modules(student_arch(f, n)))

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from bksdm_ext.cli import main
 from bksdm_ext.model.arch import Architecture
 from bksdm_ext.model.convert import convert_checkpoint
 from bksdm_ext.model.lora_keymap import LoraFile, layout_metadata
-from test_lora_keymap import (_lora, _weighted, expected_target, ldm_modules, student_arch,
-                              teacher_lora)
+from test_lora_keymap import (_lora, _weighted, expected_target, ldm_modules, save_lora,
+                              student_arch, teacher_lora)
 from tiny import TINY, write_teacher
 from webui_env import load, standin_app, start_webui_with_lora
 
@@ -38,17 +37,8 @@ def networks():
 
 
 def write_lora(path: Path, lora: LoraFile, seed: int = 0, scale: float = 0.1) -> Path:
-    """Random tensors of the file's shapes (alpha = rank, IA3 on the output side)."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape in sorted(lora.shapes.items()):
-        if key.endswith(".alpha"):
-            state[key] = torch.tensor(4.0)
-        elif key.endswith(".on_input"):
-            state[key] = torch.tensor(False)
-        else:
-            state[key] = torch.randn(shape, generator=g) * scale
-    save_file(state, str(path), metadata=lora.metadata or None)
+    """The file, listed by the Lora extension."""
+    save_lora(path, lora, seed, scale)
     networks().list_available_networks()
     return path
 
