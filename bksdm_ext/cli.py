@@ -346,7 +346,9 @@ def _add_transplant(commands: Any) -> None:
     transplant.add_argument("--base", required=True,
                             help="the model the student was distilled from (e.g. SD-v1.4)")
     transplant.add_argument("--finetune", required=True,
-                            help="your fine-tune or merge of BASE (same family and prediction)")
+                            help="your fine-tune or merge of BASE (same family and prediction), "
+                                 "or a LoRA made for BASE: its merged difference is carried, "
+                                 "text-encoder part included")
     transplant.add_argument("--out", required=True, help="output .safetensors path")
     transplant.add_argument("--alpha", type=float, default=1.0,
                             help="how much of the difference to carry (default 1.0)")
