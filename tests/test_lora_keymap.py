@@ -336,3 +336,16 @@ def test_teacher_layout_is_the_teacher_itself_on_a_teacher():
     assert not plan.adapted and plan.note() is None
     assert {k: t.replace(".", "_") for k, t in plan.targets.items()} == teacher_module
     assert plan.layout.removal == TEACHER
+
+
+def test_the_project_writes_the_layout_into_its_loras_and_reads_it_back():
+    from bksdm_ext.model.lora_keymap import declared_layout
+    from bksdm_ext.train.lora import kohya_metadata
+
+    for name in BLOCK_MAPS:
+        arch = student_arch("sd-v1", name)
+        metadata = kohya_metadata(arch, 16, "student.safetensors")
+        assert declared_layout(metadata, arch.teacher).kept() == arch.kept()
+        assert metadata["bksdm.family"] == "sd-v1" and metadata["ss_v2"] == "False"
+    custom = kohya_metadata(student_arch("sd-v1", "down.1.1,up.1.1"), 16, "s.safetensors")
+    assert custom["bksdm.preset"] == "custom" and custom["bksdm.removal"] == "down.1.1,up.1.1"
