@@ -830,7 +830,9 @@ def _render_transplant(report: Dict[str, Any]) -> str:
              "  config      %s" % report["config"],
              "  student     %s (BK-%s, %s, %s)" % (report["student"], report["arch"],
                                                    report["family"], report["parameterization"]),
-             "  carried     %.2f x (%s - %s)" % (report["alpha"], report["finetune"], report["base"]),
+             "  carried     %.2f x %s" % (report["alpha"], "LoRA %s (made for %s)" % (
+                 report["finetune"], report["base"]) if report.get("lora") else "(%s - %s)" % (
+                 report["finetune"], report["base"])),
              "  U-Net       %s parameters, %s; %.0f%% of the fine-tune's change kept"
              % (format(report["unet_params"], ","), report["dtype"], 100 * report["carried_share"]),
              "  change per block (||finetune - base|| / ||base||):"]

@@ -127,7 +127,7 @@ def test_the_text_encoder_gets_the_loras_text_part(tmp_path, family, capsys):
     out = tmp_path / "out.safetensors"
     assert main(["transplant", "--student", str(student), "--base", str(base), "--finetune",
                  str(lora_path), "--out", str(out), "--alpha", "0.5", "--dtype", "fp32"]) == 0
-    assert "0.50 x (%s - %s)" % (lora_path, base) in capsys.readouterr().out
+    assert "carried     0.50 x LoRA %s (made for %s)" % (lora_path, base) in capsys.readouterr().out
     got, _ = load_file(out)
     before, _ = load_file(base)
     lora, _ = load_file(lora_path)

@@ -223,3 +223,40 @@ def test_lora_adapt_output_loads_in_a1111_lora_code_with_every_kept_module(webui
     (net,) = networks().loaded_networks
     assert resolution(net, model) == placed and net.bksdm_note is None
     shutil.rmtree(tmp_path / "after", ignore_errors=True)
+
+
+def test_the_convert_tab_bakes_a_lora_made_for_the_loaded_model_into_a_student(webui):
+    from bksdm_ext.webui import convert_tab, transplant_form
+    from test_convert import load_file
+    from test_webui_transplant import title_of
+
+    folder, loras = webui
+    lora, _ = teacher_lora("sd-v1", "lora", "diffusers")
+    (loras / "style").mkdir()
+    write_lora(loras / "style" / "mylora.safetensors", lora)
+    load(folder / "teacher.safetensors")
+    assert transplant_form.lora_choices() == ["style/mylora.safetensors"]
+    student = folder / "student-small.safetensors"
+    title, button, message = convert_tab.convert(
+        "task(1)", "Small", "teacher-small-mylora", "fp32", False, transplant_form.START_FROM[2],
+        title_of(student), "", 0.8, False, None, "style/mylora.safetensors")
+    assert "bksdm-success" in message and "+ 0.80 × the LoRA mylora.safetensors" in message
+    out = folder / "teacher-small-mylora.safetensors"
+    assert title == title_of(out) and button["visible"] is True
+    written, metadata = load_file(out)
+    before, _ = load_file(student)
+    given, _ = load_file(loras / "style" / "mylora.safetensors")
+    key = "model.diffusion_model.output_blocks.2.1.proj_out.weight"  # teacher up_blocks.1.attentions.0
+    module = "lora_unet_up_blocks_1_attentions_0_proj_out"
+    delta = (given[module + ".lora_up.weight"].flatten(1) @ given[module + ".lora_down.weight"]
+             .flatten(1)).reshape(before[key].shape) * float(given[module + ".alpha"]) / 4
+    assert torch.allclose(written[key], before[key] + 0.8 * delta, atol=1e-6)
+    assert metadata["bksdm.transplant_lora"] == "mylora.safetensors"
+
+    for name, problem in (("", "Choose a LoRA from the list"),
+                          ("../Stable-diffusion/teacher.safetensors", "Lora folder any more")):
+        refused = convert_tab.convert("task(2)", "Small", "other", "fp32", False,
+                                      transplant_form.START_FROM[2], title_of(student), "", 1.0,
+                                      False, None, name)
+        assert "bksdm-error" in refused[2] and problem in refused[2]
+    assert not (folder / "other.safetensors").exists()

@@ -60,6 +60,7 @@ class TransplantReport:
     blocks: List[BlockChange] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     seconds: float = 0.0
+    lora: bool = False  # the fine-tune was a LoRA made for the base, merged at strength alpha
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -133,7 +134,7 @@ def transplant(student: Union[str, Path], base: Union[str, Path],
         dtype=str(unet[0].dtype).replace("torch.", ""),
         unet_params=sum(math.prod(t.shape) for t in unet),
         carried_share=change.carried_share(), blocks=change.blocks(), warnings=warnings,
-        seconds=round(time.perf_counter() - started, 3))
+        seconds=round(time.perf_counter() - started, 3), lora=lora is not None)
 
 
 def _check_roles(student: ModelInfo, base: ModelInfo, finetune: ModelInfo) -> None:
