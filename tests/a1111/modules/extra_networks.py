@@ -71,39 +71,30 @@ def lookup_extra_networks(extra_network_data):
     return found
 
 
+def _each(networks, call, what):
+    """``call(network)`` for each; one that raises is reported and skipped. Returns those that ran."""
+    done = []
+    for network in networks:
+        try:
+            call(network)
+            done.append(network)
+        except Exception as e:
+            errors.display(e, f"{what} extra network {network.name}")
+    return done
+
+
 def activate(p, extra_network_data):
-    activated = []
-    for network, params in lookup_extra_networks(extra_network_data).items():
-        try:
-            network.activate(p, params)
-            activated.append(network)
-        except Exception as e:
-            errors.display(e, f"activating extra network {network.name} with arguments {params}")
-    for name, network in extra_network_registry.items():
-        if network in activated:
-            continue
-        try:
-            network.activate(p, [])
-        except Exception as e:
-            errors.display(e, f"activating extra network {name}")
+    mentioned = lookup_extra_networks(extra_network_data)
+    activated = _each(mentioned, lambda n: n.activate(p, mentioned[n]), "activating")
+    _each([n for n in extra_network_registry.values() if n not in activated], lambda n: n.activate(p, []), "activating")
     if p.scripts is not None:
         p.scripts.after_extra_networks_activate(p, batch_number=p.iteration, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds, extra_network_data=extra_network_data)
 
 
 def deactivate(p, extra_network_data):
-    data = lookup_extra_networks(extra_network_data)
-    for network in data:
-        try:
-            network.deactivate(p)
-        except Exception as e:
-            errors.display(e, f"deactivating extra network {network.name}")
-    for name, network in extra_network_registry.items():
-        if network in data:
-            continue
-        try:
-            network.deactivate(p)
-        except Exception as e:
-            errors.display(e, f"deactivating unmentioned extra network {name}")
+    mentioned = lookup_extra_networks(extra_network_data)
+    others = [n for n in extra_network_registry.values() if n not in mentioned]
+    _each(list(mentioned) + others, lambda n: n.deactivate(p), "deactivating")
 
 
 def parse_prompt(prompt):
