@@ -260,3 +260,37 @@ def test_the_convert_tab_bakes_a_lora_made_for_the_loaded_model_into_a_student(w
                                       False, None, name)
         assert "bksdm-error" in refused[2] and problem in refused[2]
     assert not (folder / "other.safetensors").exists()
+
+
+def test_on_a_teacher_an_ordinary_lora_is_left_to_a1111(webui):
+    """Even one that cannot apply: on a teacher only LoRAs made for a student are translated."""
+    folder, loras = webui
+    wide = Architecture(replace(TINY["sd-v2"], context_dim=48))
+    shapes = {"lora_unet_" + n.replace(".", "_") + "." + p: s
+              for n, m in ldm_modules(wide).items() if isinstance(m, torch.nn.Linear)
+              for p, s in _lora(tuple(m.weight.shape), m).items()}
+    write_lora(loras / "v2lora.safetensors", LoraFile("v2lora", shapes))
+    load(folder / "teacher.safetensors")
+    networks().load_networks(["v2lora"], [1.0], [1.0], [None])
+    (net,) = networks().loaded_networks  # loaded as A1111 loads it (its shapes fail later)
+    assert net.bksdm_note is None and len(net.modules) > 0
+    for suffix in (".safetensors", ".yaml"):  # another teacher of the same layout
+        shutil.copy(folder / ("teacher" + suffix), folder / ("teacher2" + suffix))
+    load(folder / "teacher2.safetensors")
+    assert networks().loaded_networks == [net]  # kept, as A1111 keeps it
+
+
+@pytest.mark.parametrize("naming", ["diffusers", "compvis"])
+def test_an_sd_v2_teacher_lora_lands_on_the_mapped_student_modules(webui, naming):
+    folder, loras = webui
+    teacher = write_teacher(folder, TINY["sd-v2"], name="v2.safetensors")
+    convert_checkpoint(teacher, folder / "v2-tiny.safetensors", "tiny", dtype="fp32")
+    lora, teacher_module = teacher_lora("sd-v2", "lora", naming)
+    write_lora(loras / "v2lora.safetensors", lora)
+    model = load(folder / "v2-tiny.safetensors")
+    networks().load_networks(["v2lora"], [1.0], [1.0], [None])
+    (net,) = networks().loaded_networks
+    wanted = expected(teacher_module, "tiny")
+    assert resolution(net, model) == {k: t for k, t in wanted.items() if t is not None}
+    assert net.bksdm_note.startswith("v2lora — %d of %d modules" % (
+        sum(t is None for t in wanted.values()), len(wanted)))

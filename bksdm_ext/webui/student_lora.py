@@ -105,9 +105,11 @@ def _load(original: Callable[..., Any], networks: ModuleType, name: str,
           network_on_disk: Any) -> Any:
     model = shared.sd_model
     layout = loaded_layout(model)
-    plan = None if layout is None else _plan(name, network_on_disk.filename, layout)
+    # A teacher and an ordinary LoRA: A1111 as it is, whatever the LoRA.
+    ordinary = layout is None or (layout.arch.is_teacher and not _made_for_a_student(network_on_disk))
+    plan = None if layout is None or ordinary else _plan(name, network_on_disk.filename, layout)
     if plan is None or (layout is not None and layout.arch.is_teacher and not plan.adapted):
-        net = original(name, network_on_disk)  # nothing to translate: A1111 as it is
+        net = original(name, network_on_disk)  # nothing to translate
     else:
         if not hasattr(model, "network_layer_mapping"):
             networks.assign_network_names_to_compvis_modules(model)
@@ -123,6 +125,12 @@ def _load(original: Callable[..., Any], networks: ModuleType, name: str,
     net.bksdm_layout = None if layout is None else layout.key
     net.bksdm_note = None if plan is None else plan.note()
     return net
+
+
+def _made_for_a_student(network_on_disk: Any) -> bool:
+    """Whether the file's metadata (read by A1111 already) names a student layout."""
+    preset = (getattr(network_on_disk, "metadata", None) or {}).get("bksdm.preset")
+    return preset not in (None, "teacher")
 
 
 def _plan(name: str, filename: str, layout: Layout) -> Optional[LoraPlan]:
