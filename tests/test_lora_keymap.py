@@ -86,9 +86,6 @@ def a1111_compvis(name: str) -> str:
     return name
 
 
-Module = Tuple[str, torch.nn.Module]
-
-
 @lru_cache(maxsize=None)
 def ldm_modules(arch: Architecture) -> Dict[str, torch.nn.Module]:
     """Weight-bearing modules of the real LDM UNetModel of `arch`, by LDM path."""

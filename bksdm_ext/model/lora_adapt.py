@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 from ..errors import BadInput
+from .blocks import preset_name
 from .checkpoint import Checkpoint
 from .detect import inspect_checkpoint
 from .keymap import UNET_PREFIX
@@ -81,10 +82,9 @@ def adapt_lora(student: Union[str, Path], lora: Union[str, Path], output: Union[
     with staged([output], overwrite) as (temp,):
         write_safetensors(temp, sorted((t for t in tensors if t is not None),
                                        key=lambda t: t.name), metadata)
-    summary = plan.summary()
     return AdaptReport(
         lora=str(lora_ckpt.path), student=str(model_ckpt.path), output=str(output),
-        model=str(summary["model"]), family=info.family, layout=str(summary["layout"]),
+        model=preset_name(plan.model), family=info.family, layout=preset_name(plan.layout),
         unet_modules=plan.unet_modules, placed=len(plan.targets),
         removed_blocks=len(plan.removed), unplaced=len(plan.unplaced),
         text_modules=len(plan.text), note=plan.note() or "",

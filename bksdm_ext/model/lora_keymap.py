@@ -204,12 +204,6 @@ class LoraPlan:
             self.name, len(self.removed), self.unet_modules,
             "student" if not self.model.is_teacher else "model")
 
-    def summary(self) -> Dict[str, object]:
-        return {"lora": self.name, "layout": preset_name(self.layout),
-                "model": preset_name(self.model), "unet_modules": self.unet_modules,
-                "placed": len(self.targets), "removed_blocks": len(self.removed),
-                "unplaced": len(self.unplaced), "text_modules": len(self.text)}
-
 
 @dataclass
 class _Trial:

@@ -129,7 +129,7 @@ class MergedLora(Checkpoint):
         info = inspect_checkpoint(base)
         _, lora_file = read_lora(lora.path)
         self.plan = plan_lora(lora_file, info.arch, checkpoint_modules(base))
-        self._parts = {m: lora_file.modules([m])[m] for m in list(self.plan.targets) + self.plan.text}
+        self._parts = {**lora_file.unet_modules, **lora_file.text_modules}
         self._targets, self.unmatched_text = _targets(self.plan, self, info.family)
         self.new_biases = sorted(m for m, target in self.plan.targets.items()
                                  if {"diff_b", "b_norm"} & set(self._parts[m])

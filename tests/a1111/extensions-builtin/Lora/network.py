@@ -15,7 +15,7 @@ import enum
 import os
 from collections import namedtuple
 
-from modules import hashes, sd_models, shared
+from modules import hashes, sd_models
 
 NetworkWeights = namedtuple('NetworkWeights', ['network_key', 'sd_key', 'w', 'sd_module'])
 
