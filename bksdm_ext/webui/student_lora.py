@@ -85,7 +85,9 @@ def loaded_layout(sd_model: Any) -> Optional[Layout]:
     remembered = getattr(sd_model, "bksdm_layout", None)
     if remembered is not None and remembered[0] == filename:
         return remembered[1]
-    unet = sd_model.model.diffusion_model
+    unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+    if unet is None:
+        return None
     if filename.suffix == ".safetensors" and filename.is_file():
         ckpt = Checkpoint(filename)  # its header: a custom student's removal is in the metadata
     else:
@@ -105,11 +107,12 @@ def _load(original: Callable[..., Any], networks: ModuleType, name: str,
           network_on_disk: Any) -> Any:
     model = shared.sd_model
     layout = loaded_layout(model)
-    # A teacher and an ordinary LoRA: A1111 as it is, whatever the LoRA.
-    ordinary = layout is None or (layout.arch.is_teacher and not _made_for_a_student(network_on_disk))
-    plan = None if layout is None or ordinary else _plan(name, network_on_disk.filename, layout)
-    if plan is None or (layout is not None and layout.arch.is_teacher and not plan.adapted):
-        net = original(name, network_on_disk)  # nothing to translate
+    plan = None
+    # On a teacher only a LoRA made for a student needs translating; any other is A1111's.
+    if layout is not None and (not layout.arch.is_teacher or _made_for_a_student(network_on_disk)):
+        plan = _plan(name, network_on_disk.filename, layout)
+    if plan is None:
+        net = original(name, network_on_disk)
     else:
         if not hasattr(model, "network_layer_mapping"):
             networks.assign_network_names_to_compvis_modules(model)
