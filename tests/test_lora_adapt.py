@@ -2,7 +2,6 @@
 block map written out in test_lora_keymap), the counts printed, tensors copied unchanged, the
 layout metadata added; a LoRA of another family or an SDXL LoRA: exit 2 with one line."""
 import json
-from dataclasses import replace
 
 import pytest
 import torch
@@ -11,8 +10,8 @@ from safetensors import safe_open
 from bksdm_ext.cli import main
 from bksdm_ext.model.arch import Architecture
 from bksdm_ext.model.convert import convert_checkpoint
-from bksdm_ext.model.lora_keymap import LoraFile
-from test_lora_keymap import _lora, expected_target, ldm_modules, save_lora, teacher_lora
+from test_lora_keymap import (expected_target, linear_lora, other_family_lora, save_lora,
+                              teacher_lora)
 from tiny import TINY, write_teacher
 
 
@@ -65,14 +64,6 @@ def test_a_teacher_lora_is_written_in_the_students_layout(student, tmp_path, cap
     assert "already exists" in capsys.readouterr().err
 
 
-def lora_of(arch: Architecture, name: str, extra=None) -> LoraFile:
-    shapes = {"lora_unet_" + n.replace(".", "_") + "." + p: s
-              for n, m in ldm_modules(arch).items() if isinstance(m, torch.nn.Linear)
-              for p, s in _lora(tuple(m.weight.shape), m).items()}
-    shapes.update(extra or {})
-    return LoraFile(name, shapes)
-
-
 @pytest.mark.parametrize("kind,expected", [
     ("sd-v2", "v2lora was made for another model (text conditioning 48 wide) and this model is "
               "SD-v1 (32): use a LoRA made for SD-v1"),
@@ -82,10 +73,10 @@ def lora_of(arch: Architecture, name: str, extra=None) -> LoraFile:
 def test_a_lora_of_another_family_exits_2_with_one_line(student, tmp_path, capsys, kind,
                                                         expected):
     if kind == "sd-v2":
-        lora = lora_of(Architecture(replace(TINY["sd-v2"], context_dim=48)), "v2lora")
+        lora = other_family_lora()
     else:
-        lora = lora_of(Architecture(TINY["sd-v1"]), "xllora",
-                       {"lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": (32, 4)})
+        lora = linear_lora(Architecture(TINY["sd-v1"]), "xllora")
+        lora.shapes["lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight"] = (32, 4)
     source = save_lora(tmp_path / (lora.name + ".safetensors"), lora)
     out = tmp_path / "out.safetensors"
     assert main(["lora-adapt", "--student", str(student), "--lora", str(source),

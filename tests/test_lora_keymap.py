@@ -286,14 +286,22 @@ def test_a_student_lora_applies_to_its_teacher_through_the_same_map(students):
         "output_blocks.11.0.skip_connection"
 
 
+def linear_lora(arch: Architecture, name: str) -> LoraFile:
+    """A LoRA on every Linear of `arch`'s U-Net, LDM names."""
+    return LoraFile(name, {"lora_unet_" + n.replace(".", "_") + "." + p: s
+                           for n, m in ldm_modules(arch).items() if _linear(m)
+                           for p, s in _lora(tuple(m.weight.shape), m).items()})
+
+
+def other_family_lora() -> LoraFile:
+    """A LoRA of an SD-v2-like model with 48-wide text conditioning (the tiny SD-v1's is 32)."""
+    return linear_lora(Architecture(replace(TINY["sd-v2"], context_dim=48)), "v2lora")
+
+
 def test_a_lora_of_the_other_family_is_refused(students):
     arch, modules = students["sd-v1", "small"]
-    wide = Architecture(replace(TINY["sd-v2"], context_dim=48))
-    shapes = {"lora_unet_" + n.replace(".", "_") + "." + p: s
-              for n, m in ldm_modules(wide).items() if _linear(m)
-              for p, s in _lora(tuple(m.weight.shape), m).items()}
     with pytest.raises(LoraMismatch, match="text conditioning 48 wide.*SD-v1 \\(32\\)"):
-        plan_lora(LoraFile("v2lora", shapes), arch, modules)
+        plan_lora(other_family_lora(), arch, modules)
     with pytest.raises(BadInput, match="made for an SD-v2 model and this one is SD-v1"):
         plan_lora(student_lora(arch, {"bksdm.family": "sd-v2", "bksdm.preset": "small"}), arch,
                   modules)

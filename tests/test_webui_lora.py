@@ -6,18 +6,16 @@ networks resolved for another layout are reloaded, student LoRAs and lora-adapt'
 resolve to themselves, and a LoRA of another family is left out with a note."""
 import shutil
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from bksdm_ext.cli import main
-from bksdm_ext.model.arch import Architecture
 from bksdm_ext.model.convert import convert_checkpoint
 from bksdm_ext.model.lora_keymap import LoraFile, layout_metadata
-from test_lora_keymap import (_lora, _weighted, expected_target, ldm_modules, save_lora,
-                              student_arch, teacher_lora)
+from test_lora_keymap import (_lora, _weighted, expected_target, ldm_modules, other_family_lora,
+                              save_lora, student_arch, teacher_lora)
 from tiny import TINY, write_teacher
 from webui_env import load, standin_app, start_webui_with_lora
 
@@ -138,11 +136,7 @@ def test_a_lora_of_another_family_is_left_out_and_the_infotext_says_why(webui, c
     from modules import processing, scripts
 
     folder, loras = webui
-    wide = Architecture(replace(TINY["sd-v2"], context_dim=48))
-    shapes = {"lora_unet_" + n.replace(".", "_") + "." + p: s
-              for n, m in ldm_modules(wide).items() if isinstance(m, torch.nn.Linear)
-              for p, s in _lora(tuple(m.weight.shape), m).items()}
-    write_lora(loras / "v2lora.safetensors", LoraFile("v2lora", shapes))
+    write_lora(loras / "v2lora.safetensors", other_family_lora())
     model = load(folder / "student-small.safetensors")
     before = {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
     p = processing.StableDiffusionProcessingTxt2Img(prompt="a cat <lora:v2lora:1>", steps=1,
@@ -265,11 +259,7 @@ def test_the_convert_tab_bakes_a_lora_made_for_the_loaded_model_into_a_student(w
 def test_on_a_teacher_an_ordinary_lora_is_left_to_a1111(webui):
     """Even one that cannot apply: on a teacher only LoRAs made for a student are translated."""
     folder, loras = webui
-    wide = Architecture(replace(TINY["sd-v2"], context_dim=48))
-    shapes = {"lora_unet_" + n.replace(".", "_") + "." + p: s
-              for n, m in ldm_modules(wide).items() if isinstance(m, torch.nn.Linear)
-              for p, s in _lora(tuple(m.weight.shape), m).items()}
-    write_lora(loras / "v2lora.safetensors", LoraFile("v2lora", shapes))
+    write_lora(loras / "v2lora.safetensors", other_family_lora())
     load(folder / "teacher.safetensors")
     networks().load_networks(["v2lora"], [1.0], [1.0], [None])
     (net,) = networks().loaded_networks  # loaded as A1111 loads it (its shapes fail later)
