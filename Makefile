@@ -68,7 +68,7 @@ LATEST_REQS  := diffusers==0.42.1 transformers==5.24.0 accelerate==1.15.0 huggin
 LATEST_TESTS := tests/test_tokenizer.py tests/test_clip_naming.py tests/test_clip_sources.py tests/test_scores.py \
                 tests/test_demo.py \
                 tests/test_layout.py tests/test_memory_plan.py tests/test_convert.py \
-                tests/test_latency.py tests/test_fid.py \
+                tests/test_latency.py tests/test_fid.py tests/test_lora_keymap.py tests/test_lora_adapt.py \
                 tests/test_distill.py::test_losses_are_finite_and_fall_and_the_run_ends_with_an_a1111_student \
                 tests/test_distill.py::test_v_prediction_teacher_trains_on_velocity \
                 tests/test_distill.py::test_resuming_repeats_the_losses_of_an_uninterrupted_run \

@@ -1,5 +1,6 @@
 """A distilled student plus what a fine-tune changed in its base: the short road to a
-BK-SDM version of a user's own model.
+BK-SDM version of a user's own model.  The fine-tune may be a LoRA made for the base: its
+merged difference is carried the same way (lora_merge), text-encoder part included.
 
 Most checkpoints people load are fine-tunes or merges of SD-1.5 / SD-2.1, whose distilled
 students exist.  For every tensor the student keeps, the output is
@@ -23,6 +24,8 @@ from .convert import DTYPES, Progress, teacher_origin, teacher_parts, unet_sourc
 from .detect import ModelInfo, config_path, inspect_checkpoint
 from .hashing import a1111_sha256
 from .keymap import UNET_PREFIX, KeyMap
+from .lora_keymap import is_lora
+from .lora_merge import MergedLora, lora_warnings
 from .safetensors_io import TensorOut, tensor_bytes
 from .staging import check_writable
 
@@ -57,6 +60,7 @@ class TransplantReport:
     blocks: List[BlockChange] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     seconds: float = 0.0
+    lora: bool = False  # the fine-tune was a LoRA made for the base, merged at strength alpha
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -79,7 +83,11 @@ def transplant(student: Union[str, Path], base: Union[str, Path],
     if output.suffix != ".safetensors":
         raise BadInput("%s: the output must be a .safetensors file" % output)
     mine = finetune if isinstance(finetune, Checkpoint) else Checkpoint(finetune)
-    sources = [Checkpoint(student), Checkpoint(base), mine]
+    original = Checkpoint(base)
+    lora = MergedLora(original, mine, alpha) if is_lora(mine.keys()) else None
+    mine = lora or mine
+    carry = 1.0 if lora else alpha  # a LoRA is merged at strength alpha already
+    sources = [Checkpoint(student), original, mine]
     for source in sources:
         if output.resolve() == source.path.resolve() or \
                 config_path(output).resolve() == config_path(source.path).resolve():
@@ -96,7 +104,7 @@ def transplant(student: Union[str, Path], base: Union[str, Path],
     warnings = _base_warnings(pupil, original, base_sha256)
 
     change = _BlockTally(Architecture(arch.teacher))
-    unet = [_sum_out(name, pupil, original, changed, teacher_key, alpha, DTYPES[dtype], change)
+    unet = [_sum_out(name, pupil, original, changed, teacher_key, carry, DTYPES[dtype], change)
             for name, teacher_key in pairs.items()]
     carried = set(pairs.values())
     for key in changed.keys():
@@ -104,7 +112,11 @@ def transplant(student: Union[str, Path], base: Union[str, Path],
             change.add(key, changed, original, carried=False)
             changed.release(key)
             original.release(key)
-    origin = teacher_origin(changed)  # the student now stands for MINE: distil from it
+    # the student now stands for MINE: distil from it (for a LoRA: its base, with the LoRA)
+    origin = teacher_origin(original if lora else changed)
+    if lora:
+        origin["bksdm.transplant_lora"] = changed.path.name
+        warnings += lora_warnings(lora)
     origin.update({"bksdm.transplant_student": pupil.path.name,
                    "bksdm.transplant_student_sha256": a1111_sha256(pupil.path),
                    "bksdm.transplant_base": original.path.name,
@@ -122,7 +134,7 @@ def transplant(student: Union[str, Path], base: Union[str, Path],
         dtype=str(unet[0].dtype).replace("torch.", ""),
         unet_params=sum(math.prod(t.shape) for t in unet),
         carried_share=change.carried_share(), blocks=change.blocks(), warnings=warnings,
-        seconds=round(time.perf_counter() - started, 3))
+        seconds=round(time.perf_counter() - started, 3), lora=lora is not None)
 
 
 def _check_roles(student: ModelInfo, base: ModelInfo, finetune: ModelInfo) -> None:

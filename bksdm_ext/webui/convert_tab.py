@@ -103,9 +103,9 @@ def output_path(name: str, overwrite: bool) -> Path:
 def convert(id_task: str, label: str, name: str, dtype: str, overwrite: bool,
             start_from: str = transplant_form.START_FROM[0], student: str = "", base: str = "",
             alpha: float = 1.0, use_blocks: bool = False,
-            blocks: Optional[List[str]] = None) -> List[Any]:
+            blocks: Optional[List[str]] = None, lora: str = "") -> List[Any]:
     """Convert the loaded model (to the preset, or to the blocks picked when `use_blocks`; or
-    carry its difference from `base` into `student`);
+    carry its difference from `base`, or `lora`, into `student`);
     returns [new checkpoint title, Load-button update, message]."""
     try:
         loaded, ckpt, info, problem = _loaded()
@@ -116,7 +116,8 @@ def convert(id_task: str, label: str, name: str, dtype: str, overwrite: bool,
         if transplant_form.uses_student(start_from):
             report = transplant_form.transplant_loaded(
                 ckpt if not loaded.has_file else loaded.filename,
-                loaded.parameterization == "v", student, base, alpha, output, dtype, overwrite)
+                loaded.parameterization == "v", student, base, alpha, output, dtype, overwrite,
+                lora if transplant_form.uses_lora(start_from) else None)
             a1111.refresh_checkpoints()
             title = a1111.checkpoint_title(output) or output.name
             return [title, gr.update(visible=True),
@@ -173,9 +174,9 @@ def build() -> None:
     run.click(wrap_gradio_gpu_call(convert, extra_outputs=["", gr.update()]),
               _js="bksdm_convert_submit", inputs=[id_task, preset, name, dtype, overwrite,
                                                   start.start_from, start.student, start.base,
-                                                  start.alpha, use_blocks, blocks],
+                                                  start.alpha, use_blocks, blocks, start.lora],
               outputs=[converted, load, result])
-    refresh.click(transplant_form.choices, outputs=[start.student, start.base])
+    refresh.click(transplant_form.choices, outputs=[start.student, start.base, start.lora])
     start.student.change(lambda title, label: default_name(LABEL_OF.get(
         transplant_form.student_preset(title) or "", label)), inputs=[start.student, preset],
         outputs=[name])

@@ -22,7 +22,15 @@ order, annotations, defaults, ``init=False`` ones); ``sd_model`` is a property t
 5. ``decode_latent_batch``: ``sd_model.decode_first_stage`` once per image, then ``state.nextjob()`` (``job_no`` + 1)
    and PIL images with infotexts; ``Processed``.
 
-Not in the stand-in: scripts (``p.scripts`` stays None), styles, extra networks, hires fix (``enable_hr=True``
+Scripts and extra networks (1.10.1's order): with ``p.scripts`` set (A1111's txt2img and API set it to
+``scripts.scripts_txt2img``), ``p.scripts.process(p)`` once before the first iteration; per iteration
+``before_process_batch``, the prompts' ``<name:args>`` tags parsed out (``extra_networks.parse_prompts``: the first
+prompt's tags apply to the batch), ``extra_networks.activate`` (unless ``disable_extra_networks``; it ends with
+``p.scripts.after_extra_networks_activate``), ``process_batch``, then the conds; after the last iteration
+``extra_networks.deactivate``. ``p.comment(...)`` texts reach ``Processed.comments`` (the page's info), not the
+infotext.
+
+Not in the stand-in: selectable scripts and script arguments, styles, hires fix (``enable_hr=True``
 raises NotImplementedError; the ``hr_*`` fields are accepted), img2img/inpainting, refiner, token merging, face restoration, tiling,
 subseeds/variation seeds, saving images or grids or params.txt, NaN checks, live previews, prompt-editing syntax.
 Noise: ``rng.ImageRNG``, one CPU ``torch.Generator`` per seed (1.10.1's default draws on the GPU).
@@ -30,6 +38,7 @@ The state's and options' objects are read through ``shared`` at call time (``sta
 """
 from __future__ import annotations
 
+import json
 import random
 import sys
 from dataclasses import dataclass, field
@@ -39,7 +48,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from modules import devices, prompt_parser, rng, sd_models, sd_samplers, sd_samplers_common, shared
+from modules import devices, extra_networks, prompt_parser, rng, sd_models, sd_samplers, sd_samplers_common, shared
 
 opt_C = 4
 opt_f = 8
@@ -256,7 +265,7 @@ class StableDiffusionProcessing:
         return self.c, self.uc
 
     def parse_extra_network_prompts(self):
-        self.extra_network_data = {}  # no extra networks: prompts are used as they are
+        self.prompts, self.extra_network_data = extra_networks.parse_prompts(self.prompts)
 
     def save_samples(self) -> bool:
         return False  # the stand-in never writes images
@@ -332,9 +341,17 @@ def program_version():
     return None if version == "<none>" else version
 
 
+def _quote(text):
+    """1.10.1's ``infotext_utils.quote``: a value with a comma, colon or newline as a JSON string."""
+    if ',' not in str(text) and '\n' not in str(text) and ':' not in str(text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
 def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iteration=0, position_in_batch=0, use_main_prompt=False, index=None, all_negative_prompts=None):
     """"<prompt>\\nNegative prompt: <negative>\\nSteps: 20, Sampler: ..., Version: v1.10.1" for one image (only the
-    parameters the stand-in has; ``p.extra_generation_params`` come before the version, None values are left out)."""
+    parameters the stand-in has; ``p.extra_generation_params`` come before the version, None values are left out,
+    values with a comma, colon or newline JSON-quoted)."""
     if use_main_prompt:
         index = 0
     elif index is None:
@@ -348,7 +365,7 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iter
     merged = dict(params)
     merged.update(p.extra_generation_params)
     merged["Version"] = program_version()
-    line = ", ".join(key if key == value else "%s: %s" % (key, value) for key, value in merged.items() if value is not None)
+    line = ", ".join(key if key == value else "%s: %s" % (key, _quote(value)) for key, value in merged.items() if value is not None)
     lines = [prompt] + (["Negative prompt: " + negative] if negative else []) + [line]
     return "\n".join(lines).strip()
 
@@ -400,6 +417,8 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.all_seeds = seed if isinstance(seed, list) else [int(seed) + (i if p.subseed_strength == 0 else 0) for i in range(count)]
     p.all_subseeds = subseed if isinstance(subseed, list) else [int(subseed) + i for i in range(count)]
 
+    if p.scripts is not None:
+        p.scripts.process(p)
     images, infotexts = [], []
     with torch.no_grad(), p.sd_model.ema_scope():
         with devices.autocast():
@@ -423,7 +442,14 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
             if not p.prompts:
                 break
 
+            if p.scripts is not None:
+                p.scripts.before_process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
             p.parse_extra_network_prompts()
+            if not p.disable_extra_networks:
+                with devices.autocast():
+                    extra_networks.activate(p, p.extra_network_data)
+            if p.scripts is not None:
+                p.scripts.process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
             p.setup_conds()
             if p.n_iter > 1:
                 state.job = "Batch %d out of %d" % (n + 1, p.n_iter)
@@ -445,6 +471,8 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
         if not infotexts:
             infotexts.append(Processed(p, []).infotext(p, 0))
         p.color_corrections = None
+        if not p.disable_extra_networks and p.extra_network_data:
+            extra_networks.deactivate(p, p.extra_network_data)
 
     devices.torch_gc()
     return Processed(p, images_list=images, seed=p.all_seeds[0], info=infotexts[0], subseed=p.all_subseeds[0],

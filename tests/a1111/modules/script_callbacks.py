@@ -1,5 +1,6 @@
-"""Stand-in for A1111 1.10.1 ``modules/script_callbacks.py``: the four callback kinds BK-SDM and the stand-in
-page use (app_started, model_loaded, ui_tabs, ui_settings). Callbacks are named
+"""Stand-in for A1111 1.10.1 ``modules/script_callbacks.py``: the callback kinds BK-SDM, the stand-in page and the
+built-in Lora extension's stand-in use (app_started, model_loaded, ui_tabs, ui_settings, before_ui,
+script_unloaded). Callbacks are named
 ``<extension>/<script file>/<category>[/<name>]`` (``-1``, ``-2``, ... when taken) and run in registration
 order; one that raises is reported and skipped. No user ordering of callbacks.
 """
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
     from gradio import Blocks
 
-callback_map = {"callbacks_" + kind: [] for kind in ("app_started", "model_loaded", "ui_tabs", "ui_settings")}
+callback_map = {"callbacks_" + kind: [] for kind in ("app_started", "model_loaded", "ui_tabs", "ui_settings",
+                                                      "before_ui", "script_unloaded")}
 
 
 def report_exception(c, job):
@@ -79,6 +81,14 @@ def ui_settings_callback():
     _run("ui_settings")
 
 
+def before_ui_callback():
+    _run("before_ui")
+
+
+def script_unloaded_callback():
+    _run("script_unloaded")
+
+
 def on_app_started(callback, *, name=None):
     """``callback(demo, app)`` once the server runs (the gradio Blocks and the FastAPI app)."""
     add_callback(callback_map["callbacks_app_started"], callback, name=name, category="app_started")
@@ -97,3 +107,13 @@ def on_ui_tabs(callback, *, name=None):
 def on_ui_settings(callback, *, name=None):
     """``callback()`` adds settings with ``shared.opts.add_option(key, shared.OptionInfo(...))``."""
     add_callback(callback_map["callbacks_ui_settings"], callback, name=name, category="ui_settings")
+
+
+def on_before_ui(callback, *, name=None):
+    """``callback()`` once the scripts are loaded, before the UI is built (webui.py; also without a UI)."""
+    add_callback(callback_map["callbacks_before_ui"], callback, name=name, category="before_ui")
+
+
+def on_script_unloaded(callback, *, name=None):
+    """``callback()`` before the scripts are reloaded (here: at ``standin_app.reset``)."""
+    add_callback(callback_map["callbacks_script_unloaded"], callback, name=name, category="script_unloaded")

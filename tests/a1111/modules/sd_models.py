@@ -156,6 +156,28 @@ def read_state_dict(checkpoint_file, print_global_state=False, map_location=None
     return get_state_dict_from_checkpoint(loaded)
 
 
+def read_metadata_from_safetensors(filename):
+    """The ``__metadata__`` of a .safetensors header; values that are JSON objects come back parsed."""
+    import json
+
+    with open(filename, mode="rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        start = file.read(2)
+        assert length > 2 and start in (b'{"', b"{'"), f"{filename} is not a safetensors file"
+        found = {}
+        try:
+            for key, value in json.loads(start + file.read(length - 2)).get("__metadata__", {}).items():
+                found[key] = value
+                if isinstance(value, str) and value.startswith("{"):
+                    try:
+                        found[key] = json.loads(value)
+                    except ValueError:
+                        pass
+        except Exception:
+            errors.report(f"Error reading metadata from file: {filename}", exc_info=True)
+        return found
+
+
 def get_checkpoint_state_dict(checkpoint_info: CheckpointInfo, timer):
     short = checkpoint_info.calculate_shorthash()
     print("Loading weights [%s] from %s" % (short, checkpoint_info.filename))
