@@ -77,12 +77,13 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
         values: Dict[str, Any] = {"teacher": str(teacher)}
         values.update(init_student_form.flags(start_from, init_title, teacher,
                                               PRESET_LABELS[preset_label]))
-        values["remove"] = remove.strip()
         if remove.strip() and "init_student" in values:
             raise BadInput("Also remove these blocks cuts the pruned teacher; a student to start "
                            "from keeps its own blocks. Clear one of the two.")
-        if remove.strip() and model is not None:  # refused now, not when the job starts
-            removal_from_units(model.arch.teacher, remove, PRESETS[values["arch"]])
+        if remove.strip():
+            values["remove"] = remove.strip()
+            if model is not None:  # refused now, not when the job starts
+                removal_from_units(model.arch.teacher, remove, PRESETS[values["arch"]])
         values.update(data_flags(source, folder, uploaded, synthetic, prompts))
         if source != SOURCES[0]:
             values.update(negative_prompt=negative_prompt.strip(),
@@ -92,8 +93,9 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
                       sample_every=sample_every, use_8bit_adam=use_8bit_adam,
                       no_gradient_checkpointing=not gradient_checkpointing, no_ema=not ema)
         values["sample_prompt"] = [p.strip() for p in sample_prompts.splitlines() if p.strip()]
-        title = "Distill %s → BK-%s%s" % (teacher.stem, LABEL_OF.get(values["arch"], values["arch"]),
-                                           " minus " + remove.strip() if remove.strip() else "")
+        title = "Distill %s → BK-%s%s" % (
+            teacher.stem, LABEL_OF.get(values.get("arch", ""), values.get("arch", "custom")),
+            " minus " + values["remove"] if "remove" in values else "")
         job = job_form.submit("distill", values, title, free_vram, gpus)
     except BadInput as e:
         return message("error", str(e))
