@@ -52,6 +52,52 @@ def test_a_damaged_file_in_the_checkpoint_folder_is_listed_as_unreadable(tmp_pat
                                 words=(str(bad), "describes tensor 'a' wrongly"))
 
 
+
+def test_a_header_length_past_the_librarys_limit_is_refused_before_it_is_read(tmp_path, capsys):
+    big = tmp_path / "big.safetensors"
+    with open(big, "wb") as f:  # sparse: 100 MB of "header" the reader must not take in
+        f.write(struct.pack("<Q", 100_000_001))
+        f.truncate(8 + 100_000_001)
+    assert_one_line_refusal(capsys, tmp_path, "info", big,
+                            words=(str(big), "more than the 100000000"))
+
+
+def test_an_empty_tensor_with_a_dimension_past_int64_is_a_damaged_header(tmp_path, capsys):
+    teacher = write_teacher(tmp_path, TINY["sd-v1"])
+    header, data = _header(teacher)
+    header["extra"] = {"dtype": "F32", "shape": [0, 2 ** 64], "data_offsets": [data, data]}
+    encoded = json.dumps(header).encode("utf-8")
+    damaged = tmp_path / "damaged.safetensors"
+    with open(teacher, "rb") as source, open(damaged, "wb") as f:
+        source.seek(8 + struct.unpack("<Q", source.read(8))[0])
+        f.write(struct.pack("<Q", len(encoded)) + encoded + source.read())
+    assert_one_line_refusal(capsys, tmp_path, "convert", damaged, "--arch", "small", "--out",
+                            tmp_path / "s.safetensors", words=("describes tensor 'extra' wrongly",))
+
+
+@pytest.mark.parametrize("yaml_text, words", [
+    ("model: {params: 3}", "model.params is not a section"),
+    ("model: {params: {unet_config: [1]}}", "unet_config or its params is not a section"),
+    ("model: {params: {unet_config: {params: ab}}}", "unet_config or its params is not a section"),
+    ("model: {params: {image_size: x}}", "image_size is not a positive whole number"),
+    ("model: {params: {parameterization: [v]}}", "parameterization is neither eps nor v"),
+    ("model: {params: {unet_config: {params: {num_head_channels: abc}}}}",
+     "num_head_channels = 'abc', not a positive whole number"),
+])
+def test_a_damaged_yaml_beside_the_checkpoint_is_one_line(tmp_path, capsys, yaml_text, words):
+    teacher = write_teacher(tmp_path, TINY["sd-v1"], with_yaml=False)
+    teacher.with_suffix(".yaml").write_text(yaml_text)
+    for command in (["info", teacher], ["convert", teacher, "--arch", "small", "--out",
+                                        tmp_path / "s.safetensors"]):
+        assert_one_line_refusal(capsys, tmp_path, *command, words=(teacher.stem, words))
+
+
+def _header(path: Path):
+    """(header, bytes of tensor data) of a .safetensors file."""
+    with open(path, "rb") as f:
+        length = struct.unpack("<Q", f.read(8))[0]
+        return json.loads(f.read(length)), path.stat().st_size - 8 - length
+
 # -- fuzzed safetensors headers ------------------------------------------------------
 
 FUZZ_CASES = 320
