@@ -26,7 +26,8 @@ class DistillConfig:
     remove: Optional[str] = None  # more units to remove, in block notation (model.blocks)
     steps: int = ranged(50_000, TRAINING_STEPS)
     batch_size: int = ranged(64, BATCH)
-    grad_accum: int = ranged(4, Range(1, 1024, "micro-steps per optimizer step"))
+    # Memory fitting may trade the whole batch for accumulation: up to BATCH's end squared.
+    grad_accum: int = ranged(4, Range(1, 1024 ** 2, "micro-steps per optimizer step"))
     lr: float = ranged(5e-5, LEARNING_RATE)
     resolution: int = ranged(512, IMAGE_SIZE)
     mixed_precision: str = "fp16"  # "no", "fp16" or "bf16"
