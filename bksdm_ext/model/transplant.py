@@ -26,12 +26,16 @@ from .hashing import a1111_sha256
 from .keymap import UNET_PREFIX, KeyMap
 from .lora_keymap import is_lora
 from .lora_merge import MergedLora, lora_warnings
+from .ranges import Range
 from .safetensors_io import TensorOut, tensor_bytes
 from .staging import check_writable
 
 # Below this share of the fine-tune's U-Net change in kept blocks, the user is told that
 # the transplant misses most of it.
 MOSTLY_REMOVED = 0.5
+# How much of the difference is carried: 1 is all of it, 0 none, negative values take it
+# away; ten times the change a fine-tune made is far past any useful model.
+ALPHA = Range(-10.0, 10.0, "times the fine-tune's difference; 1.0 carries all of it")
 
 
 @dataclass
@@ -78,8 +82,7 @@ def transplant(student: Union[str, Path], base: Union[str, Path],
     output = Path(output)
     if dtype not in DTYPES:
         raise BadInput("unknown dtype '%s'; choose one of: %s" % (dtype, ", ".join(DTYPES)))
-    if not math.isfinite(alpha):
-        raise BadInput("--alpha must be a finite number (1.0 carries the whole difference)")
+    ALPHA.check("alpha", alpha)
     if output.suffix != ".safetensors":
         raise BadInput("%s: the output must be a .safetensors file" % output)
     mine = finetune if isinstance(finetune, Checkpoint) else Checkpoint(finetune)
@@ -204,7 +207,14 @@ def _sum_out(name: str, student: Checkpoint, base: Checkpoint, finetune: Checkpo
         value = student.tensor(name)
         if value.is_floating_point():  # in float64: rounded once, to the output dtype
             value = value.double() + alpha * delta
-        data = tensor_bytes(value.to(out_dtype))
+        value = value.to(out_dtype)
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise BadInput("%s: %s would hold inf or NaN (the student's tensor + %s x the "
+                           "fine-tune's difference does not fit %s); nothing was written: use "
+                           "an --alpha nearer 1 or --dtype fp32, and check that the three files "
+                           "hold finite weights" % (student.path, name, float(alpha),
+                                                    str(out_dtype).replace("torch.", "")))
+        data = tensor_bytes(value)
         for ckpt, key in ((student, name), (finetune, teacher_key), (base, teacher_key)):
             ckpt.release(key)
         return data

@@ -3,7 +3,10 @@ help from the defaults)."""
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from .synth_config import SynthSettings
+from ..model.ranges import (BATCH, EVERY, GUIDANCE, IMAGE_SIZE, KEEP_CHECKPOINTS, LEARNING_RATE,
+                            LOG_EVERY, SAMPLER_STEPS, SEED, TRAINING_STEPS, Range, check_ranges,
+                            check_sample_grids, ranged)
+from .synth_config import PREVIEW, SYNTH_COUNT, SynthSettings
 
 SAMPLE_PROMPTS = (
     "a photo of an astronaut riding a horse on the moon",
@@ -21,11 +24,12 @@ class DistillConfig:
     out: str
     arch: str = "small"
     remove: Optional[str] = None  # more units to remove, in block notation (model.blocks)
-    steps: int = 50_000
-    batch_size: int = 64
-    grad_accum: int = 4
-    lr: float = 5e-5
-    resolution: int = 512
+    steps: int = ranged(50_000, TRAINING_STEPS)
+    batch_size: int = ranged(64, BATCH)
+    # Memory fitting may trade the whole batch for accumulation: up to BATCH's end squared.
+    grad_accum: int = ranged(4, Range(1, 1024 ** 2, "micro-steps per optimizer step"))
+    lr: float = ranged(5e-5, LEARNING_RATE)
+    resolution: int = ranged(512, IMAGE_SIZE)
     mixed_precision: str = "fp16"  # "no", "fp16" or "bf16"
     lambda_task: float = 1.0
     lambda_output: float = 1.0
@@ -36,35 +40,39 @@ class DistillConfig:
     gradient_checkpointing: bool = True
     use_8bit_adam: bool = False
     flip: bool = True
-    save_every: int = 1000
-    keep_last: int = 2
-    sample_every: int = 1000
+    save_every: int = ranged(1000, EVERY)
+    keep_last: int = ranged(2, KEEP_CHECKPOINTS)
+    sample_every: int = ranged(1000, EVERY)
     sample_prompts: Sequence[str] = SAMPLE_PROMPTS
     # PSNR/SSIM of the student's sample images against the teacher's, as `eval` events;
     # None: with the samples (sample_every), 0: never.
-    eval_every: Optional[int] = None
-    sample_steps: int = 20
-    seed: int = 0
+    eval_every: Optional[int] = ranged(None, EVERY)
+    sample_steps: int = ranged(20, SAMPLER_STEPS)
+    seed: int = ranged(0, SEED)
     v_prediction: Optional[bool] = None
     export_dtype: str = "fp16"
     cache_dir: Optional[str] = None  # default: <out>/cache
     # A student file to start from instead of the pruned teacher (init_student.py).
     init_student: Optional[str] = None
-    log_every: int = 10
+    log_every: int = ranged(10, LOG_EVERY)
     # Teacher-made pairs, made inside the run before training (synth.py).
-    synthetic: int = 0  # with a dataset folder as --data: this many more, teacher-made
+    synthetic: int = ranged(0, SYNTH_COUNT)  # with a dataset folder as --data: this many more
     prompts: Optional[str] = None  # their prompt source; None: the built-in generator
     negative_prompt: str = SynthSettings.negative_prompt
-    synth_cfg_scale: float = SynthSettings.cfg_scale
-    synth_steps: int = SynthSettings.steps
+    synth_cfg_scale: float = ranged(SynthSettings.cfg_scale, GUIDANCE)
+    synth_steps: int = ranged(SynthSettings.steps, SAMPLER_STEPS)
     synth_sampler: str = SynthSettings.sampler
-    synth_batch_size: int = SynthSettings.batch_size
-    synth_preview: int = SynthSettings.preview
+    synth_batch_size: int = ranged(SynthSettings.batch_size, BATCH)
+    synth_preview: int = ranged(SynthSettings.preview, PREVIEW)
     # Random conditioning (arXiv 2504.02011): some captions meet unrelated latents.
     random_conditioning: bool = False
-    random_conditioning_p: float = 0.5
+    random_conditioning_p: float = ranged(0.5, Range(0.0, 1.0, "a share of the examples"))
     # On a GPU, lower the batch/memory settings to fit its free memory (memory_fit.py).
     fit_memory: bool = True
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        check_sample_grids(self.steps, self.sample_every)
 
     def eval_interval(self) -> int:
         return self.sample_every if self.eval_every is None else self.eval_every

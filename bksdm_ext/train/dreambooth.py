@@ -134,11 +134,9 @@ def _check_inputs(cfg: DreamBoothConfig) -> Tuple[Checkpoint, ModelInfo, Optiona
     if cfg.export_dtype not in DTYPES:
         raise BadInput("unknown --export-dtype '%s'; choose one of: %s"
                        % (cfg.export_dtype, ", ".join(DTYPES)))
-    if cfg.resolution % 8 or cfg.resolution < 8:
-        raise BadInput("--resolution %d: must be a positive multiple of 8 (512 for SD-v1)"
-                       % cfg.resolution)
-    if cfg.steps < 1 or cfg.batch_size < 1 or (cfg.prior_preservation and cfg.num_class_images < 1):
-        raise BadInput("--steps, --batch-size and --num-class-images must be at least 1")
+    if cfg.prior_preservation and cfg.num_class_images < 1:  # the other ranges: the config's
+        raise BadInput("--num-class-images 0: prior preservation needs at least 1 (or pass "
+                       "--no-prior-preservation)")
     ckpt = Checkpoint(cfg.model)
     info = inspect_checkpoint(ckpt)
     class_model = None

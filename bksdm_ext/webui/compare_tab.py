@@ -18,12 +18,14 @@ from ..errors import BadInput, size_text
 from ..measure.compare import (EXPLANATIONS, HEADERS, ModelImages, grid, score_models,
                                table_rows, write_csv, write_grid)
 from ..measure import device_info
+from ..measure.evaluate import EvalSettings
 from ..measure.latency import LatencySettings
 from ..model.checkpoint import Checkpoint
 from ..model.detect import inspect_checkpoint
+from ..model.ranges import form_number, from_form
 from ..scores.clip import (DEFAULT_DOWNLOAD, HOW_TO_ENABLE, KNOWN_MODELS, fetch, find_scorer,
                            local_model)
-from ..scores.eval_prompts import BUILTIN, cases as make_cases, load_prompts, prompt_lines
+from ..scores.eval_prompts import BUILTIN, load_prompts, prompt_lines
 from . import a1111, checkpoints, client_files, job_form, latency_tab
 from .messages import message
 
@@ -157,9 +159,11 @@ def run_from_ui(id_task: str, titles: List[str], source: str, prompt_file: Any, 
     """[grid, table, grid file, CSV, history, message]."""
     nothing: List[Any] = [None, None, None, None, None]
     try:
+        form = _form_settings(seeds, steps, size, cfg_scale)
         prompts = _form_prompts(titles, source, prompt_file, typed, max_prompts)
-        cases = make_cases(prompts, int(seeds))
-        settings = LatencySettings(steps=int(steps), size=int(size), cfg_scale=float(cfg_scale))
+        cases = form.cases_of(prompts)
+        form.check_in_the_webui(len(titles), len(cases))
+        settings = LatencySettings(steps=form.steps, size=form.size, cfg_scale=form.cfg_scale)
         clip = find_scorer(None, folders=a1111.clip_folders())
         runs = compare_here(titles, cases, settings)
     except InterruptedError:
@@ -174,7 +178,7 @@ def run_from_ui(id_task: str, titles: List[str], source: str, prompt_file: Any, 
     grid_file = write_grid(grid(runs, cases), folder / ("grid-%s.png" % stamp), overwrite=True)
     csv_file = write_csv(scores, folder / ("scores-%s.csv" % stamp), overwrite=True, extra={
         "time": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_info.software()["gpu"],
-        "webui": a1111.webui_version(), "prompts": len(prompts), "seeds": int(seeds),
+        "webui": a1111.webui_version(), "prompts": len(prompts), "seeds": form.seeds,
         "steps": settings.steps, "sampler": latency_tab.SAMPLER, "size": settings.size,
         "cfg_scale": settings.cfg_scale})
     text = "Compared %d checkpoints on %d images each; the original checkpoint is loaded " \
@@ -190,14 +194,16 @@ def submit_job(titles: List[str], source: str, prompt_file: Any, typed: str,
                cfg_scale: float) -> str:
     """The same comparison as a background `bksdm eval` job (diffusers, its own process)."""
     try:
+        form = _form_settings(seeds, steps, size, cfg_scale)
         prompts = _form_prompts(titles, source, prompt_file, typed, max_prompts)
+        form.cases_of(prompts)  # the job's own check, before anything is written
         folder = a1111.data_dir() / "compare"
         folder.mkdir(parents=True, exist_ok=True)
         prompt_file_path = folder / ("prompts-%s.txt" % time.strftime("%Y%m%d-%H%M%S"))
         prompt_file_path.write_text("\n".join(prompts) + "\n", encoding="utf-8")
         models = [str(checkpoints.filename(title)) for title in titles]
-        options = {"prompts": str(prompt_file_path), "seeds": int(seeds), "steps": int(steps),
-                   "size": int(size), "cfg_scale": float(cfg_scale), "clip_model": local_clip()}
+        options = {"prompts": str(prompt_file_path), "seeds": form.seeds, "steps": form.steps,
+                   "size": form.size, "cfg_scale": form.cfg_scale, "clip_model": local_clip()}
         job = job_form.submit("eval", options, "compare %d models" % len(models), False,
                               positional=models)
     except BadInput as e:
@@ -205,14 +211,19 @@ def submit_job(titles: List[str], source: str, prompt_file: Any, typed: str,
     return job_form.submitted(job)
 
 
+def _form_settings(seeds: Any, steps: Any, size: Any, cfg_scale: Any) -> EvalSettings:
+    """The form's numbers, checked against the ranges `bksdm eval` has."""
+    return from_form(EvalSettings, seeds=seeds, steps=steps, size=size, cfg_scale=cfg_scale)
+
+
 def _form_prompts(titles: List[str], source: str, prompt_file: Any, typed: str,
-                  max_prompts: float) -> List[str]:
+                  max_prompts: Any) -> List[str]:
     """The first `max_prompts` prompts of the form, once it names a checkpoint."""
     if not titles:
         raise BadInput("Choose at least one checkpoint (the teacher first).")
     uploaded = client_files.received(prompt_file)
-    return chosen_prompts(source, str(uploaded[0][0]) if uploaded else None,
-                          typed)[:max(int(max_prompts), 1)]
+    first = max(form_number(max_prompts, "Prompts to use"), 1)
+    return chosen_prompts(source, str(uploaded[0][0]) if uploaded else None, typed)[:first]
 
 
 def build() -> None:

@@ -13,7 +13,7 @@ from ..model.convert import DTYPES, convert_checkpoint, student_unet_params
 from ..model.detect import ModelInfo, inspect_checkpoint
 from ..errors import BadInput, check_path_text
 from ..model.staging import TEMP_NAME_EXTRA
-from . import a1111, block_picker, guard, transplant_form
+from . import a1111, block_picker, checkpoints, guard, transplant_form
 from .messages import message
 
 PRESET_LABELS = {"Base": "base", "Small": "small", "Tiny": "tiny", "Mid-stage removed": "mid-removed"}
@@ -31,9 +31,9 @@ def _loaded() -> Tuple[Optional[a1111.LoadedModel], Optional[Checkpoint], Option
     # A .safetensors file says what the model is (its header alone); the loaded weights may
     # be wrong (a wrong yaml zero-fills blocks), or the only copy (an unsaved merge).
     on_disk = loaded.has_file and loaded.filename.suffix == ".safetensors"
-    ckpt = (Checkpoint(loaded.filename) if on_disk
-            else Checkpoint(loaded.filename, state=loaded.state_dict()))
     try:
+        ckpt = (Checkpoint(loaded.filename) if on_disk
+                else Checkpoint(loaded.filename, state=loaded.state_dict()))
         info = inspect_checkpoint(ckpt, v_prediction=loaded.parameterization == "v")
     except BadInput as e:
         return loaded, None, None, "Cannot convert %s: %s" % (loaded.title, _after_path(e))
@@ -51,6 +51,8 @@ def _after_path(error: BadInput) -> str:
 
 def loaded_summary() -> str:
     warnings = "".join("⛔ %s  \n" % html.escape(p) for p in guard.last_problem)
+    warnings += "".join("⚠️ Not in the BK-SDM lists: %s  \n" % html.escape(p)
+                        for p in checkpoints.unreadable())
     loaded, _, info, problem = _loaded()
     if problem:
         return warnings + "⚠️ " + html.escape(problem)

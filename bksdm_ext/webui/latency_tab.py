@@ -20,6 +20,7 @@ from ..measure import device_info
 from ..model.checkpoint import Checkpoint
 from ..model.detect import inspect_checkpoint
 from ..errors import BadInput
+from ..model.ranges import from_form
 from ..measure.latency import (PAPER_ORIN_SECONDS, LatencyResult, LatencySettings, set_speedups,
                        table, time_generation)
 from . import a1111, checkpoints
@@ -191,9 +192,9 @@ def run_from_ui(id_task: str, titles: List[str], steps: float, size: float, cfg_
     """[table rows, chart, CSV, message]."""
     if not titles:
         return None, None, None, message("error", "Choose at least one checkpoint.")
-    settings = LatencySettings(steps=int(steps), size=int(size), cfg_scale=float(cfg_scale),
-                               runs=int(runs), warmup=int(warmup), seed=int(seed))
     try:
+        settings = from_form(LatencySettings, steps=steps, size=size, cfg_scale=cfg_scale,
+                             runs=runs, warmup=warmup, seed=seed)
         results = run(titles, settings)
     except InterruptedError:
         return None, None, None, message("error", "Interrupted; the original checkpoint is "

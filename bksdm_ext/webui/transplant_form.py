@@ -10,6 +10,7 @@ import gradio as gr
 
 from ..errors import BadInput
 from ..model.checkpoint import Checkpoint
+from ..model.ranges import form_number
 from ..model.transplant import TransplantReport, transplant
 from . import a1111, checkpoints
 
@@ -125,8 +126,9 @@ def transplant_loaded(mine: Union[Path, Checkpoint], v_prediction: bool, student
     if not student_title or not base_title:
         raise BadInput("Choose the distilled student and the base it was distilled from.")
     return transplant(checkpoints.filename(student_title), checkpoints.filename(base_title),
-                      mine, output, alpha=float(alpha), dtype=dtype, overwrite=overwrite,
-                      progress=a1111.Progress("Transplanting"), finetune_v_prediction=v_prediction)
+                      mine, output, alpha=form_number(alpha, "α", whole=False), dtype=dtype,
+                      overwrite=overwrite, progress=a1111.Progress("Transplanting"),
+                      finetune_v_prediction=v_prediction)
 
 
 def result_text(report: TransplantReport) -> str:
