@@ -41,13 +41,17 @@ class TeacherLayout:
     """Where the teacher's encoder positions are in a student.
 
     ``skip_sources[k]``: the student input block initialised from teacher input block k,
-    or None when the student removed it.  ``stage_ends[s]``: the teacher input block
-    that ends down stage s (its last layer).  ``kept_stages``: how many stages, outermost
-    first, the student keeps.  ``middle_residual``: whether the residual after the
-    teacher's middle block has a place in the student.
+    or None when the student removed it.  ``widths[k]``/``depths[k]``: the channels of
+    the teacher's feature after input block k and how many times it was downsampled.
+    ``stage_ends[s]``: the teacher input block that ends down stage s (its last layer).
+    ``kept_stages``: how many stages, outermost first, the student keeps.
+    ``middle_residual``: whether the residual after the teacher's middle block has a
+    place in the student.
     """
 
     skip_sources: Tuple[Optional[int], ...]
+    widths: Tuple[int, ...]
+    depths: Tuple[int, ...]
     stage_ends: Tuple[int, ...]
     kept_stages: int
     middle_residual: bool
@@ -68,15 +72,24 @@ def teacher_layout(arch: Architecture) -> TeacherLayout:
         if s_match and t_match:
             sources[int(t_match.group(1))] = int(s_match.group(1))
     full = Architecture(arch.teacher)
-    positions = sum(1 for b in full.blocks if _INPUT_BLOCK.match(b.ldm))
-    ends = []
+    widths, depths, ends = [], [], []
     for block in full.blocks:
         origin = block.origin
-        if origin[0] == "down" and origin[3] == "resnet" and \
-                origin[2] == arch.teacher.layers_per_stage - 1:
-            ends.append(int(_INPUT_BLOCK.match(block.ldm).group(1)))  # type: ignore[union-attr]
+        if origin[0] == "conv_in":
+            widths.append(arch.teacher.model_channels)
+            depths.append(0)
+        elif origin[0] == "downsample":
+            widths.append(widths[-1])
+            depths.append(origin[1] + 1)
+        elif origin[0] == "down" and origin[3] == "resnet":
+            widths.append(full.channels[origin[1]])
+            depths.append(origin[1])
+            if origin[2] == arch.teacher.layers_per_stage - 1:
+                ends.append(len(widths) - 1)
     return TeacherLayout(
-        skip_sources=tuple(sources.get(k) for k in range(positions)),
+        skip_sources=tuple(sources.get(k) for k in range(len(widths))),
+        widths=tuple(widths),
+        depths=tuple(depths),
         stage_ends=tuple(ends),
         kept_stages=arch.stages,
         middle_residual=arch.stages == arch.teacher.stages,
@@ -123,10 +136,17 @@ class TeacherLayoutView:
         self._handed: Optional[torch.Tensor] = None  # what the last position gave back
         self._next_output = 0
 
-    def _zero_like(self, h: torch.Tensor) -> torch.Tensor:
-        key = (tuple(h.shape), h.dtype, h.device)
+    def _zeros_at(self, k: int) -> torch.Tensor:
+        """Zeros shaped as the teacher's feature at input position k (its middle: k = n)."""
+        layout, h = self._layout, self._h
+        k = min(k, layout.positions - 1)
+        height, width = h.shape[-2:]
+        for _ in range(layout.depths[k] - (layout.kept_stages - 1)):  # stages the student lacks
+            height, width = (height + 1) // 2, (width + 1) // 2
+        shape = (h.shape[0], layout.widths[k], height, width)
+        key = (shape, h.dtype, h.device)
         if key not in self._zeros:
-            self._zeros[key] = torch.zeros_like(h)
+            self._zeros[key] = h.new_zeros(shape)
         self._handed = self._zeros[key]
         return self._handed
 
@@ -141,7 +161,7 @@ class TeacherLayoutView:
         if source is not None:
             self._h = self._unet.input_blocks[source](self._h, emb, context)
             self._skips[k] = self._h
-        return self._zero_like(self._h)
+        return self._zeros_at(k)
 
     def _take_stage_addition(self, k: int, h: torch.Tensor) -> None:
         """The walker changed what position k gave back: its addition after stage end k."""
@@ -160,7 +180,7 @@ class TeacherLayoutView:
     def _middle(self, h: torch.Tensor, emb: torch.Tensor, context: Any) -> torch.Tensor:
         self._take_stage_addition(self._layout.positions - 1, h)
         self._h = self._unet.middle_block(self._h, emb, context)
-        return self._zero_like(self._h)
+        return self._zeros_at(self._layout.positions)
 
     def _output(self, j: int, h: torch.Tensor, emb: torch.Tensor, context: Any) -> torch.Tensor:
         layout = self._layout
