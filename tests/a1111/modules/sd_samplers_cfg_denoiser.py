@@ -97,6 +97,9 @@ class CFGDenoiser(torch.nn.Module):
         else:
             denoised = self.combine_denoised(x_out, conds_list, uncond, cond_scale * self.cond_scale_miltiplier)
 
+        if self.mask is not None:  # inpainting: the latent outside the mask stays the original image's
+            denoised = denoised * self.nmask + self.init_latent * self.mask
+
         if self.need_last_noise_uncond:
             self.last_noise_uncond = torch.clone(x_out[-uncond.shape[0]:])
         self.sampler.last_latent = self.get_pred_x0(torch.cat([x_in[i:i + 1] for i in denoised_image_indexes]),
