@@ -95,7 +95,7 @@ def _synth(args: argparse.Namespace) -> Dict[str, Any]:
 def _blocks(args: argparse.Namespace) -> Dict[str, Any]:
     """The sensitivity scan, from the cache when this teacher was scanned with these
     settings (and the CLIP model there is now, if any); with --out (a background job) it
-    also writes events, table and chart there."""
+    also writes events, a checkpoint per unit (for --resume), table and chart there."""
     from pathlib import Path
 
     import torch
@@ -115,15 +115,22 @@ def _blocks(args: argparse.Namespace) -> Dict[str, Any]:
         settings.prompts = _prompt_lines(Path(args.prompts))
     paths = RunPaths(Path(args.out)) if args.out else None
     log = EventLog(paths.events) if paths else None
+    resumed_from = paths.latest_checkpoint() if paths and args.resume else None
+    started = False
 
     def progress(done: int, total: int, unit: str) -> None:
-        if paths is not None and paths.take_stop_request():
-            log.write("stopped", step=done, saved=False)
-            raise Stopped("stopped after %d of %d units; nothing saved" % (done, total))
-        if log is not None and done == 0:
-            log.write("start", total_steps=total, teacher=args.teacher)
-        if log is not None:
-            log.write("step", step=done, total=total, unit=unit)
+        nonlocal started
+        if paths is None:
+            return
+        if not started:  # a resumed scan starts after the units it had measured
+            started = True
+            log.write("start", total_steps=total, teacher=args.teacher,
+                      resumed_from=str(resumed_from) if resumed_from else None)
+        if done < total and paths.take_stop_request():
+            log.write("stopped", step=done, saved=done > 0)  # every unit is checkpointed
+            raise Stopped("stopped after %d of %d units; %s" % (done, total, (
+                "they are kept, continue with --resume" if done else "nothing saved")))
+        log.write("step", step=done, total=total, unit=unit)
 
     with failures_reported(args.out or "."):
         cache = Path(args.cache_dir).expanduser()
@@ -132,9 +139,10 @@ def _blocks(args: argparse.Namespace) -> Dict[str, Any]:
                                    clip_model)
         if result is None:
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            clip = find_scorer(clip_model, device,
+            clip = find_scorer(args.clip_model, device,
                                say=lambda text: print(text, file=sys.stderr))
-            result = block_scan.scan(args.teacher, settings, progress, device, clip)
+            result = block_scan.scan(args.teacher, settings, progress, device, clip, paths,
+                                     args.resume)
             block_scan.save(result, cache)
         written = {}
         csv_path = args.csv or (str(paths.out / "blocks.csv") if paths else None)
@@ -447,7 +455,8 @@ def _add_blocks(commands: Any) -> None:
     blocks.add_argument("--plot", help="write the bar chart (PNG) here")
     blocks.add_argument("--out", help="run folder of a background job (events, table, chart)")
     blocks.add_argument("--resume", action="store_true",
-                        help="(jobs) a stopped scan starts again; a finished one is cached")
+                        help="continue the stopped or killed scan in --out from its last "
+                             "unit (a finished one is cached)")
     blocks.add_argument("--json", action="store_true")
     blocks.set_defaults(run=_blocks, render=_render_blocks)
 
@@ -659,7 +668,7 @@ def _jobs(args: argparse.Namespace) -> Dict[str, Any]:
     # and change job files, whatever process moves the queue.
     runner = JobRunner(args.root, drive=args.action in ("submit", "watch"))
     if args.action == "submit":
-        if "--out" in args.argv:
+        if any(arg == "--out" or arg.startswith("--out=") for arg in args.argv):
             raise BadInput("leave out --out: the job's folder under %s is its run folder"
                            % runner.root)
         runner.submit(args.kind, args.argv, device=args.device, title=args.title,
@@ -680,7 +689,7 @@ def _job_rows(runner: Any) -> List[Dict[str, Any]]:
     from .jobs.runner import progress_of
 
     rows = []
-    for job in runner.snapshot():
+    for job in runner.jobs():
         progress = progress_of(runner.events(job.id))
         rows.append({"id": job.id, "kind": job.kind, "state": job.state, "title": job.title,
                      "step": progress.step, "total": progress.total, "eta_s": progress.eta_s,

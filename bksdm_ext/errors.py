@@ -31,7 +31,7 @@ class DiskError(BadInput):
         self.reason, self.needed, self.free, self.advice, self.then = (
             reason, needed, free, advice, then)
         room = "" if needed is None else ": it needs %s%s" % (
-            _size(needed), "" if free is None else ", the disk has %s free" % _size(free))
+            size_text(needed), "" if free is None else ", the disk has %s free" % size_text(free))
         super().__init__("%s%s%s; %s%s" % ("%s: " % path if path else "", reason, room, advice,
                                             "; " + then if then else ""))
 
@@ -89,7 +89,8 @@ def check_path_text(text: str, what: str, reserve: int = 0) -> None:
                                "under)" % reserve if reserve else ""))
 
 
-def _size(count: int) -> str:
+def size_text(count: int) -> str:
+    """A byte count as people read it: 812 bytes, 4.1 KB, 1.7 GB (powers of 1000)."""
     value, unit = float(count), "bytes"
     for bigger in ("KB", "MB", "GB"):
         if value < 1000:

@@ -1,10 +1,48 @@
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
 # Tests never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# The tests' own Hugging Face home, never the developer's: set before anything imports
+# huggingface_hub or transformers (they read it then), inherited by the job processes the
+# tests start, and filled as a real A1111 machine's by `a1111_hf_cache`.
+HF_HOME = Path(tempfile.mkdtemp(prefix="bksdm-hf-home-"))
+os.environ.update(HF_HOME=str(HF_HOME), HF_HUB_CACHE=str(HF_HOME / "hub"))
+for _legacy in ("HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "PYTORCH_TRANSFORMERS_CACHE",
+                "PYTORCH_PRETRAINED_BERT_CACHE"):
+    os.environ.pop(_legacy, None)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(str(HF_HOME), ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def a1111_hf_cache(tmp_path_factory) -> Path:
+    """The Hugging Face cache as every A1111 machine has it, for every test: the config.json
+    and tokenizer files of openai/clip-vit-large-patch14 and no weights (A1111 builds its
+    text encoder from the config alone; fake_hub.py fetches them the same way).  Returns the
+    snapshot folder."""
+    from fake_hub import cache_like_a1111, clip_l14_files
+
+    return cache_like_a1111(HF_HOME, clip_l14_files(tmp_path_factory.mktemp("clip-l14")))
+
+
+@pytest.fixture
+def a1111_machine(a1111_hf_cache, tmp_path_factory, monkeypatch) -> Path:
+    """A1111's Hugging Face cache and no other CLIP: a home without the `clip` package's
+    files (A1111's interrogator's ViT-L/14), for this process and the jobs it starts."""
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    from bksdm_ext.scores.clip import local_model
+
+    assert local_model() is None
+    return a1111_hf_cache
 
 
 @pytest.fixture(scope="module")

@@ -153,3 +153,28 @@ def test_unknown_arch_is_an_argument_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["convert", "x.safetensors", "--arch", "huge", "--out", "y.safetensors"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("part, words", [
+    ("first_stage_model.", ("no VAE weights", "Bake in VAE")),
+    ("cond_stage_model.transformer.", ("no text encoder weights",))])
+def test_a_checkpoint_without_its_vae_or_text_encoder_is_refused_where_they_are_needed(
+        tmp_path, capsys, part, words):
+    """A1111 loads such a file (its yaml still names the part; a separate VAE can stand in),
+    so it reaches `bksdm eval`: one line naming the file and the missing part."""
+    from safetensors.torch import load_file
+
+    from bksdm_ext.demo import write_tiny_teacher
+
+    whole = tmp_path / "whole.safetensors"
+    write_tiny_teacher(whole)  # every part real, so only the missing one can stop it
+    source = tmp_path / "partial.safetensors"
+    save_file({k: v for k, v in load_file(str(whole)).items() if not k.startswith(part)},
+              str(source))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\n")
+    code, err = run_cli(capsys, "eval", source, "--prompts", prompts, "--steps", "1", "--size",
+                        "32", "--seeds", "1")
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for word in ("%s: it has no " % source, part + "*") + words:
+        assert word in err, err

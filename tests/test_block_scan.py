@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -114,19 +115,23 @@ def agreeable_clip(folder: Path) -> Path:
 
 
 def test_clip_scores_join_the_scan_and_a_clip_less_cached_scan_is_redone(
-        teacher, tmp_path, one_thread, capsys, monkeypatch):
+        teacher, tmp_path, one_thread, capsys, monkeypatch, a1111_machine):
+    """First with the Hugging Face cache A1111 leaves (CLIP's config without weights): no
+    CLIP score, the table says how to get one; then with a CLIP named."""
     from PIL import Image
 
     from bksdm_ext.scores import clip as clip_module
 
-    monkeypatch.setattr(clip_module, "local_model", lambda folders=(): None)  # none cached here
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\n")
     argv = ["blocks", str(teacher), "--steps", "1", "--size", "32", "--no-groups", "--prompts",
             str(prompts), "--cache-dir", str(tmp_path / "cache")]
-    assert main(argv + ["--plot", str(tmp_path / "plain.png")]) == 0
-    text = capsys.readouterr().out
-    assert "CLIP score: " + clip_module.HOW_TO_ENABLE in text
+    assert main(argv + ["--plot", str(tmp_path / "plain.png"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["clip_model"] == "" and result["teacher_clip_score"] is None
+    assert all(r["clip_score"] is None for r in result["rows"])
+    assert main(argv) == 0  # cached now: the table
+    assert "CLIP score: " + clip_module.HOW_TO_ENABLE in capsys.readouterr().out
 
     clip = str(agreeable_clip(tmp_path / "clip"))
     out = tmp_path / "job"
@@ -153,3 +158,98 @@ def test_clip_scores_join_the_scan_and_a_clip_less_cached_scan_is_redone(
     text = capsys.readouterr().out
     assert "ΔCLIP" in text and "CLIP score with %s: the full teacher scores %.2f" % (
         clip, teacher_score) in text
+
+
+def test_a_stopped_scan_resumes_where_it_stopped_and_matches_an_uninterrupted_one(
+        teacher, tmp_path, one_thread, capsys, monkeypatch):
+    """Each unit's row is checkpointed as it is measured (issue 22 #11): a resumed scan
+    renders only the units it had not measured and ends as an uninterrupted scan does."""
+    from bksdm_ext.cli import EXIT_STOPPED
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    argv = ["blocks", str(teacher), "--steps", "1", "--size", "32", "--no-groups", "--prompts",
+            str(prompts), "--json"]
+    assert main(argv + ["--cache-dir", str(tmp_path / "whole")]) == 0
+    whole = json.loads(capsys.readouterr().out)
+
+    out, renders, render, stop_at = tmp_path / "job", [], block_scan._render, [4]
+
+    def counted(pipe, settings, device):
+        renders.append(settings)
+        if len(renders) in stop_at:  # the teacher and three units: stop after this one
+            (out / "STOP").write_text("discard")
+        return render(pipe, settings, device)
+
+    monkeypatch.setattr(block_scan, "_render", counted)
+    job = argv + ["--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    assert main(job) == EXIT_STOPPED
+    assert "stopped after 3 of %d units; they are kept" % len(whole["rows"]) in \
+        capsys.readouterr().err
+    assert (out / "checkpoints" / "step-0000003" / block_scan.SCAN_SO_FAR).is_file()
+    assert main(job) == 2  # not over a run without --resume
+    assert "pass --resume" in capsys.readouterr().err
+
+    renders.clear()
+    stop_at.clear()
+    assert main(job + ["--resume"]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert len(renders) == len(whole["rows"]) - 3  # neither the teacher nor a unit again
+    same = ("unit", "how", "psnr", "ssim", "params", "step_share")
+    assert [{k: r[k] for k in same} for r in resumed["rows"]] == [
+        {k: r[k] for k in same} for r in whole["rows"]]
+    events = read_events(out / "events.jsonl")
+    assert [e["saved"] for e in events if e["event"] == "stopped"] == [True]
+    starts = [e for e in events if e["event"] == "start"]
+    assert [bool(e["resumed_from"]) for e in starts] == [False, True]
+    assert events[events.index(starts[1]) + 1]["step"] == 3 and events[-1]["event"] == "done"
+
+    other = tmp_path / "other-prompts.txt"
+    other.write_text("a blue square\n")
+    (out / "STOP").write_text("discard")
+    shutil.rmtree(str(tmp_path / "cache"))
+    changed = [a if a != str(prompts) else str(other) for a in job]
+    assert main(changed + ["--resume"]) == 2  # other settings would mix two scans
+    assert "with other settings" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
+def test_a_killed_scan_job_resumes_from_its_last_unit(teacher, tmp_path):
+    """The job as the Blocks view queues it, its worker killed mid-scan: interrupted,
+    resumable, and resumed to the end without measuring a unit twice."""
+    import os
+    import signal
+    import time
+
+    from bksdm_ext.jobs.arguments import command_line
+    from bksdm_ext.jobs.runner import INTERRUPTED, SUCCEEDED, JobRunner
+    from bksdm_ext.jobs.runs import RunPaths
+    from bksdm_ext.jobs.worker import read_exit
+    from test_jobs import wait
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    runner = JobRunner(tmp_path / "jobs")
+    job = runner.submit("blocks", command_line(
+        {"steps": 1, "size": 32, "no_groups": True, "prompts": str(prompts),
+         "cache_dir": str(tmp_path / "cache")}, [str(teacher)]), device="cpu")
+    run = RunPaths(runner.folder(job.id))
+    deadline = time.time() + 600
+    while run.latest_checkpoint() is None:  # killed within a unit of its first checkpoint
+        assert read_exit(run.out) is None and time.time() < deadline, runner.log_tail(job.id)
+        time.sleep(0.01)
+    os.kill(runner.job(job.id).pid, signal.SIGKILL)
+    time.sleep(0.5)
+    restarted = JobRunner(tmp_path / "jobs")
+    interrupted = restarted.job(job.id)
+    assert interrupted.state == INTERRUPTED, interrupted
+    assert "resume it from its last checkpoint" in interrupted.reason
+    measured = int(run.latest_checkpoint().name.split("-")[1])
+    restarted.resume(job.id)
+    done = wait(restarted, job.id, lambda j: j.state not in ("queued", "running"))
+    assert done.state == SUCCEEDED, restarted.log_tail(job.id)
+    events = restarted.events(job.id)
+    start = max(i for i, e in enumerate(events) if e["event"] == "start")
+    assert events[start]["resumed_from"] and events[start + 1]["step"] >= measured
+    with open(str(run.out / "blocks.csv")) as f:
+        assert len(list(csv.DictReader(f))) == events[start]["total_steps"]

@@ -73,8 +73,8 @@ def test_blocks_view_shows_the_cached_scan_and_queues_a_scan_job(webui, monkeypa
     from bksdm_ext.webui import jobs_service
 
     job = jobs_service.runner().jobs()[-1]
-    assert job.kind == "blocks" and job.argv[:5] == [str(teacher), "--steps", "2", "--size", "32"]
-    assert job.argv[-2:] == ["--clip-model", "/models/clip"]
+    assert job.kind == "blocks" and job.argv[:2] == ["--steps=2", "--size=32"]
+    assert job.argv[-3:] == ["--clip-model=/models/clip", "--", str(teacher)]
     command = jobs_service.runner().command(job)
     assert command[command.index("-m", 4):][:3] == ["-m", "bksdm_ext", "blocks"]
 
@@ -128,5 +128,5 @@ def test_the_distill_tab_queues_a_custom_student_and_refuses_a_bad_removal(webui
     assert jobs_service.runner().jobs() == []
     assert "bksdm-success" in start(" mid ")
     job = jobs_service.runner().jobs()[-1]
-    assert job.argv[:4] == ["--teacher", str(webui / "tiny-sd.safetensors"), "--arch", "base"]
-    assert job.argv[4:6] == ["--remove", "mid"] and job.title.endswith("BK-Base minus mid")
+    assert job.argv[:2] == ["--teacher=%s" % (webui / "tiny-sd.safetensors"), "--arch=base"]
+    assert job.argv[2] == "--remove=mid" and job.title.endswith("BK-Base minus mid")

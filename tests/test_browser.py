@@ -354,7 +354,7 @@ def test_distill_tab_starts_a_job_the_jobs_tab_follows_to_the_dropdown(browser, 
         job = jobs_service.runner().jobs()[-1]
         assert job.state == "succeeded" and Path(job.registered).is_file()
         argv = " ".join(job.argv)
-        assert "--data %s" % data in argv and "--steps 30" in argv and "--no-ema" in argv
+        assert "--data=%s" % data in argv and "--steps=30" in argv and "--no-ema" in argv
         # The page refreshed the checkpoint dropdown itself: the student is there.
         _wait_for_listed(page, Path(job.registered))
         assert js_errors == []

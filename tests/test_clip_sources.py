@@ -156,3 +156,103 @@ def test_a_resnet_clip_is_never_picked_and_named_is_refused(open_clip, hub, tmp_
         assert text.startswith(str(rn50) + ": a ResNet CLIP"), text
         assert "ViT-L-14.pt" in text and "open_clip_pytorch_model.bin" in text
     assert said == []  # nothing to download: a file was named
+
+
+# -- A1111's Hugging Face cache: CLIP's config and tokenizer, no weights -------------------
+
+
+def test_a1111s_weightless_cache_is_no_clip_and_naming_it_says_what_is_missing(a1111_machine,
+                                                                              capsys):
+    """The cache every A1111 has (conftest.a1111_hf_cache): nothing is picked, and the
+    repository or its folder named is refused before anything loads, saying which folder
+    lacks which files and how to download them (offline here, so the download fails too)."""
+    from fake_hub import holds_config_and_tokenizer_only
+
+    snapshot = a1111_machine
+    assert holds_config_and_tokenizer_only(snapshot)
+    assert local_model() is None and cached_model() is None
+    assert find_scorer(None) is None
+
+    with pytest.raises(BadInput) as refused:
+        ClipScorer.load(OPENAI_L14)
+    assert str(refused.value) == (
+        "CLIP model openai/clip-vit-large-patch14: the Hugging Face cache has its config and "
+        "no weights (%s); download them with --clip-model openai/clip-vit-large-patch14 "
+        "(1.7 GB), or the WebUI's 'Download CLIP'" % snapshot)
+    with pytest.raises(BadInput) as refused:
+        find_scorer(str(snapshot))
+    assert str(refused.value) == (
+        "%s: a CLIP config without its weights (none of model.safetensors, pytorch_model.bin, "
+        "model.safetensors.index.json, pytorch_model.bin.index.json is there): the Hugging "
+        "Face cache's copy of openai/clip-vit-large-patch14, config only (as A1111 caches "
+        "ViT-L/14 for its text encoder); download them with --clip-model "
+        "openai/clip-vit-large-patch14 (1.7 GB), or the WebUI's 'Download CLIP'" % snapshot)
+    with pytest.raises(BadInput) as refused:
+        find_scorer(OPENAI_L14)  # named: a download is tried, and cannot be (offline)
+    text = str(refused.value)
+    assert text.startswith("could not download CLIP model openai/clip-vit-large-patch14's "
+                           "weights (the Hugging Face cache has its config only, in %s): "
+                           % snapshot), text
+    assert text.endswith("check the connection (and that HF_HUB_OFFLINE is not set), or give "
+                         "a local CLIPModel folder with its weights")
+    assert "downloading CLIP openai/clip-vit-large-patch14 (1.7 GB)" in capsys.readouterr().out
+
+
+def test_a_folder_with_a_config_and_no_weights_is_refused_and_shards_count_only_complete(
+        tmp_path):
+    from transformers import CLIPModel
+
+    from bksdm_ext.scores.clip import has_weights
+
+    folder = tiny_clip(tmp_path / "whole")
+    sharded = tmp_path / "sharded"
+    CLIPModel.from_pretrained(str(folder)).save_pretrained(str(sharded), max_shard_size="200KB")
+    shards = sorted(p for p in sharded.iterdir() if "-of-" in p.name)
+    assert len(shards) > 1 and has_weights(sharded)
+    assert ClipScorer.load(str(sharded)).score(_images(3, n=1, size=32), ["a cat"]).shape == (1,)
+    shards[-1].unlink()  # an interrupted copy: the index names a shard that is not there
+    assert not has_weights(sharded)
+    for name in [p.name for p in folder.iterdir() if p.name != "config.json"]:
+        (folder / name).unlink()
+    for weightless in (folder, sharded):
+        with pytest.raises(BadInput) as refused:
+            ClipScorer.load(str(weightless))
+        assert str(refused.value).startswith(
+            "%s: a CLIP config without its weights (none of model.safetensors, "
+            "pytorch_model.bin, model.safetensors.index.json, pytorch_model.bin.index.json is "
+            "there); copy the model's weights into it, or pass --clip-model "
+            "openai/clip-vit-large-patch14 (a 1.7 GB download)" % weightless)
+
+
+def test_open_clips_weights_are_used_beside_a_weightless_transformers_config(hub, tmp_path):
+    """A laion repository whose transformers config.json is cached without transformers'
+    weights, beside open_clip's file: the open_clip file is the CLIP (it was refused)."""
+    from transformers import CLIPModel
+
+    from test_scores import _openai_state
+
+    laion = "laion/CLIP-ViT-L-14-laion2B-s32B-b82K"  # the table: gelu, 64-wide heads
+    folder = snapshot(hub, laion)
+    twin = tiny_clip(tmp_path / "twin", width=64, heads=1)
+    torch.save(_openai_state(CLIPModel.from_pretrained(str(twin))),
+               str(folder / "open_clip_pytorch_model.bin"))
+    (folder / "config.json").write_text((twin / "config.json").read_text())
+    assert local_model() == laion
+    scorer = find_scorer(None)
+    assert scorer.name == laion and scorer.model.config.text_config.hidden_act == "gelu"
+
+
+def test_an_unreadable_clip_found_on_the_machine_means_no_score_and_named_is_refused(
+        a1111_machine, tmp_path):
+    """The interrogator's ViT-L/14 cut short by an interrupted download: not asked for, it
+    leaves the CLIP score empty and says why; named, it is refused."""
+    folder = tmp_path / "interrogator"
+    folder.mkdir()
+    (folder / "ViT-L-14.pt").write_bytes(b"PK\x03\x04 cut short")
+    said = []
+    assert local_model([folder]) == str(folder / "ViT-L-14.pt")
+    assert find_scorer(None, say=said.append, folders=[folder]) is None
+    assert len(said) == 1 and said[0].startswith(
+        "no CLIP score: %s: not a CLIP checkpoint" % (folder / "ViT-L-14.pt")), said
+    with pytest.raises(BadInput, match="ViT-L-14.pt: not a CLIP checkpoint"):
+        find_scorer(str(folder / "ViT-L-14.pt"))

@@ -344,6 +344,37 @@ def test_cli_runs_a_tiny_dreambooth(student, instances, tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["steps"] == 2
 
 
+def test_cli_dreambooth_on_an_a1111_machine_samples_without_a_clip_score(
+        student, instances, tmp_path, capsys, a1111_machine):
+    """Default sampling and no --clip-model, with the Hugging Face cache A1111 leaves (CLIP's
+    config without weights): the run succeeds with its samples and no CLIP score."""
+    out = tmp_path / "run"
+    code = main(["dreambooth", "--model", str(student), "--instance-dir", str(instances),
+                 "--instance-prompt", "a sks circle", "--class-prompt", "a circle", "--out",
+                 str(out), "--num-class-images", "1", "--steps", "2", "--resolution", "32",
+                 "--json"])
+    assert code == 0, capsys.readouterr().err
+    sample = out / "samples" / "step-0000002.png"
+    assert [e["path"] for e in events(out, "samples")] == [str(sample)]
+    assert sample.is_file() and events(out, "eval") == []
+    assert events(out, "done")
+
+
+def test_a_named_clip_that_cannot_be_had_ends_the_run_before_any_work(
+        student, instances, tmp_path, capsys, monkeypatch, a1111_machine):
+    monkeypatch.setattr(dreambooth_module, "load_unet", lambda *a: pytest.fail("loaded a model"))
+    monkeypatch.setattr(dreambooth_module, "ensure_class_images",
+                        lambda *a, **k: pytest.fail("made class images"))
+    code = main(["dreambooth", "--model", str(student), "--instance-dir", str(instances),
+                 "--instance-prompt", "a sks circle", "--class-prompt", "a circle", "--out",
+                 str(tmp_path / "run"), "--steps", "2", "--resolution", "32", "--clip-model",
+                 "openai/clip-vit-large-patch14"])
+    err = capsys.readouterr().err
+    assert code == 2 and ("could not download CLIP model openai/clip-vit-large-patch14's "
+                          "weights (the Hugging Face cache has its config only, in %s)"
+                          % a1111_machine) in err, err
+
+
 def test_samples_get_the_clip_score_of_their_prompt(student, instances, tmp_path):
     from test_scores import tiny_clip
 

@@ -12,7 +12,6 @@ from PIL import Image
 from bksdm_ext.cli import main
 from bksdm_ext.jobs.events import read_events
 from bksdm_ext.model.convert import convert_checkpoint
-from bksdm_ext.scores.clip import local_model
 from bksdm_ext.scores.eval_prompts import EVAL_PROMPTS, load_prompts
 from test_scores import tiny_clip
 
@@ -58,14 +57,20 @@ def test_eval_writes_grid_csv_and_json_with_perfect_self_agreement(models, promp
     assert float(rows[1]["ssim"]) == pytest.approx(second["ssim"], abs=1e-4)
 
 
-def test_eval_as_a_job_writes_its_run_folder_and_events(models, prompts, tmp_path, capsys):
+def test_eval_as_a_job_writes_its_run_folder_and_events(models, prompts, tmp_path, capsys,
+                                                         a1111_machine):
+    """With the Hugging Face cache A1111 leaves (CLIP's config without weights): PSNR and
+    SSIM, an empty CLIP column, and the table says how to get a CLIP score."""
     teacher, student = models
     out = tmp_path / "job"
     assert main(["eval", str(teacher), str(student), "--prompts", str(prompts), *SMALL,
                  "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    if local_model() is None:  # the table says how to get a CLIP score
-        assert "CLIP score: no CLIP model on this machine: pass --clip-model" in text
+    assert "CLIP score: no CLIP model on this machine: pass --clip-model" in text
+    with open(out / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["psnr"] == "inf" and 0 < float(rows[1]["ssim"]) < 1
+    assert [(r["clip_score"], r["clip_model"]) for r in rows] == [("", "")] * 2
     events = read_events(out / "events.jsonl")
     assert events[0]["event"] == "start" and events[0]["total_steps"] == 4
     assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3, 4]
@@ -88,6 +93,19 @@ def test_bad_inputs_exit_2_before_anything_is_generated(models, tmp_path, capsys
     taken.write_bytes(b"mine")
     assert main(["eval", str(teacher), "--grid", str(taken), *SMALL]) == 2
     assert "already exists" in capsys.readouterr().err and taken.read_bytes() == b"mine"
+
+
+def test_a_named_clip_without_its_weights_is_refused_before_anything_is_generated(
+        models, prompts, tmp_path, capsys, monkeypatch, a1111_machine):
+    from bksdm_ext.measure import evaluate
+
+    monkeypatch.setattr(evaluate, "render", lambda *a: pytest.fail("rendered"))
+    teacher, student = models
+    assert main(["eval", str(teacher), str(student), "--prompts", str(prompts), *SMALL,
+                 "--clip-model", str(a1111_machine)]) == 2
+    err = capsys.readouterr().err
+    assert "%s: a CLIP config without its weights" % a1111_machine in err
+    assert "download them with --clip-model openai/clip-vit-large-patch14 (1.7 GB)" in err
 
 
 def test_the_builtin_prompt_set_is_thirty_distinct_prompts():

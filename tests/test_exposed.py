@@ -567,11 +567,12 @@ def test_a_job_refuses_a_data_path_swapped_for_a_link_after_the_check(webui, out
     """The page hands a job the resolved path it checked; when a link stands there by the
     time the job starts, the job refuses it instead of following it (item 7)."""
     from bksdm_ext.cli import main
-    from bksdm_ext.webui import a1111, distill_tab, job_form
+    from bksdm_ext.jobs.arguments import command_line
+    from bksdm_ext.webui import a1111, distill_tab
 
     data = make_dataset(a1111.data_dir() / "datasets" / "mine", n=2)
     values = distill_tab.data_flags(distill_tab.SOURCES[0], str(data), "", 0, "")
-    argv = job_form.flags(values)
+    argv = command_line(values)
     assert values["data"] == str(data) and "--resolved-paths" in argv
     data.rename(data.with_name("moved"))
     data.symlink_to(outside, target_is_directory=True)  # swapped before the job starts

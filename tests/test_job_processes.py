@@ -115,7 +115,7 @@ def test_jobs_list_cancel_and_resume_never_start_a_job(tmp_path, capsys):
     assert JobRunner(root, drive=False).job(job.id).state == QUEUED
     assert main(["jobs", "cancel", "--root", root, job.id]) == 0
     assert JobRunner(root, drive=False).job(job.id).state == "cancelled"
-    (tmp_path / "jobs" / job.id / "checkpoints").mkdir()
+    (tmp_path / "jobs" / job.id / "checkpoints" / "step-0000001").mkdir(parents=True)
     assert main(["jobs", "resume", "--root", root, job.id]) == 0
     assert main(["jobs", "list", "--root", root]) == 0
     assert JobRunner(root, drive=False).job(job.id).state == QUEUED
@@ -152,6 +152,7 @@ def test_every_reader_tells_a_failed_job_from_an_interrupted_one(tmp_path, capsy
                                               read_exit(root / killed.id)):
         time.sleep(0.2)
     del starter  # never polled again: it saw neither end
+    (root / killed.id / "checkpoints" / "step-0000001").mkdir(parents=True)  # resumable
 
     assert main(["jobs", "list", "--root", str(root), "--json"]) == 0
     listed = {row["title"]: row for row in json.loads(capsys.readouterr().out)["jobs"]}
@@ -163,9 +164,62 @@ def test_every_reader_tells_a_failed_job_from_an_interrupted_one(tmp_path, capsy
     record = read_exit(root / failing.id)
     assert record["exit_code"] == 2 and record["signal"] is None
     # `list` only read: the job files still say running until a queue mover notices.
-    assert {job.state for job in JobRunner(root, drive=False).jobs()} == {RUNNING}
+    assert {json.loads((root / job.id / "job.json").read_text())["state"]
+            for job in (failing, killed)} == {RUNNING}
     moved = {job.title: job for job in JobRunner(root).jobs()}
     assert (moved["failing"].state, moved["killed"].state) == (FAILED, INTERRUPTED)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_every_command_sees_a_killed_worker_as_jobs_list_does_before_anything_polled(
+        tmp_path, capsys):
+    """kill -9 of a worker: `jobs list` says interrupted, so `jobs resume` queues it again
+    at once and `jobs cancel` asks nothing of it, with no poll in between (issue 22 #10)."""
+    from bksdm_ext.jobs.runner import _pid_runs
+
+    root = tmp_path / "jobs"
+    job = JobRunner(root, drive=False).submit("distill", ["--teacher", "t", "--data", "d"],
+                                              device="cpu")
+    starter = JobRunner(root)
+    run_started(starter, job.id)
+    (root / job.id / "checkpoints" / "step-0000001").mkdir(parents=True)
+    worker = starter.job(job.id).pid
+    os.kill(worker, signal.SIGKILL)  # its run goes with it
+    deadline = time.time() + 30
+    while _pid_runs(worker, str(root / job.id)) and time.time() < deadline:
+        time.sleep(0.05)
+    del starter  # never polls again
+    assert json.loads((root / job.id / "job.json").read_text())["state"] == RUNNING
+
+    assert main(["jobs", "list", "--root", str(root), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["jobs"][0]
+    assert row["state"] == INTERRUPTED and "resume it from its last checkpoint" in row["reason"]
+    assert main(["jobs", "cancel", "--root", str(root), job.id]) == 0
+    assert not (root / job.id / "STOP").exists()  # nothing runs that would read it
+    assert main(["jobs", "resume", "--root", str(root), job.id]) == 0, capsys.readouterr().err
+    resumed = JobRunner(root, drive=False).job(job.id)
+    assert (resumed.state, resumed.resume) == (QUEUED, True)
+
+
+def test_an_interrupted_job_that_saved_nothing_says_to_submit_it_again(tmp_path, capsys):
+    """The state text promises a resume only where there is a checkpoint to resume from."""
+    root = tmp_path / "jobs"
+    runner = JobRunner(root, drive=False)
+    for title in ("saved", "nothing"):
+        job = runner.submit("blocks", ["t.safetensors"], device="cpu", title=title)
+        data = json.loads((root / job.id / "job.json").read_text())
+        data.update(state=RUNNING, pid=None)  # its process is gone
+        (root / job.id / "job.json").write_text(json.dumps(data))
+        if title == "saved":
+            (root / job.id / "checkpoints" / "step-0000003").mkdir(parents=True)
+    assert main(["jobs", "list", "--root", str(root), "--json"]) == 0
+    rows = {row["title"]: row for row in json.loads(capsys.readouterr().out)["jobs"]}
+    assert rows["saved"]["reason"].endswith("; resume it from its last checkpoint")
+    assert rows["nothing"]["reason"].endswith(
+        "; it saved nothing to resume from: submit it again")
+    assert main(["jobs", "resume", "--root", str(root), rows["nothing"]["id"]]) == 2
+    assert "saved no checkpoint to resume from; submit it again" in capsys.readouterr().err
+    assert main(["jobs", "resume", "--root", str(root), rows["saved"]["id"]]) == 0
 
 
 def test_a_damaged_job_file_is_listed_as_broken_and_the_rest_carries_on(tmp_path, capsys):
@@ -189,7 +243,7 @@ def test_a_damaged_job_file_is_listed_as_broken_and_the_rest_carries_on(tmp_path
     assert "Expecting" in rows["garbage"]["reason"] and "Expecting" in rows["empty"]["reason"]
     assert "unknown key 'colour'" in rows["unknown"]["reason"]
     assert "not a JSON object" in rows["list"]["reason"]
-    assert "argv, processes or created has the wrong type" in rows["typed"]["reason"]
+    assert "argv must be a list of texts without NUL, not '--steps 5'" in rows["typed"]["reason"]
     assert main(["jobs", "list", "--root", str(root)]) == 0
     assert "garbage" in capsys.readouterr().out
 

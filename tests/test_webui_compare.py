@@ -10,7 +10,6 @@ from PIL import Image
 from bksdm_ext.demo import write_tiny_teacher
 from bksdm_ext.jobs.runner import SUCCEEDED
 from bksdm_ext.model.convert import convert_checkpoint
-from bksdm_ext.scores.clip import local_model
 from test_jobs import wait
 from webui_env import load, standin_app, start_webui, stop_jobs
 
@@ -51,7 +50,9 @@ def test_the_loaded_teacher_and_its_students_are_preselected(webui):
     assert _names(chosen) == ["teacher.safetensors", "teacher-bk-small.safetensors"]
 
 
-def test_compare_here_scores_the_student_against_the_teacher(webui):
+def test_compare_here_scores_the_student_against_the_teacher(webui, a1111_machine):
+    """With the Hugging Face cache A1111 leaves (CLIP's config without weights): the grid
+    and the table, with an empty CLIP column and the way to fill it."""
     from bksdm_ext.webui import compare_tab
 
     _, chosen = compare_tab.candidates()
@@ -63,8 +64,8 @@ def test_compare_here_scores_the_student_against_the_teacher(webui):
     assert (teacher_row[1], teacher_row[4], teacher_row[5]) == ("teacher", "inf", "1.0000")
     assert student_row[1] == "small" and float(student_row[5]) < 0.999
     assert float(teacher_row[3]) > 0 and float(student_row[3]) > 0  # seconds per image
-    if local_model() is None:
-        assert teacher_row[6] == "-" and "pass --clip-model" in text
+    assert teacher_row[6] == student_row[6] == "-" and "pass --clip-model" in text
+    assert "No CLIP model on this machine" in compare_tab.clip_status()
     with Image.open(picture) as image:  # 1 prompt (the first N = 1) x 2 seeds, 2 models
         assert image.size == (220 + 2 * 256, 28 + 2 * 256)
     assert Path(grid_file).is_file()
@@ -101,6 +102,7 @@ def test_a_background_comparison_runs_bksdm_eval_as_a_job(webui, tmp_path):
     runner = jobs_service.runner()
     job = runner.jobs()[-1]
     assert job.kind == "eval" and str(webui / "teacher.safetensors") in job.argv
+    assert job.argv.index("--") < job.argv.index(str(webui / "teacher.safetensors"))
     job = wait(runner, job.id, lambda j: j.state not in ("queued", "running"))
     assert job.state == SUCCEEDED, runner.log_tail(job.id)
     assert Path(job.result) == runner.folder(job.id) / "grid.png" and not job.registered
@@ -109,7 +111,8 @@ def test_a_background_comparison_runs_bksdm_eval_as_a_job(webui, tmp_path):
 
 
 # The Download CLIP button, in a WebUI of its own: huggingface_hub reads where to download
-# from (a local fake hub) and the cache to fill (empty) when it is first imported.
+# from (a local fake hub) and the cache to fill (A1111's: CLIP's config and tokenizer, no
+# weights) when it is first imported.
 DOWNLOAD_SCRIPT = """
 import json, sys
 from pathlib import Path
@@ -133,35 +136,47 @@ index = next(i for i, d in enumerate(page.dependencies)
 ids = {block._id: getattr(block, "elem_id", None) for block in page.blocks.values()}
 
 
-def clip_column():
-    _, table, *_, text = compare_tab.run_from_ui(
+def compare():
+    picture, table, *_, text = compare_tab.run_from_ui(
         "task(1)", compare_tab.candidates()[1], compare_tab.SOURCES[2], None, "a red cube",
         max_prompts=1, seeds=1, steps=2, size=32, cfg_scale=7)
-    return [row[6] for row in table["data"]], text
+    return {"grid": Path(picture).is_file(),
+            "column": [row[6] for row in table["data"]], "text": text}
 
 
-before = {"status": blocks["bksdm_compare_clip"].value, "column": clip_column()}
+before = {"status": blocks["bksdm_compare_clip"].value, "compare": compare()}
 pressed = page.fns[index].fn()
 print("RESULT " + json.dumps({
     "before": before, "outputs": [ids[i] for i in page.dependencies[index]["outputs"]],
-    "pressed": pressed, "after": {"status": compare_tab.clip_status(), "column": clip_column()}}))
+    "pressed": pressed, "again": compare_tab.download_clip(),
+    "after": {"status": compare_tab.clip_status(), "compare": compare()}}))
 """
 
 
-def test_download_clip_fetches_the_named_clip_on_the_button_only(tmp_path):
-    """Before: the CLIP column says how to enable it; the button downloads
-    openai/clip-vit-large-patch14 from a local fake hub, saying which and how big; after:
-    the column has scores.  Nothing reaches the network (HF_ENDPOINT is the fake hub)."""
+def test_download_clip_fetches_the_weights_a1111s_cache_lacks_on_the_button_only(tmp_path):
+    """The cache A1111 leaves: CLIP's config and tokenizer, no weights.  Before: the grid
+    and table are drawn, the CLIP column empty and saying how to fill it; the button fetches
+    only the weights of openai/clip-vit-large-patch14 from a local fake hub, saying which
+    files and how big; pressed again it fetches nothing; after: the column has scores.
+    Nothing reaches the network (HF_ENDPOINT is the fake hub)."""
     import json
     import os
     import subprocess
     import sys
 
-    from fake_hub import hub_env, serving
+    from bksdm_ext.errors import size_text
+    from bksdm_ext.model.tokenizer import clip_tokenizer
+    from fake_hub import (CLIP_L14, cache_like_a1111, holds_config_and_tokenizer_only, hub_env,
+                          serving)
     from test_scores import tiny_clip
 
     root = Path(__file__).resolve().parent.parent
-    with serving("openai/clip-vit-large-patch14", tiny_clip(tmp_path / "served")) as (url, fetched):
+    served = tiny_clip(tmp_path / "served")
+    clip_tokenizer("sd-v1").save_pretrained(str(served))
+    weights = [p for p in served.iterdir() if p.name in ("model.safetensors", "pytorch_model.bin")]
+    snapshot = cache_like_a1111(tmp_path / "hf-home", served)
+    assert holds_config_and_tokenizer_only(snapshot)
+    with serving(CLIP_L14, served) as (url, fetched):
         env = hub_env(url, tmp_path / "hf-home",
                       os.pathsep.join([str(root), str(root / "tests")]))
         env["HOME"] = str(tmp_path / "home")  # no `clip` package files of the developer's
@@ -173,11 +188,18 @@ def test_download_clip_fetches_the_named_clip_on_the_button_only(tmp_path):
     before, after = result["before"], result["after"]
     assert "No CLIP model on this machine" in before["status"]
     assert "openai/clip-vit-large-patch14 (1.7 GB)" in before["status"]
-    assert before["column"][0] == ["-"] and "pass --clip-model" in before["column"][1]
+    assert before["compare"]["grid"] and before["compare"]["column"] == ["-"]
+    assert "bksdm-success" in before["compare"]["text"]
+    assert "pass --clip-model" in before["compare"]["text"]
     assert result["outputs"] == ["bksdm_compare_clip", "bksdm_compare_result"]
     status, text = result["pressed"]
-    assert "bksdm-success" in text and "openai/clip-vit-large-patch14 (a 1.7 GB download)" in text
+    assert len(weights) == 1 and "bksdm-success" in text
+    assert ("Downloaded CLIP openai/clip-vit-large-patch14 into the Hugging Face cache: %s (%s)"
+            % (weights[0].name, size_text(weights[0].stat().st_size))) in text
     assert "**openai/clip-vit-large-patch14** (already on this machine)" in status
+    assert "is already in the Hugging Face cache; nothing downloaded" in result["again"][1]
     assert after["status"] == status
-    assert float(after["column"][0][0]) >= 0 and "pass --clip-model" not in after["column"][1]
-    assert ("GET", "config.json") in fetched  # from the fake hub, on the button
+    assert float(after["compare"]["column"][0]) >= 0
+    assert "pass --clip-model" not in after["compare"]["text"]
+    # From the fake hub: the weights, on the button only (the config was A1111's already).
+    assert [name for method, name in fetched if method == "GET"] == [weights[0].name]

@@ -67,7 +67,7 @@ def test_a_distillation_started_in_the_tab_lands_in_the_dropdown_with_a_card(web
     assert "bksdm-success" in message, message
     runner = jobs_service.runner()
     job = runner.jobs()[-1]
-    assert job.kind == "distill" and "--arch small" in " ".join(job.argv)
+    assert job.kind == "distill" and "--arch=small" in job.argv
     from bksdm_ext.jobs.runner import EXTENSION_ROOT
 
     assert Path(EXTENSION_ROOT) == webui.parent.parent / "extensions" / "sd-webui-bksdm"
@@ -161,7 +161,9 @@ def test_cancel_and_resume_from_the_tab_buttons(webui, tmp_path):
     assert "nothing saved" in job.reason
 
 
-def test_dreambooth_started_in_the_tab_lands_in_the_dropdown(webui, tmp_path):
+def test_dreambooth_started_in_the_tab_lands_in_the_dropdown(a1111_machine, webui, tmp_path):
+    """With the Hugging Face cache A1111 leaves (CLIP's config without weights), the tab's
+    default sampling makes its samples and no CLIP score."""
     from bksdm_ext.webui import dreambooth_tab, jobs_service
 
     photos = tmp_path / "photos"
@@ -186,6 +188,8 @@ def test_dreambooth_started_in_the_tab_lands_in_the_dropdown(webui, tmp_path):
     assert job.kind == "dreambooth"
     job = wait(runner, job.id, lambda j: j.state not in ("queued", "running"), timeout=600)
     assert job.state == SUCCEEDED, runner.log_tail(job.id)
+    kinds = [e["event"] for e in runner.events(job.id)]
+    assert kinds.count("samples") == 1 and "eval" not in kinds
     registered = Path(job.registered)
     assert registered.parent == webui and registered.with_suffix(".yaml").is_file()
     assert registered.with_suffix(".preview.png").is_file()
@@ -241,7 +245,7 @@ def test_teacher_made_data_is_shown_with_its_counts_prompts_and_grid(webui, tmp_
     assert "bksdm-success" in message, message
     runner = jobs_service.runner()
     job = runner.jobs()[-1]
-    assert "--data teacher:4" in " ".join(job.argv)
+    assert "--data=teacher:4" in job.argv
     job = wait(runner, job.id, lambda j: j.state not in ("queued", "running"), timeout=600)
     assert job.state == SUCCEEDED, runner.log_tail(job.id)
 
@@ -348,3 +352,43 @@ def test_a_job_another_process_saw_finish_still_lands_in_the_dropdown(webui, tmp
     time.sleep(3 * jobs_service.POLL_SECONDS)
     assert sorted(p.name for p in webui.glob("*.safetensors")) == sorted(
         ["tiny-sd.safetensors", result.name])
+
+
+def test_prompts_that_start_with_a_dash_reach_the_run_as_prompts(monkeypatch, webui, tmp_path):
+    """A sample, negative, instance or class prompt may start with "-" (issue 22 #12): the
+    command each job runs gives it to the run as that prompt, never as an option.  (The
+    jobs stay queued until the WebUI is gone: monkeypatch comes first, so it is undone last.)"""
+    from bksdm_ext.cli import build_parser
+    from bksdm_ext.jobs.runner import JobRunner
+    from bksdm_ext.webui import dreambooth_tab
+
+    monkeypatch.setattr(JobRunner, "_start", lambda runner, job: None)  # the command is enough
+    distill_tab, jobs_service, _ = tabs()
+    runner = jobs_service.runner()
+
+    def parsed(job):
+        command = runner.command(job)
+        return build_parser().parse_args(command[command.index("bksdm_ext") + 1:])
+
+    title = distill_tab.checkpoints.titles(students=False)[0]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red fox\n")
+    message = distill_tab.start(
+        title, "Small", distill_tab.SOURCES[2], str(make_dataset(tmp_path / "data")), 4,
+        str(prompts), "--blurry, -lowres", False, 2, 2, 1, 1e-3, 32, "no", False, False, False,
+        0, 1, "-a red circle\n--help", False, 1)
+    assert "bksdm-success" in message, message
+    args = parsed(runner.jobs()[-1])
+    assert args.negative_prompt == "--blurry, -lowres"
+    assert args.sample_prompts == ["-a red circle", "--help"]
+    assert (args.steps, args.out) == (2, str(runner.folder(runner.jobs()[-1].id)))
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (40, 48), "red").save(photos / "dog.png")
+    message = dreambooth_tab.start(title, dreambooth_tab.SAME_MODEL, str(photos), "-sks dog",
+                                   "--a dog", 1, 2, 1e-4, 32, True, True, False, 16, 1e-4,
+                                   "no", False, False, False)
+    assert "bksdm-success" in message, message
+    args = parsed(runner.jobs()[-1])
+    assert (args.instance_prompt, args.class_prompt) == ("-sks dog", "--a dog")

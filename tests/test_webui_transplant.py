@@ -106,7 +106,7 @@ def test_distill_tab_starts_from_a_student_of_the_list(webui, tmp_path):
     message = start(title_of(student))
     assert "bksdm-success" in message and "BK-Tiny" in message, message
     argv = " ".join(jobs_service.runner().jobs()[-1].argv)
-    assert "--arch tiny" in argv and "--init-student %s" % student in argv
+    assert "--arch=tiny" in argv and "--init-student=%s" % student in argv
     stop_jobs()
 
     other = tmp_path / "other"

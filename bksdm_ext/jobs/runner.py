@@ -21,16 +21,18 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from ..errors import BadInput
 from .events import read_events
 from .file_lock import exclusive
-from .worker import EXIT_FILE, KILL_SIGNALS, last_line, log_tail, read_exit
+from .runs import RunPaths
+from .worker import EXIT_FILE, KILL_SIGNALS, last_line, log_tail, read_exit, shown
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 BROKEN = "broken"  # its job.json cannot be read: listed with the reason, never touched
+LARGEST_JOB_FILE = 1024 * 1024  # bytes; a job file holds settings, a few kB
 FINISHED = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
 SETTLED = FINISHED + (BROKEN,)  # nothing more will happen to it without a user
 STATES = (QUEUED, RUNNING) + SETTLED
@@ -96,17 +98,23 @@ def progress_of(events: List[Dict]) -> Progress:
             progress.eta_s, progress.it_s = e.get("eta_s"), e.get("images_s")
         elif name == "step":
             losses = {key: float(value) for key, value in e.items()
-                      if key not in NOT_LOSSES and isinstance(value, (int, float))}
+                      if key not in NOT_LOSSES and _plottable(value)}
             if losses or progress.phase != "teacher data":  # not a synth job's own progress
                 progress.phase, progress.total = "training", training_total
-            progress.step, progress.eta_s, progress.it_s = int(e["step"]), e.get("eta_s"), e.get("it_s")
+            progress.step, progress.eta_s, progress.it_s = e["step"], e.get("eta_s"), e.get("it_s")
             for key, value in losses.items():
                 progress.losses.setdefault(key, []).append((progress.step, value))
     if progress.total is None and progress.eta_s is not None and progress.it_s:
         progress.total = progress.step + int(round(progress.eta_s * progress.it_s))
     if events and events[-1].get("event") == "done":
-        progress.total = progress.step = int(events[-1].get("step") or progress.step)
+        progress.total = progress.step = events[-1].get("step") or progress.step
     return progress
+
+
+def _plottable(value: Any) -> bool:
+    """A loss value: a float (NaN and infinity included: a diverged run shows as one) or
+    an int a float holds; never a flag."""
+    return type(value) is float or (type(value) is int and abs(value) <= 2 ** 53)
 
 
 def default_device() -> str:
@@ -129,8 +137,8 @@ def child_environment(base: Mapping[str, str]) -> Dict[str, str]:
 class JobRunner:
     """Owns a folder of jobs; `poll()` moves them along (the WebUI calls it on a timer).
 
-    `drive=False` makes a reader that never starts or finishes a job (``bksdm jobs list``):
-    `snapshot()` still shows how each ended run ended."""
+    `drive=False` makes a reader that never starts a job nor records one's end (``bksdm
+    jobs list``); every reader sees each job as it stands (`_as_it_stands`)."""
 
     def __init__(self, root: Path, python: str = sys.executable,
                  on_start: Optional[Callable[[Job], None]] = None,
@@ -147,24 +155,16 @@ class JobRunner:
 
     # -- queries ------------------------------------------------------------------
     def jobs(self) -> List[Job]:
-        found = [self._read(self._path(job_id)) for job_id in self.ids()]
-        return sorted(found, key=lambda job: job.created)
+        """Every job as it stands now, oldest first."""
+        return [self._as_it_stands(job) for job in self._recorded()]
 
     def ids(self) -> List[str]:
         """The job ids: the folders here holding a job.json."""
         return sorted(p.parent.name for p in self.root.glob("*/job.json"))
 
-    def snapshot(self) -> List[Job]:
-        """Every job as it stands now, changing nothing: a run that ended since the last
-        poll shows how it ended."""
-        jobs = self.jobs()
-        for job in jobs:
-            if job.state == RUNNING and not self._alive(job):
-                job.state, job.reason, job.result = self._outcome(job)
-        return jobs
-
     def job(self, job_id: str) -> Job:
-        return self._read(self.folder(job_id))
+        """The job as it stands now."""
+        return self._as_it_stands(self._read(self.folder(job_id)))
 
     def folder(self, job_id: str) -> Path:
         """The folder of a job in the list; any other id (from a web page, say) is refused
@@ -211,7 +211,7 @@ class JobRunner:
             job = self._changeable(job_id)
             if job.state not in FINISHED or job.state == SUCCEEDED:
                 raise BadInput("job %s is %s; only a stopped job can resume" % (job_id, job.state))
-            if not (self.folder(job_id) / "checkpoints").is_dir():
+            if not self._resumable(job):
                 raise BadInput("job %s saved no checkpoint to resume from; submit it again"
                                % job_id)
             job.state, job.reason, job.resume, job.ended = QUEUED, "", True, None
@@ -230,10 +230,12 @@ class JobRunner:
     def poll(self) -> None:
         """Notice ended processes, then start the oldest queued job on each free device."""
         with self._exclusive():
-            jobs = self.jobs()
+            jobs = self._recorded()
             for job in jobs:
-                if job.state == RUNNING and not self._alive(job):
-                    self._ended(job)
+                ended = self._ended(job)
+                if ended is not None:
+                    state, reason, job.result = ended
+                    self._finish(job, state, reason)
             busy = {job.device for job in jobs if job.state == RUNNING}
             for job in jobs:
                 if job.state == QUEUED and job.device not in busy:
@@ -255,6 +257,31 @@ class JobRunner:
             finally:
                 self._depth -= 1
 
+    def _recorded(self) -> List[Job]:
+        """Every job as its job.json has it, oldest first."""
+        found = [self._read(self._path(job_id)) for job_id in self.ids()]
+        return sorted(found, key=lambda job: job.created)
+
+    def _as_it_stands(self, job: Job) -> Job:
+        """`job` as every command and tab shows and changes it: a job whose file says
+        running but whose process has ended is what its run's files say (succeeded,
+        failed, cancelled, interrupted), before any poll has recorded that."""
+        ended = self._ended(job)
+        if ended is not None:
+            job.state, job.reason, job.result = ended
+        return job
+
+    def _ended(self, job: Job) -> Optional[Tuple[str, str, str]]:
+        """(state, reason, result) of a job recorded as running whose process has ended;
+        None for any other.  The one place that decides a job's state."""
+        if job.state != RUNNING or self._alive(job):
+            return None
+        return self._outcome(job)
+
+    def _resumable(self, job: Job) -> bool:
+        """Whether its run folder holds a checkpoint a ``--resume`` continues from."""
+        return RunPaths(self._path(job.id)).latest_checkpoint() is not None
+
     def _path(self, job_id: str) -> Path:
         """The folder of an id read from this folder's own job list."""
         return self.root / job_id
@@ -270,9 +297,9 @@ class JobRunner:
         """The worker (by absolute path), which runs ``python -m bksdm_ext KIND ...`` and
         records how it ended."""
         folder = str(self._path(job.id))
-        bksdm = ["-m", "bksdm_ext", job.kind] + job.argv + ["--out", folder]
-        if job.resume:
-            bksdm.append("--resume")
+        # Ahead of the job's own arguments, which may end in ``-- POSITIONAL...``.
+        bksdm = ["-m", "bksdm_ext", job.kind, "--out=" + folder] + (
+            ["--resume"] if job.resume else []) + job.argv
         if job.processes > 1:
             run = [self.python, "-m", "accelerate.commands.launch", "--multi_gpu",
                    "--num_processes", str(job.processes)] + bksdm
@@ -316,7 +343,7 @@ class JobRunner:
         events = self.events(job.id)
         last = events[-1] if events else {}
         if last.get("event") == "done":
-            return SUCCEEDED, "", str(last.get("output", ""))
+            return SUCCEEDED, "", last.get("output") or ""
         if last.get("event") == "stopped":
             return CANCELLED, "stopped at step %s, %s" % (
                 last.get("step"), "checkpoint saved" if last.get("saved") else "nothing saved"), ""
@@ -330,18 +357,15 @@ class JobRunner:
             code, reason = process.returncode, ""
         else:
             code, reason = None, ""
+        then = ("resume it from its last checkpoint" if self._resumable(job) else
+                "it saved nothing to resume from: submit it again")
         if code is None:
-            return INTERRUPTED, "the process ended without finishing (killed, or the machine " \
-                "restarted); resume it from its last checkpoint", ""
+            return INTERRUPTED, "%s; %s" % (reason or "the process ended without finishing "
+                                            "(killed, or the machine restarted)", then), ""
         if code < 0 and -code in KILL_SIGNALS:
-            return INTERRUPTED, "%s (out of memory, or stopped from outside); resume it from " \
-                "its last checkpoint" % (reason or "killed by signal %d" % -code), ""
+            return INTERRUPTED, "%s (out of memory, or stopped from outside); %s" % (
+                reason or "killed by signal %d" % -code, then), ""
         return FAILED, reason or last_line(self.log_tail(job.id)) or "exit code %s" % code, ""
-
-    def _ended(self, job: Job) -> None:
-        state, reason, job.result = self._outcome(job)
-        self._processes.pop(job.id, None)
-        self._finish(job, state, reason)
 
     def _finish(self, job: Job, state: str, reason: str) -> None:
         job.state, job.reason, job.ended = state, reason, time.time()
@@ -354,34 +378,82 @@ class JobRunner:
         self._write(job)
 
     def _read(self, folder: Path) -> Job:
-        """The job in `folder`; one whose job.json is damaged comes back `broken`, with the
-        parse error as its reason, so the list and the queue carry on around it."""
+        """The job in `folder`; one whose job.json is damaged comes back `broken`, with
+        what is wrong as its reason, so the list and the queue carry on around it."""
         path = folder / "job.json"
         try:
+            size = path.stat().st_size
+            if size > LARGEST_JOB_FILE:
+                raise ValueError("%d bytes, more than a job file holds" % size)
             data = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             unknown = sorted(set(data) - {f.name for f in fields(Job)})
             if unknown:
                 raise ValueError("unknown key %s" % ", ".join(map(repr, unknown)))
+            for name, value in data.items():
+                fits, what = FIELD_RULES[name]
+                if not fits(value):
+                    raise ValueError("%s must be %s, not %s" % (name, what, shown(value)))
             job = Job(**data)
             if job.id != folder.name or job.kind not in KINDS or job.state not in STATES:
                 raise ValueError("id, kind or state is wrong: %r, %r, %r"
                                  % (job.id, job.kind, job.state))
-            if not (isinstance(job.argv, list) and all(isinstance(a, str) for a in job.argv)
-                    and isinstance(job.processes, int) and isinstance(job.created, (int, float))):
-                raise ValueError("argv, processes or created has the wrong type")
             return job
-        except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
-            created = path.stat().st_mtime if path.is_file() else 0.0
-            return Job(id=folder.name, kind="", argv=[], device="", title=folder.name,
-                       state=BROKEN, reason="job.json: %s" % e, created=created)
+        except RecursionError:
+            return _broken(folder, "nested too deeply to be a job file")
+        except (OSError, ValueError, TypeError) as e:  # UnicodeDecodeError is a ValueError
+            return _broken(folder, str(e))
 
     def _write(self, job: Job) -> None:
+        if job.state != RUNNING:  # a process this runner started is over for good
+            self._processes.pop(job.id, None)
         target = self._path(job.id) / "job.json"
         temp = target.with_name("job.json.tmp")
         temp.write_text(json.dumps(asdict(job), indent=2), encoding="utf-8")
         os.replace(temp, target)
+
+
+def _broken(folder: Path, problem: str) -> Job:
+    path = folder / "job.json"
+    try:
+        created = path.stat().st_mtime
+    except OSError:
+        created = 0.0
+    return Job(id=folder.name, kind="", argv=[], device="", title=folder.name, state=BROKEN,
+               reason="job.json: %s" % problem, created=created)
+
+
+def _whole(value: Any, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _moment(value: Any) -> bool:
+    """A time the list can print: seconds since 1970, before the year 10000."""
+    return type(value) in (int, float) and 0 <= value < 253402300800  # NaN: neither
+
+
+def _passed_on(value: Any) -> bool:
+    """Text a process gets (an argument, an environment variable): no NUL byte."""
+    return isinstance(value, str) and "\0" not in value
+
+
+TEXT = (lambda value: isinstance(value, str), "text")
+# What each field of job.json must be, and how to say it: a job file that parsed but holds
+# something else is broken, not a crash of whoever reads it.
+FIELD_RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
+    "id": TEXT, "kind": TEXT, "title": TEXT, "state": TEXT, "reason": TEXT, "result": TEXT,
+    "registered": TEXT, "device": (_passed_on, "text without NUL"),
+    "argv": (lambda v: isinstance(v, list) and all(map(_passed_on, v)),
+             "a list of texts without NUL"),
+    "processes": (lambda v: _whole(v, 1, 4096), "a whole number from 1"),
+    "free_vram": (lambda v: isinstance(v, bool), "true or false"),
+    "resume": (lambda v: isinstance(v, bool), "true or false"),
+    "pid": (lambda v: v is None or _whole(v, 1, 2 ** 31 - 1), "a process id or null"),
+    "created": (_moment, "a time in seconds"),
+    "started": (lambda v: v is None or _moment(v), "a time in seconds or null"),
+    "ended": (lambda v: v is None or _moment(v), "a time in seconds or null"),
+}
 
 
 def _pid_runs(pid: Optional[int], marker: str) -> bool:

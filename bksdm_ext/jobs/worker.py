@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional
 
 EXIT_FILE = "exit.json"
 LOG_FILE = "log.txt"
+LARGEST_RECORD = 64 * 1024  # bytes; the worker writes about a hundred
 # Ended by these signals, a run was stopped from outside (the OOM killer, a shutdown, a
 # user's kill), not by its own error: it can resume from its last checkpoint.
 KILL_SIGNALS = {getattr(signal, name) for name in ("SIGKILL", "SIGTERM", "SIGHUP")
@@ -64,12 +65,39 @@ def write_exit(folder: Path, record: Dict[str, Any]) -> None:
 
 
 def read_exit(folder: Path) -> Optional[Dict[str, Any]]:
-    """The record of a finished worker, or None (still running, or killed itself)."""
-    try:
-        record = json.loads((Path(folder) / EXIT_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    """The record of a finished worker, or None (still running, or killed itself).  A
+    record this file never writes (a disk's or a hand's damage) is still the end of the
+    worker, that says what is wrong with it: exit code None and the damage as reason."""
+    path = Path(folder) / EXIT_FILE
+    if not path.is_file():
         return None
-    return record if isinstance(record, dict) and "exit_code" in record else None
+    try:
+        if path.stat().st_size > LARGEST_RECORD:
+            raise ValueError("%d bytes, more than an exit record holds" % path.stat().st_size)
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        code = record.get("exit_code")
+        if type(code) is not int:
+            raise ValueError("exit_code must be a whole number, not %s" % shown(code))
+        if not isinstance(record.get("reason", ""), str):
+            raise ValueError("reason must be text, not %s" % shown(record["reason"]))
+    except RecursionError:
+        return _damaged("nested too deeply to be an exit record")
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+        return _damaged(str(e))
+    return record
+
+
+def _damaged(problem: str) -> Dict[str, Any]:
+    return {"exit_code": None, "signal": None,
+            "reason": "%s is damaged (%s)" % (EXIT_FILE, problem)}
+
+
+def shown(value: Any) -> str:
+    """A value read from a damaged file, as a message quotes it (briefly)."""
+    text = repr(value) if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def _end_with_parent() -> None:

@@ -11,6 +11,10 @@ channel interpolation where the layer changes the width (marked "stand-in", as t
 "*"): for the analysis only.  Rows also carry the unit's parameters, its FLOPs share of a
 step and the measured U-Net milliseconds per step saved (the block picker's measured
 step-time estimate).
+
+As a background job the scan is resumable like a training run: each unit's row is
+checkpointed as it is measured (``checkpoints/step-N``: the first N units) and the full
+teacher's images are kept beside them, so a stopped or killed scan continues where it was.
 """
 import copy
 import hashlib
@@ -18,11 +22,12 @@ import importlib.util
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..errors import BadInput
+from ..jobs.runs import RunPaths
 from ..model.arch import Architecture
 from ..model.blocks import INNERMOST, MID, removal_from_units, teacher_units
 from ..model.checkpoint import Checkpoint
@@ -40,6 +45,8 @@ DEFAULT_PROMPTS = (
     "portrait of an old man with a beard, studio lighting",
 )
 Progress = Callable[[int, int, str], None]
+SCAN_SO_FAR = "scan.json"  # in each checkpoint: the rows measured until then
+TEACHER_IMAGES = "teacher-images.safetensors"  # in the run folder: what every unit is held to
 
 
 @dataclass
@@ -114,11 +121,17 @@ def scan_units(arch: Architecture, groups: bool) -> List[str]:
 
 
 def scan(teacher: Union[str, Path], settings: ScanSettings, progress: Optional[Progress] = None,
-         device: Optional[torch.device] = None, clip: Optional[ClipScorer] = None) -> ScanResult:
-    """Every unit of `scan_units` removed in turn; `clip` adds the CLIP-score columns."""
+         device: Optional[torch.device] = None, clip: Optional[ClipScorer] = None,
+         run: Optional[RunPaths] = None, resume: bool = False) -> ScanResult:
+    """Every unit of `scan_units` removed in turn; `clip` adds the CLIP-score columns.
+    With `run` (a job's run folder) each row is checkpointed as it is measured, and
+    `resume` continues from the last checkpoint there."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = Path(teacher)
     ckpt = Checkpoint(path)
+    start = run.resume_point(resume) if run is not None else None
+    sha256, clip_model = a1111_sha256(path), clip.name if clip else ""
+    so_far = _scan_so_far(start, sha256, settings, clip_model) if start is not None else None
     latency = LatencySettings(steps=settings.steps, size=settings.size,
                               cfg_scale=settings.cfg_scale, seed=settings.seed)
     pipe, info = load_pipeline(path, latency.sampler, device)
@@ -127,14 +140,20 @@ def scan(teacher: Union[str, Path], settings: ScanSettings, progress: Optional[P
     costs = UnitCosts(ckpt, info.arch)
     teacher_flops = costs.student_flops(info.arch)
     teacher_unet = pipe.unet
-    reference, teacher_ms = _render(pipe, settings, device)
-    teacher_clip = _clip_score(clip, reference, settings)
-    result = ScanResult(teacher=str(path), teacher_sha256=a1111_sha256(path),
-                        settings=asdict(settings), teacher_ms_per_step=teacher_ms,
-                        device=device_name(device), clip_model=clip.name if clip else "",
-                        teacher_clip_score=teacher_clip)
+    if so_far is not None:
+        result, reference = so_far
+    else:
+        reference, teacher_ms = _render(pipe, settings, device)
+        result = ScanResult(teacher=str(path), teacher_sha256=sha256,
+                            settings=asdict(settings), teacher_ms_per_step=teacher_ms,
+                            device=device_name(device), clip_model=clip_model,
+                            teacher_clip_score=_clip_score(clip, reference, settings))
+        if run is not None:
+            _keep_teacher_images(run, reference)
+    teacher_clip, teacher_ms = result.teacher_clip_score, result.teacher_ms_per_step
     units = scan_units(info.arch, settings.groups)
-    for done, unit in enumerate(units):
+    for done in range(len(result.rows), len(units)):  # a resumed scan: after those it has
+        unit = units[done]  # (the same units: the same teacher and settings)
         if progress is not None:
             progress(done, len(units), unit)
         pipe.unet, how = _without(teacher_unet, info.arch, unit)
@@ -149,10 +168,50 @@ def scan(teacher: Union[str, Path], settings: ScanSettings, progress: Optional[P
             ssim=float(ssim(images, reference).mean()), params=int(params),
             step_share=round(flops / teacher_flops, 4), ms_per_step=ms, ms_saved=teacher_ms - ms,
             clip_score=score, clip_change=None if score is None else score - teacher_clip))
+        if run is not None:
+            run.write_checkpoint(done + 1, lambda folder: _write_json(
+                asdict(result), folder / SCAN_SO_FAR), keep_last=1)  # in unit order
     pipe.unet = teacher_unet
     if progress is not None:
         progress(len(units), len(units), "")
     return result
+
+
+def _keep_teacher_images(run: RunPaths, images: torch.Tensor) -> None:
+    """The full teacher's images, for a resumed scan to hold its units to the same ones."""
+    from safetensors.torch import save_file
+
+    target = run.out / TEACHER_IMAGES
+    temp = target.with_name(target.name + ".tmp")
+    run.out.mkdir(parents=True, exist_ok=True)
+    save_file({"images": images.contiguous()}, str(temp))
+    temp.replace(target)
+
+
+def _scan_so_far(checkpoint: Path, sha256: str, settings: ScanSettings, clip_model: str
+                 ) -> Tuple[ScanResult, torch.Tensor]:
+    """The rows in `checkpoint` and the teacher's images they were measured against;
+    refused when they are of another teacher, settings or CLIP model (a mix of two scans)."""
+    from safetensors.torch import load_file
+
+    run = checkpoint.parent.parent
+    try:
+        result = ScanResult.from_dict(json.loads((checkpoint / SCAN_SO_FAR).read_text(
+            encoding="utf-8")))
+        reference = load_file(str(run / TEACHER_IMAGES))["images"]
+        same = (result.teacher_sha256 == sha256 and result.clip_model == clip_model and
+                ScanSettings(**result.settings).key() == settings.key())
+    except (OSError, ValueError, TypeError, KeyError) as e:  # a damaged checkpoint
+        raise BadInput("%s: cannot continue this scan (%s); start it again with another "
+                       "--out" % (checkpoint, e)) from None
+    if not same:
+        raise BadInput("%s holds a scan of another teacher, or with other settings or CLIP "
+                       "model; resume with the same ones or choose another --out" % run)
+    return result, reference
+
+
+def _write_json(data: Dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
 
 
 def _render(pipe: Any, settings: ScanSettings, device: torch.device) -> Any:
@@ -272,7 +331,7 @@ def save(result: ScanResult, cache_dir: Path) -> Path:
     path = cache_dir / ("%s-%s.json" % (result.teacher_sha256[:12], settings.key()))
     cache_dir.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(path.name + ".tmp")
-    temp.write_text(json.dumps(result.as_dict(), indent=1), encoding="utf-8")
+    _write_json(result.as_dict(), temp)
     temp.replace(path)
     return path
 

@@ -8,6 +8,7 @@ from typing import Any, Dict
 
 import torch
 
+from ..errors import BadInput
 from .checkpoint import Checkpoint
 from .clip_naming import model_names
 from .detect import ModelInfo
@@ -21,6 +22,17 @@ HEAD_WIDTH = 64
 
 def _part(ckpt: Checkpoint, prefix: str) -> Dict[str, torch.Tensor]:
     return {k[len(prefix):]: ckpt.tensor(k) for k in ckpt.keys() if k.startswith(prefix)}
+
+
+def _required_part(ckpt: Checkpoint, prefix: str, what: str, advice: str
+                   ) -> Dict[str, torch.Tensor]:
+    """A part the checkpoint must hold itself: A1111 loads a file without it (drawing with a
+    separately chosen VAE, say), and the yaml still describes it, but nothing here can."""
+    part = _part(ckpt, prefix)
+    if not part:
+        raise BadInput("%s: it has no %s weights (%s*), which BK-SDM takes from the "
+                       "checkpoint itself; %s" % (ckpt.path, what, prefix, advice))
+    return part
 
 
 def load_unet(ckpt: Checkpoint, info: ModelInfo) -> Any:
@@ -52,7 +64,9 @@ def vae_config(state: Dict[str, torch.Tensor]) -> Dict[str, Any]:
 def load_vae(ckpt: Checkpoint) -> Any:
     from diffusers import AutoencoderKL
 
-    state = vae_to_diffusers(_part(ckpt, VAE_PREFIX))
+    state = vae_to_diffusers(_required_part(
+        ckpt, VAE_PREFIX, "VAE", "bake one in with A1111's Checkpoint Merger ('Bake in VAE') "
+        "or use the checkpoint it came from"))
     vae = AutoencoderKL(**vae_config(state))
     vae.load_state_dict(state, strict=True)
     return vae.float()
@@ -81,7 +95,8 @@ def load_text_encoder(ckpt: Checkpoint, family: str) -> Any:
     """
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    state = clip_to_hf(_part(ckpt, TEXT_PREFIX[family]), family)
+    state = clip_to_hf(_required_part(ckpt, TEXT_PREFIX[family], "text encoder",
+                                      "use the checkpoint it came from"), family)
     state.pop("text_projection.weight", None)
     if family == "sd-v2":
         last = len({k.split(".")[3] for k in state if k.startswith("text_model.encoder.layers.")}) - 1

@@ -8,17 +8,24 @@ Hugging Face cache (open_clip_cache.py).  One is used only when it is already on
 machine (a folder or file given, a repository in the Hugging Face cache, the
 interrogator's file) unless the user asks for a download by naming it (`--clip-model`,
 the Compare tab's button); nothing is downloaded behind their back.
+
+A repository counts as cached only with its weights: every A1111 machine has
+openai/clip-vit-large-patch14's config.json and tokenizer in its cache and no weights (A1111
+builds SD-v1's text encoder from that config alone, docs/facts.md §12).  A CLIP found on the
+machine is optional: when none is usable the CLIP score is left empty.  Only a CLIP the user
+named can fail a run, when it is looked up, before the run's work.
 """
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import BadInput
-from .open_clip_cache import cached_weights, settings_for
+from .open_clip_cache import cached_repo, cached_weights, settings_for
 from .openai_clip import OPENAI, interrogator_file, read_state, to_clip_model
 
 # Repositories looked for in the Hugging Face cache (transformers' files or open_clip's),
@@ -37,10 +44,15 @@ KNOWN_MODELS = {
     "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": "10.2 GB",  # open_clip's, for SDXL's
 }
 DEFAULT_DOWNLOAD = "openai/clip-vit-large-patch14"
-HOW_TO_ENABLE = ("no CLIP model on this machine: pass --clip-model %s (a %s download), a "
-                 "local CLIPModel folder, an OpenAI CLIP .pt file or an open_clip "
-                 "open_clip_pytorch_model.bin; in the WebUI press 'Download CLIP'"
-                 % (DEFAULT_DOWNLOAD, KNOWN_MODELS[DEFAULT_DOWNLOAD]))
+HOW_TO_GET = ("pass --clip-model %s (a %s download), a local CLIPModel folder, an OpenAI "
+              "CLIP .pt file or an open_clip open_clip_pytorch_model.bin; in the WebUI press "
+              "'Download CLIP'" % (DEFAULT_DOWNLOAD, KNOWN_MODELS[DEFAULT_DOWNLOAD]))
+HOW_TO_ENABLE = "no CLIP model on this machine: " + HOW_TO_GET
+# transformers' weight files that CLIPModel.from_pretrained loads into PyTorch: one file, or
+# an index naming its shards.  TensorFlow's and Flax's are not counted: loading them needs
+# those frameworks (and from_tf / from_flax), and transformers 5 no longer reads them.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+SHARD_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def clip_score_of_embeddings(image_embeds: torch.Tensor, text_embeds: torch.Tensor
@@ -65,18 +77,84 @@ def local_model(folders: Sequence[Path] = ()) -> Optional[str]:
     return str(found) if found is not None else cached_model()
 
 
+def has_weights(folder: Path) -> bool:
+    """Whether a CLIPModel folder holds its weights (a file, or an index and all its
+    shards), not only config.json."""
+    if any((folder / name).is_file() for name in WEIGHT_FILES):
+        return True
+    for name in SHARD_INDEXES:
+        shards = _shards(folder / name)
+        if shards and all((folder / shard).is_file() for shard in shards):
+            return True
+    return False
+
+
+def _shards(index: Path) -> List[str]:
+    """The shard files a sharded checkpoint's index names ([] without a readable index)."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+    except (OSError, ValueError, AttributeError):
+        return []
+    return sorted(set(weight_map.values())) if isinstance(weight_map, dict) else []
+
+
 def _cached_snapshot(repo: str) -> Optional[Path]:
-    """The cached snapshot folder of `repo` with transformers' files (read straight from
-    the cache huggingface_hub keeps, whichever transformers version is installed), or None."""
+    """The cached snapshot folder of `repo` with transformers' config.json, weights or not
+    (read straight from the cache huggingface_hub keeps, whichever transformers version is
+    installed), or None."""
     from huggingface_hub import try_to_load_from_cache
 
     found = try_to_load_from_cache(repo, "config.json")
     return Path(found).parent if isinstance(found, str) else None
 
 
+def _cached_model(repo: str) -> Optional[Path]:
+    """`repo`'s cached snapshot folder when its weights are there too, else None."""
+    snapshot = _cached_snapshot(repo)
+    return snapshot if snapshot is not None and has_weights(snapshot) else None
+
+
 def _in_cache(repo: str) -> bool:
-    """Whether `repo` is in the Hugging Face cache, as transformers' or open_clip's files."""
-    return _cached_snapshot(repo) is not None or cached_weights(repo) is not None
+    """Whether `repo`'s weights are in the Hugging Face cache, as transformers' or
+    open_clip's files (its config alone, as A1111 leaves ViT-L/14, is no CLIP)."""
+    return _cached_model(repo) is not None or cached_weights(repo) is not None
+
+
+def _snapshot_files(repo: str) -> Dict[str, Tuple[str, int]]:
+    """Each file of `repo`'s cached snapshot: (the blob it is, its size in bytes)."""
+    snapshot = _cached_snapshot(repo)
+    files = [p for p in snapshot.iterdir() if p.is_file()] if snapshot is not None else []
+    return {p.name: (os.path.realpath(str(p)), p.stat().st_size) for p in files}
+
+
+def fetch(name: str) -> List[Tuple[str, int]]:
+    """Download what the Hugging Face cache lacks of CLIP repository `name` (all of it, or
+    the weights beside the config A1111 cached) and load it once, so that a download that
+    cannot be used says so now; returns each file fetched with its size in bytes ([] when
+    nothing was missing)."""
+    before = _snapshot_files(name)
+    ClipScorer.load(name, download=True)
+    return [(file, size) for file, (blob, size) in sorted(_snapshot_files(name).items())
+            if before.get(file, ("", 0))[0] != blob]
+
+
+def _weights_missing(folder: Path) -> str:
+    """What a CLIP folder with config.json and no weights lacks, and how to get it."""
+    missing = "%s: a CLIP config without its weights (none of %s is there)" % (
+        folder, ", ".join(WEIGHT_FILES + SHARD_INDEXES))
+    repo = cached_repo(folder)
+    if repo is None:
+        return missing + "; copy the model's weights into it, or " + HOW_TO_GET
+    return missing + ": the Hugging Face cache's copy of %s, config only (as A1111 caches " \
+                     "ViT-L/14 for its text encoder); %s" % (repo, _get_weights(repo))
+
+
+def _get_weights(repo: str) -> str:
+    """How to download `repo`'s weights into the Hugging Face cache."""
+    size = KNOWN_MODELS.get(repo)
+    return "download them with --clip-model %s%s%s" % (
+        repo, " (%s)" % size if size else "",
+        ", or the WebUI's 'Download CLIP'" if repo == DEFAULT_DOWNLOAD else "")
 
 
 def _is_path(name: str) -> bool:
@@ -93,11 +171,18 @@ def download_note(name: str) -> str:
 def find_scorer(name: Optional[str], device: Optional[torch.device] = None,
                 say: Callable[[str], None] = print,
                 folders: Sequence[Path] = ()) -> Optional["ClipScorer"]:
-    """The CLIP model the user named (downloaded if it must be: they asked for it), else
-    one already on the machine (see `local_model`), else None (no CLIP score)."""
+    """The CLIP model the user named (downloaded if it must be: they asked for it; one that
+    cannot be had is a BadInput), else one already on the machine (see `local_model`),
+    else None (no CLIP score)."""
     if name is None:
         name = local_model(folders)
-        return None if name is None else ClipScorer.load(name, device=device)
+        if name is None:
+            return None
+        try:
+            return ClipScorer.load(name, device=device)
+        except BadInput as e:  # not asked for: a CLIP that cannot be read means no score
+            say("no CLIP score: %s" % e)
+            return None
     if not _is_path(name) and not _in_cache(name):
         say(download_note(name))
     return ClipScorer.load(name, download=True, device=device)
@@ -127,16 +212,25 @@ class ClipScorer:
         if folder.is_file():  # e.g. A1111's interrogator's ViT-L/14
             return cls._from_checkpoint(name, folder, device)
         a_path = _is_path(name)
+        weightless = None  # a repository's cached snapshot holding its config only
         if not a_path:  # a repository id: its cached copy, if any
             snapshot = _cached_snapshot(name)
-            weights = cached_weights(name) if snapshot is None else None
-            if weights is not None:  # only open_clip's files
-                return cls._from_checkpoint(name, weights, device)
-            folder = snapshot or folder
+            if snapshot is not None and has_weights(snapshot):
+                folder = snapshot
+            else:
+                weights = cached_weights(name)
+                if weights is not None:  # open_clip's files
+                    return cls._from_checkpoint(name, weights, device)
+                weightless = snapshot
         local = folder.is_dir()
         if not local and a_path:
             raise BadInput("%s: no such CLIP model (expected a transformers CLIPModel folder "
                            "with config.json and weights, or an OpenAI CLIP .pt file)" % name)
+        if local and (folder / "config.json").is_file() and not has_weights(folder):
+            raise BadInput(_weights_missing(folder))
+        if weightless is not None and not download:
+            raise BadInput("CLIP model %s: the Hugging Face cache has its config and no "
+                           "weights (%s); %s" % (name, weightless, _get_weights(name)))
         try:
             model = CLIPModel.from_pretrained(str(folder) if local else name,
                                               local_files_only=local or not download)
@@ -148,8 +242,12 @@ class ClipScorer:
                 raise BadInput("CLIP model %s is not in the Hugging Face cache; ask for it to "
                                "be downloaded (--clip-model %s, or the WebUI's 'Download "
                                "CLIP')" % (name, name)) from None
-            raise BadInput("could not download CLIP model %s: %s"
-                           % (name, str(e).splitlines()[0])) from None
+            what = name if weightless is None else (
+                "%s's weights (the Hugging Face cache has its config only, in %s)"
+                % (name, weightless))
+            raise BadInput("could not download CLIP model %s: %s; check the connection (and "
+                           "that HF_HUB_OFFLINE is not set), or give a local CLIPModel folder "
+                           "with its weights" % (what, str(e).splitlines()[0])) from None
         processor = _preprocessor_config(folder) if local else {}
         return cls._ready(name, model, device, tuple(processor.get("image_mean", OPENAI.mean)),
                           tuple(processor.get("image_std", OPENAI.std)))

@@ -43,7 +43,7 @@ def settings_for(weights: Path) -> ClipSettings:
     """The settings of an OpenAI-layout CLIP file: from the open_clip_config.json beside
     it, else the table's for the cached laion repository it lies in, else OpenAI's."""
     config = weights.parent / CONFIG_FILE
-    fallback = LAION.get(_cached_repo(weights) or "", OPENAI)
+    fallback = LAION.get(cached_repo(weights.parent) or "", OPENAI)
     if not config.is_file():
         return fallback
     saved = json.loads(config.read_text(encoding="utf-8"))
@@ -58,9 +58,9 @@ def settings_for(weights: Path) -> ClipSettings:
         std=tuple(preprocess.get("std", OPENAI.std)))
 
 
-def _cached_repo(weights: Path) -> Optional[str]:
-    """'laion/X' for a file in the cache's models--laion--X/snapshots/<commit>/."""
-    snapshots, repo_folder = weights.parent.parent, weights.parent.parent.parent
+def cached_repo(snapshot: Path) -> Optional[str]:
+    """'org/X' for the cache's snapshot folder models--org--X/snapshots/<commit>, else None."""
+    snapshots, repo_folder = snapshot.parent, snapshot.parent.parent
     if snapshots.name != "snapshots" or not repo_folder.name.startswith("models--"):
         return None
     return repo_folder.name[len("models--"):].replace("--", "/")

@@ -5,45 +5,49 @@ precision on a GPU, student initialised from the teacher through the weight map.
 and captions are encoded once into an on-disk cache (latent_cache.py), so a step runs
 only the two U-Nets.  The data can also be teacher-made (synth.py: ``--data teacher:N``,
 a prompt file, a ``bksdm synth`` run, or a dataset plus ``--synthetic N``); those pairs
-enter the cache as latents and never pass through the VAE encoder.  All randomness comes from one generator per process whose state
-is checkpointed with the data position, so a resumed run repeats the losses of an
-uninterrupted one.  ``accelerate launch -m bksdm_ext distill ...`` runs it with DDP.
+enter the cache as latents and never pass through the VAE encoder.  All randomness comes
+from one generator per process whose state is checkpointed with the data position, so a
+resumed run repeats the losses of an uninterrupted one.  ``accelerate launch -m bksdm_ext
+distill ...`` runs it with DDP.  The loop, checkpoints, samples and evaluation are the
+training skeleton's (skeleton.py); what is distillation's own is here: the teacher and
+the data, the student made ready to train (`StudentTraining`, which a second student
+objective such as consistency distillation would take as it is) and the KD step.
 """
-import json
-import time
-from dataclasses import asdict
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 
+from ..errors import BadInput
+from ..jobs.runs import RunPaths, progress_bar
 from ..model.arch import Architecture, TeacherSpec, preset
 from ..model.blocks import known_as, parse_optional, preset_name
 from ..model.checkpoint import Checkpoint
 from ..model.convert import DTYPES, teacher_origin, teacher_parts, write_student
-from .dataset import DatasetScan, scan_dataset
 from ..model.detect import ModelInfo, inspect_checkpoint
+from ..model.generation import make_pipeline
+from ..model.keymap import UNET_PREFIX, KeyMap
+from ..model.loading import latent_scale, load_unet, load_vae, noise_scheduler
+from ..model.safetensors_io import TensorOut, tensor_bytes
+from ..model.text_encoding import text_encoder_fn
+from ..scores.agreement import agreement
+from .dataset import DatasetScan, scan_dataset
 from .distill_config import DistillConfig
-from ..errors import BadInput
-from ..jobs.events import EventLog
 from .init_student import checked_init_student, load_init_student
 from .kd import EMA, FeatureTaps, LossWeights, kd_loss, student_from_teacher
-from ..model.keymap import UNET_PREFIX, KeyMap
-from .memory_fit import announce, fit_distill, free_gpu_bytes, have_bitsandbytes, out_of_memory_explained
-from .memory_plan import MemoryPlan
 from .latent_cache import CacheUnion, LatentCache, cache_fingerprint, teacher_identity
-from ..model.loading import latent_scale, load_unet, load_vae, noise_scheduler
-from ..model.generation import make_pipeline
+from .memory_fit import fit_distill, free_gpu_bytes, have_bitsandbytes
+from .memory_plan import MemoryPlan
 from .noising import Batches, noised, randn
-from .optim import adamw
-from ..scores.agreement import agreement
-from ..jobs.runs import RunPaths, event, failures_reported, progress_bar, stop_run
-from ..model.safetensors_io import TensorOut, tensor_bytes
-from .state_file import save_state
+from .optim import adamw, optimizer_step
+from .run_state import RunState
+from .samples import SampleGrid, Samples, prompt_images
+from .skeleton import Cadence, Run, fitted_run, replicas_agree, train
 from .synth import (SynthFolder, SynthPlan, TeacherSampler, finished_synthetic_cache,
                     plan_synthesis, synthesize)
 from .synth_config import training_data
-from ..model.text_encoding import text_encoder_fn
 
 Cache = Union[LatentCache, CacheUnion]
 
@@ -51,18 +55,13 @@ Cache = Union[LatentCache, CacheUnion]
 def distill(cfg: DistillConfig, resume: bool = False) -> Path:
     """Train, checkpoint, export; returns the final student's .safetensors path.  A run
     that fails says why in its event file too (the WebUI's job list reads it there)."""
-    with failures_reported(cfg.out):
-        family = _teacher(cfg)[1].family
-        cfg, memory = fit_distill(cfg, family, free_gpu_bytes(), have_bitsandbytes(), resume)
-        announce(memory)
-        with out_of_memory_explained(cfg):
-            return _distill(cfg, resume, memory)
+    return fitted_run(cfg, resume, lambda: fit_distill(
+        cfg, _teacher(cfg)[1].family, free_gpu_bytes(), have_bitsandbytes(), resume), _distill)
 
 
 def _distill(cfg: DistillConfig, resume: bool, memory: Optional[MemoryPlan] = None) -> Path:
     from accelerate import Accelerator
 
-    paths = RunPaths(Path(cfg.out))
     ckpt, info, arch = _teacher(cfg)
     start = checked_init_student(cfg.init_student, ckpt, info, arch) if cfg.init_student else None
     # An empty or missing dataset, or bad prompts, fail before any model loads.
@@ -71,127 +70,41 @@ def _distill(cfg: DistillConfig, resume: bool, memory: Optional[MemoryPlan] = No
     plan = (plan_synthesis(ckpt, info, cfg.synth_settings(data.synthetic, data.prompts))
             if data.teacher_makes_data() else None)
     made = finished_synthetic_cache(data.synth_run) if data.synth_run is not None else None
-    start_checkpoint = _resume_point(paths, resume, plan is not None)
+    resumed_from = _resume_point(RunPaths(Path(cfg.out)), resume, plan is not None)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.grad_accum,
                               cpu=not torch.cuda.is_available())
-    main = accelerator.is_main_process
-    if main:
-        paths.out.mkdir(parents=True, exist_ok=True)
-        (paths.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
-    log = EventLog(paths.events) if main else None
-    event(log, "start", total_steps=cfg.steps, arch=arch.removal.name, family=info.family,
-           parameterization=info.parameterization,
-           dataset=scan.summary() if scan is not None else None,
-           problems=scan.problems() if scan is not None else [],
-           synthetic=dict(plan.description(), count=plan.settings.count) if plan else None,
-           synth_run=str(data.synth_run) if data.synth_run is not None else None,
-           random_conditioning=cfg.random_conditioning_p if cfg.random_conditioning else None,
-           processes=accelerator.num_processes, init_student=cfg.init_student,
-           memory_plan=memory.describe() if memory is not None else None,
-           resumed_from=str(start_checkpoint) if start_checkpoint else None)
+    run = Run.start(cfg, accelerator, resumed_from, memory, arch=arch.removal.name,
+                    family=info.family, parameterization=info.parameterization,
+                    dataset=scan.summary() if scan is not None else None,
+                    problems=scan.problems() if scan is not None else [],
+                    synthetic=dict(plan.description(), count=plan.settings.count) if plan else None,
+                    synth_run=str(data.synth_run) if data.synth_run is not None else None,
+                    random_conditioning=cfg.random_conditioning_p if cfg.random_conditioning else None,
+                    processes=accelerator.num_processes, init_student=cfg.init_student)
 
     device = accelerator.device
-    teacher_dtype = torch.float16 if device.type == "cuda" else torch.float32
-    teacher = load_unet(ckpt, info).to(device, teacher_dtype).requires_grad_(False).eval()
-    cache = _training_cache(cfg, paths, ckpt, info, teacher, scan, plan, made, accelerator, log)
-    student = (load_init_student(*start, arch) if start else student_from_teacher(teacher, arch)
-               ).to(device).train()
-    if cfg.gradient_checkpointing:
-        student.enable_gradient_checkpointing()
-    _use_xformers(teacher, student, device)
-    ema = EMA(student, cfg.ema_decay) if cfg.ema else None
-    optimizer = adamw(list(student.parameters()), cfg.lr, cfg.use_8bit_adam)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)  # constant
-    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
-    pairs = arch.feature_kd_pairs()
-    teacher_taps = FeatureTaps(teacher, [t for t, _ in pairs])
-    student_taps = FeatureTaps(accelerator.unwrap_model(student), [s for _, s in pairs])
-    noise = noise_scheduler(info)
-    scale = latent_scale(info)
+    teacher = load_unet(ckpt, info).to(device, _teacher_dtype(device)).requires_grad_(False).eval()
+    cache = _training_cache(cfg, run, ckpt, info, teacher, scan, plan, made)
+    student = load_init_student(*start, arch) if start else student_from_teacher(teacher, arch)
+    t = StudentTraining.of(cfg, accelerator, teacher, cache, student)
+    state = t.state()
 
-    generator = torch.Generator().manual_seed(cfg.seed * 1000 + accelerator.process_index)
-    batches = Batches(len(cache), cfg.batch_size, accelerator.process_index,
-                      accelerator.num_processes, cfg.seed)
-    step = 0
-    if start_checkpoint is not None:
-        step = _load_state(start_checkpoint, accelerator, student, optimizer, scheduler, ema,
-                           generator, batches)
-    samples = (_Sampler(cfg, ckpt, info, teacher, paths, device)
-               if main and (cfg.sample_every or cfg.eval_interval()) else None)
-    best = _BestScore(paths)
+    def student_file(folder: Path, step: int) -> Dict[str, str]:
+        name = "student-step-%07d.safetensors" % step
+        _export(folder / name, t.weights(), arch, ckpt, info, cfg, step)
+        return {"student": name}
 
-    progress = progress_bar(cfg.steps, step, main, "distilling")
-    started, first_step = time.perf_counter(), step
-    alphas = noise.alphas_cumprod.to(device)
-    while step < cfg.steps:
-        totals: Dict[str, float] = {}
-        for _ in range(cfg.grad_accum):
-            indices = batches.next()
-            batch = _batch(cache, indices, generator, cfg.flip, device)
-            if cfg.random_conditioning:
-                _unrelated_latents(batch, cache, indices, generator, cfg.random_conditioning_p)
-            latents = (batch["mean"] + batch["std"] * randn(batch["mean"], generator)) * scale
-            noisy, timesteps, target = noised(latents, alphas, info.parameterization, generator)
-            with torch.no_grad(), accelerator.autocast():
-                teacher_pred = teacher(noisy.to(teacher_dtype), timesteps,
-                                       batch["embedding"].to(teacher_dtype)).sample
-            teacher_features = teacher_taps.take()
-            with accelerator.accumulate(student), accelerator.autocast():
-                student_pred = student(noisy, timesteps, batch["embedding"]).sample
-                loss, parts = kd_loss(student_pred, teacher_pred, target, student_taps.take(),
-                                      teacher_features, LossWeights(cfg.lambda_task, cfg.lambda_output, cfg.lambda_feature))
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            for key, value in parts.items():
-                totals[key] = totals.get(key, 0.0) + value / cfg.grad_accum
-        step += 1
-        if ema is not None:
-            ema.update(accelerator.unwrap_model(student))
-        progress.update(1)
-        progress.set_postfix(loss="%.4f" % totals["loss"])
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            event(log, "step", step=step, lr=scheduler.get_last_lr()[0],
-                   **_speed(started, first_step, step, cfg, accelerator.num_processes, device),
-                   **totals)
-        if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps):
-            _save_state(paths, step, accelerator, student, optimizer, scheduler, ema, generator,
-                        batches, cfg, ckpt, info, arch, log, best.checkpoint)
-        sample_now, eval_now = (bool(every) and (step % every == 0 or step == cfg.steps)
-                                for every in (cfg.sample_every, cfg.eval_interval()))
-        if samples is not None and (sample_now or eval_now):
-            images = samples.student_images(_student_weights(accelerator.unwrap_model(student), ema))
-            if sample_now:
-                event(log, "samples", step=step, path=str(samples.write(step, images)))
-            if eval_now:
-                scores = agreement(images, samples.teacher_images)
-                saved = paths.checkpoint(step)  # the checkpoint of this step, when one was saved
-                saved_path = saved if saved.is_dir() else None
-                event(log, "eval", step=step, best=best.update(scores["ssim"], saved_path),
-                      prompts=len(images), checkpoint=str(saved_path) if saved_path else None,
-                      **scores)
-        request = _stop_request(paths, accelerator)
-        if request and step < cfg.steps:
-            stop_run(request, step, lambda: _save_state(
-                paths, step, accelerator, student, optimizer, scheduler, ema, generator, batches,
-                cfg, ckpt, info, arch, log, best.checkpoint), log, progress)
-    progress.close()
-    teacher_taps.close()
-    student_taps.close()
-    final = paths.out / ("%s-bk-%s-distilled.safetensors" % (ckpt.path.stem, preset_name(arch)))
-    # DDP keeps every process's copy identical; say so, since a silent divergence would
-    # make the exported (process 0) student not the one the other processes trained.
-    checksums = _gather(torch.stack([p.detach().double().sum() for p in student.parameters()]).sum()
-                        .cpu(), accelerator)
-    if main:
-        _export(final, _student_weights(accelerator.unwrap_model(student), ema), arch, ckpt,
-                info, cfg, step)
-        event(log, "done", step=step, output=str(final),
-               replicas_agree=all(torch.equal(c, checksums[0]) for c in checksums))
+    with _kd_steps(cfg, info, arch, t) as kd_step:
+        train(run, state, Cadence.of(cfg, cfg.eval_interval()), kd_step, t.optimizer,
+              samples=_samples(cfg, ckpt, info, teacher, run, t.weights), files=student_file,
+              samples_per_step=cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
+              desc="distilling")
+    final = run.paths.out / ("%s-bk-%s-distilled.safetensors" % (ckpt.path.stem, preset_name(arch)))
+    agree = replicas_agree(t.student, accelerator)
+    if run.main:
+        _export(final, t.weights(), arch, ckpt, info, cfg, state.step)
+        run.event("done", step=state.step, output=str(final), replicas_agree=agree)
     accelerator.wait_for_everyone()
     return final
 
@@ -229,40 +142,39 @@ def _cache_root(cfg: DistillConfig, paths: RunPaths) -> Path:
     return Path(cfg.cache_dir) if cfg.cache_dir else paths.out / "cache"
 
 
-def _training_cache(cfg: DistillConfig, paths: RunPaths, ckpt: Checkpoint, info: ModelInfo,
+def _training_cache(cfg: DistillConfig, run: Run, ckpt: Checkpoint, info: ModelInfo,
                     teacher: torch.nn.Module, scan: Optional[DatasetScan],
-                    plan: Optional[SynthPlan], made: Optional[LatentCache], accelerator: Any,
-                    log: Optional[EventLog]) -> Cache:
+                    plan: Optional[SynthPlan], made: Optional[LatentCache]) -> Cache:
     """Everything the run trains on, as one cache: the encoded dataset, then the pairs the
     teacher makes now, then those of a finished synth run."""
-    real = _cache(cfg, paths, ckpt, info, scan, accelerator, log) if scan is not None else None
-    synthetic = [_synthetic_cache(cfg, paths, ckpt, info, teacher, plan, accelerator, log)
-                 if plan is not None else None, made]
+    real = _cache(cfg, run, ckpt, info, scan) if scan is not None else None
+    synthetic = [_synthetic_cache(cfg, run, ckpt, info, teacher, plan) if plan is not None
+                 else None, made]
     caches = [cache for cache in [real] + synthetic if cache is not None]
-    event(log, "data", examples=sum(map(len, caches)), real=len(real) if real else 0,
-          synthetic=sum(len(cache) for cache in synthetic if cache is not None))
+    run.event("data", examples=sum(map(len, caches)), real=len(real) if real else 0,
+              synthetic=sum(len(cache) for cache in synthetic if cache is not None))
     return caches[0] if len(caches) == 1 else CacheUnion(caches)
 
 
-def _synthetic_cache(cfg: DistillConfig, paths: RunPaths, ckpt: Checkpoint, info: ModelInfo,
-                     teacher: torch.nn.Module, plan: SynthPlan, accelerator: Any,
-                     log: Optional[EventLog]) -> LatentCache:
+def _synthetic_cache(cfg: DistillConfig, run: Run, ckpt: Checkpoint, info: ModelInfo,
+                     teacher: torch.nn.Module, plan: SynthPlan) -> LatentCache:
     """The pairs the (already loaded) teacher makes, in ``<cache>/synthetic``: made by the
     main process, kept across stops, reused by any run with the same settings."""
-    folder = SynthFolder(_cache_root(cfg, paths) / "synthetic")
-    with accelerator.main_process_first():
-        if accelerator.is_main_process:
-            paths.checkpoints.mkdir(parents=True, exist_ok=True)  # resumable from here on
+    folder = SynthFolder(_cache_root(cfg, run.paths) / "synthetic")
+    with run.accelerator.main_process_first():
+        if run.main:
+            run.paths.checkpoints.mkdir(parents=True, exist_ok=True)  # resumable from here on
             synthesize(folder, plan, lambda: TeacherSampler(ckpt, info, teacher, plan.settings,
-                                                            accelerator.device),
-                       paths, log, job=False)
+                                                            run.accelerator.device),
+                       run.paths, run.log, job=False)
         return LatentCache(folder.cache, plan.fingerprint())
 
 
-def _cache(cfg: DistillConfig, paths: RunPaths, ckpt: Checkpoint, info: ModelInfo,
-           scan: DatasetScan, accelerator: Any, log: Optional[EventLog]) -> LatentCache:
+def _cache(cfg: DistillConfig, run: Run, ckpt: Checkpoint, info: ModelInfo,
+           scan: DatasetScan) -> LatentCache:
     """The encoded dataset; built by the main process, with the encoders loaded only then."""
-    root = _cache_root(cfg, paths)
+    accelerator = run.accelerator
+    root = _cache_root(cfg, run.paths)
     fingerprint = cache_fingerprint(scan, cfg.resolution, bool(cfg.flip),
                                     encoders=teacher_identity(ckpt.path))
     with accelerator.main_process_first():  # the main process builds, the others then read
@@ -281,8 +193,64 @@ def _cache(cfg: DistillConfig, paths: RunPaths, ckpt: Checkpoint, info: ModelInf
                         progress=lambda done, total: bar.update(done - bar.n))
             bar.close()
             del vae
-    event(log, "cache", path=str(root), examples=len(cache), **cache.stats)
+    run.event("cache", path=str(root), examples=len(cache), **cache.stats)
     return cache
+
+
+def _teacher_dtype(device: torch.device) -> torch.dtype:
+    """The frozen teacher runs in half precision on a GPU."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+@dataclass
+class StudentTraining:
+    """What a step of a student objective works with: the frozen teacher, the training
+    cache, the student (as accelerate prepared it) with its EMA, optimizer and LR
+    scheduler, and the process's own noise generator and data order."""
+
+    accelerator: Any
+    teacher: torch.nn.Module
+    cache: Cache
+    student: Any
+    ema: Optional[EMA]
+    optimizer: Any
+    scheduler: Any
+    generator: torch.Generator
+    batches: Batches
+
+    @classmethod
+    def of(cls, cfg: DistillConfig, accelerator: Any, teacher: torch.nn.Module, cache: Cache,
+           student: torch.nn.Module) -> "StudentTraining":
+        """`student` made ready to train: on the device with the memory options on, an EMA,
+        AdamW at a constant rate, prepared by accelerate; noise and data order seeded."""
+        device = accelerator.device
+        student = student.to(device).train()
+        if cfg.gradient_checkpointing:
+            student.enable_gradient_checkpointing()
+        _use_xformers(teacher, student, device)
+        ema = EMA(student, cfg.ema_decay) if cfg.ema else None
+        optimizer = adamw(list(student.parameters()), cfg.lr, cfg.use_8bit_adam)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)  # constant
+        student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+        generator = torch.Generator().manual_seed(cfg.seed * 1000 + accelerator.process_index)
+        batches = Batches(len(cache), cfg.batch_size, accelerator.process_index,
+                          accelerator.num_processes, cfg.seed)
+        return cls(accelerator, teacher, cache, student, ema, optimizer, scheduler, generator,
+                   batches)
+
+    def state(self) -> RunState:
+        return (RunState(self.accelerator).add_model("student", self.student)
+                .add("optimizer", self.optimizer).add("scheduler", self.scheduler)
+                .add("ema", self.ema).add_generator("generators", self.generator)
+                .add_position("data_position", self.batches))
+
+    def weights(self) -> Dict[str, torch.Tensor]:
+        """What gets exported: the EMA weights when averaging is on (as the official
+        script does)."""
+        if self.ema is not None:
+            return self.ema.shadow
+        student = self.accelerator.unwrap_model(self.student)
+        return {k: v.detach() for k, v in student.state_dict().items()}
 
 
 def _use_xformers(teacher: torch.nn.Module, student: torch.nn.Module, device: torch.device) -> None:
@@ -299,6 +267,52 @@ def _use_xformers(teacher: torch.nn.Module, student: torch.nn.Module, device: to
 
 
 # -- one step ---------------------------------------------------------------------
+
+
+@contextmanager
+def _kd_steps(cfg: DistillConfig, info: ModelInfo, arch: Architecture, t: StudentTraining
+              ) -> Iterator[Callable[[], Dict[str, float]]]:
+    """The paper's step: `cfg.grad_accum` micro-batches of cached latents, noised; the
+    frozen teacher's prediction and block outputs and the student's; the three-term loss
+    (kd.py); then the EMA follows the student.  Returns the losses averaged."""
+    accelerator, device = t.accelerator, t.accelerator.device
+    pairs = arch.feature_kd_pairs()
+    teacher_taps = FeatureTaps(t.teacher, [name for name, _ in pairs])
+    student_taps = FeatureTaps(accelerator.unwrap_model(t.student), [name for _, name in pairs])
+    alphas, scale = noise_scheduler(info).alphas_cumprod.to(device), latent_scale(info)
+    teacher_dtype = _teacher_dtype(device)
+    weights = LossWeights(cfg.lambda_task, cfg.lambda_output, cfg.lambda_feature)
+
+    def step() -> Dict[str, float]:
+        totals: Dict[str, float] = {}
+        for _ in range(cfg.grad_accum):
+            indices = t.batches.next()
+            batch = _batch(t.cache, indices, t.generator, cfg.flip, device)
+            if cfg.random_conditioning:
+                _unrelated_latents(batch, t.cache, indices, t.generator, cfg.random_conditioning_p)
+            latents = (batch["mean"] + batch["std"] * randn(batch["mean"], t.generator)) * scale
+            noisy, timesteps, target = noised(latents, alphas, info.parameterization, t.generator)
+            with torch.no_grad(), accelerator.autocast():
+                teacher_pred = t.teacher(noisy.to(teacher_dtype), timesteps,
+                                         batch["embedding"].to(teacher_dtype)).sample
+            teacher_features = teacher_taps.take()
+            with accelerator.accumulate(t.student), accelerator.autocast():
+                student_pred = t.student(noisy, timesteps, batch["embedding"]).sample
+                loss, parts = kd_loss(student_pred, teacher_pred, target, student_taps.take(),
+                                      teacher_features, weights)
+                optimizer_step(accelerator, loss, t.student.parameters(), t.optimizer,
+                               cfg.max_grad_norm, t.scheduler)
+            for key, value in parts.items():
+                totals[key] = totals.get(key, 0.0) + value / cfg.grad_accum
+        if t.ema is not None:
+            t.ema.update(accelerator.unwrap_model(t.student))
+        return totals
+
+    try:
+        yield step
+    finally:
+        teacher_taps.close()
+        student_taps.close()
 
 
 def _batch(cache: Cache, indices: List[int], generator: torch.Generator, flip: bool,
@@ -325,95 +339,7 @@ def _unrelated_latents(batch: Dict[str, torch.Tensor], cache: Cache, indices: Li
             batch["std"][row] = other["std"].to(batch["std"].device)
 
 
-def _speed(started: float, first_step: int, step: int, cfg: DistillConfig, processes: int,
-           device: torch.device) -> Dict[str, Any]:
-    seconds = max(time.perf_counter() - started, 1e-9)
-    it_s = (step - first_step) / seconds
-    figures = {"it_s": round(it_s, 4),
-               "samples_s": round(it_s * cfg.batch_size * cfg.grad_accum * processes, 3),
-               "eta_s": round((cfg.steps - step) / it_s) if it_s > 0 else None}
-    if device.type == "cuda":
-        figures["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 3)
-    return figures
-
-
 # -- checkpoints, samples, export -------------------------------------------------
-
-
-def _save_state(paths: RunPaths, step: int, accelerator: Any, student: Any, optimizer: Any,
-                scheduler: Any, ema: Optional[EMA], generator: torch.Generator, batches: Batches,
-                cfg: DistillConfig, ckpt: Checkpoint, info: ModelInfo, arch: Architecture,
-                log: Optional[EventLog], best: Optional[Path]) -> None:
-    """Everything a resume needs, written under a temporary name and renamed, plus the
-    student as an A1111 file; only the last `keep_last` are kept, and the `best` one."""
-    generators = _gather(generator.get_state(), accelerator)
-    if not accelerator.is_main_process:
-        return
-    scaler = getattr(accelerator, "scaler", None)
-    student_name = "student-step-%07d.safetensors" % step
-
-    def fill(folder: Path) -> None:
-        save_state({
-            "step": step,
-            "data_position": batches.position,
-            "generators": generators,
-            "student": accelerator.unwrap_model(student).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "ema": ema.state_dict() if ema is not None else None,
-        }, folder / "train_state.pt")
-        _export(folder / student_name, _student_weights(accelerator.unwrap_model(student), ema),
-                arch, ckpt, info, cfg, step)
-
-    target = paths.write_checkpoint(step, fill, cfg.keep_last, keep=best)
-    event(log, "checkpoint", step=step, path=str(target), student=str(target / student_name))
-
-
-def _stop_request(paths: RunPaths, accelerator: Any) -> str:
-    """"save", "discard" or "" from the run folder's STOP file, as process 0 sees it (all
-    processes must stop at the same step)."""
-    request = paths.take_stop_request() if accelerator.is_main_process else ""
-    if accelerator.num_processes > 1:
-        shared = [request]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        request = shared[0]
-    return request
-
-
-def _gather(state: torch.Tensor, accelerator: Any) -> List[torch.Tensor]:
-    """The value from every process (e.g. generator states: each draws its own noise)."""
-    if accelerator.num_processes == 1:
-        return [state]
-    gathered: List[Any] = [None] * accelerator.num_processes
-    torch.distributed.all_gather_object(gathered, state)
-    return gathered
-
-
-def _load_state(path: Path, accelerator: Any, student: Any, optimizer: Any, scheduler: Any,
-                ema: Optional[EMA], generator: torch.Generator, batches: Batches) -> int:
-    state = torch.load(str(path / "train_state.pt"), map_location="cpu", weights_only=True)
-    if len(state["generators"]) != accelerator.num_processes:
-        raise BadInput("%s was saved by %d processes; resume with the same number (now %d)"
-                       % (path, len(state["generators"]), accelerator.num_processes))
-    accelerator.unwrap_model(student).load_state_dict(state["student"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler = getattr(accelerator, "scaler", None)
-    if scaler is not None and state["scaler"] is not None:
-        scaler.load_state_dict(state["scaler"])
-    if ema is not None and state["ema"] is not None:
-        ema.load_state_dict(state["ema"])
-    generator.set_state(state["generators"][accelerator.process_index])
-    batches.position = state["data_position"]
-    return int(state["step"])
-
-
-def _student_weights(student: torch.nn.Module, ema: Optional[EMA]) -> Dict[str, torch.Tensor]:
-    """What gets exported: the EMA weights when averaging is on (as the official script does)."""
-    if ema is not None:
-        return ema.shadow
-    return {k: v.detach() for k, v in student.state_dict().items()}
 
 
 def _export(output: Path, weights: Dict[str, torch.Tensor], arch: Architecture, ckpt: Checkpoint,
@@ -430,32 +356,37 @@ def _export(output: Path, weights: Dict[str, torch.Tensor], arch: Architecture, 
     write_student(output, arch, teacher_parts(ckpt) + unet, info.config, origin, overwrite=True)
 
 
+def _samples(cfg: DistillConfig, ckpt: Checkpoint, info: ModelInfo, teacher: torch.nn.Module,
+             run: Run, weights: Callable[[], Dict[str, torch.Tensor]]) -> Optional[Samples]:
+    """Teacher | student grids, and the student's PSNR/SSIM against the teacher on the
+    same prompts and seeds (process 0's, when either is asked for)."""
+    if not (run.main and (cfg.sample_every or cfg.eval_interval())):
+        return None
+    sampler = _Sampler(cfg, ckpt, info, teacher, run.accelerator.device)
+    return Samples(SampleGrid(run.paths.samples, cfg.resolution, sampler.teacher_images),
+                   draw=lambda: sampler.student_images(weights()),
+                   score=lambda images: dict(prompts=len(images),
+                                             **agreement(images, sampler.teacher_images)),
+                   best_by="ssim")
+
+
 class _Sampler:
-    """Teacher and student images for fixed prompts and seeds, side by side, every few steps."""
+    """Teacher and student images for the sample prompts from fixed seeds."""
 
     def __init__(self, cfg: DistillConfig, ckpt: Checkpoint, info: ModelInfo,
-                 teacher: torch.nn.Module, paths: RunPaths, device: torch.device) -> None:
+                 teacher: torch.nn.Module, device: torch.device) -> None:
         encode = text_encoder_fn(ckpt, info, device)
-        self.prompts = list(cfg.sample_prompts)
-        self.embeddings = encode(self.prompts)
-        self.negative = encode([""])
-        self.cfg, self.info, self.paths, self.device = cfg, info, paths, device
         self.dtype = next(teacher.parameters()).dtype  # fp16 on a GPU: VAE and student follow
+        self.embeddings = encode(list(cfg.sample_prompts)).to(device, self.dtype)
+        self.negative = encode([""]).to(device, self.dtype)
+        self.cfg, self.info, self.device = cfg, info, device
         self.vae = load_vae(ckpt).to(device, self.dtype).eval()
         self.teacher_images = self._images(teacher)
 
-    @torch.no_grad()
     def _images(self, unet: torch.nn.Module) -> List[Any]:
-        pipe = make_pipeline(unet, self.vae, self.info)
-        size = self.cfg.resolution
-        images = []
-        for i, embedding in enumerate(self.embeddings):
-            generator = torch.Generator().manual_seed(self.cfg.seed + i)
-            images.append(pipe(prompt_embeds=embedding[None].to(self.device, self.dtype),
-                               negative_prompt_embeds=self.negative.to(self.device, self.dtype),
-                               height=size, width=size, num_inference_steps=self.cfg.sample_steps,
-                               generator=generator).images[0])
-        return images
+        return prompt_images(make_pipeline(unet, self.vae, self.info), self.embeddings,
+                             self.negative, self.cfg.resolution, self.cfg.sample_steps,
+                             self.cfg.seed)
 
     def student_images(self, weights: Dict[str, torch.Tensor]) -> List[Any]:
         from diffusers import UNet2DConditionModel
@@ -464,36 +395,3 @@ class _Sampler:
         student = UNet2DConditionModel(**arch.diffusers_config())
         student.load_state_dict({k: v.float() for k, v in weights.items()})
         return self._images(student.to(self.device, self.dtype).eval())
-
-    def write(self, step: int, student_images: List[Any]) -> Path:
-        from PIL import Image
-
-        size = self.cfg.resolution
-        grid = Image.new("RGB", (2 * size, size * len(self.prompts)), "white")
-        for row, (t, s) in enumerate(zip(self.teacher_images, student_images)):
-            grid.paste(t, (0, row * size))
-            grid.paste(s, (size, row * size))
-        self.paths.samples.mkdir(parents=True, exist_ok=True)
-        path = self.paths.samples / ("step-%07d.png" % step)
-        grid.save(path)
-        return path
-
-
-class _BestScore:
-    """The best SSIM against the teacher so far and its checkpoint (when that step saved
-    one), also across a resume (read back from the run's eval events): an `eval` event says
-    whether it is the new best, and checkpoint pruning spares the best one."""
-
-    def __init__(self, paths: RunPaths) -> None:
-        from ..jobs.events import read_events
-
-        self.ssim, self.checkpoint = float("-inf"), None  # type: float, Optional[Path]
-        for e in read_events(paths.events):
-            if e.get("event") == "eval":
-                self.update(e["ssim"], Path(e["checkpoint"]) if e.get("checkpoint") else None)
-
-    def update(self, ssim: float, checkpoint: Optional[Path]) -> bool:
-        if ssim > self.ssim:
-            self.ssim, self.checkpoint = ssim, checkpoint
-            return True
-        return False

@@ -8,13 +8,11 @@ To fit small GPUs, images are encoded once by the VAE (in half precision), which
 freed; instance images keep their aspect ratio when encoded and the random square crop
 is taken in latent space (8-pixel steps).  All randomness comes from one CPU generator
 that is checkpointed with the data positions, so a resumed run repeats the losses of an
-uninterrupted one.  Output: the finetuned model as an A1111 .safetensors + .yaml (LoRA
+uninterrupted one; the loop, checkpoints and samples are the training skeleton's
+(skeleton.py).  Output: the finetuned model as an A1111 .safetensors + .yaml (LoRA
 merged in), and in LoRA mode the LoRA file too.
 """
-import json
 import os
-import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -28,24 +26,25 @@ from ..model.convert import DTYPES, student_metadata, teacher_parts, write_stude
 from .dataset import image_files, leads_out, open_rgb
 from ..model.image_files import image_problems
 from ..model.detect import ModelInfo, inspect_checkpoint
-from .memory_fit import announce, fit_dreambooth, free_gpu_bytes, have_bitsandbytes, out_of_memory_explained
+from .memory_fit import fit_dreambooth, free_gpu_bytes, have_bitsandbytes
 from .memory_plan import MemoryPlan
 from .noising import Batches, noised
-from .optim import adamw, require_bitsandbytes
+from .optim import adamw, optimizer_step, require_bitsandbytes
 from .dreambooth_config import CLASS_SAMPLER, DreamBoothConfig
 from ..errors import BadInput
-from ..jobs.events import EventLog
 from ..model.generation import make_pipeline
 from ..model.hashing import a1111_sha256
 from ..model.keymap import UNET_PREFIX, KeyMap
 from ..model.loading import latent_scale, load_text_encoder, load_unet, load_vae, noise_scheduler
 from ..model.parts_keymap import TEXT_PREFIX, clip_to_ldm
-from ..jobs.runs import RunPaths, event, failures_reported, progress_bar, stop_run
+from ..jobs.runs import RunPaths, progress_bar
 from ..model.safetensors_io import TensorOut, tensor_bytes, write_safetensors
 from ..model.staging import staged
-from .state_file import save_state
+from .run_state import RunState
+from .samples import SampleGrid, Samples, kept_reference, prompt_images
+from .skeleton import Cadence, Run, fitted_run, train
 from ..scores.agreement import to_tensor
-from ..scores.clip import find_scorer
+from ..scores.clip import ClipScorer, find_scorer
 
 Latent = Tuple[torch.Tensor, torch.Tensor]  # the VAE posterior's mean and std, [4, h, w]
 
@@ -53,50 +52,38 @@ Latent = Tuple[torch.Tensor, torch.Tensor]  # the VAE posterior's mean and std, 
 def dreambooth(cfg: DreamBoothConfig, resume: bool = False) -> Path:
     """Finetune, checkpoint, export; returns the merged checkpoint's path.  A run that
     fails says why in its event file too (the WebUI's job list reads it there)."""
-    with failures_reported(cfg.out):
+    def fit() -> Tuple[DreamBoothConfig, Optional[MemoryPlan]]:
         info = _check_inputs(cfg)[1]
-        cfg, memory = fit_dreambooth(cfg, info.family, info.preset, free_gpu_bytes(),
-                                     have_bitsandbytes(), resume)
-        announce(memory)
-        with out_of_memory_explained(cfg):
-            return _dreambooth(cfg, resume, memory)
+        return fit_dreambooth(cfg, info.family, info.preset, free_gpu_bytes(),
+                              have_bitsandbytes(), resume)
+
+    return fitted_run(cfg, resume, fit, _dreambooth)
 
 
 def _dreambooth(cfg: DreamBoothConfig, resume: bool, memory: Optional[MemoryPlan] = None
                 ) -> Path:
     from accelerate import Accelerator
 
-    paths = RunPaths(Path(cfg.out))
+    from ..model.tokenizer import clip_tokenizer
+
     ckpt, info, class_model, instances = _check_inputs(cfg)
-    start_checkpoint = paths.resume_point(resume)
+    resumed_from = RunPaths(Path(cfg.out)).resume_point(resume)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = cfg.mixed_precision if device.type == "cuda" else "no"
     accelerator = Accelerator(mixed_precision=precision, cpu=device.type != "cuda")
-    paths.out.mkdir(parents=True, exist_ok=True)
-    (paths.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
-    log = EventLog(paths.events)
-    event(log, "start", total_steps=cfg.steps, model=str(ckpt.path), class_model=str(class_model) if class_model else None,
-          family=info.family, preset=info.preset, parameterization=info.parameterization,
-          instance_images=len(instances),
-          class_images=cfg.num_class_images if cfg.prior_preservation else 0,
-          mode="lora" if cfg.lora else "full", lr=cfg.learning_rate(), mixed_precision=precision,
-          memory_plan=memory.describe() if memory is not None else None,
-          resumed_from=str(start_checkpoint) if start_checkpoint else None)
+    # Before any work: a CLIP named with --clip-model that cannot be had ends the run now.
+    clip = find_scorer(cfg.clip_model, device) if cfg.sample_every else None
+    run = Run.start(cfg, accelerator, resumed_from, memory, model=str(ckpt.path),
+                    class_model=str(class_model) if class_model else None, family=info.family,
+                    preset=info.preset, parameterization=info.parameterization,
+                    instance_images=len(instances),
+                    class_images=cfg.num_class_images if cfg.prior_preservation else 0,
+                    mode="lora" if cfg.lora else "full", lr=cfg.learning_rate(),
+                    mixed_precision=precision)
 
-    class_paths: List[Path] = []
-    if class_model is not None:
-        recipe = ClassImageRecipe(class_model, cfg.class_prompt, cfg.resolution, CLASS_SAMPLER,
-                                  cfg.class_steps, cfg.class_guidance)
-        classes = ensure_class_images(Path(cfg.class_dir) if cfg.class_dir else paths.out,
-                                      recipe, cfg.num_class_images, device)
-        event(log, "class_images", folder=str(classes.folder), model=str(class_model),
-              generated=classes.generated, reused=classes.reused)
-        class_paths = classes.paths
+    class_paths = _class_images(cfg, run, class_model, device) if class_model is not None else []
     instance_latents, class_latents, side = _encode_images(ckpt, instances, class_paths,
                                                            cfg.resolution, device)
-
-    from ..model.tokenizer import clip_tokenizer
-
     tokenizer = clip_tokenizer(info.family)
     unet, text_encoder = _trainable_models(cfg, ckpt, info, device)
     params = [p for model in (unet, text_encoder) for p in model.parameters() if p.requires_grad]
@@ -105,56 +92,33 @@ def _dreambooth(cfg: DreamBoothConfig, resume: bool, memory: Optional[MemoryPlan
     prompts = _token_ids(tokenizer, [cfg.instance_prompt] * cfg.batch_size
                          + [cfg.class_prompt] * (cfg.batch_size if class_paths else 0)).to(device)
     conditioning = prompts if cfg.train_text_encoder else _encode_text(text_encoder, prompts)
-    noise = noise_scheduler(info)
-    alphas = noise.alphas_cumprod.to(device)
-    scale = latent_scale(info)
+    alphas, scale = noise_scheduler(info).alphas_cumprod.to(device), latent_scale(info)
 
     generator = torch.Generator().manual_seed(cfg.seed)
     instance_order = Batches(len(instance_latents), cfg.batch_size, 0, 1, cfg.seed)
     class_order = Batches(max(len(class_latents), 1), cfg.batch_size, 0, 1, cfg.seed + 1)
-    samples = None
-    if cfg.sample_every:  # "before" images come from the weights as loaded from `model`
-        samples = _Samples(cfg, ckpt, info, tokenizer, paths, device, accelerator)
-        samples.remember_before(unet, text_encoder)
-    clip = find_scorer(cfg.clip_model, device) if cfg.sample_every else None
-    step = 0
-    if start_checkpoint is not None:
-        step = _load_state(start_checkpoint, accelerator, unet, text_encoder, optimizer,
-                           generator, instance_order, class_order)
+    state = (RunState(accelerator).add_model("unet", unet, trained_only=True)
+             .add_model("text_encoder", text_encoder, trained_only=True)
+             .add("optimizer", optimizer).add_generator("generator", generator, per_process=False)
+             .add_position("instance_position", instance_order)
+             .add_position("class_position", class_order))
+    samples = (_samples(cfg, ckpt, info, tokenizer, run, unet, text_encoder, clip)
+               if cfg.sample_every else None)
 
-    progress = progress_bar(cfg.steps, step, True, "dreambooth")
-    started, first_step = time.perf_counter(), step
-    while step < cfg.steps:
+    def step() -> Dict[str, float]:
         chosen = [instance_latents[i] for i in instance_order.next()]
         if class_latents:
             chosen += [class_latents[i] for i in class_order.next()]
         latents = torch.stack([_crop(latent, side, generator) for latent in chosen]).to(device) * scale
         noisy, timesteps, target = noised(latents, alphas, info.parameterization, generator)
-        parts = train_step(cfg, accelerator, unet, text_encoder, optimizer, params, noisy,
-                           timesteps, target, conditioning)
-        step += 1
-        progress.update(1)
-        progress.set_postfix(loss="%.4f" % parts["loss"])
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            event(log, "step", step=step, lr=optimizer.param_groups[0]["lr"],
-                  **_speed(started, first_step, step, cfg.steps, device), **parts)
-        if cfg.save_every and (step % cfg.save_every == 0 or step == cfg.steps):
-            _save_state(paths, step, cfg, accelerator, unet, text_encoder, optimizer, generator,
-                        instance_order, class_order, log)
-        if samples is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
-            event(log, "samples", step=step, path=str(samples.write(step, unet, text_encoder)))
-            if clip is not None:
-                scores = clip.score(to_tensor(samples.latest), samples.prompts)
-                event(log, "eval", step=step, clip_model=clip.name,
-                      clip_score=float(scores.mean()))
-        request = paths.take_stop_request()
-        if request and step < cfg.steps:
-            stop_run(request, step, lambda: _save_state(
-                paths, step, cfg, accelerator, unet, text_encoder, optimizer, generator,
-                instance_order, class_order, log), log, progress)
-    progress.close()
-    return _finish(cfg, paths, ckpt, info, accelerator.unwrap_model(unet),
-                   accelerator.unwrap_model(text_encoder), class_model, step, log)
+        return train_step(cfg, accelerator, unet, text_encoder, optimizer, params, noisy,
+                          timesteps, target, conditioning)
+
+    # The CLIP score comes with the samples.
+    train(run, state, Cadence.of(cfg, cfg.sample_every), step, optimizer, samples=samples,
+          desc="dreambooth")
+    return _finish(cfg, run, ckpt, info, accelerator.unwrap_model(unet),
+                   accelerator.unwrap_model(text_encoder), class_model, state.step)
 
 
 # -- inputs -----------------------------------------------------------------------
@@ -208,6 +172,19 @@ def instance_images(folder: Path) -> List[Path]:
         raise BadInput("%s: %s%s" % (broken[0], problems[broken[0]], " (and %d more)"
                                      % (len(broken) - 1) if len(broken) > 1 else ""))
     return images
+
+
+def _class_images(cfg: DreamBoothConfig, run: Run, class_model: Path, device: torch.device
+                  ) -> List[Path]:
+    """The class images prior preservation trains on, made by `class_model` where the
+    class folder does not hold them yet."""
+    recipe = ClassImageRecipe(class_model, cfg.class_prompt, cfg.resolution, CLASS_SAMPLER,
+                              cfg.class_steps, cfg.class_guidance)
+    classes = ensure_class_images(Path(cfg.class_dir) if cfg.class_dir else run.paths.out,
+                                  recipe, cfg.num_class_images, device)
+    run.event("class_images", folder=str(classes.folder), model=str(class_model),
+              generated=classes.generated, reused=classes.reused)
+    return classes.paths
 
 
 def _load_resized(path: Path, resolution: int, multiple: int) -> torch.Tensor:
@@ -317,10 +294,7 @@ def train_step(cfg: DreamBoothConfig, accelerator: Any, unet: Any, text_encoder:
         embeddings = text_encoder(conditioning)[0] if cfg.train_text_encoder else conditioning
         prediction = unet(noisy, timesteps, embeddings).sample
         loss, parts = _loss(prediction, target, cfg.batch_size, cfg.prior_weight)
-    accelerator.backward(loss)
-    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)  # frees the gradients until the next backward
+    optimizer_step(accelerator, loss, params, optimizer, cfg.max_grad_norm)
     return parts
 
 
@@ -339,144 +313,64 @@ def _loss(prediction: torch.Tensor, target: torch.Tensor, instances: int, prior_
     return loss, parts
 
 
-def _speed(started: float, first_step: int, step: int, steps: int, device: torch.device
-           ) -> Dict[str, Any]:
-    it_s = (step - first_step) / max(time.perf_counter() - started, 1e-9)
-    figures = {"it_s": round(it_s, 4), "eta_s": round((steps - step) / it_s) if it_s > 0 else None}
-    if device.type == "cuda":
-        figures["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 3)
-    return figures
-
-
-# -- checkpoints ------------------------------------------------------------------
-
-
-def _trained(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """The tensors that train: every weight, or only the LoRA adapters."""
-    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def _save_state(paths: RunPaths, step: int, cfg: DreamBoothConfig, accelerator: Any, unet: Any,
-                text_encoder: Any, optimizer: Any, generator: torch.Generator,
-                instance_order: Batches, class_order: Batches, log: EventLog) -> None:
-    """Everything a resume needs, written under a temporary name and renamed; only the
-    newest `keep_last` are kept."""
-    scaler = getattr(accelerator, "scaler", None)
-    state = {
-        "step": step,
-        "generator": generator.get_state(),
-        "instance_position": instance_order.position,
-        "class_position": class_order.position,
-        "unet": _trained(accelerator.unwrap_model(unet)),
-        "text_encoder": _trained(accelerator.unwrap_model(text_encoder)),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-    }
-    target = paths.write_checkpoint(step, lambda folder: save_state(
-        state, folder / "train_state.pt"), cfg.keep_last)
-    event(log, "checkpoint", step=step, path=str(target))
-
-
-def _load_state(path: Path, accelerator: Any, unet: Any, text_encoder: Any, optimizer: Any,
-                generator: torch.Generator, instance_order: Batches, class_order: Batches) -> int:
-    state = torch.load(str(path / "train_state.pt"), map_location="cpu", weights_only=True)
-    for model, saved in ((unet, state["unet"]), (text_encoder, state["text_encoder"])):
-        model = accelerator.unwrap_model(model)
-        if set(saved) != set(_trained(model)):
-            raise BadInput("%s was saved with other training settings (full vs --lora, text "
-                           "encoder trained or not); resume with the run's own settings" % path)
-        model.load_state_dict(saved, strict=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scaler = getattr(accelerator, "scaler", None)
-    if scaler is not None and state["scaler"] is not None:
-        scaler.load_state_dict(state["scaler"])
-    generator.set_state(state["generator"])
-    instance_order.position = state["instance_position"]
-    class_order.position = state["class_position"]
-    return int(state["step"])
-
-
 # -- samples ----------------------------------------------------------------------
 
 
-class _Samples:
-    """Images of the sample prompts from fixed seeds: before finetuning | now, one row each."""
+def _samples(cfg: DreamBoothConfig, ckpt: Checkpoint, info: ModelInfo, tokenizer: Any, run: Run,
+             unet: Any, text_encoder: Any, clip: Optional[ClipScorer]) -> Samples:
+    """Before finetuning | now, for the sample prompts (the instance prompt unless given)
+    from fixed seeds; with a CLIP model, the CLIP score of the new images with their prompts."""
+    prompts = list(cfg.sample_prompts) or [cfg.instance_prompt]
+    ids = _token_ids(tokenizer, prompts + [""])
 
-    def __init__(self, cfg: DreamBoothConfig, ckpt: Checkpoint, info: ModelInfo, tokenizer: Any,
-                 paths: RunPaths, device: torch.device, accelerator: Any) -> None:
-        self.prompts = list(cfg.sample_prompts) or [cfg.instance_prompt]
-        self.ids = _token_ids(tokenizer, self.prompts + [""])
-        self.cfg, self.ckpt, self.info, self.paths = cfg, ckpt, info, paths
-        self.device, self.accelerator = device, accelerator
-        self.before_path = paths.samples / "before.png"
-        self.latest: List[Any] = []  # the newest "now" images, for their CLIP score
+    def draw() -> List[Any]:
+        return _sample_images(cfg, ckpt, info, run.accelerator, unet, text_encoder, ids)
 
-    def remember_before(self, unet: Any, text_encoder: Any) -> None:
-        """The base model's images, made once and kept on disk for resumed runs."""
-        if self.before_path.is_file():
-            return
-        self.paths.samples.mkdir(parents=True, exist_ok=True)
-        self._column(self._images(unet, text_encoder)).save(self.before_path)
+    def clip_score(images: List[Any]) -> Dict[str, Any]:
+        scores = clip.score(to_tensor(images), prompts)
+        return {"clip_model": clip.name, "clip_score": float(scores.mean())}
 
-    def write(self, step: int, unet: Any, text_encoder: Any) -> Path:
-        from PIL import Image
+    # "Before" comes from the weights as loaded from `model`, made once and kept on disk
+    # for resumed runs.
+    before = kept_reference(run.paths.samples / "before.png", cfg.resolution, draw)
+    return Samples(SampleGrid(run.paths.samples, cfg.resolution, before), draw,
+                   clip_score if clip is not None else None)
 
-        size = self.cfg.resolution
-        grid = Image.new("RGB", (2 * size, size * len(self.prompts)), "white")
-        with Image.open(self.before_path) as before:
-            grid.paste(before, (0, 0))
-        self.latest = self._images(unet, text_encoder)
-        grid.paste(self._column(self.latest), (size, 0))
-        path = self.paths.samples / ("step-%07d.png" % step)
-        grid.save(path)
-        return path
 
-    def _column(self, images: List[Any]) -> Any:
-        from PIL import Image
-
-        size = self.cfg.resolution
-        column = Image.new("RGB", (size, size * len(images)), "white")
-        for row, image in enumerate(images):
-            column.paste(image, (0, row * size))
-        return column
-
-    def _images(self, unet: Any, text_encoder: Any) -> List[Any]:
-        training = unet.training, text_encoder.training
-        vae = load_vae(self.ckpt).to(self.device).eval()
-        unet.eval()
-        text_encoder.eval()
-        try:
-            with torch.no_grad(), self.accelerator.autocast():
-                embeddings = text_encoder(self.ids.to(self.device))[0].float()
-                pipe = make_pipeline(self.accelerator.unwrap_model(unet), vae, self.info)
-                images = []
-                for i in range(len(self.prompts)):
-                    images.append(pipe(
-                        prompt_embeds=embeddings[i:i + 1], negative_prompt_embeds=embeddings[-1:],
-                        height=self.cfg.resolution, width=self.cfg.resolution,
-                        num_inference_steps=self.cfg.sample_steps,
-                        generator=torch.Generator().manual_seed(self.cfg.seed + i)).images[0])
-        finally:
-            unet.train(training[0])
-            text_encoder.train(training[1])
-            del vae
-        return images
+def _sample_images(cfg: DreamBoothConfig, ckpt: Checkpoint, info: ModelInfo, accelerator: Any,
+                   unet: Any, text_encoder: Any, ids: torch.Tensor) -> List[Any]:
+    """The models' images of the prompts `ids` holds (the last row: the negative prompt);
+    the VAE is loaded for them only."""
+    training = unet.training, text_encoder.training
+    vae = load_vae(ckpt).to(accelerator.device).eval()
+    unet.eval()
+    text_encoder.eval()
+    try:
+        with torch.no_grad(), accelerator.autocast():
+            embeddings = text_encoder(ids.to(accelerator.device))[0].float()
+            pipe = make_pipeline(accelerator.unwrap_model(unet), vae, info)
+            return prompt_images(pipe, embeddings[:-1], embeddings[-1:], cfg.resolution,
+                                 cfg.sample_steps, cfg.seed)
+    finally:
+        unet.train(training[0])
+        text_encoder.train(training[1])
+        del vae
 
 
 # -- export -----------------------------------------------------------------------
 
 
-def _finish(cfg: DreamBoothConfig, paths: RunPaths, ckpt: Checkpoint, info: ModelInfo,
+def _finish(cfg: DreamBoothConfig, run: Run, ckpt: Checkpoint, info: ModelInfo,
             unet: torch.nn.Module, text_encoder: torch.nn.Module, class_model: Optional[Path],
-            step: int, log: EventLog) -> Path:
-    final = paths.out / ("%s-dreambooth.safetensors" % ckpt.path.stem)
+            step: int) -> Path:
+    final = run.paths.out / ("%s-dreambooth.safetensors" % ckpt.path.stem)
     origin = _origin(cfg, ckpt, info, class_model, step)
     if cfg.lora:
         from .lora import kohya_metadata, kohya_state, merged_state_dict
 
         unet_state = merged_state_dict(unet)
         text_state = merged_state_dict(text_encoder) if cfg.train_text_encoder else None
-        lora_file = paths.out / ("%s-dreambooth-lora.safetensors" % ckpt.path.stem)
+        lora_file = run.paths.out / ("%s-dreambooth-lora.safetensors" % ckpt.path.stem)
         adapters = kohya_state(unet, info.arch, text_encoder if cfg.train_text_encoder else None)
         metadata = kohya_metadata(info.arch, cfg.lora_rank, ckpt.path.name)
         metadata.update({k: v for k, v in origin.items() if k.startswith("bksdm.dreambooth_")})
@@ -488,7 +382,7 @@ def _finish(cfg: DreamBoothConfig, paths: RunPaths, ckpt: Checkpoint, info: Mode
     done = {"step": step, "output": str(final)}
     if cfg.lora:
         done["lora"] = str(lora_file)
-    event(log, "done", **done)
+    run.event("done", **done)
     return final
 
 

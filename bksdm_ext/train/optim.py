@@ -1,6 +1,6 @@
 """The optimizer every trainer here uses: the paper's AdamW, or bitsandbytes' 8-bit AdamW
-to save memory (its moments take a quarter of the space)."""
-from typing import Any, List
+to save memory (its moments take a quarter of the space), and the update step they share."""
+from typing import Any, Iterable, List, Optional
 
 import torch
 
@@ -22,3 +22,17 @@ def adamw(params: List[torch.nn.Parameter], lr: float, use_8bit: bool) -> torch.
         return require_bitsandbytes().optim.AdamW8bit(params, **kwargs)
     # The fused CUDA kernel (torch >= 2.0) updates all parameters in a few launches.
     return torch.optim.AdamW(params, fused=params[0].is_cuda, **kwargs)
+
+
+def optimizer_step(accelerator: Any, loss: torch.Tensor, params: Iterable[torch.nn.Parameter],
+                   optimizer: Any, max_grad_norm: float, scheduler: Optional[Any] = None) -> None:
+    """Backpropagate `loss` and update through accelerate: with gradient accumulation the
+    clipping (at `max_grad_norm`) and the update happen once the micro-batches are summed
+    (accelerate's prepared optimizer skips the others); the gradients are freed after."""
+    accelerator.backward(loss)
+    if accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)

@@ -16,7 +16,6 @@ of its own; ``bksdm distill --data teacher:N`` makes one inside the distillation
 import json
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, fields, replace
 from itertools import islice
 from pathlib import Path
@@ -32,6 +31,7 @@ from ..model.generation import make_pipeline
 from .latent_cache import LatentCache, teacher_identity
 from ..model.loading import latent_scale, load_unet, load_vae
 from .prompts import BUILTIN, PromptSet, load_prompts
+from .skeleton import SpeedMeter
 from ..jobs.runs import RunPaths, event, failures_reported, progress_bar
 from ..model.samplers import SAMPLERS
 from .synth_config import MARKER, SynthConfig, SynthSettings
@@ -218,7 +218,7 @@ def synthesize(folder: SynthFolder, plan: SynthPlan, make_sampler: Callable[[], 
     # A kill between a batch and its previews leaves some to make from the cache.
     _fill_previews(folder, cache, sampler, min(first, preview), log, grid_at=preview)
     bar = progress_bar(total, first, True, "teacher making training data")
-    started = time.perf_counter()
+    meter = SpeedMeter(first, total, rate="images_s")
     for start in range(first, total, batch_size):
         indices = list(range(start, min(start + batch_size, total)))
         prompts = [plan.prompt(i) for i in indices]
@@ -226,7 +226,7 @@ def synthesize(folder: SynthFolder, plan: SynthPlan, make_sampler: Callable[[], 
         cache.add_batch(latents, torch.zeros_like(latents), embeddings, prompts)
         done = indices[-1] + 1
         bar.update(len(indices))
-        figures = _speed(started, first, done, total)
+        figures = meter.figures(done)
         event(log, "synth", done=done, total=total, **figures)
         if job:
             event(log, "step", step=done, total=total, **figures)
@@ -259,12 +259,6 @@ def _fill_previews(folder: SynthFolder, cache: LatentCache, sampler: TeacherSamp
     grid = folder.write_grid(grid_at) if grid_at and made >= grid_at else None
     if grid is not None:
         event(log, "samples", step=made, path=str(grid))
-
-
-def _speed(started: float, first: int, done: int, total: int) -> Dict[str, Any]:
-    seconds = max(time.perf_counter() - started, 1e-9)
-    rate = (done - first) / seconds
-    return {"images_s": round(rate, 4), "eta_s": round((total - done) / rate) if rate > 0 else None}
 
 
 def _mark(paths: RunPaths, done: int) -> None:

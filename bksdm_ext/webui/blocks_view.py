@@ -84,9 +84,10 @@ def start_scan(steps: float, size: float) -> str:
         path, problem = _loaded_teacher()
         if path is None:
             raise BadInput(problem)
-        argv = [str(path), "--steps", str(int(steps)), "--size", str(int(size)),
-                "--cache-dir", str(cache_dir())] + job_form.flags({"clip_model": local_clip()})
-        job = job_form.submit("blocks", argv, "blocks of %s" % path.stem, free_vram=False)
+        options = {"steps": int(steps), "size": int(size), "cache_dir": str(cache_dir()),
+                   "clip_model": local_clip()}
+        job = job_form.submit("blocks", options, "blocks of %s" % path.stem, free_vram=False,
+                              positional=[str(path)])
     except BadInput as e:
         return message("error", str(e))
     return job_form.submitted(job)

@@ -14,14 +14,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import gradio as gr
 
-from ..errors import BadInput
+from ..errors import BadInput, size_text
 from ..measure.compare import (EXPLANATIONS, HEADERS, ModelImages, grid, score_models,
                                table_rows, write_csv, write_grid)
 from ..measure import device_info
 from ..measure.latency import LatencySettings
 from ..model.checkpoint import Checkpoint
 from ..model.detect import inspect_checkpoint
-from ..scores.clip import (DEFAULT_DOWNLOAD, HOW_TO_ENABLE, KNOWN_MODELS, ClipScorer,
+from ..scores.clip import (DEFAULT_DOWNLOAD, HOW_TO_ENABLE, KNOWN_MODELS, fetch, find_scorer,
                            local_model)
 from ..scores.eval_prompts import BUILTIN, cases as make_cases, load_prompts, prompt_lines
 from . import a1111, checkpoints, client_files, job_form, latency_tab
@@ -79,14 +79,20 @@ def clip_status() -> str:
 
 
 def download_clip() -> Tuple[str, str]:
-    """[status, message]: the one download this tab does, only on the button."""
+    """[status, message]: the one download this tab does, only on the button: what the
+    Hugging Face cache lacks of the CLIP (on an A1111 machine, its weights: A1111 caches
+    only its config and tokenizer)."""
     try:
-        ClipScorer.load(DEFAULT_DOWNLOAD, download=True)
+        fetched = fetch(DEFAULT_DOWNLOAD)
     except BadInput as e:
         return clip_status(), message("error", str(e))
-    return clip_status(), message("success", "CLIP %s (a %s download) is in the Hugging Face "
-                                             "cache; the CLIP score column uses it."
-                                  % (DEFAULT_DOWNLOAD, KNOWN_MODELS[DEFAULT_DOWNLOAD]))
+    if not fetched:
+        return clip_status(), message("success", "CLIP %s is already in the Hugging Face "
+                                                 "cache; nothing downloaded." % DEFAULT_DOWNLOAD)
+    files = ", ".join("%s (%s)" % (name, size_text(size)) for name, size in fetched)
+    return clip_status(), message("success", "Downloaded CLIP %s into the Hugging Face cache: "
+                                             "%s; the CLIP score column uses it."
+                                  % (DEFAULT_DOWNLOAD, files))
 
 
 def render_loaded(title: str, cases: Sequence[Tuple[str, int]], settings: LatencySettings,
@@ -154,8 +160,7 @@ def run_from_ui(id_task: str, titles: List[str], source: str, prompt_file: Any, 
         prompts = _form_prompts(titles, source, prompt_file, typed, max_prompts)
         cases = make_cases(prompts, int(seeds))
         settings = LatencySettings(steps=int(steps), size=int(size), cfg_scale=float(cfg_scale))
-        clip_name = local_clip()
-        clip = ClipScorer.load(clip_name) if clip_name else None
+        clip = find_scorer(None, folders=a1111.clip_folders())
         runs = compare_here(titles, cases, settings)
     except InterruptedError:
         return nothing + [message("error", "Interrupted; the original checkpoint is loaded "
@@ -191,11 +196,10 @@ def submit_job(titles: List[str], source: str, prompt_file: Any, typed: str,
         prompt_file_path = folder / ("prompts-%s.txt" % time.strftime("%Y%m%d-%H%M%S"))
         prompt_file_path.write_text("\n".join(prompts) + "\n", encoding="utf-8")
         models = [str(checkpoints.filename(title)) for title in titles]
-        argv = models + job_form.flags({"prompts": str(prompt_file_path), "seeds": int(seeds),
-                                        "steps": int(steps), "size": int(size),
-                                        "cfg_scale": float(cfg_scale),
-                                        "clip_model": local_clip()})
-        job = job_form.submit("eval", argv, "compare %d models" % len(models), False)
+        options = {"prompts": str(prompt_file_path), "seeds": int(seeds), "steps": int(steps),
+                   "size": int(size), "cfg_scale": float(cfg_scale), "clip_model": local_clip()}
+        job = job_form.submit("eval", options, "compare %d models" % len(models), False,
+                              positional=models)
     except BadInput as e:
         return message("error", str(e))
     return job_form.submitted(job)

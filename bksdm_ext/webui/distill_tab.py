@@ -91,12 +91,10 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
                       resolution=resolution, mixed_precision=precision, save_every=save_every,
                       sample_every=sample_every, use_8bit_adam=use_8bit_adam,
                       no_gradient_checkpointing=not gradient_checkpointing, no_ema=not ema)
-        argv = job_form.flags(values)
-        for prompt in [p.strip() for p in sample_prompts.splitlines() if p.strip()]:
-            argv += ["--sample-prompt", prompt]
+        values["sample_prompt"] = [p.strip() for p in sample_prompts.splitlines() if p.strip()]
         title = "Distill %s → BK-%s%s" % (teacher.stem, LABEL_OF.get(values["arch"], values["arch"]),
                                            " minus " + remove.strip() if remove.strip() else "")
-        job = job_form.submit("distill", argv, title, free_vram, gpus)
+        job = job_form.submit("distill", values, title, free_vram, gpus)
     except BadInput as e:
         return message("error", str(e))
     return job_form.submitted(job)

@@ -66,7 +66,7 @@ def start(model_title: str, class_title: str, folder: str, instance_prompt: str,
             values["lr"] = lr
         title = "DreamBooth %s on '%s' (%d images%s)" % (
             model.stem, instance_prompt.strip(), len(images), ", LoRA" if lora else "")
-        job = job_form.submit("dreambooth", job_form.flags(values), title, free_vram)
+        job = job_form.submit("dreambooth", values, title, free_vram)
     except BadInput as e:
         return message("error", str(e))
     return job_form.submitted(job)

@@ -1,26 +1,15 @@
 """What the Distill and DreamBooth tabs share: turning a form into a queued job and the
 Cancel / Save and stop / Resume row for the tab's newest job."""
-from typing import Any, Dict, List
+from typing import Any, Mapping, Sequence
 
 import gradio as gr
 import torch
 
 from ..errors import BadInput
+from ..jobs.arguments import command_line
 from ..jobs.runner import Job, progress_of
 from . import jobs_service, jobs_tab
 from .messages import message
-
-
-def flags(values: Dict[str, Any]) -> List[str]:
-    """``{"steps": 400, "use_8bit_adam": True, "lora": False}`` → ``--steps 400 --use-8bit-adam``."""
-    argv: List[str] = []
-    for key, value in values.items():
-        if value is None or value is False or value == "":
-            continue
-        argv.append("--" + key.replace("_", "-"))
-        if value is not True:
-            argv.append(str(value))
-    return argv
 
 
 def precision_dropdown(kind: str) -> gr.Dropdown:
@@ -33,12 +22,15 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def submit(kind: str, argv: List[str], title: str, free_vram: bool, gpus: float = 1) -> Job:
+def submit(kind: str, options: Mapping[str, Any], title: str, free_vram: bool,
+           gpus: float = 1, positional: Sequence[str] = ()) -> Job:
+    """Queue a `kind` run of `options` (``{"steps": 400, ...}``) and `positional` values,
+    written by `command_line`: no text typed in a form is ever read as an option."""
     processes = max(int(gpus or 1), 1)
     if processes > max(gpu_count(), 1):
         raise BadInput("%d GPUs asked for, %d found." % (processes, gpu_count()))
-    return jobs_service.runner().submit(kind, argv, title=title, free_vram=free_vram,
-                                        processes=processes)
+    return jobs_service.runner().submit(kind, command_line(options, positional), title=title,
+                                        free_vram=free_vram, processes=processes)
 
 
 def submitted(job: Job) -> str:

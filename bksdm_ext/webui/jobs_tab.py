@@ -82,19 +82,23 @@ def loss_figure(progress: Progress) -> Any:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    curves = {name: [(s, v) for s, v in points if job_scores.drawable(v)]
+              for name, points in sorted(progress.losses.items())}
+    curves = {name: points for name, points in curves.items() if points}
     figure, axes = plt.subplots(figsize=(7, 3.2))
-    for name, points in sorted(progress.losses.items()):
+    for name, points in curves.items():
         axes.plot([s for s, _ in points], [v for _, v in points], label=name,
                   marker="o" if len(points) <= MARKED_POINTS else None, markersize=4,
                   linewidth=2.2 if name == "loss" else 1.2)
-    steps = [s for points in progress.losses.values() for s, _ in points]
-    if max(steps) - min(steps) < 2:  # matplotlib would span a single step 3.8 … 4.2
+    steps = [s for points in curves.values() for s, _ in points]
+    if steps and max(steps) - min(steps) < 2:  # matplotlib would span one step 3.8 … 4.2
         axes.set_xlim(max(min(steps) - 1, 0), max(steps) + 1)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("step")
-    axes.set_yscale("log" if all(v > 0 for p in progress.losses.values() for _, v in p)
+    axes.set_yscale("log" if steps and all(v > 0 for p in curves.values() for _, v in p)
                     else "linear")
-    axes.legend(loc="upper right", fontsize="small")
+    if curves:  # all NaN (a run diverged from its first step): an empty chart
+        axes.legend(loc="upper right", fontsize="small")
     axes.grid(alpha=0.3)
     figure.tight_layout()
     return figure

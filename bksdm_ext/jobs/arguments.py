@@ -1,0 +1,24 @@
+"""A job's command line, written from its settings so that no value is read as an option.
+
+Every argument list a job runs goes through `command_line`: each value is joined to its
+option (``--negative-prompt=-blurry``), which argparse takes as the value whatever it
+starts with, and positional values follow ``--``.  A prompt that starts with ``-`` (a
+sample, negative or instance prompt) is then a prompt, not an unknown option.
+"""
+from typing import Any, List, Mapping, Sequence
+
+
+def command_line(options: Mapping[str, Any], positional: Sequence[str] = ()) -> List[str]:
+    """``{"steps": 400, "use_8bit_adam": True, "lora": False, "sample_prompt": ["-a", "b"]}``
+    → ``--steps=400 --use-8bit-adam --sample-prompt=-a --sample-prompt=b``: True is the bare
+    flag; None, False and "" leave the option out; a list repeats it; then ``-- POSITIONAL``."""
+    argv: List[str] = []
+    for key, value in options.items():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is None or item is False or item == "":
+                continue
+            option = "--" + key.replace("_", "-")
+            argv.append(option if item is True else "%s=%s" % (option, item))
+    if positional:
+        argv += ["--"] + [str(value) for value in positional]
+    return argv
