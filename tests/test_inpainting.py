@@ -201,3 +201,103 @@ def test_the_convert_tab_makes_a_student_of_a_loaded_inpainting_model(webui):
     assert load_file(student)[0][CONV_IN].shape[1] == 9
     assert inpainting_fields(yaml.safe_load(student.with_suffix(".yaml").read_text())) == \
         A1111_INPAINTING
+
+
+# -- distillation --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def inpainting_teacher(tmp_path_factory):
+    """A tiny random SD-v1 inpainting checkpoint with every part (U-Net, VAE, text encoder)."""
+    from bksdm_ext.demo import TINY_SD_V1, write_tiny_teacher
+
+    path = tmp_path_factory.mktemp("inpainting") / "tiny-inpainting.safetensors"
+    write_tiny_teacher(path, replace(TINY_SD_V1, in_channels=9))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from test_distill import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("data") / "pairs")
+
+
+def test_random_masks_follow_the_public_recipes():
+    from bksdm_ext.train.inpainting import random_masks
+
+    masks = random_masks(400, 24, 32, torch.Generator().manual_seed(0))
+    assert masks.shape == (400, 1, 24, 32) and set(masks.unique().tolist()) <= {0.0, 1.0}
+    full = masks.flatten(1).mean(1) == 1
+    assert 0.18 < full.float().mean() < 0.32  # a quarter masked entirely (runwayml's p_drop)
+    partial = masks[~full].flatten(1).mean(1)
+    assert partial.min() < 0.05 and partial.max() > 0.6  # shapes of every size up to the image
+    assert torch.equal(masks, random_masks(400, 24, 32, torch.Generator().manual_seed(0)))
+
+
+def test_the_conditioning_is_the_mask_then_the_masked_images_latent(inpainting_teacher):
+    from bksdm_ext.model.checkpoint import Checkpoint
+    from bksdm_ext.model.loading import load_vae
+    from bksdm_ext.train.inpainting import InpaintingConditioning, random_masks
+
+    vae = load_vae(Checkpoint(inpainting_teacher)).eval()
+    latents = torch.randn(3, 4, 8, 8)
+    got = InpaintingConditioning(vae, 0.18215)(latents, torch.Generator().manual_seed(1))
+    # by hand: the same draws (masks first, then the encoder's sampling), the image in pixels
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        pixels = vae.decode(latents).sample.clamp(-1, 1)
+        masks = random_masks(3, pixels.shape[-2], pixels.shape[-1], generator)
+        dist = vae.encode(pixels * (1 - masks)).latent_dist
+        noise = torch.randn(dist.mean.shape, generator=generator)
+    assert got.shape == (3, 5, 8, 8)
+    assert torch.equal(got[:, :1], torch.nn.functional.interpolate(masks, size=(8, 8)))
+    assert torch.allclose(got[:, 1:], (dist.mean + dist.std * noise) * 0.18215, atol=1e-5)
+
+
+def test_an_inpainting_teacher_distils_with_falling_losses_into_an_a1111_student(
+        inpainting_teacher, data, tmp_path):
+    from bksdm_ext.train.distill import distill
+    from test_distill import config, steps
+
+    seen = []
+    from diffusers import UNet2DConditionModel
+
+    original = UNet2DConditionModel.forward
+
+    def recording(self, sample, *args, **kwargs):
+        seen.append(sample.shape[1])
+        return original(self, sample, *args, **kwargs)
+
+    UNet2DConditionModel.forward = recording
+    try:
+        out = tmp_path / "run"
+        final = distill(config(inpainting_teacher, data, out, steps=30, batch_size=4))
+    finally:
+        UNet2DConditionModel.forward = original
+    losses = [e["loss"] for e in steps(out)]
+    assert len(losses) == 30 and sum(losses[-5:]) < 0.7 * sum(losses[:5])
+    assert set(seen) == {9}  # teacher and student get the mask and the masked image's latent
+    state, metadata = load_file(final)
+    config_file = yaml.safe_load(final.with_suffix(".yaml").read_text())
+    assert inpainting_fields(config_file) == A1111_INPAINTING
+    unet = ldm_from_yaml(final.with_suffix(".yaml"))
+    unet.load_state_dict(unet_part(state), strict=True)
+
+
+def test_an_inpainting_distillation_resumes_exactly(inpainting_teacher, data, tmp_path):
+    from test_distill import assert_resumes_exactly
+
+    assert_resumes_exactly(inpainting_teacher, data, tmp_path, 2, steps=4, save_every=2)
+
+
+def test_teacher_made_data_trains_an_inpainting_student(inpainting_teacher, tmp_path):
+    from bksdm_ext.train.distill import distill
+    from test_distill import config, steps
+
+    out = tmp_path / "teacher-data"
+    final = distill(config(inpainting_teacher, "teacher:8", out, steps=20, batch_size=4,
+                           synth_steps=2, synth_batch_size=4, sample_every=10))
+    losses = [e["loss"] for e in steps(out)]
+    assert len(losses) == 20 and sum(losses[-5:]) < sum(losses[:5])
+    assert load_file(final)[0][CONV_IN].shape[1] == 9
+    assert sorted(p.name for p in (out / "samples").glob("step-*.png"))  # grids drew too
