@@ -64,11 +64,14 @@ def test_an_inpainting_teacher_converts_to_a_student_that_loads_strictly_with_9_
     assert difference.abs().max() < 1e-4
 
 
-def test_the_cli_converts_an_inpainting_teacher(tmp_path, capsys):
+def test_the_cli_converts_an_inpainting_teacher_and_says_what_it_is(tmp_path, capsys):
     teacher = write_teacher(tmp_path, INPAINT["sd-v1"])
     out = tmp_path / "student.safetensors"
     assert main(["convert", str(teacher), "--arch", "small", "--out", str(out)]) == 0
     assert load_file(out)[0][CONV_IN].shape[1] == 9
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert "inpainting (latent, mask, masked image: 9 channels)" in capsys.readouterr().out
 
 
 def test_a_text_to_image_teacher_still_gets_a_text_to_image_config(tmp_path):
@@ -194,6 +197,7 @@ def test_the_convert_tab_makes_a_student_of_a_loaded_inpainting_model(webui):
     from webui_env import load
 
     load(write_teacher(webui, INPAINT["sd-v1"], name="my-inpainting.safetensors"))
+    assert "ε prediction, inpainting" in convert_tab.loaded_summary()
     title, _, message = convert_tab.convert("task(1)", "Small", "my-inpainting-bk-small", "fp16",
                                             False)
     student = webui / "my-inpainting-bk-small.safetensors"
