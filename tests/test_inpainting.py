@@ -19,7 +19,7 @@ from tiny import TINY, write_teacher
 
 INPAINT = {family: replace(spec, in_channels=9) for family, spec in TINY.items()}
 CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
-# docs/facts.md §12: what A1111's configs/v1-inpainting-inference.yaml (1.6.1 and 1.10.1) says
+# docs/facts.md §13: what A1111's configs/v1-inpainting-inference.yaml (1.6.1 and 1.10.1) says
 # that its text-to-image config does not.
 A1111_INPAINTING = {"target": "ldm.models.diffusion.ddpm.LatentInpaintDiffusion",
                     "conditioning_key": "hybrid", "finetune_keys": None, "in_channels": 9}

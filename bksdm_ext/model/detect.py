@@ -20,7 +20,7 @@ from .parts_keymap import TEXT_PREFIX, VAE_PREFIX
 REMOVAL_KEY = "bksdm.removal"
 
 # U-Net input channels BK-SDM converts: text-to-image (the latent) and inpainting (latent,
-# mask, masked-image latent: docs/facts.md §12).
+# mask, masked-image latent: docs/facts.md §13).
 INPUT_CHANNELS = (4, 9)
 # (a key that only that kind of file has, what it is)
 FOREIGN_MARKERS = (

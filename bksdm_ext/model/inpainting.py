@@ -1,7 +1,7 @@
 """An inpainting U-Net where a text-to-image one is expected.
 
 An inpainting U-Net takes 9 channels: the noisy latent, the mask and the latent of the
-masked image (docs/facts.md §12).  Drawing from text alone is inpainting with everything
+masked image (docs/facts.md §13).  Drawing from text alone is inpainting with everything
 masked: A1111's txt2img gives such a model a mask of ones and the latent of a grey image.
 `FullyMaskedUNet` does the same for every part that draws with a diffusers pipeline
 (sample grids, teacher-made data, latency, the demo), so those parts need not know.

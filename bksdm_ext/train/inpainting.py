@@ -1,7 +1,7 @@
 """The inpainting conditioning of a training step, for 9-channel (inpainting) U-Nets.
 
 An inpainting U-Net sees the noisy latent, the mask on the latent grid and the latent of
-the image with the masked part blanked (docs/facts.md §12, in that order: A1111's
+the image with the masked part blanked (docs/facts.md §13, in that order: A1111's
 ``inpainting_image_conditioning`` and ldm's ``c_concat``).  Training gives the teacher and
 the student the same such input, with random masks drawn as the public recipes draw them:
 

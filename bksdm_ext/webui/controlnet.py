@@ -3,7 +3,7 @@
 The extension's ``scripts/hook.py`` (``UnetHook.hook``) replaces the loaded U-Net's
 ``forward`` with one that walks the teacher's layout: 13 residuals for SD-1/2 (one per
 teacher skip connection plus the middle), paired with the U-Net's skip features from the
-end (docs/facts.md §12).  On a student the pairs drift and the first step fails, or
+end (docs/facts.md §12, §13).  On a student the pairs drift and the first step fails, or
 draws wrong.  Nothing of the extension is edited: before each denoising step (A1111's
 ``on_cfg_denoiser``, which runs before the U-Net call in 1.6.1 and 1.10.1) the hooked
 ``forward`` of a loaded student is re-bound to a `TeacherLayoutView` of the student, so
