@@ -305,3 +305,13 @@ def test_teacher_made_data_trains_an_inpainting_student(inpainting_teacher, tmp_
     assert len(losses) == 20 and sum(losses[-5:]) < sum(losses[:5])
     assert load_file(final)[0][CONV_IN].shape[1] == 9
     assert sorted(p.name for p in (out / "samples").glob("step-*.png"))  # grids drew too
+
+
+def test_dreambooth_refuses_an_inpainting_model_before_any_work(inpainting_teacher, data, tmp_path):
+    from bksdm_ext.train.dreambooth import dreambooth
+    from test_dreambooth import config as dreambooth_config
+
+    out = tmp_path / "db"
+    with pytest.raises(BadInput, match="inpainting model; DreamBooth here trains text-to-image"):
+        dreambooth(dreambooth_config(inpainting_teacher, data, out))
+    assert not out.exists()
