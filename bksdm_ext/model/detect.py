@@ -19,6 +19,9 @@ from .parts_keymap import TEXT_PREFIX, VAE_PREFIX
 # A custom student's removal in block notation (which teacher layers it kept).
 REMOVAL_KEY = "bksdm.removal"
 
+# U-Net input channels BK-SDM converts: text-to-image (the latent) and inpainting (latent,
+# mask, masked-image latent: docs/facts.md §13).
+INPUT_CHANNELS = (4, 9)
 # (a key that only that kind of file has, what it is)
 FOREIGN_MARKERS = (
     ("model.diffusion_model.joint_blocks.", "an SD3 checkpoint"),
@@ -153,11 +156,11 @@ def _refuse_foreign(ckpt: Checkpoint, keys: List[str], unet_keys: List[str]) -> 
         raise BadInput("%s: its U-Net has no input convolution (%s); not an SD-v1/v2 U-Net"
                        % (ckpt.path, conv_in))
     channels = _shape(ckpt, conv_in, 4)[1]
-    if channels != 4:
-        what = {9: "an inpainting model", 8: "an instruct-pix2pix model"}.get(
+    if channels not in INPUT_CHANNELS:
+        what = {8: "an instruct-pix2pix model"}.get(
             channels, "a U-Net with %d input channels" % channels)
         raise BadInput("%s: this is %s; BK-SDM supports SD-v1/v2 text-to-image U-Nets "
-                       "(4 input channels)" % (ckpt.path, what))
+                       "(4 input channels) and inpainting U-Nets (9)" % (ckpt.path, what))
 
 
 def _family(ckpt: Checkpoint, keys: List[str]) -> str:
@@ -203,6 +206,7 @@ def _structure(ckpt: Checkpoint, unet_keys: List[str], family: str
     base = SD_V1 if family == "sd-v1" else SD_V2_512
     observed = replace(
         base,
+        in_channels=shape("input_blocks.0.0.weight", 4)[1],
         model_channels=model_channels,
         channel_mult=tuple(w // model_channels for w in widths),
         attention_levels=tuple(attention),

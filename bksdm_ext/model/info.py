@@ -16,6 +16,8 @@ def describe(path: Union[str, Path], v_prediction: Optional[bool] = None) -> Dic
         "parameterization": info.parameterization,
         "parameterization_from": info.parameterization_source,
         "model": "BK-SDM %s student" % info.preset if info.is_student else "teacher (full U-Net)",
+        "inputs": ("inpainting (latent, mask, masked image: 9 channels)"
+                   if info.arch.teacher.inpainting else "text-to-image (latent: 4 channels)"),
         "preset": info.preset,
         "removed": notation(info.arch) or "nothing",
         "unet_params": info.unet_params,

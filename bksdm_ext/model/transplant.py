@@ -150,11 +150,20 @@ def _check_roles(student: ModelInfo, base: ModelInfo, finetune: ModelInfo) -> No
             raise BadInput("%s: a BK-SDM '%s' student, but %s must be a full SD model (a "
                            "teacher)" % (info.path, info.preset, role))
     for role, info in (("--base", base), ("--finetune", finetune)):
+        if info.arch.teacher.inpainting != student.arch.teacher.inpainting:
+            raise BadInput("%s: %s, but the student %s is %s; pick a %s of the same kind"
+                           % (info.path, _kind(info), student.path.name, _kind(student),
+                              role[2:]))
         for what in ("family", "parameterization"):
             if getattr(info, what) != getattr(student, what):
                 raise BadInput("%s: %s %s, but the student %s is %s; pick a %s of the same %s"
                                % (info.path, what, getattr(info, what), student.path.name,
                                   getattr(student, what), role[2:], what))
+
+
+def _kind(info: ModelInfo) -> str:
+    return ("an inpainting model (9 U-Net input channels)" if info.arch.teacher.inpainting
+            else "a text-to-image model (4 U-Net input channels)")
 
 
 def _matched_keys(student: Checkpoint, base: Checkpoint, finetune: Checkpoint,

@@ -5,7 +5,9 @@ precision on a GPU, student initialised from the teacher through the weight map.
 and captions are encoded once into an on-disk cache (latent_cache.py), so a step runs
 only the two U-Nets.  The data can also be teacher-made (synth.py: ``--data teacher:N``,
 a prompt file, a ``bksdm synth`` run, or a dataset plus ``--synthetic N``); those pairs
-enter the cache as latents and never pass through the VAE encoder.  All randomness comes
+enter the cache as latents and never pass through the VAE encoder.  An inpainting teacher
+(9-channel U-Net) trains its student with random masks (inpainting.py), the only case
+where a step runs the VAE.  All randomness comes
 from one generator per process whose state is checkpointed with the data position, so a
 resumed run repeats the losses of an uninterrupted one.  ``accelerate launch -m bksdm_ext
 distill ...`` runs it with DDP.  The loop, checkpoints, samples and evaluation are the
@@ -36,6 +38,7 @@ from ..scores.agreement import agreement
 from .dataset import DatasetScan, scan_dataset
 from .distill_config import DistillConfig
 from .init_student import checked_init_student, load_init_student
+from .inpainting import InpaintingConditioning
 from .kd import EMA, FeatureTaps, LossWeights, kd_loss, student_from_teacher
 from .latent_cache import CacheUnion, LatentCache, cache_fingerprint, teacher_identity
 from .memory_fit import fit_distill, free_gpu_bytes, have_bitsandbytes
@@ -95,7 +98,10 @@ def _distill(cfg: DistillConfig, resume: bool, memory: Optional[MemoryPlan] = No
         _export(folder / name, t.weights(), arch, ckpt, info, cfg, step)
         return {"student": name}
 
-    with _kd_steps(cfg, info, arch, t) as kd_step:
+    inpainting = (InpaintingConditioning(load_vae(ckpt).to(device, _teacher_dtype(device)).eval(),
+                                         latent_scale(info))
+                  if info.arch.teacher.inpainting else None)
+    with _kd_steps(cfg, info, arch, t, inpainting) as kd_step:
         train(run, state, Cadence.of(cfg, cfg.eval_interval()), kd_step, t.optimizer,
               samples=_samples(cfg, ckpt, info, teacher, run, t.weights), files=student_file,
               samples_per_step=cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
@@ -270,11 +276,13 @@ def _use_xformers(teacher: torch.nn.Module, student: torch.nn.Module, device: to
 
 
 @contextmanager
-def _kd_steps(cfg: DistillConfig, info: ModelInfo, arch: Architecture, t: StudentTraining
+def _kd_steps(cfg: DistillConfig, info: ModelInfo, arch: Architecture, t: StudentTraining,
+              inpainting: Optional[InpaintingConditioning] = None
               ) -> Iterator[Callable[[], Dict[str, float]]]:
-    """The paper's step: `cfg.grad_accum` micro-batches of cached latents, noised; the
-    frozen teacher's prediction and block outputs and the student's; the three-term loss
-    (kd.py); then the EMA follows the student.  Returns the losses averaged."""
+    """The paper's step: `cfg.grad_accum` micro-batches of cached latents, noised (with an
+    inpainting model's mask and masked-image latent beside them); the frozen teacher's
+    prediction and block outputs and the student's; the three-term loss (kd.py); then the
+    EMA follows the student.  Returns the losses averaged."""
     accelerator, device = t.accelerator, t.accelerator.device
     pairs = arch.feature_kd_pairs()
     teacher_taps = FeatureTaps(t.teacher, [name for name, _ in pairs])
@@ -292,6 +300,8 @@ def _kd_steps(cfg: DistillConfig, info: ModelInfo, arch: Architecture, t: Studen
                 _unrelated_latents(batch, t.cache, indices, t.generator, cfg.random_conditioning_p)
             latents = (batch["mean"] + batch["std"] * randn(batch["mean"], t.generator)) * scale
             noisy, timesteps, target = noised(latents, alphas, info.parameterization, t.generator)
+            if inpainting is not None:
+                noisy = torch.cat([noisy, inpainting(batch["mean"], t.generator)], dim=1)
             with torch.no_grad(), accelerator.autocast():
                 teacher_pred = t.teacher(noisy.to(teacher_dtype), timesteps,
                                          batch["embedding"].to(teacher_dtype)).sample

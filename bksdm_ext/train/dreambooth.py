@@ -139,6 +139,9 @@ def _check_inputs(cfg: DreamBoothConfig) -> Tuple[Checkpoint, ModelInfo, Optiona
                        "--no-prior-preservation)")
     ckpt = Checkpoint(cfg.model)
     info = inspect_checkpoint(ckpt)
+    if info.arch.teacher.inpainting:
+        raise BadInput("%s is an inpainting model; DreamBooth here trains text-to-image models: "
+                       "personalise the text-to-image model it comes from" % ckpt.path)
     class_model = None
     if cfg.prior_preservation:
         class_model = Path(cfg.class_model) if cfg.class_model else ckpt.path

@@ -58,9 +58,10 @@ def loaded_summary() -> str:
         return warnings + "⚠️ " + html.escape(problem)
     assert loaded is not None and info is not None
     source = "file" if loaded.has_file else "weights in memory (no file: e.g. an unsaved merge)"
-    return warnings + ("**Loaded:** %s  \n**Family:** %s, %s prediction · **U-Net:** %s parameters · "
+    return warnings + ("**Loaded:** %s  \n**Family:** %s, %s prediction%s · **U-Net:** %s parameters · "
             "**Source:** %s" % (html.escape(loaded.title), info.family.upper(),
                                  "v" if info.parameterization == "v" else "ε",
+                                 ", inpainting" if info.arch.teacher.inpainting else "",
                                  format(info.unet_params, ","), source))
 
 
