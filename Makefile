@@ -68,7 +68,7 @@ LATEST_REQS  := diffusers==0.42.1 transformers==5.24.0 accelerate==1.15.0 huggin
 LATEST_TESTS := tests/test_tokenizer.py tests/test_clip_naming.py tests/test_clip_sources.py tests/test_scores.py \
                 tests/test_demo.py \
                 tests/test_layout.py tests/test_memory_plan.py tests/test_convert.py \
-                tests/test_latency.py tests/test_fid.py \
+                tests/test_latency.py tests/test_fid.py tests/test_lora_keymap.py tests/test_lora_adapt.py \
                 tests/test_distill.py::test_losses_are_finite_and_fall_and_the_run_ends_with_an_a1111_student \
                 tests/test_distill.py::test_v_prediction_teacher_trains_on_velocity \
                 tests/test_distill.py::test_resuming_repeats_the_losses_of_an_uninterrupted_run \
@@ -77,7 +77,9 @@ LATEST_TESTS := tests/test_tokenizer.py tests/test_clip_naming.py tests/test_cli
                 tests/test_dreambooth.py::test_sd2_v_prediction_lora_resolves_onto_openclip_attention \
                 tests/test_dreambooth.py::test_samples_get_the_clip_score_of_their_prompt \
                 tests/test_synth.py::test_the_cache_holds_n_latents_with_std_zero_from_prompt_i_and_seed_i \
-                tests/test_synth.py::test_distilling_from_teacher_data_never_encodes_an_image_and_losses_fall
+                tests/test_synth.py::test_distilling_from_teacher_data_never_encodes_an_image_and_losses_fall \
+                tests/test_inpainting.py::test_an_inpainting_teacher_distils_with_falling_losses_into_an_a1111_student \
+                tests/test_inpainting.py::test_teacher_made_data_trains_an_inpainting_student
 
 # The Jetson stack (`make test-jetson`): what A1111 1.6.1 runs on a Jetson AGX Orin under
 # JetPack 5 (docs/facts.md §6b): Python 3.8, torch 2.0.1, safetensors 0.3.1, numpy 1.23.5,

@@ -313,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(run=_import_diffusers, render=_render_conversion)
 
     _add_transplant(commands)
+    _add_lora_adapt(commands)
     _add_distill(commands)
     _add_synth(commands)
     _add_dreambooth(commands)
@@ -359,7 +360,9 @@ def _add_transplant(commands: Any) -> None:
     transplant.add_argument("--base", required=True,
                             help="the model the student was distilled from (e.g. SD-v1.4)")
     transplant.add_argument("--finetune", required=True,
-                            help="your fine-tune or merge of BASE (same family and prediction)")
+                            help="your fine-tune or merge of BASE (same family and prediction), "
+                                 "or a LoRA made for BASE: its merged difference is carried, "
+                                 "text-encoder part included")
     transplant.add_argument("--out", required=True, help="output .safetensors path")
     transplant.add_argument("--alpha", type=float, default=1.0,
                             help="how much of the difference to carry (default 1.0)")
@@ -367,6 +370,46 @@ def _add_transplant(commands: Any) -> None:
     transplant.add_argument("--overwrite", action="store_true", help="replace existing output files")
     transplant.add_argument("--json", action="store_true", help="print the report as one JSON object")
     transplant.set_defaults(run=_transplant, render=_render_transplant)
+
+
+# -- bksdm lora-adapt: a teacher's LoRA in a student's block layout ----------------------
+
+def _add_lora_adapt(commands: Any) -> None:
+    adapt = commands.add_parser(
+        "lora-adapt", help="rewrite a LoRA made for the teacher in a student's block layout",
+        description="Write OUT.safetensors: LORA with every module of a block the student "
+                    "kept under the student's own block name, modules of removed blocks left "
+                    "out (counted), text-encoder modules unchanged. The WebUI does this by "
+                    "itself when a student is loaded; the file is for other UIs and sharing.")
+    adapt.add_argument("--student", required=True, help="the BK-SDM student (.safetensors)")
+    adapt.add_argument("--lora", required=True, help="a LoRA (kohya/LyCORIS) made for its teacher")
+    adapt.add_argument("--out", required=True, help="output .safetensors path")
+    adapt.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    adapt.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    adapt.set_defaults(run=_lora_adapt, render=_render_lora_adapt)
+
+
+def _lora_adapt(args: argparse.Namespace) -> Dict[str, Any]:
+    from .model.lora_adapt import adapt_lora
+
+    return adapt_lora(args.student, args.lora, args.out, overwrite=args.overwrite).as_dict()
+
+
+def _render_lora_adapt(report: Dict[str, Any]) -> str:
+    lines = ["wrote %s" % report["output"],
+             "  LoRA        %s (%s layout)" % (report["lora"], report["layout"]),
+             "  student     %s (BK-%s, %s)" % (report["student"], report["model"],
+                                              report["family"]),
+             "  U-Net       %d of %d modules on the student's blocks, %d left out (their "
+             "blocks were removed)" % (report["placed"], report["unet_modules"],
+                                       report["removed_blocks"]),
+             "  text        %d modules unchanged" % report["text_modules"]]
+    if report["unplaced"]:
+        lines.append("  unplaced    %d modules name no U-Net module (A1111 ignores them on the "
+                     "teacher too): left out" % report["unplaced"])
+    if report["note"]:
+        lines.append("BK-SDM: " + report["note"])
+    return "\n".join(lines)
 
 
 def _add_eval(commands: Any) -> None:
@@ -855,7 +898,9 @@ def _render_transplant(report: Dict[str, Any]) -> str:
              "  config      %s" % report["config"],
              "  student     %s (BK-%s, %s, %s)" % (report["student"], report["arch"],
                                                    report["family"], report["parameterization"]),
-             "  carried     %.2f x (%s - %s)" % (report["alpha"], report["finetune"], report["base"]),
+             "  carried     %.2f x %s" % (report["alpha"], "LoRA %s (made for %s)" % (
+                 report["finetune"], report["base"]) if report.get("lora") else "(%s - %s)" % (
+                 report["finetune"], report["base"])),
              "  U-Net       %s parameters, %s; %.0f%% of the fine-tune's change kept"
              % (format(report["unet_params"], ","), report["dtype"], 100 * report["carried_share"]),
              "  change per block (||finetune - base|| / ||base||):"]

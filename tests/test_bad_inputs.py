@@ -52,13 +52,15 @@ def test_sd3_is_refused(tmp_path, capsys):
     assert_refused(capsys, tmp_path, path, "SD3")
 
 
-@pytest.mark.parametrize("channels,what", [(9, "inpainting"), (8, "instruct-pix2pix")])
-def test_inpainting_and_pix2pix_are_refused(tmp_path, capsys, channels, what):
+@pytest.mark.parametrize("channels,what", [(8, "instruct-pix2pix"), (5, "5 input channels")])
+def test_pix2pix_and_other_conditioned_unets_are_refused(tmp_path, capsys, channels, what):
+    """(Inpainting U-Nets, 9 channels, convert: tests/test_inpainting.py.)"""
     def widen(state):
         w = state["model.diffusion_model.input_blocks.0.0.weight"]
         state["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(
             w.shape[0], channels, *w.shape[2:])
-    assert_refused(capsys, tmp_path, _with(tmp_path, "inpaint.safetensors", widen), what)
+    assert_refused(capsys, tmp_path, _with(tmp_path, "widened.safetensors", widen), what,
+                   "inpainting U-Nets (9)")
 
 
 def test_a_file_without_a_unet_is_refused(tmp_path, capsys):

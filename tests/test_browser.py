@@ -448,7 +448,7 @@ def test_convert_tab_starts_from_a_student_plus_the_loaded_models_difference(bro
         page, js_errors = _open_convert_tab(browser, url, 1400, "mine.safetensors")
         box = page.locator("#bksdm_transplant_box")
         expect(box).to_be_hidden()
-        page.locator("#bksdm_start_from label", has_text="distilled BK-SDM student").click()
+        page.locator("#bksdm_start_from label", has_text="difference from its base").click()
         expect(box).to_be_visible()
         expect(box).to_contain_text("bksdm import-diffusers")
         for elem_id, name in (("student", student.name), ("base", "sd-base.safetensors")):
@@ -464,6 +464,38 @@ def test_convert_tab_starts_from_a_student_plus_the_loaded_models_difference(bro
         page.screenshot(path=str(tmp_path / "transplant.png"), full_page=True)
         assert out.is_file() and out.with_suffix(".yaml").is_file()
         assert js_errors == []
+    finally:
+        standin_app.stop()
+
+
+def test_convert_tab_bakes_a_lora_into_a_student(browser, webui, tmp_path):
+    """The third "Start from": the LoRA list replaces the base list, and the result says what
+    was added."""
+    from playwright.sync_api import expect
+
+    from modules import shared
+    from test_lora_keymap import save_lora, teacher_lora
+    from test_webui_transplant import quick_path_files
+
+    base, student, _ = quick_path_files(webui)
+    load(base)
+    loras = Path(shared.cmd_opts.lora_dir)
+    loras.mkdir(parents=True, exist_ok=True)
+    save_lora(loras / "mylora.safetensors", teacher_lora("sd-v1", "lora", "diffusers")[0])
+    _, url = standin_app.launch()
+    try:
+        page, js_errors = _open_convert_tab(browser, url, 1400, "sd-base.safetensors")
+        page.locator("#bksdm_start_from label", has_text="a LoRA made for").click()
+        expect(page.locator("#bksdm_transplant_box")).to_contain_text("merged into the student")
+        expect(page.locator("#bksdm_transplant_base")).to_be_hidden()
+        for elem_id, name in (("student", student.name), ("lora", "mylora.safetensors")):
+            page.locator("#bksdm_transplant_%s input" % elem_id).click()
+            page.locator("#bksdm_transplant_%s ul.options li" % elem_id, has_text=name).click()
+        page.locator("#bksdm_output_name textarea").fill("base-small-mylora")
+        page.locator("#bksdm_convert").click()
+        expect(page.locator("#bksdm_convert_result").first.locator(".bksdm-success")).to_contain_text(
+            "the BK-SDM small student %s + 1.00 × the LoRA mylora.safetensors" % student.name)
+        assert (webui / "base-small-mylora.safetensors").is_file() and js_errors == []
     finally:
         standin_app.stop()
 

@@ -96,5 +96,26 @@ def test_a_student_of_another_layout_is_refused_before_anything_loads(teacher, d
     assert len(err.strip().splitlines()) == 1
     assert "start.safetensors" in err and "BK-SDM 'small'" in err and "choose --arch small" in err
     assert main(argv[:-1] + [str(teacher)]) == 2  # the teacher is no Small student
-    assert "choose --arch teacher" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "a full teacher U-Net" in err and "leave out --init-student" in err
+    assert "--arch teacher" not in err  # --arch takes presets only
     assert not (tmp_path / "run").exists()
+
+
+def test_a_custom_student_is_met_with_the_flags_that_make_its_layout(teacher, data, tmp_path,
+                                                                     capsys):
+    from bksdm_ext.model.blocks import removal_from_units
+    from bksdm_ext.train.init_student import checked_init_student
+
+    custom = tmp_path / "custom.safetensors"
+    convert_checkpoint(teacher, custom, "teacher", remove="down.3.1,up.3.1")
+    argv = ["distill", "--teacher", str(teacher), "--data", str(data), "--out",
+            str(tmp_path / "run"), "--init-student", str(custom), "--arch", "small"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--arch custom" not in err
+    assert "give --remove down.3.1,up.3.1 without --arch" in err, err
+    ckpt = Checkpoint(teacher)  # the advice holds: that run's student is the file's layout
+    info = inspect_checkpoint(ckpt)
+    checked_init_student(str(custom), ckpt, info, Architecture(
+        info.arch.teacher, removal_from_units(info.arch.teacher, "down.3.1,up.3.1")))

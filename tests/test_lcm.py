@@ -249,20 +249,11 @@ def test_bad_lcm_settings_fail_before_anything_loads(teacher, data, tmp_path, mo
 # -- LCM-LoRA in A1111's terms ------------------------------------------------------------
 
 
-def _a1111_delta(down: torch.Tensor, up: torch.Tensor, scale: float) -> torch.Tensor:
-    """A1111's LoRA module merged into a weight (networks' lora calc_updown): a linear or
-    1×1 pair multiplies, a 3×3 down convolves."""
-    if down.dim() == 2:
-        return up @ down * scale
-    if down.shape[2:] == (1, 1):
-        return (up.flatten(1) @ down.flatten(1))[:, :, None, None] * scale
-    return torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3) * scale
-
-
-def _a1111_forward(module: torch.nn.Module, down: torch.Tensor, up: torch.Tensor,
-                   scale: float) -> None:
-    """A1111's unmerged path (lora_functional): the module's output plus up(down(x)), the
-    down as a layer like the module (a convolution keeps its kernel, stride, padding)."""
+def _a1111_functional(module: torch.nn.Module, down: torch.Tensor, up: torch.Tensor,
+                      scale: float) -> None:
+    """A LoRA module applied without merging (A1111's ``lora_functional`` path, not in the
+    stand-in): the layer's output plus up(down(x))·alpha/rank, the down as a layer like the
+    module (a convolution keeps its kernel, stride and padding), the up 1×1."""
     if isinstance(module, torch.nn.Conv2d):
         def extra(x: torch.Tensor) -> torch.Tensor:
             hidden = torch.nn.functional.conv2d(x, down, stride=module.stride,
@@ -274,16 +265,16 @@ def _a1111_forward(module: torch.nn.Module, down: torch.Tensor, up: torch.Tensor
     module.register_forward_hook(lambda m, inputs, output: output + extra(inputs[0]) * scale)
 
 
-def _lora_parts(lora):
-    names = sorted({k.split(".")[0] for k in lora})
-    for name in names:
-        down, up = lora[name + ".lora_down.weight"], lora[name + ".lora_up.weight"]
-        yield name, down, up, float(lora[name + ".alpha"]) / down.shape[0]
-
-
 def test_the_lcm_lora_resolves_onto_the_student_in_a1111_and_merged_equals_unmerged(
         teacher, data, tmp_path, capsys):
-    from diffusers import UNet2DConditionModel
+    """The LoRA file in the A1111 stand-in's built-in Lora extension (its resolution and
+    weight patching mirror 1.10.1's networks.py): every module lands on the student, by
+    A1111's own lookup as by the extension's, and the output it gives equals the student
+    the run exported with the adapters merged, and the adapters applied unmerged."""
+    import shutil
+    import sys
+
+    from webui_env import load, standin_app, start_webui_with_lora
 
     base = tmp_path / "tiny-sd-v1-bk-small.safetensors"
     convert_checkpoint(teacher, base, "small", dtype="fp32")
@@ -291,58 +282,75 @@ def test_the_lcm_lora_resolves_onto_the_student_in_a1111_and_merged_equals_unmer
     final = distill(lcm(teacher, data, out, lora_rank=4, steps=2, lr=1e-2, init_student=str(base)))
     done = read_events(out / "events.jsonl")[-1]
     assert done["output"] == str(final) and done["lora"] == str(lora_file(final))
-    lora, metadata = load_file(Path(done["lora"]))
-    assert Path(done["lora"]).name == "tiny-sd-v1-bk-small-lcm-lora.safetensors"
+    lora_path = Path(done["lora"])
+    assert lora_path.name == "tiny-sd-v1-bk-small-lcm-lora.safetensors"
+    lora, metadata = load_file(lora_path)
     assert metadata["ss_network_dim"] == "4" and metadata["bksdm.lora_base"] == base.name
     assert metadata["bksdm.preset"] == "small" and metadata["bksdm.recommended_sampler"] == "LCM"
-    assert describe(Path(done["lora"]))["recommended"] == "LCM, 4 steps, CFG 1"
-    assert main(["info", done["lora"]]) == 0
+    assert describe(lora_path)["recommended"] == "LCM, 4 steps, CFG 1"
+    assert main(["info", str(lora_path)]) == 0
     shown = capsys.readouterr().out
     assert "LoRA for a BK-SDM small student (%s)" % base.name in shown
-    assert "recommended" in shown and "LCM, 4 steps, CFG 1" in shown
+    assert "LCM, 4 steps, CFG 1" in shown
 
-    # Every module of the file is one A1111 finds on the student (LDM names, none of the
-    # diffusers-style ones A1111 would remap as SD's full layout), and each module the LoRA
-    # script's targets name on the student has its adapter.
-    base_state, _ = load_file(base)
-    merged_ldm, unmerged_ldm = (ldm_from_yaml(base.with_suffix(".yaml")) for _ in range(2))
-    for model in (merged_ldm, unmerged_ldm):
-        model.load_state_dict(unet_part(base_state), strict=True)
-    modules = {("diffusion_model." + n).replace(".", "_"): m for n, m in merged_ldm.named_modules()}
-    hooked = {("diffusion_model." + n).replace(".", "_"): m
-              for n, m in unmerged_ldm.named_modules()}
-    parts = list(_lora_parts(lora))
-    assert parts and not any(name.startswith(DIFFUSERS_PATTERNS) for name, *_ in parts)
-    with torch.no_grad():
-        for name, down, up, scale in parts:
-            target = a1111_lora_target(name, sd2=False)
-            module = modules[target]  # KeyError: a module A1111 would not find
-            assert isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))
-            module.weight += _a1111_delta(down, up, scale).to(module.weight.dtype)
-            _a1111_forward(hooked[target], down, up, scale)
-    assert all(up.abs().max() > 0 for _n, _d, up, _s in parts)  # every adapter trained
-    diffusers_student = UNet2DConditionModel(**Architecture(TINY_SD_V1, PRESETS["small"])
-                                             .diffusers_config())
-    targeted = [n for n, m in diffusers_student.named_modules()
+    modules = sorted({k.split(".")[0] for k in lora})
+    assert modules and not any(name.startswith(DIFFUSERS_PATTERNS) for name in modules)
+    student = UNet2DConditionModel_of("small")
+    targeted = [n for n, _ in student.named_modules()
                 if any(n == t or n.endswith("." + t) for t in LORA_TARGETS)]
-    assert len(parts) == len(targeted)  # 0 unmatched: every adapter has its module
+    assert len(modules) == len(targeted)  # an adapter on every module the targets name
+    assert all(lora[m + ".lora_up.weight"].abs().max() > 0 for m in modules)  # all trained
 
-    # Merged (A1111's default) and unmerged (its functional path) give the same output,
-    # and it is the student the run exported with the adapters folded in.
+    folder, loras = start_webui_with_lora(tmp_path / "webui")
+    try:
+        shutil.copy(base, folder / base.name)
+        shutil.copy(base.with_suffix(".yaml"), folder / base.with_suffix(".yaml").name)
+        shutil.copy(lora_path, loras / lora_path.name)
+        networks = sys.modules["networks"]
+        networks.list_available_networks()
+        model = load(folder / base.name)
+        unet = model.model.diffusion_model
+        names = {id(m): "diffusion_model_" + n.replace(".", "_") for n, m in unet.named_modules()}
+        name = lora_path.stem
+        plain = networks.load_network.bksdm_original(name, networks.available_networks[name])
+        placed = {k: names.get(id(m.sd_module)) for k, m in plain.modules.items()}
+        # A1111's own lookup finds every module, each on the module of its own name.
+        assert sorted(placed) == [a1111_lora_target(m, sd2=False) for m in modules]
+        assert all(placed[k] == k for k in placed)
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 4, 16, 16, generator=generator)
+        context = torch.randn(2, 77, 64, generator=generator)
+        t = torch.tensor([999, 259])
+        with torch.no_grad():
+            plain_output = unet(x, t, context)
+            networks.load_networks([name], [1.0], [1.0], [None])  # as <lora:name:1> does
+            (net,) = networks.loaded_networks
+            assert len(net.modules) == len(modules) and net.bksdm_note is None
+            applied = unet(x, t, context)  # A1111 patches the weights in at the forward
+    finally:
+        standin_app.reset(tmp_path / "after")
+
     exported = ldm_from_yaml(final.with_suffix(".yaml"))
     exported.load_state_dict(unet_part(load_file(final)[0]), strict=True)
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, 16, 16, generator=generator)
-    context = torch.randn(2, 77, 64, generator=generator)
-    t = torch.tensor([999, 259])
+    unmerged = ldm_from_yaml(base.with_suffix(".yaml"))
+    unmerged.load_state_dict(unet_part(load_file(base)[0]), strict=True)
+    ldm_modules = {("diffusion_model." + n).replace(".", "_"): m
+                   for n, m in unmerged.named_modules()}
+    for module in modules:
+        down, up = lora[module + ".lora_down.weight"], lora[module + ".lora_up.weight"]
+        _a1111_functional(ldm_modules[a1111_lora_target(module, sd2=False)], down, up,
+                          float(lora[module + ".alpha"]) / down.shape[0])
     with torch.no_grad():
-        merged, unmerged, folded = (m(x, t, context) for m in (merged_ldm, unmerged_ldm, exported))
-    assert torch.allclose(merged, unmerged, atol=1e-4)
-    assert torch.allclose(merged, folded, atol=1e-4)
-    plain = ldm_from_yaml(base.with_suffix(".yaml"))
-    plain.load_state_dict(unet_part(base_state), strict=True)
-    with torch.no_grad():
-        assert not torch.allclose(plain(x, t, context), merged, atol=1e-4)
+        merged, functional = exported(x, t, context), unmerged(x, t, context)
+    assert torch.allclose(applied, merged, atol=1e-4)
+    assert torch.allclose(applied, functional, atol=1e-4)
+    assert not torch.allclose(plain_output, applied, atol=1e-3)  # the LoRA changes the output
+
+
+def UNet2DConditionModel_of(preset: str):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**Architecture(TINY_SD_V1, PRESETS[preset]).diffusers_config())
 
 
 # -- command line and jobs ----------------------------------------------------------------
@@ -384,62 +392,93 @@ def test_a_job_passes_the_lcm_settings_through_its_command_line():
 
 AGREEMENT_PROMPTS = ["a red circle on blue", "a green square", "a yellow star at night",
                      "an orange cat"]
+SIZE = 16  # 8×8 latents: the tiny U-Nets' four stages still fit
 
 
-def _agreement(models, teacher: Path, size: int):
-    """PSNR/SSIM against the teacher's 25-step images (DPM++ 2M Karras, CFG 7.5) of each
-    (file, sampler, steps, CFG), on fixed prompts and seeds, through the generation path
-    every part uses."""
-    from bksdm_ext.model.checkpoint import Checkpoint
-    from bksdm_ext.model.detect import inspect_checkpoint
-    from bksdm_ext.model.generation import make_pipeline
-    from bksdm_ext.model.loading import load_unet, load_vae
-    from bksdm_ext.model.text_encoding import text_encoder_fn
-    from bksdm_ext.scores.agreement import agreement
-    from bksdm_ext.train.samples import prompt_images
+class Agreement:
+    """PSNR/SSIM against the teacher's 25-step images (DPM++ 2M Karras, CFG 7.5), on fixed
+    prompts and seeds, through the generation path every part uses."""
 
-    ckpt = Checkpoint(teacher)
-    info = inspect_checkpoint(ckpt)
-    encode = text_encoder_fn(ckpt, info, torch.device("cpu"))
-    embeddings, negative = encode(AGREEMENT_PROMPTS), encode([""])
-    vae = load_vae(ckpt).eval()
+    def __init__(self, teacher: Path) -> None:
+        from bksdm_ext.model.checkpoint import Checkpoint
+        from bksdm_ext.model.detect import inspect_checkpoint
+        from bksdm_ext.model.loading import load_vae
+        from bksdm_ext.model.text_encoding import text_encoder_fn
 
-    def images(path: Path, sampler: str, steps_: int, cfg_scale: float):
+        ckpt = Checkpoint(teacher)
+        self.info = inspect_checkpoint(ckpt)
+        encode = text_encoder_fn(ckpt, self.info, torch.device("cpu"))
+        self.embeddings, self.negative = encode(AGREEMENT_PROMPTS), encode([""])
+        self.vae = load_vae(ckpt).eval()
+        self.reference = self.images(teacher, DEFAULT_SAMPLER, 25, DEFAULT_CFG)
+
+    def images(self, path: Path, sampler: str, steps_: int, cfg_scale: float):
+        from bksdm_ext.model.checkpoint import Checkpoint
+        from bksdm_ext.model.detect import inspect_checkpoint
+        from bksdm_ext.model.generation import make_pipeline
+        from bksdm_ext.model.loading import load_unet
+        from bksdm_ext.train.samples import prompt_images
+
         model = Checkpoint(path)
-        pipe = make_pipeline(load_unet(model, inspect_checkpoint(model)).eval(), vae, info,
-                             sampler)
-        return prompt_images(pipe, embeddings, negative, size, steps_, 100, cfg_scale)
+        pipe = make_pipeline(load_unet(model, inspect_checkpoint(model)).eval(), self.vae,
+                             self.info, sampler)
+        return prompt_images(pipe, self.embeddings, self.negative, SIZE, steps_, 100, cfg_scale)
 
-    reference = images(teacher, DEFAULT_SAMPLER, 25, DEFAULT_CFG)
-    return {key: agreement(images(*how), reference) for key, how in models.items()}
+    def __call__(self, label: str, path: Path, sampler: str = "lcm", steps_: int = 4,
+                 cfg_scale: float = 1.0):
+        from bksdm_ext.scores.agreement import agreement
+
+        figures = agreement(self.images(path, sampler, steps_, cfg_scale), self.reference)
+        print("%-26s %-16s %2d steps  PSNR %.2f dB  SSIM %.3f"
+              % (label, sampler, steps_, figures["psnr"], figures["ssim"]))
+        return figures
 
 
-def test_few_step_lcm_samples_agree_with_the_teacher_better_than_before_and_than_kd(
-        teacher, data, tmp_path):
-    """The issue's check, on the CPU in about 2 minutes (the slowest test here): the tiny
-    random teacher's 25-step images against (a) the pruned student the LCM run starts from,
-    (b) a KD-only student trained from it with the same data, steps and batch, both drawn
-    with the LCM sampler at 2 and 4 steps, and (c) the LCM student.  The guidance is
-    distilled at w = 6.5, i.e. the teacher's CFG 7.5.  The figures are printed (-s)."""
-    size = 16
-    pruned = tmp_path / "tiny-sd-v1-bk-small.safetensors"
+@pytest.fixture(scope="module")
+def few_steps(teacher, data, tmp_path_factory):
+    """The tiny random teacher's reference images; the pruned Small student; a KD-only
+    student and an LCM student trained from it with the same data, steps and batch, the
+    guidance distilled at w = 6.5 (the teacher's CFG 7.5)."""
+    folder = tmp_path_factory.mktemp("few-steps")
+    pruned = folder / "tiny-sd-v1-bk-small.safetensors"
     convert_checkpoint(teacher, pruned, "small", dtype="fp32")
-    common = dict(resolution=size, steps=100, batch_size=4, lr=1e-3, log_every=20,
-                  cache_dir=str(tmp_path / "cache"))
-    kd = distill(config(teacher, data, tmp_path / "kd", **common))
-    consistent = distill(lcm(teacher, data, tmp_path / "lcm", lcm_w_min=6.5, lcm_w_max=6.5,
-                             **common))
-    models = {}
-    for steps_ in (2, 4):
-        for name, path in (("pruned", pruned), ("kd", kd), ("lcm", consistent)):
-            models[name, steps_] = (path, "lcm", steps_, 1.0)
-    models["kd", "dpmpp_2m_karras 4"] = (kd, DEFAULT_SAMPLER, 4, DEFAULT_CFG)
-    scores = _agreement(models, teacher, size)
-    for key, figures in scores.items():
-        print("%-8s %-20s PSNR %.2f dB  SSIM %.3f" % (key[0], key[1], figures["psnr"],
-                                                      figures["ssim"]))
+    common = dict(resolution=SIZE, steps=100, batch_size=4, lr=1e-3, log_every=20,
+                  cache_dir=str(folder / "cache"), lcm_w_min=6.5, lcm_w_max=6.5)
+    return dict(folder=folder, common=common, pruned=pruned, agreement=Agreement(teacher),
+                kd=distill(config(teacher, data, folder / "kd", **common)),
+                lcm=distill(lcm(teacher, data, folder / "lcm", **common)))
+
+
+def test_few_step_lcm_samples_agree_with_the_teacher_better_than_before_and_than_kd(few_steps):
+    """The issue's check on the CPU (slow: about 2 minutes with the fixture's two runs on a
+    busy 2-core machine): the LCM student's 2- and 4-step LCM images against the teacher's
+    25-step ones, beside the student it started from and a KD-only student at the same
+    steps.  The figures are printed (-s)."""
+    score = few_steps["agreement"]
     for steps_, margin in ((2, 1.5), (4, 0.75)):
-        after, before = scores["lcm", steps_], scores["pruned", steps_]
+        before = score("pruned (before)", few_steps["pruned"], steps_=steps_)
+        after = score("LCM student", few_steps["lcm"], steps_=steps_)
         assert after["psnr"] > before["psnr"] + margin and after["ssim"] > before["ssim"] + 0.01
-    kd_only, after = scores["kd", 4], scores["lcm", 4]
+    kd_only = score("KD-only student", few_steps["kd"], steps_=4)
     assert after["psnr"] > kd_only["psnr"] + 2.0 and after["ssim"] > kd_only["ssim"] + 0.05
+    score("KD-only student", few_steps["kd"], DEFAULT_SAMPLER, 4, DEFAULT_CFG)  # reported only
+
+
+def test_the_lcm_student_beats_the_teachers_lcm_lora_adapted_onto_it(few_steps, teacher, data):
+    """The zero-training baseline a user would try first (slow: about 1.5 minutes more): an
+    LCM-LoRA trained on the teacher for as long, carried onto the pruned student through the
+    LoRA key map (what the Convert tab's bake and `transplant --finetune LORA` do)."""
+    from bksdm_ext.model.transplant import transplant
+
+    folder = few_steps["folder"]
+    teacher_run = distill(lcm(teacher, data, folder / "teacher-lora", arch="teacher",
+                              lora_rank=16, **few_steps["common"]))
+    baked = folder / "tiny-sd-v1-bk-small-with-teacher-lcm-lora.safetensors"
+    report = transplant(few_steps["pruned"], teacher, lora_file(teacher_run), baked, dtype="fp32")
+    assert report.lora and report.carried_share > 0.3
+    score = few_steps["agreement"]
+    for steps_ in (2, 4):
+        score("teacher + its LCM-LoRA", teacher_run, steps_=steps_)  # reported only
+        baseline = score("student + teacher LCM-LoRA", baked, steps_=steps_)
+        after = score("LCM student", few_steps["lcm"], steps_=steps_)
+        assert after["psnr"] > baseline["psnr"] + 0.5 and after["ssim"] > baseline["ssim"]

@@ -121,3 +121,22 @@ def test_distill_tab_starts_from_a_student_of_the_list(webui, tmp_path):
                             sample_every=0, start_from=(mode, title_of(student), "mid"))
     assert "bksdm-error" in message and "keeps its own blocks" in message
     assert len(jobs_service.runner().jobs()) == 1
+
+
+def test_distill_tab_starts_from_a_custom_student_with_its_removal(webui, tmp_path):
+    """--arch takes presets only: a custom student's layout goes to the job as --remove."""
+    from bksdm_ext.webui import distill_tab, init_student_form, jobs_service
+    from test_distill import make_dataset
+
+    teacher = webui / "tiny-sd.safetensors"
+    write_tiny_teacher(teacher)
+    student = webui / "tiny-sd-bk-custom.safetensors"
+    convert_checkpoint(teacher, student, "teacher", remove="down.3.1,up.3.1")
+    message = start_distill(distill_tab, title_of(teacher), make_dataset(tmp_path / "data"),
+                            steps=1, save_every=0, sample_every=0,
+                            start_from=(init_student_form.START_FROM[1], title_of(student)))
+    assert "bksdm-success" in message and "minus down.3.1,up.3.1" in message, message
+    argv = " ".join(jobs_service.runner().jobs()[-1].argv)
+    assert "custom" not in argv.replace(str(student), "")
+    assert "down.3.1,up.3.1" in argv and str(student) in argv
+    stop_jobs()

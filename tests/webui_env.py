@@ -25,6 +25,22 @@ def start_webui(tmp_path: Path, *flags: str):
     return folder
 
 
+def start_webui_with_lora(tmp_path: Path, *flags: str):
+    """As `start_webui`, with the stand-in's built-in Lora extension loaded first (as A1111
+    loads built-in extensions) and the before-UI step that registers ``<lora:…>``; returns
+    (checkpoint folder, Lora folder)."""
+    standin_app.reset(tmp_path, args=["--use-cpu", "all", "--no-half"] + list(flags))
+    standin_app.load_builtin_lora()
+    standin_app.load_extension(str(EXTENSION), strict=True)
+    standin_app.before_ui()
+    from modules import sd_models, shared
+
+    folder, loras = Path(sd_models.model_path), Path(shared.cmd_opts.lora_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    loras.mkdir(parents=True, exist_ok=True)
+    return folder, loras
+
+
 def register_settings():
     """Run the on_ui_settings callbacks (A1111 does it while it builds the page)."""
     from modules import script_callbacks

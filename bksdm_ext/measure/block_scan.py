@@ -33,6 +33,7 @@ from ..model.blocks import INNERMOST, MID, removal_from_units, teacher_units
 from ..model.checkpoint import Checkpoint
 from ..model.hashing import a1111_sha256
 from ..model.keymap import student_sources
+from ..model.ranges import GUIDANCE, IMAGE_SIZE, SAMPLER_STEPS, SEED, check_ranges, ranged
 from ..model.unit_costs import UnitCosts
 from ..scores.clip import HOW_TO_ENABLE, ClipScorer
 from .latency import LatencySettings, Stopwatch, device_name, load_pipeline
@@ -52,11 +53,14 @@ TEACHER_IMAGES = "teacher-images.safetensors"  # in the run folder: what every u
 @dataclass
 class ScanSettings:
     prompts: Sequence[str] = DEFAULT_PROMPTS
-    steps: int = 20
-    size: int = 512
-    cfg_scale: float = 7.0
-    seed: int = 0
+    steps: int = ranged(20, SAMPLER_STEPS)
+    size: int = ranged(512, IMAGE_SIZE)
+    cfg_scale: float = ranged(7.0, GUIDANCE)
+    seed: int = ranged(0, SEED)
     groups: bool = True  # also each stage's pair (down.S.1 with up.S.1), as Fig. 19b
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]

@@ -10,8 +10,10 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..errors import BadInput
 from ..jobs.events import EventLog
 from ..jobs.runs import RunPaths, event, failures_reported, progress_bar, stop_run
+from ..model.ranges import GUIDANCE, IMAGE_SIZE, SAMPLER_STEPS, SEED, Range, check_ranges, ranged
 from ..model.samplers import DEFAULT_SAMPLER
 from ..scores.clip import ClipScorer, find_scorer
 from ..scores.eval_prompts import BUILTIN, cases as make_cases, load_prompts
@@ -20,22 +22,50 @@ from .compare import Case, ModelImages, ModelScores, grid, score_models, write_c
 from .latency import load_pipeline
 
 
+# Every model's images are kept until they are scored: a comparison in the WebUI's own
+# process holds at most this many pixels (1,024 images of 512², 0.8 GB), a larger one runs
+# as a job; and no model renders more than the paper's FID sample (30,000 images).
+PIXELS_IN_THE_WEBUI = 1024 * 512 * 512
+MAX_IMAGES = 30_000
+
+
 @dataclass
 class EvalSettings:
     """What every model renders; the generation defaults are the Latency tab's (the
     paper's Orin setup: 20 steps DPM++ 2M Karras, 512², CFG 7)."""
 
     prompts: str = BUILTIN  # "builtin" or a .txt file
-    seeds: int = 1  # per prompt
-    seed: int = 0  # the first seed
-    steps: int = 20
+    seeds: int = ranged(1, Range(1, 1000, "seeds per prompt"))
+    seed: int = ranged(0, SEED)  # the first seed
+    steps: int = ranged(20, SAMPLER_STEPS)
     sampler: str = DEFAULT_SAMPLER
-    size: int = 512
-    cfg_scale: float = 7.0
+    size: int = ranged(512, IMAGE_SIZE)
+    cfg_scale: float = ranged(7.0, GUIDANCE)
     negative_prompt: str = ""
 
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
     def cases(self) -> List[Case]:
-        return make_cases(load_prompts(self.prompts), self.seeds, self.seed)
+        return self.cases_of(load_prompts(self.prompts))
+
+    def cases_of(self, prompts: Sequence[str]) -> List[Case]:
+        """Every (prompt, seed), at most MAX_IMAGES of them."""
+        if len(prompts) * self.seeds > MAX_IMAGES:
+            raise BadInput("%s prompts x %s seeds is %s images per model; at most %s: use "
+                           "fewer prompts or seeds" % tuple(format(n, ",") for n in (
+                               len(prompts), self.seeds, len(prompts) * self.seeds, MAX_IMAGES)))
+        return make_cases(prompts, self.seeds, self.seed)
+
+    def check_in_the_webui(self, models: int, cases: int) -> None:
+        """BadInput when rendering here would keep more than PIXELS_IN_THE_WEBUI."""
+        images = models * cases
+        if images * self.size ** 2 > PIXELS_IN_THE_WEBUI:
+            raise BadInput("%d checkpoints x %d images at %d px are more than a comparison in "
+                           "the WebUI keeps (%s images at 512 px): run it as a background job, "
+                           "or use fewer prompts, seeds or pixels"
+                           % (models, cases, self.size,
+                              format(PIXELS_IN_THE_WEBUI // 512 ** 2, ",")))
 
 
 def render(path: Path, cases: Sequence[Case], settings: EvalSettings, device: torch.device,

@@ -18,6 +18,7 @@ from ..model.checkpoint import Checkpoint
 from ..model.detect import inspect_checkpoint
 from ..model.generation import make_pipeline
 from ..model.loading import load_text_encoder, load_unet, load_vae
+from ..model.ranges import GUIDANCE, IMAGE_SIZE, SAMPLER_STEPS, SEED, Range, check_ranges, ranged
 from ..model.samplers import DEFAULT_SAMPLER
 
 # The paper's Jetson AGX Orin 32GB figures (A1111 1.6.1, 20 steps DPM++ 2M Karras, 512², CFG 7).
@@ -26,15 +27,19 @@ PAPER_ORIN_SECONDS = {"SDM-v1.5": 4.9, "BK-SDM-Base-2M": 3.4}
 
 @dataclass
 class LatencySettings:
-    steps: int = 20
+    steps: int = ranged(20, SAMPLER_STEPS)
     sampler: str = DEFAULT_SAMPLER
-    size: int = 512
-    cfg_scale: float = 7.0
+    size: int = ranged(512, IMAGE_SIZE)
+    cfg_scale: float = ranged(7.0, GUIDANCE)
     batch: int = 1
-    seed: int = 0
-    warmup: int = 1
-    runs: int = 5
+    seed: int = ranged(0, SEED)
+    # As many as A1111's batch count allows in one click.
+    warmup: int = ranged(1, Range(0, 100, "warm-up runs"))
+    runs: int = ranged(5, Range(1, 100, "timed runs"))
     prompt: str = "a photo of an astronaut riding a horse on mars"
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass

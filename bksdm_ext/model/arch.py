@@ -38,6 +38,11 @@ class TeacherSpec:
     def stages(self) -> int:
         return len(self.channel_mult)
 
+    @property
+    def inpainting(self) -> bool:
+        """An inpainting U-Net: the latent, the mask and the masked image's latent in (4+1+4)."""
+        return self.in_channels == 9
+
     def heads(self, channels: int) -> int:
         return channels // self.head_channels if self.head_channels else self.num_heads
 

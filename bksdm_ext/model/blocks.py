@@ -18,7 +18,8 @@ from ..errors import BadInput
 
 CUSTOM = "custom"  # the name (file names, metadata) of a student that is no preset
 MID, INNERMOST = "mid", "innermost"
-_LAYER_UNIT = re.compile(r"^(down|up)\.(\*|\d+)\.(\d+)$")
+# ASCII digits only: \d would take "１" (full width) and other scripts' digits too.
+_LAYER_UNIT = re.compile(r"^(down|up)\.(\*|[0-9]+)\.([0-9]+)$")
 
 
 def split_units(text: str) -> List[str]:

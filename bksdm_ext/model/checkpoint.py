@@ -47,7 +47,7 @@ class Checkpoint:
             raw_keys = list(self._tensors)
             shapes = {k: tuple(t.shape) for k, t in self._tensors.items()}
         elif not self.path.is_file():
-            raise BadInput("%s: no such file" % self.path)
+            raise BadInput(_not_a_file(self.path))
         elif suffix == ".safetensors":
             self._file = SafetensorsReader(self.path)
             self.metadata = dict(self._file.metadata)
@@ -105,6 +105,19 @@ class Checkpoint:
             if key.startswith(prefix):
                 total += math.prod(self.shape(key))
         return total
+
+
+def _not_a_file(path: Path) -> str:
+    """Why `path`, which is no regular file, cannot be a checkpoint."""
+    if not path.exists():
+        return "%s: no such file" % path
+    if path.is_dir():
+        if (path / "model_index.json").is_file():
+            return ("%s: a diffusers folder, not a checkpoint file; make one with "
+                    "`bksdm import-diffusers %s --out NAME.safetensors`" % (path, path))
+        return "%s: a folder, not a checkpoint file; give the .safetensors or .ckpt file" % path
+    return ("%s: not a regular file (a named pipe, socket or device); give a .safetensors or "
+            ".ckpt file" % path)
 
 
 def _normalised_names(raw_keys: List[str], shapes: Dict[str, Tuple[int, ...]]) -> Dict[str, str]:

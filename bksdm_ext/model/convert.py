@@ -67,8 +67,9 @@ def student_metadata(arch: Architecture, title: str, origin: Dict[str, str]) -> 
     t = arch.teacher
     metadata = {
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": "%s-bk-%s" % (MODELSPEC_ARCH[t.family, t.parameterization],
-                                                preset_name(arch)),
+        "modelspec.architecture": "%s%s-bk-%s" % (MODELSPEC_ARCH[t.family, t.parameterization],
+                                                  "-inpainting" if t.inpainting else "",
+                                                  preset_name(arch)),
         "modelspec.title": title,
         "modelspec.date": datetime.date.today().isoformat(),
         "modelspec.prediction_type": "v" if t.parameterization == "v" else "epsilon",

@@ -20,6 +20,9 @@ from .samplers import Recommendation
 # A custom student's removal in block notation (which teacher layers it kept).
 REMOVAL_KEY = "bksdm.removal"
 
+# U-Net input channels BK-SDM converts: text-to-image (the latent) and inpainting (latent,
+# mask, masked-image latent: docs/facts.md §13).
+INPUT_CHANNELS = (4, 9)
 # (a key that only that kind of file has, what it is)
 FOREIGN_MARKERS = (
     ("model.diffusion_model.joint_blocks.", "an SD3 checkpoint"),
@@ -83,7 +86,26 @@ def read_config(path: Path) -> Optional[Dict[str, Any]]:
                        % (path, str(e).splitlines()[0])) from None
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise BadInput("%s: not an LDM model config (no 'model:' section); fix or delete it" % path)
+    problem = _config_problem(config["model"])
+    if problem:
+        raise BadInput("%s: not an LDM model config (%s); fix or delete it" % (path, problem))
     return config
+
+
+def _config_problem(model: Dict[str, Any]) -> str:
+    """What is wrong in the parts of a config's 'model:' section that are read here and by
+    `ldm_config.model_config`; "" when nothing is."""
+    params = model.get("params", {})
+    if not isinstance(params, dict):
+        return "model.params is not a section"
+    unet = params.get("unet_config", {})
+    if not isinstance(unet, dict) or not isinstance(unet.get("params", {}), dict):
+        return "model.params.unet_config or its params is not a section"
+    if "image_size" in params and not _is_positive(params["image_size"]):
+        return "model.params.image_size is not a positive whole number"
+    if params.get("parameterization", "eps") not in ("eps", "v"):
+        return "model.params.parameterization is neither eps nor v"
+    return ""
 
 
 def inspect_checkpoint(ckpt: Checkpoint, v_prediction: Optional[bool] = None) -> ModelInfo:
@@ -94,7 +116,7 @@ def inspect_checkpoint(ckpt: Checkpoint, v_prediction: Optional[bool] = None) ->
     config = read_config(config_path(ckpt.path))
     family = _family(ckpt, keys)
     teacher, removal = _structure(ckpt, unet_keys, family)
-    teacher = _apply_heads(teacher, _unet_params(config, ckpt.metadata))
+    teacher = _apply_heads(teacher, _unet_params(config, ckpt.metadata), ckpt.path)
     parameterization, source = _parameterization(v_prediction, config, ckpt.metadata)
     teacher = replace(teacher, parameterization=parameterization,
                       sample_size=_sample_size(family, parameterization, config))
@@ -139,12 +161,12 @@ def _refuse_foreign(ckpt: Checkpoint, keys: List[str], unet_keys: List[str]) -> 
     if conv_in not in ckpt:
         raise BadInput("%s: its U-Net has no input convolution (%s); not an SD-v1/v2 U-Net"
                        % (ckpt.path, conv_in))
-    channels = ckpt.shape(conv_in)[1]
-    if channels != 4:
-        what = {9: "an inpainting model", 8: "an instruct-pix2pix model"}.get(
+    channels = _shape(ckpt, conv_in, 4)[1]
+    if channels not in INPUT_CHANNELS:
+        what = {8: "an instruct-pix2pix model"}.get(
             channels, "a U-Net with %d input channels" % channels)
         raise BadInput("%s: this is %s; BK-SDM supports SD-v1/v2 text-to-image U-Nets "
-                       "(4 input channels)" % (ckpt.path, what))
+                       "(4 input channels) and inpainting U-Nets (9)" % (ckpt.path, what))
 
 
 def _family(ckpt: Checkpoint, keys: List[str]) -> str:
@@ -161,8 +183,8 @@ def _family(ckpt: Checkpoint, keys: List[str]) -> str:
 def _structure(ckpt: Checkpoint, unet_keys: List[str], family: str
                ) -> Tuple[TeacherSpec, Removal]:
     """(teacher spec, removal) whose block layout is exactly the file's."""
-    def shape(key: str) -> Tuple[int, ...]:
-        return ckpt.shape(UNET_PREFIX + key)
+    def shape(key: str, *ranks: int) -> Tuple[int, ...]:
+        return _shape(ckpt, UNET_PREFIX + key, *ranks)
 
     present = set(unet_keys)
     levels: List[List[int]] = [[]]
@@ -177,21 +199,25 @@ def _structure(ckpt: Checkpoint, unet_keys: List[str], family: str
     if not all(levels):
         raise BadInput("%s: its U-Net's down path is not an SD-v1/v2 layout (%s layers per stage)"
                        % (ckpt.path, [len(level) for level in levels]))
-    model_channels = shape("input_blocks.0.0.weight")[0]
-    widths = [shape("input_blocks.%d.0.out_layers.3.weight" % level[0])[0] for level in levels]
+    model_channels = shape("input_blocks.0.0.weight", 4)[0]
+    widths = [shape("input_blocks.%d.0.out_layers.3.weight" % level[0], 4)[0] for level in levels]
+    if any(width % model_channels for width in widths):
+        raise BadInput("%s: its U-Net's stage widths %s are not multiples of its %d input "
+                       "channels; not an SD-v1/v2 U-Net" % (ckpt.path, widths, model_channels))
     attention = ["input_blocks.%d.1.proj_in.weight" % level[0] in present for level in levels]
     if not any(attention):
         raise BadInput("%s: its U-Net has no cross-attention; not an SD-v1/v2 U-Net" % ckpt.path)
     first = next(level[0] for level, a in zip(levels, attention) if a)
-    context_dim = shape("input_blocks.%d.1.transformer_blocks.0.attn2.to_k.weight" % first)[1]
+    context_dim = shape("input_blocks.%d.1.transformer_blocks.0.attn2.to_k.weight" % first, 2)[1]
     base = SD_V1 if family == "sd-v1" else SD_V2_512
     observed = replace(
         base,
+        in_channels=shape("input_blocks.0.0.weight", 4)[1],
         model_channels=model_channels,
         channel_mult=tuple(w // model_channels for w in widths),
         attention_levels=tuple(attention),
         context_dim=context_dim,
-        linear_projection=len(shape("input_blocks.%d.1.proj_in.weight" % first)) == 2,
+        linear_projection=len(shape("input_blocks.%d.1.proj_in.weight" % first, 2, 4)) == 2,
     )
     counts = [len(level) for level in levels]
     found = match_layout(observed, counts, present, "ldm", ckpt.metadata.get(REMOVAL_KEY))
@@ -202,6 +228,15 @@ def _structure(ckpt: Checkpoint, unet_keys: List[str], family: str
                           "present" if any(k.startswith("middle_block.") for k in present)
                           else "absent"))
     return found
+
+
+def _shape(ckpt: Checkpoint, key: str, *ranks: int) -> Tuple[int, ...]:
+    """The shape of `key`, which in an SD-v1/v2 U-Net has one of `ranks` dimensions, none 0."""
+    shape = ckpt.shape(key)
+    if len(shape) not in ranks or not all(shape):
+        raise BadInput("%s: its tensor %s has shape %s, which no SD-v1/v2 U-Net has; the file is "
+                       "damaged or not an SD checkpoint" % (ckpt.path, key, list(shape)))
+    return shape
 
 
 def match_layout(observed: TeacherSpec, layers: Union[int, Sequence[int]], keys: Iterable[str],
@@ -255,25 +290,37 @@ def _teacher_of(observed: TeacherSpec) -> TeacherSpec:
     )
 
 
-def _apply_heads(teacher: TeacherSpec, params: Dict[str, Any]) -> TeacherSpec:
+def _apply_heads(teacher: TeacherSpec, params: Dict[str, Any], path: Path) -> TeacherSpec:
     """Head counts are not in the weights: take them from the U-Net config when there is one."""
-    if params.get("num_head_channels", -1) not in (-1, None):
-        return replace(teacher, head_channels=int(params["num_head_channels"]), num_heads=0)
-    if params.get("num_heads", -1) not in (-1, None):
-        return replace(teacher, num_heads=int(params["num_heads"]), head_channels=0)
+    for name in ("num_head_channels", "num_heads"):
+        value = params.get(name, -1)
+        if value in (-1, None):
+            continue
+        if not _is_positive(value):
+            raise BadInput("%s: its U-Net config gives %s = %r, not a positive whole number; fix "
+                           "or delete its .yaml (a student: convert its teacher again)"
+                           % (path, name, value))
+        if name == "num_head_channels":
+            return replace(teacher, head_channels=value, num_heads=0)
+        return replace(teacher, num_heads=value, head_channels=0)
     return teacher
 
 
+def _is_positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def _unet_params(config: Optional[Dict[str, Any]], metadata: Dict[str, str]) -> Dict[str, Any]:
-    """The LDM U-Net params of the yaml beside the file, else those a student records."""
+    """The LDM U-Net params of the yaml beside the file (`read_config` checked its sections),
+    else those a student records."""
+    unet = config["model"].get("params", {}).get("unet_config", {}) if config else {}
+    if "params" in unet:
+        return dict(unet["params"])
     try:
-        return dict(config["model"]["params"]["unet_config"]["params"])  # type: ignore[index]
-    except (TypeError, KeyError):
-        pass
-    try:
-        return dict(json.loads(metadata.get("bksdm.unet_config", "{}")))
-    except (ValueError, TypeError):
+        recorded = json.loads(metadata.get("bksdm.unet_config", "{}"))
+    except (ValueError, RecursionError):
         return {}
+    return recorded if isinstance(recorded, dict) else {}
 
 
 def _parameterization(v_prediction: Optional[bool], config: Optional[Dict[str, Any]],

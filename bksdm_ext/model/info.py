@@ -6,14 +6,13 @@ from typing import Any, Dict, Optional, Union
 from .checkpoint import Checkpoint
 from .blocks import notation
 from .detect import config_path, inspect_checkpoint
+from .lora_keymap import is_lora
 from .samplers import Recommendation
-
-LORA_PREFIXES = ("lora_unet_", "lora_te_")
 
 
 def describe(path: Union[str, Path], v_prediction: Optional[bool] = None) -> Dict[str, Any]:
     ckpt = Checkpoint(path)
-    if ckpt.keys() and all(k.startswith(LORA_PREFIXES) for k in ckpt.keys()):
+    if is_lora(ckpt.keys()):
         return _describe_lora(ckpt)
     info = inspect_checkpoint(ckpt, v_prediction)
     yaml_path = config_path(info.path)
@@ -23,6 +22,8 @@ def describe(path: Union[str, Path], v_prediction: Optional[bool] = None) -> Dic
         "parameterization": info.parameterization,
         "parameterization_from": info.parameterization_source,
         "model": "BK-SDM %s student" % info.preset if info.is_student else "teacher (full U-Net)",
+        "inputs": ("inpainting (latent, mask, masked image: 9 channels)"
+                   if info.arch.teacher.inpainting else "text-to-image (latent: 4 channels)"),
         "preset": info.preset,
         "removed": notation(info.arch) or "nothing",
         "unet_params": info.unet_params,
@@ -36,14 +37,14 @@ def describe(path: Union[str, Path], v_prediction: Optional[bool] = None) -> Dic
 
 
 def _describe_lora(ckpt: Checkpoint) -> Dict[str, Any]:
-    """A kohya-format LoRA file: whose layout it has (a student's, when made here), its
-    rank and module count."""
+    """A LoRA file: the block layout its ``bksdm.*`` metadata names (the student it was made
+    for, when made here), its rank and module count."""
     metadata = ckpt.metadata
     preset = metadata.get("bksdm.preset")
     described = {
         "file": str(ckpt.path),
         "model": ("LoRA for a BK-SDM %s student (%s)" % (preset, metadata.get("bksdm.lora_base"))
-                  if preset else "LoRA"),
+                  if preset and preset != "teacher" else "LoRA"),
         "rank": metadata.get("ss_network_dim", "unknown"),
         "modules": len({k.split(".")[0] for k in ckpt.keys()}),
         "metadata": _own(metadata),

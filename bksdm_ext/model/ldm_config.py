@@ -1,5 +1,6 @@
 """The ``.yaml`` A1111 needs beside a student: the teacher's own config with the U-Net
-section rewritten from the architecture spec."""
+section rewritten from the architecture spec (an inpainting U-Net's as A1111's inpainting
+configs have it)."""
 import copy
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -10,6 +11,10 @@ from .arch import Architecture
 
 LDM_UNET_TARGET = "ldm.modules.diffusionmodules.openaimodel.UNetModel"
 NO_MIDDLE_TARGET = "bksdm_ext.ldm_unet.NoMiddleBlockUNetModel"
+# What A1111's configs/v1-inpainting-inference.yaml (and SD-2's v2-inpainting-inference.yaml)
+# change in the text-to-image config: the model class, whose U-Net gets the mask and the
+# masked image's latent concatenated to the latent ("hybrid": concat + cross-attention).
+INPAINT_TARGET = "ldm.models.diffusion.ddpm.LatentInpaintDiffusion"
 _STANDARD = {"sd-v1": "v1-inference.yaml", "sd-v2": "v2-inference.yaml"}
 # unet_config params the spec decides; the teacher's other params (use_checkpoint,
 # use_fp16, ...) are kept as they were.
@@ -35,6 +40,10 @@ def model_config(arch: Architecture, teacher_config: Optional[Dict[str, Any]] = 
     params.update(arch.ldm_unet_params())
     unet["target"] = LDM_UNET_TARGET if arch.removal.mid_block else NO_MIDDLE_TARGET
     unet["params"] = params
+    if arch.teacher.inpainting:
+        config["model"]["target"] = INPAINT_TARGET
+        model_params["conditioning_key"] = "hybrid"
+        model_params["finetune_keys"] = None
     return config
 
 

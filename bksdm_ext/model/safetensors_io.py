@@ -10,11 +10,11 @@ import mmap
 import os
 import struct
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
+from typing import BinaryIO, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 
-from ..errors import BadInput, ensure_room
+from ..errors import BadInput, DiskError, ensure_room
 
 DTYPES: Dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -29,6 +29,12 @@ DTYPES: Dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 CODES = {v: k for k, v in DTYPES.items()}
+ITEMSIZES = {dtype: torch.empty((), dtype=dtype).element_size() for dtype in DTYPES.values()}
+# The safetensors library refuses larger headers (its MAX_HEADER_SIZE): a damaged length
+# field must not make us read gigabytes of "header" into memory.
+MAX_HEADER_BYTES = 100_000_000
+# A dimension torch can hold (int64); a header may claim any JSON number.
+MAX_DIMENSION = 2 ** 63 - 1
 Buffer = Union[bytes, bytearray, memoryview]
 
 
@@ -44,20 +50,31 @@ class SafetensorsReader:
 
     def __init__(self, path: Union[str, Path]) -> None:
         self.path = Path(path)
-        with open(self.path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            header_len = struct.unpack("<Q", f.read(8))[0] if size >= 8 else size
-            if size < 8 or 8 + header_len > size:
-                raise BadInput(
-                    "%s: not a complete .safetensors file (its header says %d bytes, the file "
-                    "has %d): it is truncated or not a safetensors file; download or copy it again"
-                    % (self.path, header_len + 8, size)
-                )
-            header = _parse_header(self.path, f.read(header_len))
-            self.metadata: Dict[str, str] = header.pop("__metadata__", None) or {}
-            self.entries = _entries(self.path, header, 8 + header_len, size)
-            # A private (copy-on-write) map is writable, which torch.frombuffer wants; we never write.
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+        try:
+            with open(self.path, "rb") as f:
+                self._read(f)
+        except OSError as e:  # unreadable (permissions, I/O error): the user's to fix
+            raise DiskError.of(e) or BadInput("%s: cannot be read (%s)" % (
+                self.path, e.strerror or e)) from None
+
+    def _read(self, f: BinaryIO) -> None:
+        size = os.fstat(f.fileno()).st_size
+        header_len = struct.unpack("<Q", f.read(8))[0] if size >= 8 else size
+        if size < 8 or 8 + header_len > size:
+            raise BadInput(
+                "%s: not a complete .safetensors file (its header says %d bytes, the file "
+                "has %d): it is truncated or not a safetensors file; download or copy it again"
+                % (self.path, header_len + 8, size)
+            )
+        if header_len > MAX_HEADER_BYTES:
+            raise BadInput("%s: not a .safetensors file (its header would be %d bytes, more than "
+                           "the %d any safetensors file has); download or copy it again"
+                           % (self.path, header_len, MAX_HEADER_BYTES))
+        header = _parse_header(self.path, f.read(header_len))
+        self.metadata: Dict[str, str] = header.pop("__metadata__", None) or {}
+        self.entries = _entries(self.path, header, 8 + header_len, size)
+        # A private (copy-on-write) map is writable, which torch.frombuffer wants; we never write.
+        self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
 
     def keys(self) -> List[str]:
         return list(self.entries)
@@ -196,7 +213,8 @@ def _entries(path: Path, header: Dict[str, object], start: int, size: int) -> Di
 
 def _entry(info: object, start: int) -> Optional[Entry]:
     """The entry one header item describes, or None when it does not describe one."""
-    if not isinstance(info, dict) or info.get("dtype") not in DTYPES:
+    if not isinstance(info, dict) or not isinstance(info.get("dtype"), str) or \
+            info["dtype"] not in DTYPES:
         return None
     shape, offsets = info.get("shape"), info.get("data_offsets")
     if not (isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2
@@ -210,9 +228,9 @@ def _entry(info: object, start: int) -> Optional[Entry]:
 
 
 def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_DIMENSION
 
 
 def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+    return ITEMSIZES[dtype]
 

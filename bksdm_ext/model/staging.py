@@ -29,8 +29,9 @@ def check_writable(targets: Sequence[Path], overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def staged(targets: Sequence[Path], overwrite: bool = False) -> Iterator[List[Path]]:
-    """Yield temporary paths for `targets`; on success move them into place.  A full or
-    read-only disk is a `DiskError` about the target (not its temporary name)."""
+    """Yield temporary paths for `targets`, to be written in their order; on success move
+    them into place.  A full or read-only disk is a `DiskError` about the target (not its
+    temporary name)."""
     check_writable(targets, overwrite)
     # Unique per call, not per process: the WebUI may convert twice at once in one process.
     run = "%d.%s" % (os.getpid(), uuid.uuid4().hex[:8])
@@ -46,7 +47,7 @@ def staged(targets: Sequence[Path], overwrite: bool = False) -> Iterator[List[Pa
         problem = DiskError.of(e)
         if problem is None:
             raise
-        written = problem.path or temps[0]  # a failed write() names no file
+        written = problem.path or _being_written(temps)  # a failed write() names no file
         raise problem.about(_final_name(written, temps, targets)) from None
     finally:
         for temp in temps:
@@ -78,6 +79,12 @@ def _link_new(temp: Path, target: Path) -> None:
     except OSError:  # no hard links here (FAT, some network shares): claim the name first
         os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         os.replace(temp, target)
+
+
+def _being_written(temps: Sequence[Path]) -> Path:
+    """The temp a failed write was for: the last one begun, as they are written in order."""
+    begun = [temp for temp in temps if temp.exists()]
+    return begun[-1] if begun else temps[0]
 
 
 def _final_name(path: Path, temps: Sequence[Path], targets: Sequence[Path]) -> Path:

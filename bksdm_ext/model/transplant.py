@@ -1,5 +1,6 @@
 """A distilled student plus what a fine-tune changed in its base: the short road to a
-BK-SDM version of a user's own model.
+BK-SDM version of a user's own model.  The fine-tune may be a LoRA made for the base: its
+merged difference is carried the same way (lora_merge), text-encoder part included.
 
 Most checkpoints people load are fine-tunes or merges of SD-1.5 / SD-2.1, whose distilled
 students exist.  For every tensor the student keeps, the output is
@@ -23,12 +24,18 @@ from .convert import DTYPES, Progress, teacher_origin, teacher_parts, unet_sourc
 from .detect import ModelInfo, config_path, inspect_checkpoint
 from .hashing import a1111_sha256
 from .keymap import UNET_PREFIX, KeyMap
+from .lora_keymap import is_lora
+from .lora_merge import MergedLora, lora_warnings
+from .ranges import Range
 from .safetensors_io import TensorOut, tensor_bytes
 from .staging import check_writable
 
 # Below this share of the fine-tune's U-Net change in kept blocks, the user is told that
 # the transplant misses most of it.
 MOSTLY_REMOVED = 0.5
+# How much of the difference is carried: 1 is all of it, 0 none, negative values take it
+# away; ten times the change a fine-tune made is far past any useful model.
+ALPHA = Range(-10.0, 10.0, "times the fine-tune's difference; 1.0 carries all of it")
 
 
 @dataclass
@@ -57,6 +64,7 @@ class TransplantReport:
     blocks: List[BlockChange] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     seconds: float = 0.0
+    lora: bool = False  # the fine-tune was a LoRA made for the base, merged at strength alpha
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -74,12 +82,15 @@ def transplant(student: Union[str, Path], base: Union[str, Path],
     output = Path(output)
     if dtype not in DTYPES:
         raise BadInput("unknown dtype '%s'; choose one of: %s" % (dtype, ", ".join(DTYPES)))
-    if not math.isfinite(alpha):
-        raise BadInput("--alpha must be a finite number (1.0 carries the whole difference)")
+    ALPHA.check("alpha", alpha)
     if output.suffix != ".safetensors":
         raise BadInput("%s: the output must be a .safetensors file" % output)
     mine = finetune if isinstance(finetune, Checkpoint) else Checkpoint(finetune)
-    sources = [Checkpoint(student), Checkpoint(base), mine]
+    original = Checkpoint(base)
+    lora = MergedLora(original, mine, alpha) if is_lora(mine.keys()) else None
+    mine = lora or mine
+    carry = 1.0 if lora else alpha  # a LoRA is merged at strength alpha already
+    sources = [Checkpoint(student), original, mine]
     for source in sources:
         if output.resolve() == source.path.resolve() or \
                 config_path(output).resolve() == config_path(source.path).resolve():
@@ -96,7 +107,7 @@ def transplant(student: Union[str, Path], base: Union[str, Path],
     warnings = _base_warnings(pupil, original, base_sha256)
 
     change = _BlockTally(Architecture(arch.teacher))
-    unet = [_sum_out(name, pupil, original, changed, teacher_key, alpha, DTYPES[dtype], change)
+    unet = [_sum_out(name, pupil, original, changed, teacher_key, carry, DTYPES[dtype], change)
             for name, teacher_key in pairs.items()]
     carried = set(pairs.values())
     for key in changed.keys():
@@ -104,7 +115,11 @@ def transplant(student: Union[str, Path], base: Union[str, Path],
             change.add(key, changed, original, carried=False)
             changed.release(key)
             original.release(key)
-    origin = teacher_origin(changed)  # the student now stands for MINE: distil from it
+    # the student now stands for MINE: distil from it (for a LoRA: its base, with the LoRA)
+    origin = teacher_origin(original if lora else changed)
+    if lora:
+        origin["bksdm.transplant_lora"] = changed.path.name
+        warnings += lora_warnings(lora)
     origin.update({"bksdm.transplant_student": pupil.path.name,
                    "bksdm.transplant_student_sha256": a1111_sha256(pupil.path),
                    "bksdm.transplant_base": original.path.name,
@@ -122,7 +137,7 @@ def transplant(student: Union[str, Path], base: Union[str, Path],
         dtype=str(unet[0].dtype).replace("torch.", ""),
         unet_params=sum(math.prod(t.shape) for t in unet),
         carried_share=change.carried_share(), blocks=change.blocks(), warnings=warnings,
-        seconds=round(time.perf_counter() - started, 3))
+        seconds=round(time.perf_counter() - started, 3), lora=lora is not None)
 
 
 def _check_roles(student: ModelInfo, base: ModelInfo, finetune: ModelInfo) -> None:
@@ -135,11 +150,20 @@ def _check_roles(student: ModelInfo, base: ModelInfo, finetune: ModelInfo) -> No
             raise BadInput("%s: a BK-SDM '%s' student, but %s must be a full SD model (a "
                            "teacher)" % (info.path, info.preset, role))
     for role, info in (("--base", base), ("--finetune", finetune)):
+        if info.arch.teacher.inpainting != student.arch.teacher.inpainting:
+            raise BadInput("%s: %s, but the student %s is %s; pick a %s of the same kind"
+                           % (info.path, _kind(info), student.path.name, _kind(student),
+                              role[2:]))
         for what in ("family", "parameterization"):
             if getattr(info, what) != getattr(student, what):
                 raise BadInput("%s: %s %s, but the student %s is %s; pick a %s of the same %s"
                                % (info.path, what, getattr(info, what), student.path.name,
                                   getattr(student, what), role[2:], what))
+
+
+def _kind(info: ModelInfo) -> str:
+    return ("an inpainting model (9 U-Net input channels)" if info.arch.teacher.inpainting
+            else "a text-to-image model (4 U-Net input channels)")
 
 
 def _matched_keys(student: Checkpoint, base: Checkpoint, finetune: Checkpoint,
@@ -192,7 +216,14 @@ def _sum_out(name: str, student: Checkpoint, base: Checkpoint, finetune: Checkpo
         value = student.tensor(name)
         if value.is_floating_point():  # in float64: rounded once, to the output dtype
             value = value.double() + alpha * delta
-        data = tensor_bytes(value.to(out_dtype))
+        value = value.to(out_dtype)
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise BadInput("%s: %s would hold inf or NaN (the student's tensor + %s x the "
+                           "fine-tune's difference does not fit %s); nothing was written: use "
+                           "an --alpha nearer 1 or --dtype fp32, and check that the three files "
+                           "hold finite weights" % (student.path, name, float(alpha),
+                                                    str(out_dtype).replace("torch.", "")))
+        data = tensor_bytes(value)
         for ckpt, key in ((student, name), (finetune, teacher_key), (base, teacher_key)):
             ckpt.release(key)
         return data

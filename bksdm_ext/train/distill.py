@@ -5,7 +5,9 @@ precision on a GPU, student initialised from the teacher through the weight map.
 and captions are encoded once into an on-disk cache (latent_cache.py), so a step runs
 only the two U-Nets.  The data can also be teacher-made (synth.py: ``--data teacher:N``,
 a prompt file, a ``bksdm synth`` run, or a dataset plus ``--synthetic N``); those pairs
-enter the cache as latents and never pass through the VAE encoder.  All randomness comes
+enter the cache as latents and never pass through the VAE encoder.  An inpainting teacher
+(9-channel U-Net) trains its student with random masks (inpainting.py), the only case
+where a step runs the VAE.  All randomness comes
 from one generator per process whose state is checkpointed with the data position, so a
 resumed run repeats the losses of an uninterrupted one.  ``accelerate launch -m bksdm_ext
 distill ...`` runs it with DDP.  The loop, checkpoints, samples and evaluation are the
@@ -17,7 +19,7 @@ lcm``), takes the first two as they are.
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -38,6 +40,7 @@ from ..scores.agreement import agreement
 from .dataset import DatasetScan, scan_dataset
 from .distill_config import DistillConfig
 from .init_student import checked_init_student, load_init_student
+from .inpainting import InpaintingConditioning
 from .kd import EMA, FeatureTaps, LossWeights, kd_loss, student_from_teacher
 from .latent_cache import CacheUnion, LatentCache, cache_fingerprint, teacher_identity
 from .memory_fit import fit_distill, free_gpu_bytes, have_bitsandbytes
@@ -86,7 +89,7 @@ def _distill(cfg: DistillConfig, resume: bool, memory: Optional[MemoryPlan] = No
         export_student(folder / name, t.weights(), s.arch, s.ckpt, s.info, cfg, step)
         return {"student": name}
 
-    with _kd_steps(cfg, s.info, s.arch, t) as kd_step:
+    with _kd_steps(cfg, s, t) as kd_step:
         train(s.run, state, Cadence.of(cfg, cfg.eval_interval()), kd_step, t.optimizer,
               samples=run_samples(cfg, s, t.weights), files=student_file,
               samples_per_step=cfg.batch_size * cfg.grad_accum * s.run.accelerator.num_processes,
@@ -100,8 +103,9 @@ def _distill(cfg: DistillConfig, resume: bool, memory: Optional[MemoryPlan] = No
 @dataclass
 class StudentRun:
     """A started run of a student objective: its run folder and accelerator, the teacher
-    (frozen, loaded), the training cache with any teacher-made data, and the student it
-    starts from (fp32, on the CPU, not yet prepared to train)."""
+    (frozen, loaded), the training cache with any teacher-made data, the student it starts
+    from (fp32, on the CPU, not yet prepared to train), and for an inpainting teacher what
+    makes the mask and masked-image channels of a step."""
 
     run: Run
     ckpt: Checkpoint
@@ -110,6 +114,7 @@ class StudentRun:
     teacher: torch.nn.Module
     cache: Cache
     student: torch.nn.Module
+    inpainting: Optional[InpaintingConditioning]
 
     def finish(self, student: Any, state: RunState, final: Path, export: Callable[[], None],
                **done: Any) -> Path:
@@ -121,6 +126,12 @@ class StudentRun:
             self.run.event("done", step=state.step, output=str(final), replicas_agree=agree, **done)
         self.run.accelerator.wait_for_everyone()
         return final
+
+    def extra_channels(self, batch: "MicroBatch", generator: torch.Generator
+                       ) -> Optional[torch.Tensor]:
+        """An inpainting teacher's mask and masked-image latent for `batch` (drawn from
+        `generator`); None for a text-to-image teacher."""
+        return self.inpainting(batch.mean, generator) if self.inpainting is not None else None
 
 
 def start_student_run(cfg: DistillConfig, resume: bool, memory: Optional[MemoryPlan],
@@ -156,7 +167,10 @@ def start_student_run(cfg: DistillConfig, resume: bool, memory: Optional[MemoryP
     teacher = load_unet(ckpt, info).to(device, teacher_dtype(device)).requires_grad_(False).eval()
     cache = _training_cache(cfg, run, ckpt, info, teacher, scan, plan, made)
     student = load_init_student(*start, arch) if start else student_from_teacher(teacher, arch)
-    return StudentRun(run, ckpt, info, arch, teacher, cache, student)
+    inpainting = (InpaintingConditioning(load_vae(ckpt).to(device, teacher_dtype(device)).eval(),
+                                         latent_scale(info))
+                  if info.arch.teacher.inpainting else None)
+    return StudentRun(run, ckpt, info, arch, teacher, cache, student, inpainting)
 
 
 # -- setting up -------------------------------------------------------------------
@@ -321,24 +335,28 @@ def _use_xformers(teacher: torch.nn.Module, student: torch.nn.Module, device: to
 
 
 @contextmanager
-def _kd_steps(cfg: DistillConfig, info: ModelInfo, arch: Architecture, t: StudentTraining
+def _kd_steps(cfg: DistillConfig, s: StudentRun, t: StudentTraining
               ) -> Iterator[Callable[[], Dict[str, float]]]:
-    """The paper's step: `cfg.grad_accum` micro-batches of cached latents, noised; the
-    frozen teacher's prediction and block outputs and the student's; the three-term loss
-    (kd.py); then the EMA follows the student.  Returns the losses averaged."""
+    """The paper's step: `cfg.grad_accum` micro-batches of cached latents, noised (with an
+    inpainting model's mask and masked-image latent beside them); the frozen teacher's
+    prediction and block outputs and the student's; the three-term loss (kd.py); then the
+    EMA follows the student.  Returns the losses averaged."""
     accelerator, device = t.accelerator, t.accelerator.device
-    pairs = arch.feature_kd_pairs()
+    pairs = s.arch.feature_kd_pairs()
     teacher_taps = FeatureTaps(t.teacher, [name for name, _ in pairs])
     student_taps = FeatureTaps(accelerator.unwrap_model(t.student), [name for _, name in pairs])
-    alphas, scale = noise_scheduler(info).alphas_cumprod.to(device), latent_scale(info)
+    alphas, scale = noise_scheduler(s.info).alphas_cumprod.to(device), latent_scale(s.info)
     half = teacher_dtype(device)
     weights = LossWeights(cfg.lambda_task, cfg.lambda_output, cfg.lambda_feature)
 
     def step() -> Dict[str, float]:
         totals: Dict[str, float] = {}
         for _ in range(cfg.grad_accum):
-            latents, embedding = training_latents(cfg, t, scale)
-            noisy, timesteps, target = noised(latents, alphas, info.parameterization, t.generator)
+            batch = training_batch(cfg, t, scale)
+            noisy, timesteps, target = noised(batch.latents, alphas, s.info.parameterization,
+                                              t.generator)
+            noisy = with_channels(noisy, s.extra_channels(batch, t.generator))
+            embedding = batch.embedding
             with torch.no_grad(), accelerator.autocast():
                 teacher_pred = t.teacher(noisy.to(half), timesteps, embedding.to(half)).sample
             teacher_features = teacher_taps.take()
@@ -361,16 +379,29 @@ def _kd_steps(cfg: DistillConfig, info: ModelInfo, arch: Architecture, t: Studen
         student_taps.close()
 
 
-def training_latents(cfg: DistillConfig, t: StudentTraining, scale: float
-                     ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The next micro-batch of this process: clean latents (a draw from each cached
-    posterior, flipped at random, scaled for the U-Net) and their caption embeddings."""
+class MicroBatch(NamedTuple):
+    """A micro-batch of training data: clean latents (a draw from each cached posterior,
+    scaled for the U-Net), their caption embeddings, and the posterior means (VAE scale),
+    from which an inpainting step makes its masked images."""
+
+    latents: torch.Tensor
+    embedding: torch.Tensor
+    mean: torch.Tensor
+
+
+def training_batch(cfg: DistillConfig, t: StudentTraining, scale: float) -> MicroBatch:
+    """The next micro-batch of this process, flipped at random."""
     indices = t.batches.next()
     batch = _batch(t.cache, indices, t.generator, cfg.flip, t.accelerator.device)
     if cfg.random_conditioning:
         _unrelated_latents(batch, t.cache, indices, t.generator, cfg.random_conditioning_p)
     latents = (batch["mean"] + batch["std"] * randn(batch["mean"], t.generator)) * scale
-    return latents, batch["embedding"]
+    return MicroBatch(latents, batch["embedding"], batch["mean"])
+
+
+def with_channels(noisy: torch.Tensor, extra: Optional[torch.Tensor]) -> torch.Tensor:
+    """A U-Net's input: the noisy latents, and an inpainting model's extra channels."""
+    return noisy if extra is None else torch.cat([noisy, extra], dim=1)
 
 
 def _batch(cache: Cache, indices: List[int], generator: torch.Generator, flip: bool,

@@ -133,13 +133,14 @@ def _check_inputs(cfg: DreamBoothConfig) -> Tuple[Checkpoint, ModelInfo, Optiona
     if cfg.export_dtype not in DTYPES:
         raise BadInput("unknown --export-dtype '%s'; choose one of: %s"
                        % (cfg.export_dtype, ", ".join(DTYPES)))
-    if cfg.resolution % 8 or cfg.resolution < 8:
-        raise BadInput("--resolution %d: must be a positive multiple of 8 (512 for SD-v1)"
-                       % cfg.resolution)
-    if cfg.steps < 1 or cfg.batch_size < 1 or (cfg.prior_preservation and cfg.num_class_images < 1):
-        raise BadInput("--steps, --batch-size and --num-class-images must be at least 1")
+    if cfg.prior_preservation and cfg.num_class_images < 1:  # the other ranges: the config's
+        raise BadInput("--num-class-images 0: prior preservation needs at least 1 (or pass "
+                       "--no-prior-preservation)")
     ckpt = Checkpoint(cfg.model)
     info = inspect_checkpoint(ckpt)
+    if info.arch.teacher.inpainting:
+        raise BadInput("%s is an inpainting model; DreamBooth here trains text-to-image models: "
+                       "personalise the text-to-image model it comes from" % ckpt.path)
     class_model = None
     if cfg.prior_preservation:
         class_model = Path(cfg.class_model) if cfg.class_model else ckpt.path

@@ -5,6 +5,9 @@ finetuned jointly, AdamW 1e-6 constant, 800 steps, batch 1 instance + 1 class im
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from ..model.ranges import (BATCH, EVERY, GUIDANCE, IMAGE_SIZE, KEEP_CHECKPOINTS, LEARNING_RATE,
+                            LOG_EVERY, LORA_RANK, SAMPLER_STEPS, SEED, TRAINING_STEPS, Range,
+                            check_ranges, check_sample_grids, ranged)
 from ..model.samplers import DEFAULT_SAMPLER
 
 FULL_LR = 1e-6
@@ -24,17 +27,18 @@ class DreamBoothConfig:
     out: str
     class_model: Optional[str] = None  # default: `model` itself
     class_dir: Optional[str] = None  # default: inside `out`; share one across runs
-    num_class_images: int = 200
-    steps: int = 800
-    resolution: int = 512
-    lr: Optional[float] = None  # default FULL_LR; in LoRA mode used only when given
-    lora_lr: float = LORA_LR
-    batch_size: int = 1  # instance images per step (and as many class images)
+    # Class images are image files in the class folder (the paper makes 200).
+    num_class_images: int = ranged(200, Range(0, 10_000, "class images"))
+    steps: int = ranged(800, TRAINING_STEPS)
+    resolution: int = ranged(512, IMAGE_SIZE)
+    lr: Optional[float] = ranged(None, LEARNING_RATE)  # default FULL_LR; LoRA: only when given
+    lora_lr: float = ranged(LORA_LR, LEARNING_RATE)
+    batch_size: int = ranged(1, BATCH)  # instance images per step (and as many class images)
     prior_weight: float = 1.0
     prior_preservation: bool = True
     train_text_encoder: bool = True
     lora: bool = False
-    lora_rank: int = 16
+    lora_rank: int = ranged(16, LORA_RANK)
     max_grad_norm: float = 1.0
     mixed_precision: str = "fp16"  # "no", "fp16" or "bf16"; a CPU always runs "no"
     gradient_checkpointing: bool = True
@@ -42,21 +46,25 @@ class DreamBoothConfig:
     # A full-finetune checkpoint (weights + AdamW moments) is several GB, so every 200
     # steps: an interruption loses at most a quarter of the paper's 800 steps, and only
     # the newest checkpoint is kept.  LoRA checkpoints are a few MB.
-    save_every: int = 200
-    keep_last: int = 1
-    sample_every: int = 200
+    save_every: int = ranged(200, EVERY)
+    keep_last: int = ranged(1, KEEP_CHECKPOINTS)
+    sample_every: int = ranged(200, EVERY)
     sample_prompts: Sequence[str] = ()  # default: the instance prompt
     # CLIP score of the samples with their prompts (`eval` events): this CLIPModel folder or
     # Hugging Face repository (downloaded if need be); None: one already cached, if any.
     clip_model: Optional[str] = None
-    sample_steps: int = 25
-    class_steps: int = CLASS_STEPS
-    class_guidance: float = CLASS_GUIDANCE
-    seed: int = 0
+    sample_steps: int = ranged(25, SAMPLER_STEPS)
+    class_steps: int = ranged(CLASS_STEPS, SAMPLER_STEPS)
+    class_guidance: float = ranged(CLASS_GUIDANCE, GUIDANCE)
+    seed: int = ranged(0, SEED)
     export_dtype: str = "fp16"
-    log_every: int = 10
+    log_every: int = ranged(10, LOG_EVERY)
     # On a GPU, lower the batch/memory settings to fit its free memory (memory_fit.py).
     fit_memory: bool = True
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        check_sample_grids(self.steps, self.sample_every)
 
     def learning_rate(self) -> float:
         """--lr in full mode (1e-6 if not given); --lora-lr in LoRA mode unless --lr was given."""

@@ -5,7 +5,8 @@ from dataclasses import replace
 from typing import Any, Tuple
 
 from ..errors import BadInput
-from ..model.arch import Architecture
+from ..model.arch import PRESETS, Architecture
+from ..model.blocks import notation, preset_name
 from ..model.checkpoint import Checkpoint
 from ..model.convert import unet_sources
 from ..model.detect import ModelInfo, inspect_checkpoint
@@ -28,11 +29,26 @@ def checked_init_student(path: str, teacher: Checkpoint, teacher_info: ModelInfo
     wanted = {name: teacher.shape(source) for name, source in unet_sources(teacher, arch).items()}
     found = {k: ckpt.shape(k) for k in ckpt.keys() if k.startswith(UNET_PREFIX)}
     if found != wanted:
-        raise BadInput("%s: its U-Net is a BK-SDM '%s' of another size or layout than the '%s' "
-                       "student of %s this run trains; choose --arch %s, or a student made "
-                       "from this teacher's family" % (ckpt.path, info.preset, arch.removal.name,
-                                                       teacher.path.name, info.preset))
+        raise BadInput("%s: its U-Net is %s of another size or layout than the '%s' student of "
+                       "%s this run trains; %s" % (ckpt.path, _what(info), preset_name(arch),
+                                                   teacher.path.name, _advice(info)))
     return ckpt, info
+
+
+def _what(info: ModelInfo) -> str:
+    if not info.is_student:
+        return "a full teacher U-Net"
+    return "a BK-SDM '%s'" % (info.preset if info.preset in PRESETS else notation(info.arch))
+
+
+def _advice(info: ModelInfo) -> str:
+    """The distill flags that make a run of this file's layout (--arch takes presets only)."""
+    if not info.is_student:
+        return "give a student file, or leave out --init-student to start from the pruned teacher"
+    if info.preset in PRESETS:
+        return "choose --arch %s, or a student made from this teacher's family" % info.preset
+    return ("give --remove %s without --arch (it removes those blocks from the teacher), or a "
+            "student made from this teacher's family" % notation(info.arch))
 
 
 def load_init_student(ckpt: Checkpoint, info: ModelInfo, arch: Architecture) -> Any:

@@ -3,7 +3,7 @@ so that block removal and step reduction multiply: a student that draws in 2-8 s
 
 The objective is the LCM paper's (Luo et al., 2023) as diffusers' reference scripts
 ``train_lcm_distill_sd_wds.py`` and ``train_lcm_distill_lora_sd_wds.py`` implement it
-(docs/facts.md §13).  Each micro-batch:
+(docs/facts.md §14).  Each micro-batch:
 
 1. clean latents from the training cache (distillation's data, teacher-made or a dataset),
    a solver index n drawn uniformly, the latents noised to t_{n+k} on the DDIM solver's grid
@@ -47,7 +47,7 @@ from ..model.convert import DTYPES, teacher_origin
 from ..model.loading import latent_scale, noise_scheduler
 from ..model.text_encoding import text_encoder_fn
 from .distill import (StudentRun, StudentTraining, export_student, run_metadata, run_samples,
-                      start_student_run, teacher_dtype, training_latents)
+                      start_student_run, teacher_dtype, training_batch, with_channels)
 from .distill_config import DistillConfig
 from .kd import FeatureTaps
 from .memory_plan import MemoryPlan
@@ -279,10 +279,11 @@ def _lcm_steps(cfg: DistillConfig, s: StudentRun, t: StudentTraining, solver: DD
     teacher_taps = FeatureTaps(t.teacher, [name for name, _ in pairs]) if pairs else None
     student_taps = FeatureTaps(student, [name for _, name in pairs]) if pairs else None
 
-    def guided_step(noisy: torch.Tensor, start: torch.Tensor, embedding: torch.Tensor,
-                    w: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def guided_step(noisy: torch.Tensor, extra: Optional[torch.Tensor], start: torch.Tensor,
+                    embedding: torch.Tensor, w: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """The teacher's CFG prediction at t_{n+k} and the DDIM step to t_n."""
-        both = t.teacher(torch.cat([noisy, noisy]).to(half), torch.cat([start, start]),
+        both = t.teacher(with_channels(noisy, extra).repeat(2, 1, 1, 1).to(half),
+                         torch.cat([start, start]),
                          torch.cat([embedding, uncond.expand_as(embedding)]).to(half)).sample
         x0, eps = x0_and_eps(both.float(), torch.cat([noisy, noisy]), alphas,
                              torch.cat([start, start]), parameterization)
@@ -291,8 +292,8 @@ def _lcm_steps(cfg: DistillConfig, s: StudentRun, t: StudentTraining, solver: DD
         return solver.step(x0_c + w * (x0_c - x0_u), eps_c + w * (eps_c - eps_u), index)
 
     def micro_step() -> Dict[str, float]:
-        latents, embedding = training_latents(cfg, t, scale)
-        size = len(latents)
+        batch = training_batch(cfg, t, scale)
+        latents, embedding, size = batch.latents, batch.embedding, len(batch.latents)
         index = torch.randint(0, len(solver.timesteps), (size,), generator=t.generator).to(device)
         noise = randn(latents, t.generator)
         w = (cfg.lcm_w_min + (cfg.lcm_w_max - cfg.lcm_w_min) * torch.rand(size, generator=t.generator)
@@ -301,18 +302,19 @@ def _lcm_steps(cfg: DistillConfig, s: StudentRun, t: StudentTraining, solver: DD
         end = (start - solver.skip).clamp(min=0)
         a = _per_example(alphas[start])
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        extra = s.extra_channels(batch, t.generator)
         with accelerator.accumulate(t.student):
             with accelerator.autocast():
-                output = t.student(noisy, start, embedding).sample
+                output = t.student(with_channels(noisy, extra), start, embedding).sample
             prediction = consistency(output.float(), noisy, alphas, start, parameterization,
                                      scaling)
             student_features = student_taps.take() if student_taps else []
             with torch.no_grad():
                 with accelerator.autocast():
-                    x_prev = guided_step(noisy, start, embedding, w, index)
+                    x_prev = guided_step(noisy, extra, start, embedding, w, index)
                     teacher_features = [f[:size] for f in teacher_taps.take()] if teacher_taps else []
-                    target_output = (target.model if target else student)(x_prev, end,
-                                                                         embedding).sample
+                    target_output = (target.model if target else student)(
+                        with_channels(x_prev, extra), end, embedding).sample
                 goal = consistency(target_output.float(), x_prev, alphas, end, parameterization,
                                    scaling)
             loss = consistency_loss(prediction, goal, cfg.lcm_loss, cfg.lcm_huber_c)

@@ -24,6 +24,7 @@ from ..model.arch import Architecture
 from ..model.clip_naming import nested_name
 from ..errors import BadInput
 from ..model.keymap import KeyMap
+from ..model.lora_keymap import layout_metadata
 from ..model.safetensors_io import tensor_out, write_safetensors
 from ..model.staging import staged
 
@@ -103,9 +104,8 @@ def kohya_metadata(arch: Architecture, rank: int, base_name: str) -> Dict[str, s
         "ss_v2": str(arch.teacher.family == "sd-v2"),
         "ss_base_model_version": "sd_v2" if arch.teacher.family == "sd-v2" else "sd_v1",
         "ss_sd_model_name": base_name,
-        "bksdm.preset": arch.removal.name,
-        "bksdm.family": arch.teacher.family,
         "bksdm.lora_base": base_name,
+        **layout_metadata(arch),  # how the WebUI knows these names are the student's
     }
 
 

@@ -86,12 +86,6 @@ def plan_synthesis(ckpt: Checkpoint, info: ModelInfo, settings: SynthSettings) -
     s = SynthSettings(**{f.name: getattr(settings, f.name) for f in fields(SynthSettings)})
     if s.sampler not in SAMPLERS:
         raise BadInput("unknown sampler '%s'; one of: %s" % (s.sampler, ", ".join(SAMPLERS)))
-    for name, value, least in (("steps", s.steps, 1), ("batch size", s.batch_size, 1),
-                               ("preview", s.preview, 0), ("count", s.count, 0)):
-        if value < least:
-            raise BadInput("synthesis %s %d: give at least %d" % (name, value, least))
-    if s.resolution < 8 or s.resolution % 8:
-        raise BadInput("synthesis resolution %d: give a multiple of 8 (e.g. 512)" % s.resolution)
     if s.count == 0 and (s.prompts is None or s.prompts == BUILTIN):
         raise BadInput("say how many images the teacher should make (e.g. teacher:20000, "
                        "--count or --synthetic); the built-in prompts never run out")

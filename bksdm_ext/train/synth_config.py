@@ -1,30 +1,42 @@
 """Settings of teacher-made training data and how ``--data`` names it, importable without
 torch (the CLI builds its help from the defaults; the WebUI checks a form cheaply)."""
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from ..errors import BadInput
+from ..model.ranges import (BATCH, GUIDANCE, IMAGE_SIZE, REQUIRED, SAMPLER_STEPS, SEED, Range,
+                            check_ranges, ranged)
 from ..model.samplers import DEFAULT_SAMPLER
 
 MARKER = "synth.json"  # in a folder of teacher-made data: its settings, what it depends on
 TEACHER_DATA = "teacher:"  # --data teacher:N
 
 
+# Teacher-made pairs are latents and text embeddings on disk (about 150 KB each at 512²):
+# up to 4x the paper's largest training set (2.3M pairs).
+SYNTH_COUNT = Range(0, 10_000_000, "teacher-made images")
+PREVIEW = Range(0, 1000, "images decoded into the preview, a file each")
+
+
 @dataclass
 class SynthSettings:
     """What a synthetic set is made with (defaults: the issue's fast A1111 sampler)."""
 
-    count: int
+    count: int = ranged(REQUIRED, SYNTH_COUNT)
     prompts: Optional[str] = None  # a SOURCE for prompts.load_prompts; None: built-in
     negative_prompt: str = ""
-    cfg_scale: float = 7.5
-    steps: int = 20
+    cfg_scale: float = ranged(7.5, GUIDANCE)
+    steps: int = ranged(20, SAMPLER_STEPS)
     sampler: str = DEFAULT_SAMPLER
-    resolution: int = 512
-    batch_size: int = 4
-    seed: int = 0
-    preview: int = 16  # the first images decoded for the user to look at
+    resolution: int = ranged(512, IMAGE_SIZE)
+    batch_size: int = ranged(4, BATCH)
+    seed: int = ranged(0, SEED)
+    preview: int = ranged(16, PREVIEW)  # the first images decoded for the user to look at
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -60,9 +72,10 @@ def training_data(data: str, synthetic: int, prompts: Optional[str]) -> Training
         raise BadInput("--synthetic %d: give a number of teacher-made pairs >= 0" % synthetic)
     if data.startswith(TEACHER_DATA):
         count = data[len(TEACHER_DATA):]
-        if not count.isdigit() or int(count) < 1:
+        if not re.fullmatch("[0-9]+", count) or int(count) < 1:
             raise BadInput("--data %s: write teacher:N with N the number of image/caption "
                            "pairs the teacher should make, e.g. teacher:20000" % data)
+        SYNTH_COUNT.check("data teacher:N", int(count))
         if synthetic:
             raise BadInput("--data %s and --synthetic %d both give a count; give one"
                            % (data, synthetic))

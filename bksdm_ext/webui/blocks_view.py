@@ -14,8 +14,9 @@ import gradio as gr
 
 from ..errors import BadInput
 from ..measure import block_scan
+from ..model.ranges import from_form
 from . import a1111, job_form
-from .compare_tab import local_clip
+from .clip_choice import local_clip
 from .messages import message
 
 COLUMNS = ["unit", "how", "PSNR", "SSIM", "parameters", "% of step", "ms/step saved",
@@ -84,7 +85,8 @@ def start_scan(steps: float, size: float) -> str:
         path, problem = _loaded_teacher()
         if path is None:
             raise BadInput(problem)
-        options = {"steps": int(steps), "size": int(size), "cache_dir": str(cache_dir()),
+        settings = from_form(block_scan.ScanSettings, steps=steps, size=size)
+        options = {"steps": settings.steps, "size": settings.size, "cache_dir": str(cache_dir()),
                    "clip_model": local_clip()}
         job = job_form.submit("blocks", options, "blocks of %s" % path.stem, free_vram=False,
                               positional=[str(path)])

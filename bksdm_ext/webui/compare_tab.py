@@ -18,13 +18,16 @@ from ..errors import BadInput, size_text
 from ..measure.compare import (EXPLANATIONS, HEADERS, ModelImages, grid, score_models,
                                table_rows, write_csv, write_grid)
 from ..measure import device_info
+from ..measure.evaluate import EvalSettings
 from ..measure.latency import LatencySettings
 from ..model.checkpoint import Checkpoint
 from ..model.detect import inspect_checkpoint
-from ..scores.clip import (DEFAULT_DOWNLOAD, HOW_TO_ENABLE, KNOWN_MODELS, fetch, find_scorer,
-                           local_model)
-from ..scores.eval_prompts import BUILTIN, cases as make_cases, load_prompts, prompt_lines
-from . import a1111, checkpoints, client_files, job_form, latency_tab
+from ..model.ranges import form_number, from_form
+from ..scores.clip import DEFAULT_DOWNLOAD, HOW_TO_ENABLE, KNOWN_MODELS, fetch, find_scorer
+from ..scores.eval_prompts import BUILTIN, load_prompts, prompt_lines
+from . import a1111, checkpoints, client_files, job_form
+from .clip_choice import local_clip
+from .txt2img import SAMPLER, txt2img
 from .messages import message
 
 SOURCES = ("Built-in set (30 prompts)", "Prompt file", "Typed lines")
@@ -64,11 +67,6 @@ def chosen_prompts(source: str, prompt_file: Optional[str], typed: str) -> List[
     return load_prompts(BUILTIN)
 
 
-def local_clip() -> Optional[str]:
-    """A CLIP already on this machine (Hugging Face cache, the interrogator's ViT-L/14)."""
-    return local_model(a1111.clip_folders())
-
-
 def clip_status() -> str:
     found = local_clip()
     if found:
@@ -105,7 +103,7 @@ def render_loaded(title: str, cases: Sequence[Tuple[str, int]], settings: Latenc
     run = ModelImages(model=title.split(" [")[0], preset=info.preset,
                       unet_params=info.unet_params, images=[])
     for prompt, seed in cases:
-        p = latency_tab.txt2img(replace(settings, prompt=prompt, seed=seed), sampler)
+        p = txt2img(replace(settings, prompt=prompt, seed=seed), sampler)
         started = time.perf_counter()
         try:
             processed = processing.process_images(p)
@@ -119,7 +117,7 @@ def render_loaded(title: str, cases: Sequence[Tuple[str, int]], settings: Latenc
 
 
 def compare_here(titles: Sequence[str], cases: Sequence[Tuple[str, int]],
-                 settings: LatencySettings, sampler: str = latency_tab.SAMPLER
+                 settings: LatencySettings, sampler: str = SAMPLER
                  ) -> List[ModelImages]:
     """Each checkpoint in turn, then the original one again, whatever happens."""
     from modules import shared
@@ -157,9 +155,11 @@ def run_from_ui(id_task: str, titles: List[str], source: str, prompt_file: Any, 
     """[grid, table, grid file, CSV, history, message]."""
     nothing: List[Any] = [None, None, None, None, None]
     try:
+        form = _form_settings(seeds, steps, size, cfg_scale)
         prompts = _form_prompts(titles, source, prompt_file, typed, max_prompts)
-        cases = make_cases(prompts, int(seeds))
-        settings = LatencySettings(steps=int(steps), size=int(size), cfg_scale=float(cfg_scale))
+        cases = form.cases_of(prompts)
+        form.check_in_the_webui(len(titles), len(cases))
+        settings = LatencySettings(steps=form.steps, size=form.size, cfg_scale=form.cfg_scale)
         clip = find_scorer(None, folders=a1111.clip_folders())
         runs = compare_here(titles, cases, settings)
     except InterruptedError:
@@ -174,8 +174,8 @@ def run_from_ui(id_task: str, titles: List[str], source: str, prompt_file: Any, 
     grid_file = write_grid(grid(runs, cases), folder / ("grid-%s.png" % stamp), overwrite=True)
     csv_file = write_csv(scores, folder / ("scores-%s.csv" % stamp), overwrite=True, extra={
         "time": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_info.software()["gpu"],
-        "webui": a1111.webui_version(), "prompts": len(prompts), "seeds": int(seeds),
-        "steps": settings.steps, "sampler": latency_tab.SAMPLER, "size": settings.size,
+        "webui": a1111.webui_version(), "prompts": len(prompts), "seeds": form.seeds,
+        "steps": settings.steps, "sampler": SAMPLER, "size": settings.size,
         "cfg_scale": settings.cfg_scale})
     text = "Compared %d checkpoints on %d images each; the original checkpoint is loaded " \
            "again." % (len(runs), len(cases))
@@ -190,14 +190,16 @@ def submit_job(titles: List[str], source: str, prompt_file: Any, typed: str,
                cfg_scale: float) -> str:
     """The same comparison as a background `bksdm eval` job (diffusers, its own process)."""
     try:
+        form = _form_settings(seeds, steps, size, cfg_scale)
         prompts = _form_prompts(titles, source, prompt_file, typed, max_prompts)
+        form.cases_of(prompts)  # the job's own check, before anything is written
         folder = a1111.data_dir() / "compare"
         folder.mkdir(parents=True, exist_ok=True)
         prompt_file_path = folder / ("prompts-%s.txt" % time.strftime("%Y%m%d-%H%M%S"))
         prompt_file_path.write_text("\n".join(prompts) + "\n", encoding="utf-8")
         models = [str(checkpoints.filename(title)) for title in titles]
-        options = {"prompts": str(prompt_file_path), "seeds": int(seeds), "steps": int(steps),
-                   "size": int(size), "cfg_scale": float(cfg_scale), "clip_model": local_clip()}
+        options = {"prompts": str(prompt_file_path), "seeds": form.seeds, "steps": form.steps,
+                   "size": form.size, "cfg_scale": form.cfg_scale, "clip_model": local_clip()}
         job = job_form.submit("eval", options, "compare %d models" % len(models), False,
                               positional=models)
     except BadInput as e:
@@ -205,14 +207,19 @@ def submit_job(titles: List[str], source: str, prompt_file: Any, typed: str,
     return job_form.submitted(job)
 
 
+def _form_settings(seeds: Any, steps: Any, size: Any, cfg_scale: Any) -> EvalSettings:
+    """The form's numbers, checked against the ranges `bksdm eval` has."""
+    return from_form(EvalSettings, seeds=seeds, steps=steps, size=size, cfg_scale=cfg_scale)
+
+
 def _form_prompts(titles: List[str], source: str, prompt_file: Any, typed: str,
-                  max_prompts: float) -> List[str]:
+                  max_prompts: Any) -> List[str]:
     """The first `max_prompts` prompts of the form, once it names a checkpoint."""
     if not titles:
         raise BadInput("Choose at least one checkpoint (the teacher first).")
     uploaded = client_files.received(prompt_file)
-    return chosen_prompts(source, str(uploaded[0][0]) if uploaded else None,
-                          typed)[:max(int(max_prompts), 1)]
+    first = max(form_number(max_prompts, "Prompts to use"), 1)
+    return chosen_prompts(source, str(uploaded[0][0]) if uploaded else None, typed)[:first]
 
 
 def build() -> None:
@@ -235,7 +242,7 @@ def build() -> None:
         max_prompts = gr.Number(4, label="Prompts to use (the first N)", precision=0,
                                 elem_id="bksdm_compare_max_prompts")
         seeds = gr.Number(1, label="Seeds per prompt", precision=0, elem_id="bksdm_compare_seeds")
-        steps = gr.Number(defaults.steps, label="Steps (%s)" % latency_tab.SAMPLER, precision=0)
+        steps = gr.Number(defaults.steps, label="Steps (%s)" % SAMPLER, precision=0)
         size = gr.Number(defaults.size, label="Width = height", precision=0,
                          elem_id="bksdm_compare_size")
         cfg_scale = gr.Number(defaults.cfg_scale, label="CFG scale")

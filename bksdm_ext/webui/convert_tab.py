@@ -13,11 +13,10 @@ from ..model.convert import DTYPES, convert_checkpoint, student_unet_params
 from ..model.detect import ModelInfo, inspect_checkpoint
 from ..errors import BadInput, check_path_text
 from ..model.staging import TEMP_NAME_EXTRA
-from . import a1111, block_picker, guard, transplant_form
+from . import a1111, block_picker, checkpoints, guard, transplant_form
 from .messages import message
+from .presets import LABEL_OF, PRESET_LABELS
 
-PRESET_LABELS = {"Base": "base", "Small": "small", "Tiny": "tiny", "Mid-stage removed": "mid-removed"}
-LABEL_OF = {v: k for k, v in PRESET_LABELS.items()}
 # A file name A1111 lists and every OS accepts: no separators, no leading dot.
 VALID_NAME = re.compile(r"^\w[\w .()\[\]+,-]*$")
 
@@ -31,9 +30,9 @@ def _loaded() -> Tuple[Optional[a1111.LoadedModel], Optional[Checkpoint], Option
     # A .safetensors file says what the model is (its header alone); the loaded weights may
     # be wrong (a wrong yaml zero-fills blocks), or the only copy (an unsaved merge).
     on_disk = loaded.has_file and loaded.filename.suffix == ".safetensors"
-    ckpt = (Checkpoint(loaded.filename) if on_disk
-            else Checkpoint(loaded.filename, state=loaded.state_dict()))
     try:
+        ckpt = (Checkpoint(loaded.filename) if on_disk
+                else Checkpoint(loaded.filename, state=loaded.state_dict()))
         info = inspect_checkpoint(ckpt, v_prediction=loaded.parameterization == "v")
     except BadInput as e:
         return loaded, None, None, "Cannot convert %s: %s" % (loaded.title, _after_path(e))
@@ -51,14 +50,17 @@ def _after_path(error: BadInput) -> str:
 
 def loaded_summary() -> str:
     warnings = "".join("⛔ %s  \n" % html.escape(p) for p in guard.last_problem)
+    warnings += "".join("⚠️ Not in the BK-SDM lists: %s  \n" % html.escape(p)
+                        for p in checkpoints.unreadable())
     loaded, _, info, problem = _loaded()
     if problem:
         return warnings + "⚠️ " + html.escape(problem)
     assert loaded is not None and info is not None
     source = "file" if loaded.has_file else "weights in memory (no file: e.g. an unsaved merge)"
-    return warnings + ("**Loaded:** %s  \n**Family:** %s, %s prediction · **U-Net:** %s parameters · "
+    return warnings + ("**Loaded:** %s  \n**Family:** %s, %s prediction%s · **U-Net:** %s parameters · "
             "**Source:** %s" % (html.escape(loaded.title), info.family.upper(),
                                  "v" if info.parameterization == "v" else "ε",
+                                 ", inpainting" if info.arch.teacher.inpainting else "",
                                  format(info.unet_params, ","), source))
 
 
@@ -103,9 +105,9 @@ def output_path(name: str, overwrite: bool) -> Path:
 def convert(id_task: str, label: str, name: str, dtype: str, overwrite: bool,
             start_from: str = transplant_form.START_FROM[0], student: str = "", base: str = "",
             alpha: float = 1.0, use_blocks: bool = False,
-            blocks: Optional[List[str]] = None) -> List[Any]:
+            blocks: Optional[List[str]] = None, lora: str = "") -> List[Any]:
     """Convert the loaded model (to the preset, or to the blocks picked when `use_blocks`; or
-    carry its difference from `base` into `student`);
+    carry its difference from `base`, or `lora`, into `student`);
     returns [new checkpoint title, Load-button update, message]."""
     try:
         loaded, ckpt, info, problem = _loaded()
@@ -116,7 +118,8 @@ def convert(id_task: str, label: str, name: str, dtype: str, overwrite: bool,
         if transplant_form.uses_student(start_from):
             report = transplant_form.transplant_loaded(
                 ckpt if not loaded.has_file else loaded.filename,
-                loaded.parameterization == "v", student, base, alpha, output, dtype, overwrite)
+                loaded.parameterization == "v", student, base, alpha, output, dtype, overwrite,
+                lora if transplant_form.uses_lora(start_from) else None)
             a1111.refresh_checkpoints()
             title = a1111.checkpoint_title(output) or output.name
             return [title, gr.update(visible=True),
@@ -173,9 +176,9 @@ def build() -> None:
     run.click(wrap_gradio_gpu_call(convert, extra_outputs=["", gr.update()]),
               _js="bksdm_convert_submit", inputs=[id_task, preset, name, dtype, overwrite,
                                                   start.start_from, start.student, start.base,
-                                                  start.alpha, use_blocks, blocks],
+                                                  start.alpha, use_blocks, blocks, start.lora],
               outputs=[converted, load, result])
-    refresh.click(transplant_form.choices, outputs=[start.student, start.base])
+    refresh.click(transplant_form.choices, outputs=[start.student, start.base, start.lora])
     start.student.change(lambda title, label: default_name(LABEL_OF.get(
         transplant_form.student_preset(title) or "", label)), inputs=[start.student, preset],
         outputs=[name])

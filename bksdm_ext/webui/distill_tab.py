@@ -14,8 +14,10 @@ from ..train.distill_config import DistillConfig
 from ..errors import BadInput
 from ..model.arch import PRESETS
 from ..model.blocks import removal_from_units
+from ..model.ranges import form_number, from_form
+from ..train.synth_config import SYNTH_COUNT
 from . import a1111, checkpoints, data_picker, init_student_form, job_form, memory_estimate, paths
-from .convert_tab import LABEL_OF, PRESET_LABELS
+from .presets import LABEL_OF, PRESET_LABELS
 from .messages import message
 
 SOURCES = ("Image folder", "Teacher-made (no dataset)", "Image folder + teacher-made")
@@ -48,12 +50,14 @@ def data_flags(source: str, folder: str, uploaded: str, synthetic: int,
         scan_dataset(data)  # BadInput: no folder, no captioned images
         values["data"] = str(data)
     if uses_teacher:
-        if int(synthetic or 0) < 1:
+        count = form_number(synthetic or 0, "Teacher-made images")
+        if count < 1:
             raise BadInput("Set how many images the teacher should make (at least 1).")
+        SYNTH_COUNT.check("synthetic", count)
         if uses_folder:
-            values["synthetic"] = int(synthetic)
+            values["synthetic"] = count
         else:
-            values["data"] = "teacher:%d" % int(synthetic)
+            values["data"] = "teacher:%d" % count
         values["prompts"] = ""
         if prompts.strip():
             values["prompts"] = str(paths.typed_path(prompts, "Prompts"))
@@ -77,24 +81,30 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
         values: Dict[str, Any] = {"teacher": str(teacher)}
         values.update(init_student_form.flags(start_from, init_title, teacher,
                                               PRESET_LABELS[preset_label]))
-        values["remove"] = remove.strip()
         if remove.strip() and "init_student" in values:
             raise BadInput("Also remove these blocks cuts the pruned teacher; a student to start "
                            "from keeps its own blocks. Clear one of the two.")
-        if remove.strip() and model is not None:  # refused now, not when the job starts
-            removal_from_units(model.arch.teacher, remove, PRESETS[values["arch"]])
+        if remove.strip():
+            values["remove"] = remove.strip()
+            if model is not None:  # refused now, not when the job starts
+                removal_from_units(model.arch.teacher, remove, PRESETS[values["arch"]])
         values.update(data_flags(source, folder, uploaded, synthetic, prompts))
         if source != SOURCES[0]:
             values.update(negative_prompt=negative_prompt.strip(),
                           random_conditioning=random_conditioning)
-        values.update(steps=steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-                      resolution=resolution, mixed_precision=precision, save_every=save_every,
-                      sample_every=sample_every, use_8bit_adam=use_8bit_adam,
+        form = from_form(DistillConfig, teacher=str(teacher), data="", out="", steps=steps,
+                         batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+                         resolution=resolution, save_every=save_every, sample_every=sample_every)
+        values.update(steps=form.steps, batch_size=form.batch_size, grad_accum=form.grad_accum,
+                      lr=form.lr, resolution=form.resolution, mixed_precision=precision,
+                      save_every=form.save_every, sample_every=form.sample_every,
+                      use_8bit_adam=use_8bit_adam,
                       no_gradient_checkpointing=not gradient_checkpointing, no_ema=not ema)
         values["sample_prompt"] = [p.strip() for p in sample_prompts.splitlines() if p.strip()]
-        title = "Distill %s → BK-%s%s" % (teacher.stem, LABEL_OF.get(values["arch"], values["arch"]),
-                                           " minus " + remove.strip() if remove.strip() else "")
-        job = job_form.submit("distill", values, title, free_vram, gpus)
+        title = "Distill %s → BK-%s%s" % (
+            teacher.stem, LABEL_OF.get(values.get("arch", ""), values.get("arch", "custom")),
+            " minus " + values["remove"] if "remove" in values else "")
+        job = job_form.submit("distill", values, title, free_vram, form_number(gpus or 1, "GPUs"))
     except BadInput as e:
         return message("error", str(e))
     return job_form.submitted(job)

@@ -9,7 +9,9 @@ from typing import Any, Dict, List, Tuple
 
 import gradio as gr
 
+from ..model.ranges import from_form
 from ..train.dreambooth import instance_images
+from ..train.dreambooth_config import DreamBoothConfig
 from ..errors import BadInput
 from . import a1111, checkpoints, data_picker, job_form, memory_estimate
 from .messages import message
@@ -46,24 +48,28 @@ def start(model_title: str, class_title: str, folder: str, instance_prompt: str,
         if prior and not class_prompt.strip():
             raise BadInput("Write the class prompt, e.g. 'a photo of a dog', or untick prior "
                            "preservation.")
+        form = from_form(DreamBoothConfig, model=str(model), instance_dir=str(instance_dir),
+                         instance_prompt=instance_prompt, class_prompt=class_prompt, out="",
+                         num_class_images=num_class_images, steps=steps, lr=lr,
+                         resolution=resolution, lora_rank=lora_rank, lora_lr=lora_lr)
         values: Dict[str, Any] = {
             "model": str(model), "instance_dir": str(instance_dir),
             "instance_prompt": instance_prompt.strip(), "class_prompt": class_prompt.strip(),
-            "steps": steps, "resolution": resolution, "mixed_precision": precision,
+            "steps": form.steps, "resolution": form.resolution, "mixed_precision": precision,
             "no_prior_preservation": not prior, "no_train_text_encoder": not text_encoder,
             "no_gradient_checkpointing": not gradient_checkpointing,
             "use_8bit_adam": use_8bit_adam,
             "resolved_paths": True}  # the job refuses the folder if a link stands there then
         if prior:
             # One shared folder: a later run with the same class prompt reuses the images.
-            values.update(num_class_images=num_class_images,
+            values.update(num_class_images=form.num_class_images,
                           class_dir=str(a1111.data_dir() / "class-images"))
             if class_title and class_title != SAME_MODEL:
                 values["class_model"] = str(checkpoints.filename(class_title))
         if lora:
-            values.update(lora=True, lora_rank=lora_rank, lora_lr=lora_lr)
+            values.update(lora=True, lora_rank=form.lora_rank, lora_lr=form.lora_lr)
         else:
-            values["lr"] = lr
+            values["lr"] = form.lr
         title = "DreamBooth %s on '%s' (%d images%s)" % (
             model.stem, instance_prompt.strip(), len(images), ", LoRA" if lora else "")
         job = job_form.submit("dreambooth", values, title, free_vram)

@@ -25,8 +25,9 @@ last_problem: List[str] = []  # the latest load problem, shown by the Convert ta
 
 def _student(filename: Path, state: Dict[str, torch.Tensor]) -> Optional[ModelInfo]:
     """What the file is, if it is a BK student (from its metadata or its key layout)."""
-    metadata = SafetensorsReader(filename).metadata if filename.suffix == ".safetensors" else {}
-    try:
+    try:  # a file we cannot read is A1111's to load or refuse, as without the extension
+        metadata = (SafetensorsReader(filename).metadata if filename.suffix == ".safetensors"
+                    else {})
         info = inspect_checkpoint(Checkpoint(filename, state=state, metadata=metadata))
     except BadInput:
         return None
@@ -89,8 +90,8 @@ def check_loaded_model(sd_model: Any) -> None:
     del last_problem[:]
     if filename.suffix != ".safetensors" or not filename.is_file():
         return
-    ckpt = Checkpoint(filename)
     try:
+        ckpt = Checkpoint(filename)
         student = inspect_checkpoint(ckpt)
     except BadInput:
         return

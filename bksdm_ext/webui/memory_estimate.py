@@ -6,12 +6,13 @@ from typing import Any, Callable, List, Optional
 import gradio as gr
 
 from ..errors import BadInput
+from ..model.ranges import from_form
 from ..train.distill_config import DistillConfig
 from ..train.dreambooth_config import DreamBoothConfig
 from ..train.memory_fit import fit_distill, fit_dreambooth, free_gpu_bytes, have_bitsandbytes
 from ..train.memory_plan import MemoryPlan
 from . import checkpoints
-from .convert_tab import PRESET_LABELS
+from .presets import PRESET_LABELS
 from .messages import message
 
 
@@ -35,11 +36,13 @@ def distill_estimate(teacher: str, preset_label: str, batch_size: float, grad_ac
                      resolution: float, precision: str, checkpointing: bool, ema: bool,
                      eight_bit: bool) -> str:
     model = _model(teacher)
-    cfg = DistillConfig(teacher="", data="", out="", arch=PRESET_LABELS.get(preset_label, "small"),
-                        batch_size=max(int(batch_size or 1), 1),
-                        grad_accum=max(int(grad_accum or 1), 1),
-                        resolution=int(resolution or 512), mixed_precision=precision,
+    try:
+        cfg = from_form(DistillConfig, teacher="", data="", out="",
+                        arch=PRESET_LABELS.get(preset_label, "small"), batch_size=batch_size,
+                        grad_accum=grad_accum, resolution=resolution, mixed_precision=precision,
                         gradient_checkpointing=checkpointing, ema=ema, use_8bit_adam=eight_bit)
+    except BadInput as e:
+        return message("error", str(e))
     family = model.family if model is not None else "sd-v1"
     return _shown(fit_distill(cfg, family, free_gpu_bytes(), have_bitsandbytes())[1])
 
@@ -47,10 +50,13 @@ def distill_estimate(teacher: str, preset_label: str, batch_size: float, grad_ac
 def dreambooth_estimate(title: str, resolution: float, text_encoder: bool, lora: bool,
                         precision: str, checkpointing: bool, eight_bit: bool) -> str:
     model = _model(title)
-    cfg = DreamBoothConfig(model="", instance_dir="", instance_prompt="", class_prompt="", out="",
-                           resolution=int(resolution or 512), train_text_encoder=text_encoder,
-                           lora=lora, mixed_precision=precision,
-                           gradient_checkpointing=checkpointing, use_8bit_adam=eight_bit)
+    try:
+        cfg = from_form(DreamBoothConfig, model="", instance_dir="", instance_prompt="",
+                        class_prompt="", out="", resolution=resolution,
+                        train_text_encoder=text_encoder, lora=lora, mixed_precision=precision,
+                        gradient_checkpointing=checkpointing, use_8bit_adam=eight_bit)
+    except BadInput as e:
+        return message("error", str(e))
     family, preset = (model.family, model.preset) if model is not None else ("sd-v1", "teacher")
     return _shown(fit_dreambooth(cfg, family, preset, free_gpu_bytes(), have_bitsandbytes())[1])
 

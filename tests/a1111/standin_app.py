@@ -18,6 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 STANDIN_ROOT = os.path.dirname(os.path.abspath(__file__))
 if STANDIN_ROOT not in sys.path:
     sys.path.insert(0, STANDIN_ROOT)
+BUILTIN_LORA = os.path.join(STANDIN_ROOT, "extensions-builtin", "Lora")
 
 demo = None
 app = None
@@ -45,6 +46,7 @@ def reset(data_dir=None, args=None):
     checkpoint list, caches (hashes, processing's cond cache), ldm's U-Net module without the model hijack, progress
     queues and recorded run_pip calls; no model loaded. Returns ``modules.shared``."""
     stop()
+    _unload_scripts()
     from modules import paths_internal
 
     data_dir = os.path.abspath(str(data_dir or paths_internal.data_path))
@@ -56,7 +58,7 @@ def reset(data_dir=None, args=None):
     import gradio as gr
     import launch
     import torch
-    from modules import (call_queue, devices, extensions, hashes, launch_utils, options, progress, script_callbacks,
+    from modules import (call_queue, devices, extensions, extra_networks, hashes, launch_utils, options, progress, script_callbacks,
                          script_loading, scripts, sd_hijack_unet, sd_models, shared, shared_cmd_options, shared_options,
                          shared_state)
 
@@ -66,6 +68,8 @@ def reset(data_dir=None, args=None):
     launch_utils.run_pip_calls.clear()
     hashes._cache.clear()
     script_callbacks.clear_callbacks()
+    scripts.scripts_txt2img.alwayson_scripts.clear()
+    extra_networks.initialize()
     extensions.extensions.clear()
     extensions.extension_paths.clear()
     script_loading.loaded_scripts.clear()
@@ -100,6 +104,30 @@ def reset(data_dir=None, args=None):
     return shared
 
 
+def _unload_scripts():
+    """What a restart does to loaded scripts: their ``script_unloaded`` callbacks run (the built-in Lora
+    extension takes its layer patches off) and its modules are forgotten, so the next load starts fresh."""
+    if "modules.script_callbacks" in sys.modules:
+        sys.modules["modules.script_callbacks"].script_unloaded_callback()
+    for name, module in list(sys.modules.items()):
+        if (getattr(module, "__file__", None) or "").startswith(BUILTIN_LORA + os.sep):
+            del sys.modules[name]
+
+
+def load_builtin_lora():
+    """(stand-in) loads the built-in Lora extension (``extensions-builtin/Lora``, see its docstrings) as A1111 does
+    before the other extensions; call ``before_ui()`` once every extension is loaded."""
+    return load_extension(BUILTIN_LORA, name="Lora", strict=True)
+
+
+def before_ui():
+    """What webui.py does once scripts are loaded: the ``before_ui`` callbacks (the Lora extension registers its
+    ``lora`` extra network there)."""
+    from modules import script_callbacks
+
+    script_callbacks.before_ui_callback()
+
+
 def load_extension(ext_dir, name=None, strict=False):
     """Registers ``ext_dir`` as an enabled extension and runs its ``scripts/*.py`` in name order as 1.10.1's
     ``scripts.load_scripts`` does: each as a module named after its file (not in sys.modules), with the extension
@@ -121,7 +149,9 @@ def load_extension(ext_dir, name=None, strict=False):
         sys.path = [script.basedir] + saved
         scripts.current_basedir = script.basedir
         try:
-            loaded.append(script_loading.load_module(script.path))
+            module = script_loading.load_module(script.path)
+            scripts._register_scripts_from_module(module, script.path)
+            loaded.append(module)
         except Exception as e:
             errors.report("Error loading script: " + script.filename, exc_info=True)
             script_errors.append((script.path, e))

@@ -11,6 +11,7 @@ from modules import paths_internal as _paths
 parser = argparse.ArgumentParser(prog="webui (stand-in)")
 parser.add_argument("--data-dir", type=os.path.abspath, default=_paths.data_path, help="user data folder")
 parser.add_argument("--models-dir", type=os.path.abspath, default=None, help="models folder; default: <data-dir>/models")
+parser.add_argument("--lora-dir", type=os.path.abspath, default=os.path.join(_paths.models_path, "Lora"), help="LoRA folder (1.10.1 adds it in the built-in Lora extension's preload.py)")
 parser.add_argument("--ckpt-dir", type=os.path.abspath, default=None, help="extra checkpoint folder")
 parser.add_argument("--ui-settings-file", type=str, default=os.path.join(_paths.data_path, "config.json"), help="settings json")
 parser.add_argument("--use-cpu", nargs="+", type=str.lower, default=[], help="tasks to run on the CPU ('all' for all)")

@@ -1,4 +1,4 @@
-"""Stand-in for A1111 1.10.1 ``modules/processing.py``: txt2img through the loaded model.
+"""Stand-in for A1111 1.10.1 ``modules/processing.py``: txt2img and img2img/inpainting through the loaded model.
 
 ``StableDiffusionProcessing`` and ``StableDiffusionProcessingTxt2Img`` are dataclasses with 1.10.1's fields (names,
 order, annotations, defaults, ``init=False`` ones); ``sd_model`` is a property that always answers
@@ -22,14 +22,36 @@ order, annotations, defaults, ``init=False`` ones); ``sd_model`` is a property t
 5. ``decode_latent_batch``: ``sd_model.decode_first_stage`` once per image, then ``state.nextjob()`` (``job_no`` + 1)
    and PIL images with infotexts; ``Processed``.
 
-Not in the stand-in: scripts (``p.scripts`` stays None), styles, extra networks, hires fix (``enable_hr=True``
-raises NotImplementedError; the ``hr_*`` fields are accepted), img2img/inpainting, refiner, token merging, face restoration, tiling,
+``StableDiffusionProcessingImg2Img`` (1.10.1's fields): ``init`` encodes the init images (resized to width x height)
+with the VAE into ``init_latent``; with a mask (``create_binary_mask``, inverted with ``inpainting_mask_invert``) it
+sets ``mask``/``nmask`` on the latent grid (rounded with ``mask_round``), applies ``inpainting_fill`` 1 (original),
+2 (latent noise) or 3 (latent nothing), and builds ``image_conditioning`` with ``img2img_image_conditioning``: for a
+model whose ``conditioning_key`` is ``hybrid``/``concat`` (inpainting) ``inpainting_image_conditioning`` = the mask
+on the latent grid and the latent of the image with the masked part blanked (``inpainting_mask_weight``), which
+``apply_model`` concatenates to the latent (5 extra U-Net input channels); else a dummy ``[B, 5, 1, 1]``.
+``sample`` runs ``sample_img2img`` and keeps the original latent outside the mask. txt2img on an inpainting model
+gets 1.10.1's all-masked conditioning (a grey image's latent and a mask of ones). Not in the stand-in's img2img:
+mask blur (``mask_blur`` must be 0), "Only masked" (``inpaint_full_res=True`` with a mask raises
+NotImplementedError), ``inpainting_fill`` 0 ("fill": NotImplementedError), resize modes other than 0, overlays
+(the final image is not composited with the original), colour correction, image CFG scale (edit models).
+
+Scripts and extra networks (1.10.1's order): with ``p.scripts`` set (A1111's txt2img and API set it to
+``scripts.scripts_txt2img``), ``p.scripts.process(p)`` once before the first iteration; per iteration
+``before_process_batch``, the prompts' ``<name:args>`` tags parsed out (``extra_networks.parse_prompts``: the first
+prompt's tags apply to the batch), ``extra_networks.activate`` (unless ``disable_extra_networks``; it ends with
+``p.scripts.after_extra_networks_activate``), ``process_batch``, then the conds; after the last iteration
+``extra_networks.deactivate``. ``p.comment(...)`` texts reach ``Processed.comments`` (the page's info), not the
+infotext.
+
+Not in the stand-in: selectable scripts and script arguments, styles, hires fix (``enable_hr=True``
+raises NotImplementedError; the ``hr_*`` fields are accepted), refiner, token merging, face restoration, tiling,
 subseeds/variation seeds, saving images or grids or params.txt, NaN checks, live previews, prompt-editing syntax.
 Noise: ``rng.ImageRNG``, one CPU ``torch.Generator`` per seed (1.10.1's default draws on the GPU).
 The state's and options' objects are read through ``shared`` at call time (``standin_app.reset`` replaces them).
 """
 from __future__ import annotations
 
+import json
 import random
 import sys
 from dataclasses import dataclass, field
@@ -37,15 +59,32 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
-from modules import devices, prompt_parser, rng, sd_models, sd_samplers, sd_samplers_common, shared
+from modules import devices, extra_networks, prompt_parser, rng, sd_models, sd_samplers, sd_samplers_common, shared
 
 opt_C = 4
 opt_f = 8
 
 
+def create_binary_mask(image, round=True):
+    """An RGBA mask's alpha channel (thresholded at 128 with ``round``), else the image as greyscale."""
+    if image.mode == 'RGBA' and image.getextrema()[-1] != (255, 255):
+        if round:
+            image = image.split()[-1].convert("L").point(lambda x: 255 if x > 128 else 0)
+        else:
+            image = image.split()[-1].convert("L")
+    else:
+        image = image.convert('L')
+    return image
+
+
 def txt2img_image_conditioning(sd_model, x, width, height):
+    if sd_model.model.conditioning_key in {'hybrid', 'concat'}:  # inpainting models: everything is masked
+        image_conditioning = torch.ones(x.shape[0], 3, height, width, device=x.device) * 0.5
+        image_conditioning = sd_samplers_common.images_tensor_to_samples(image_conditioning)
+        image_conditioning = torch.nn.functional.pad(image_conditioning, (0, 0, 0, 0, 1, 0), value=1.0)
+        return image_conditioning.to(x.dtype)
     # models without image conditioning (not inpainting/unCLIP) get a small dummy tensor, as in 1.10.1
     return x.new_zeros(x.shape[0], 5, 1, 1, dtype=x.dtype, device=x.device)
 
@@ -191,8 +230,37 @@ class StableDiffusionProcessing:
         self.comments[text] = 1
 
     def txt2img_image_conditioning(self, x, width=None, height=None):
-        self.is_using_inpainting_conditioning = False
+        self.is_using_inpainting_conditioning = self.sd_model.model.conditioning_key in {'hybrid', 'concat'}
         return txt2img_image_conditioning(self.sd_model, x, width or self.width, height or self.height)
+
+    def inpainting_image_conditioning(self, source_image, latent_image, image_mask=None, round_image_mask=True):
+        """The mask on the latent grid, then the latent of the image with the masked part blanked: ``[B, 1+4, h, w]``."""
+        self.is_using_inpainting_conditioning = True
+        if image_mask is not None:
+            if torch.is_tensor(image_mask):
+                conditioning_mask = image_mask
+            else:
+                conditioning_mask = np.array(image_mask.convert("L")).astype(np.float32) / 255.0
+                conditioning_mask = torch.from_numpy(conditioning_mask[None, None])
+                if round_image_mask:
+                    conditioning_mask = torch.round(conditioning_mask)
+        else:
+            conditioning_mask = source_image.new_ones(1, 1, *source_image.shape[-2:])
+        conditioning_mask = conditioning_mask.to(device=source_image.device, dtype=source_image.dtype)
+        conditioning_image = torch.lerp(source_image, source_image * (1.0 - conditioning_mask),
+                                        getattr(self, "inpainting_mask_weight", shared.opts.inpainting_mask_weight))
+        conditioning_image = self.sd_model.get_first_stage_encoding(self.sd_model.encode_first_stage(conditioning_image))
+        conditioning_mask = torch.nn.functional.interpolate(conditioning_mask, size=latent_image.shape[-2:])
+        conditioning_mask = conditioning_mask.expand(conditioning_image.shape[0], -1, -1, -1)
+        image_conditioning = torch.cat([conditioning_mask, conditioning_image], dim=1)
+        return image_conditioning.to(shared.device).type(self.sd_model.dtype)
+
+    def img2img_image_conditioning(self, source_image, latent_image, image_mask=None, round_image_mask=True):
+        if self.sampler.conditioning_key in {'hybrid', 'concat'}:
+            return self.inpainting_image_conditioning(source_image, latent_image, image_mask=image_mask,
+                                                      round_image_mask=round_image_mask)
+        # dummy zero conditioning if we're not using inpainting or depth model
+        return latent_image.new_zeros(latent_image.shape[0], 5, 1, 1)
 
     def init(self, all_prompts, all_seeds, all_subseeds):
         pass
@@ -256,7 +324,7 @@ class StableDiffusionProcessing:
         return self.c, self.uc
 
     def parse_extra_network_prompts(self):
-        self.extra_network_data = {}  # no extra networks: prompts are used as they are
+        self.prompts, self.extra_network_data = extra_networks.parse_prompts(self.prompts)
 
     def save_samples(self) -> bool:
         return False  # the stand-in never writes images
@@ -332,9 +400,17 @@ def program_version():
     return None if version == "<none>" else version
 
 
+def _quote(text):
+    """1.10.1's ``infotext_utils.quote``: a value with a comma, colon or newline as a JSON string."""
+    if ',' not in str(text) and '\n' not in str(text) and ':' not in str(text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
 def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iteration=0, position_in_batch=0, use_main_prompt=False, index=None, all_negative_prompts=None):
     """"<prompt>\\nNegative prompt: <negative>\\nSteps: 20, Sampler: ..., Version: v1.10.1" for one image (only the
-    parameters the stand-in has; ``p.extra_generation_params`` come before the version, None values are left out)."""
+    parameters the stand-in has; ``p.extra_generation_params`` come before the version, None values are left out,
+    values with a comma, colon or newline JSON-quoted)."""
     if use_main_prompt:
         index = 0
     elif index is None:
@@ -348,7 +424,7 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iter
     merged = dict(params)
     merged.update(p.extra_generation_params)
     merged["Version"] = program_version()
-    line = ", ".join(key if key == value else "%s: %s" % (key, value) for key, value in merged.items() if value is not None)
+    line = ", ".join(key if key == value else "%s: %s" % (key, _quote(value)) for key, value in merged.items() if value is not None)
     lines = [prompt] + (["Negative prompt: " + negative] if negative else []) + [line]
     return "\n".join(lines).strip()
 
@@ -400,6 +476,8 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
     p.all_seeds = seed if isinstance(seed, list) else [int(seed) + (i if p.subseed_strength == 0 else 0) for i in range(count)]
     p.all_subseeds = subseed if isinstance(subseed, list) else [int(subseed) + i for i in range(count)]
 
+    if p.scripts is not None:
+        p.scripts.process(p)
     images, infotexts = [], []
     with torch.no_grad(), p.sd_model.ema_scope():
         with devices.autocast():
@@ -423,7 +501,14 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
             if not p.prompts:
                 break
 
+            if p.scripts is not None:
+                p.scripts.before_process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
             p.parse_extra_network_prompts()
+            if not p.disable_extra_networks:
+                with devices.autocast():
+                    extra_networks.activate(p, p.extra_network_data)
+            if p.scripts is not None:
+                p.scripts.process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
             p.setup_conds()
             if p.n_iter > 1:
                 state.job = "Batch %d out of %d" % (n + 1, p.n_iter)
@@ -445,6 +530,8 @@ def process_images_inner(p: StableDiffusionProcessing) -> Processed:
         if not infotexts:
             infotexts.append(Processed(p, []).infotext(p, 0))
         p.color_corrections = None
+        if not p.disable_extra_networks and p.extra_network_data:
+            extra_networks.deactivate(p, p.extra_network_data)
 
     devices.torch_gc()
     return Processed(p, images_list=images, seed=p.all_seeds[0], info=infotexts[0], subseed=p.all_subseeds[0],
@@ -519,3 +606,113 @@ def _clear_cond_caches():
     StableDiffusionProcessing.cached_uc = [None, None]
     StableDiffusionProcessingTxt2Img.cached_hr_c = [None, None]
     StableDiffusionProcessingTxt2Img.cached_hr_uc = [None, None]
+
+
+@dataclass(repr=False)
+class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
+    init_images: list = None
+    resize_mode: int = 0
+    denoising_strength: float = 0.75
+    image_cfg_scale: float = None
+    mask: Any = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_blur: int = None
+    mask_round: bool = True
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float = None
+    latent_mask: Image = None
+    force_task_id: str = None
+
+    image_mask: Any = field(default=None, init=False)
+
+    nmask: torch.Tensor = field(default=None, init=False)
+    image_conditioning: torch.Tensor = field(default=None, init=False)
+    init_img_hash: str = field(default=None, init=False)
+    mask_for_overlay: Image = field(default=None, init=False)
+    init_latent: torch.Tensor = field(default=None, init=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.image_mask = self.mask
+        self.mask = None
+        self.initial_noise_multiplier = shared.opts.initial_noise_multiplier if self.initial_noise_multiplier is None else self.initial_noise_multiplier
+
+    @property
+    def mask_blur(self):
+        if self.mask_blur_x == self.mask_blur_y:
+            return self.mask_blur_x
+        return None
+
+    @mask_blur.setter
+    def mask_blur(self, value):
+        if isinstance(value, int):
+            self.mask_blur_x = value
+            self.mask_blur_y = value
+
+    def init(self, all_prompts, all_seeds, all_subseeds):
+        self.extra_generation_params["Denoising strength"] = self.denoising_strength
+        self.sampler = sd_samplers.create_sampler(self.sampler_name, self.sd_model)
+        image_mask = self.image_mask
+        if image_mask is not None:
+            image_mask = create_binary_mask(image_mask, round=self.mask_round)
+            if self.inpainting_mask_invert:
+                image_mask = ImageOps.invert(image_mask)
+                self.extra_generation_params["Mask mode"] = "Inpaint not masked"
+            if self.mask_blur_x > 0 or self.mask_blur_y > 0:
+                raise NotImplementedError("the A1111 stand-in has no mask blur: pass mask_blur=0")
+            if self.inpaint_full_res:
+                raise NotImplementedError('the A1111 stand-in has no "Only masked" inpainting: pass inpaint_full_res=False')
+            if self.resize_mode != 0:
+                raise NotImplementedError("the A1111 stand-in resizes images only with resize_mode 0")
+            image_mask = image_mask.resize((self.width, self.height), Image.LANCZOS)
+        latent_mask = self.latent_mask if self.latent_mask is not None else image_mask
+
+        imgs = []
+        for img in self.init_images:
+            image = img.convert("RGB").resize((self.width, self.height), Image.LANCZOS)
+            if image_mask is not None and self.inpainting_fill == 0:
+                raise NotImplementedError('the A1111 stand-in has no "fill" masked content: pass inpainting_fill=1')
+            imgs.append(np.moveaxis(np.array(image).astype(np.float32) / 255.0, 2, 0))
+        if len(imgs) == 1:
+            batch_images = np.expand_dims(imgs[0], axis=0).repeat(self.batch_size, axis=0)
+        elif len(imgs) <= self.batch_size:
+            self.batch_size = len(imgs)
+            batch_images = np.array(imgs)
+        else:
+            raise RuntimeError(f"bad number of images passed: {len(imgs)}; expecting {self.batch_size} or less")
+
+        image = torch.from_numpy(batch_images).to(shared.device, dtype=devices.dtype_vae)
+        self.init_latent = sd_samplers_common.images_tensor_to_samples(image, model=self.sd_model)
+
+        if image_mask is not None:
+            latmask = latent_mask.convert('RGB').resize((self.init_latent.shape[3], self.init_latent.shape[2]))
+            latmask = np.moveaxis(np.array(latmask, dtype=np.float32), 2, 0) / 255
+            latmask = latmask[0]
+            if self.mask_round:
+                latmask = np.around(latmask)
+            latmask = np.tile(latmask[None], (self.init_latent.shape[1], 1, 1))
+            self.mask = torch.asarray(1.0 - latmask).to(shared.device).type(devices.dtype)
+            self.nmask = torch.asarray(latmask).to(shared.device).type(devices.dtype)
+            if self.inpainting_fill == 2:
+                self.init_latent = self.init_latent * self.mask + create_random_tensors(self.init_latent.shape[1:], all_seeds[0:self.init_latent.shape[0]]) * self.nmask
+                self.extra_generation_params["Masked content"] = 'latent noise'
+            elif self.inpainting_fill == 3:
+                self.init_latent = self.init_latent * self.mask
+                self.extra_generation_params["Masked content"] = 'latent nothing'
+
+        self.image_conditioning = self.img2img_image_conditioning(image * 2 - 1, self.init_latent, image_mask, self.mask_round)
+
+    def sample(self, conditioning, unconditional_conditioning, seeds, subseeds, subseed_strength, prompts):
+        x = self.rng.next()
+        if self.initial_noise_multiplier != 1.0:
+            self.extra_generation_params["Noise multiplier"] = self.initial_noise_multiplier
+            x *= self.initial_noise_multiplier
+        samples = self.sampler.sample_img2img(self, self.init_latent, x, conditioning, unconditional_conditioning,
+                                              image_conditioning=self.image_conditioning)
+        if self.mask is not None:
+            samples = samples * self.nmask + self.init_latent * self.mask
+        return samples

@@ -19,8 +19,12 @@ VAE): the real ``ldm`` U-Net from ``unet_config`` at ``sd_model.model.diffusion_
 ``betas``/``alphas_cumprod`` buffers, a small stand-in text encoder at ``cond_stage_model`` (prompt words hashed to
 tokens -> ``[B, 77, context_dim]``; SD-v2 yamls give it a ``.model`` child like OpenCLIP's, which is how
 ``set_model_type`` tells SD-v2) and a stand-in VAE at ``first_stage_model`` (``decode(z)``: ``[B, 4, h, w]`` ->
-``[B, 3, 8h, 8w]`` by one fixed upsampling convolution), and ldm's ``get_learned_conditioning``, ``apply_model``,
-``decode_first_stage`` and ``ema_scope``. The text encoder's and VAE's weights are fixed random values (the same for
+``[B, 3, 8h, 8w]`` by one fixed upsampling convolution; ``encode(x)`` the other way by one fixed stride-8
+convolution, returning the latent itself where ldm returns a distribution to sample), and ldm's
+``get_learned_conditioning``, ``apply_model``, ``encode_first_stage``, ``get_first_stage_encoding``,
+``decode_first_stage`` and ``ema_scope``. An inpainting yaml's ``LatentInpaintDiffusion`` is built the same way
+with its ``conditioning_key`` (``hybrid``): ``apply_model`` then concatenates ``c_concat`` (mask and masked-image
+latent) to the latent before the U-Net, as ldm's ``DiffusionWrapper`` does. The text encoder's and VAE's weights are fixed random values (the same for
 every model, never from the global RNG) held as non-persistent buffers: they are moved and cast with the model but
 are not in ``state_dict()`` and ``load_state_dict`` never sees them, so a checkpoint's real CLIP/VAE tensors stay
 unexpected keys (ignored, whatever their shapes) and ``state_dict()`` has only the U-Net and the schedule.
@@ -156,6 +160,28 @@ def read_state_dict(checkpoint_file, print_global_state=False, map_location=None
     return get_state_dict_from_checkpoint(loaded)
 
 
+def read_metadata_from_safetensors(filename):
+    """The ``__metadata__`` of a .safetensors header; values that are JSON objects come back parsed."""
+    import json
+
+    with open(filename, mode="rb") as file:
+        length = int.from_bytes(file.read(8), "little")
+        start = file.read(2)
+        assert length > 2 and start in (b'{"', b"{'"), f"{filename} is not a safetensors file"
+        found = {}
+        try:
+            for key, value in json.loads(start + file.read(length - 2)).get("__metadata__", {}).items():
+                found[key] = value
+                if isinstance(value, str) and value.startswith("{"):
+                    try:
+                        found[key] = json.loads(value)
+                    except ValueError:
+                        pass
+        except Exception:
+            errors.report(f"Error reading metadata from file: {filename}", exc_info=True)
+        return found
+
+
 def get_checkpoint_state_dict(checkpoint_info: CheckpointInfo, timer):
     short = checkpoint_info.calculate_shorthash()
     print("Loading weights [%s] from %s" % (short, checkpoint_info.filename))
@@ -280,12 +306,14 @@ class StandInTextEncoder(torch.nn.Module):
 
 class StandInAutoencoderKL(torch.nn.Module):
     """(stand-in) ``first_stage_model``: ``decode(z)`` -> ``[B, 3, 8h, 8w]`` by one fixed random transposed
-    convolution (kernel 8, stride 8); ``dtype``/``device`` as ldm's LightningModule has them. No encoder."""
+    convolution (kernel 8, stride 8), ``encode(x)`` -> ``[B, 4, h/8, w/8]`` by one fixed random convolution (the
+    latent itself, not a distribution); ``dtype``/``device`` as ldm's LightningModule has them."""
 
     def __init__(self, latent_channels=4):
         super().__init__()
         self.register_buffer("weight", 0.5 * _fixed_random(2000, latent_channels, 3, 8, 8), persistent=False)
         self.register_buffer("bias", torch.zeros(3), persistent=False)
+        self.register_buffer("encoder_weight", _fixed_random(2001, latent_channels, 3, 8, 8) / 64, persistent=False)
 
     @property
     def dtype(self):
@@ -297,6 +325,9 @@ class StandInAutoencoderKL(torch.nn.Module):
 
     def decode(self, z):
         return torch.nn.functional.conv_transpose2d(z.to(self.weight.dtype), self.weight, self.bias, stride=8)
+
+    def encode(self, x):
+        return torch.nn.functional.conv2d(x.to(self.encoder_weight.dtype), self.encoder_weight, stride=8)
 
 
 class StandInLatentDiffusion(torch.nn.Module):
@@ -325,6 +356,10 @@ class StandInLatentDiffusion(torch.nn.Module):
         self.register_buffer("betas", betas.float())
         self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0).float())
 
+    @property
+    def dtype(self):
+        return next(self.model.diffusion_model.parameters()).dtype
+
     @contextlib.contextmanager
     def ema_scope(self, context=None):
         yield  # no EMA weights in the stand-in
@@ -334,11 +369,20 @@ class StandInLatentDiffusion(torch.nn.Module):
         return self.cond_stage_model(c)
 
     def apply_model(self, x_noisy, t, cond, return_ids=False):
-        """The U-Net's output for a cross-attention context (a tensor, a list of them or ``{"c_crossattn": [...]}``)."""
+        """The U-Net's output for a cross-attention context (a tensor, a list of them or ``{"c_crossattn": [...]}``);
+        an inpainting model (``hybrid``/``concat``) gets ``cond["c_concat"]`` concatenated to the latent."""
         if isinstance(cond, dict):
+            if self.conditioning_key in ("hybrid", "concat"):
+                x_noisy = torch.cat([x_noisy] + list(cond["c_concat"]), dim=1)
             cond = cond["c_crossattn"]
         context = torch.cat(cond, 1) if isinstance(cond, (list, tuple)) else cond
         return self.model.diffusion_model(x_noisy, t, context=context)
+
+    def encode_first_stage(self, x):
+        return self.first_stage_model.encode(x)
+
+    def get_first_stage_encoding(self, encoder_posterior):
+        return self.scale_factor * encoder_posterior
 
     @torch.no_grad()
     def decode_first_stage(self, z, predict_cids=False, force_not_quantize=False):
@@ -348,6 +392,7 @@ class StandInLatentDiffusion(torch.nn.Module):
 
 standin_model_targets = {
     "ldm.models.diffusion.ddpm.LatentDiffusion": "modules.sd_models.StandInLatentDiffusion",
+    "ldm.models.diffusion.ddpm.LatentInpaintDiffusion": "modules.sd_models.StandInLatentDiffusion",
 }
 
 

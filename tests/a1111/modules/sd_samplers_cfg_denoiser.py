@@ -3,12 +3,16 @@ once per step. It checks ``shared.state`` first (interrupted or skipped: ``Inter
 U-Net on the classifier-free-guidance batch (prompt rows then negative-prompt rows, ``2 * batch_size`` latents in
 one call with the ``batch_cond_uncond`` option, else one call per ``batch_size`` rows; the negative rows are left
 out at small sigmas with ``s_min_uncond``/NGMS on odd steps) and combines ``uncond + cfg_scale * (cond - uncond)``.
-No masks, edit (InstructPix2Pix) models, unCLIP, refiner, padding of unequal prompt lengths or denoiser callbacks.
+Before the U-Net call the ``cfg_denoiser`` callbacks get a ``CFGDenoiserParams`` and may replace its inputs. With an
+img2img mask (inpainting) the latent outside the mask is put back after each step (``init_latent * mask + nmask *
+denoised``). No edit (InstructPix2Pix) models, unCLIP, refiner, padding of unequal prompt lengths, or the
+cfg_denoised/cfg_after_cfg callbacks.
 """
 
 import torch
 
 from modules import prompt_parser, sd_samplers_common, shared
+from modules.script_callbacks import CFGDenoiserParams, cfg_denoiser_callback
 
 
 class CFGDenoiser(torch.nn.Module):
@@ -62,6 +66,11 @@ class CFGDenoiser(torch.nn.Module):
         sigma_in = with_uncond_rows(sigma, sigma)
         image_cond_in = with_uncond_rows(image_cond, image_cond)
 
+        denoiser_params = CFGDenoiserParams(x_in, image_cond_in, sigma_in, state.sampling_step, state.sampling_steps, tensor, uncond, self)
+        cfg_denoiser_callback(denoiser_params)
+        x_in, image_cond_in, sigma_in = denoiser_params.x, denoiser_params.image_cond, denoiser_params.sigma
+        tensor, uncond = denoiser_params.text_cond, denoiser_params.text_uncond
+
         skip_uncond = (self.step % 2) and s_min_uncond > 0 and sigma[0] < s_min_uncond
         if skip_uncond:
             x_in, sigma_in = x_in[:-batch_size], sigma_in[:-batch_size]
@@ -87,6 +96,9 @@ class CFGDenoiser(torch.nn.Module):
             denoised = self.combine_denoised(x_out, conds_list, uncond, 1.0)
         else:
             denoised = self.combine_denoised(x_out, conds_list, uncond, cond_scale * self.cond_scale_miltiplier)
+
+        if self.mask is not None:  # inpainting: the latent outside the mask stays the original image's
+            denoised = denoised * self.nmask + self.init_latent * self.mask
 
         if self.need_last_noise_uncond:
             self.last_noise_uncond = torch.clone(x_out[-uncond.shape[0]:])

@@ -6,7 +6,10 @@ updates, interruption), and latent -> image decoding.
   0-based index of the step just done. ``InterruptedException`` (raised by the CFG denoiser when
   ``state.interrupted``/``skipped``) ends sampling early and the last predicted latent is returned, as in 1.10.1.
 * ``decode_first_stage(model, x)``: ``model.decode_first_stage`` in the VAE's dtype, outside autocast (only the
-  "Full" VAE decode method: no TAESD/approximations, no live previews).
+  "Full" VAE decode method: no TAESD/approximations, no live previews); ``images_tensor_to_samples(image)``:
+  images in [0, 1] -> latents (``get_first_stage_encoding(encode_first_stage(2 * image - 1))``, the full VAE).
+* ``setup_img2img_steps(p, steps)``: img2img's (steps, t_enc) from ``denoising_strength`` and the
+  ``img2img_fix_steps`` option; ``Sampler.initialize`` hands the CFG denoiser ``p.mask``/``p.nmask``.
 """
 
 from collections import namedtuple
@@ -31,6 +34,24 @@ def samples_to_images_tensor(sample, approximation=None, model=None):
     model = model if model is not None else shared.sd_model
     with torch.no_grad(), devices.without_autocast():
         return model.decode_first_stage(sample.to(model.first_stage_model.dtype))
+
+
+def images_tensor_to_samples(image, approximation=None, model=None):
+    """image [0, 1] -> latent (the full VAE only)."""
+    model = model if model is not None else shared.sd_model
+    image = image.to(shared.device, dtype=devices.dtype_vae) * 2 - 1
+    return model.get_first_stage_encoding(model.encode_first_stage(image))
+
+
+def setup_img2img_steps(p, steps=None):
+    if shared.opts.img2img_fix_steps or steps is not None:
+        requested_steps = (steps or p.steps)
+        steps = int(requested_steps / min(p.denoising_strength, 0.999)) if p.denoising_strength > 0 else 0
+        t_enc = requested_steps - 1
+    else:
+        steps = p.steps
+        t_enc = int(min(p.denoising_strength, 0.999) * steps)
+    return steps, t_enc
 
 
 def decode_first_stage(model, x):
@@ -80,6 +101,8 @@ class Sampler:
     def initialize(self, p):
         self.p = p
         self.model_wrap_cfg.p = p
+        self.model_wrap_cfg.mask = p.mask if hasattr(p, 'mask') else None
+        self.model_wrap_cfg.nmask = p.nmask if hasattr(p, 'nmask') else None
         self.model_wrap_cfg.step = 0
         self.s_min_uncond = getattr(p, "s_min_uncond", 0.0)
         return {}

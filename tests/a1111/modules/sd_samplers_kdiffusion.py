@@ -10,6 +10,8 @@ stand-in's own, short versions).
   infotext but not applied. Each of the ``steps`` sampling steps calls the CFG denoiser, hence the U-Net, once.
 * ``sample_euler`` (no churn) and ``sample_dpmpp_2m`` (second-order multistep in log-sigma): the updates of
   k-diffusion's samplers of those names, written for the stand-in.
+* ``KDiffusionSampler.sample_img2img``: the image's latent plus noise at the schedule's sigma
+  ``denoising_strength`` of the way down, then the rest of the schedule (no extra noise, no brownian noise).
 """
 
 import math
@@ -120,6 +122,26 @@ class KDiffusionSampler(sd_samplers_common.Sampler):
         if scheduler is not None and scheduler.label != "Automatic":
             p.extra_generation_params["Schedule type"] = scheduler.label
         return self.model_wrap.get_sigmas(steps).cpu()
+
+    def sample_img2img(self, p, x, noise, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
+        """From the latent ``x`` noised to the sigma ``denoising_strength`` of the way down the schedule."""
+        steps, t_enc = sd_samplers_common.setup_img2img_steps(p, steps)
+        sigmas = self.get_sigmas(p, steps)
+        sigma_sched = sigmas[steps - t_enc - 1:]
+        xi = x + noise * sigma_sched[0]
+        self.initialize(p)
+        self.model_wrap_cfg.init_latent = x
+        self.last_latent = x
+        self.sampler_extra_args = {
+            "cond": conditioning,
+            "image_cond": image_conditioning,
+            "uncond": unconditional_conditioning,
+            "cond_scale": p.cfg_scale,
+            "s_min_uncond": self.s_min_uncond,
+        }
+        return self.launch_sampling(t_enc + 1, lambda: self.func(
+            self.model_wrap_cfg, xi, sigmas=sigma_sched, extra_args=self.sampler_extra_args, disable=False,
+            callback=self.callback_state))
 
     def sample(self, p, x, conditioning, unconditional_conditioning, steps=None, image_conditioning=None):
         steps = steps or p.steps

@@ -1,0 +1,1 @@
+version_flag = 'v1.1.455'
