@@ -13,6 +13,7 @@ import torch
 from modules import sd_models, shared
 
 from ..errors import BadInput
+from . import forge
 
 # A1111 wraps the text encoder when it hijacks a model; its weights keep their place.
 HIJACK_PREFIX = ("cond_stage_model.wrapped.", "cond_stage_model.")
@@ -75,6 +76,11 @@ def loaded_model() -> Optional[LoadedModel]:
         return None
     return LoadedModel(title=info.title, filename=Path(info.filename),
                        parameterization=getattr(model, "parameterization", "eps"), model=model)
+
+
+def diffusion_model(sd_model: Any) -> torch.nn.Module:
+    """The loaded model's U-Net (Forge keeps it elsewhere)."""
+    return forge.diffusion_model(sd_model) if forge.is_forge() else sd_model.model.diffusion_model
 
 
 def refresh_checkpoints() -> None:

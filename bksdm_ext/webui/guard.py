@@ -18,6 +18,7 @@ from ..model.keymap import UNET_PREFIX
 from ..model.ldm_config import dump_config, model_config
 from ..model.safetensors_io import SafetensorsReader
 from ..model.staging import staged
+from . import a1111
 
 LOG_PREFIX = "[BK-SDM]"
 last_problem: List[str] = []  # the latest load problem, shown by the Convert tab too
@@ -97,7 +98,7 @@ def check_loaded_model(sd_model: Any) -> None:
     if not student.is_student:
         return
     expected = {k[len(UNET_PREFIX):]: ckpt.shape(k) for k in ckpt.keys() if k.startswith(UNET_PREFIX)}
-    loaded = {k: tuple(v.shape) for k, v in sd_model.model.diffusion_model.state_dict().items()}
+    loaded = {k: tuple(v.shape) for k, v in a1111.diffusion_model(sd_model).state_dict().items()}
     problems = unet_mismatch(loaded, expected)
     if not problems:
         return
