@@ -174,3 +174,16 @@ def test_in_forge_the_extension_registers_without_the_a1111_config_lookup(tmp_pa
         assert getattr(unet.IntegratedUNet2DConditionModel.__init__, "bksdm_original", None)
     finally:
         standin_app.reset(tmp_path / "after")
+
+
+@pytest.mark.parametrize("prediction_type, expected", [("v_prediction", "v"), ("epsilon", "eps")])
+def test_the_loaded_models_prediction_comes_from_forges_predictor(prediction_type, expected):
+    """Forge's engine has no ``parameterization``; its K-model's predictor says (Forge sets it
+    from the yaml), and the Convert tab passes it on to the student."""
+    from types import SimpleNamespace
+
+    predictor = SimpleNamespace(prediction_type=prediction_type)
+    sd_model = SimpleNamespace(forge_objects=SimpleNamespace(
+        unet=SimpleNamespace(model=SimpleNamespace(predictor=predictor, diffusion_model="unet"))))
+    assert forge.parameterization(sd_model) == expected
+    assert forge.diffusion_model(sd_model) == "unet"

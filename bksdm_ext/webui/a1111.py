@@ -74,8 +74,10 @@ def loaded_model() -> Optional[LoadedModel]:
     info = getattr(model, "sd_checkpoint_info", None)
     if model is None or info is None:
         return None
-    return LoadedModel(title=info.title, filename=Path(info.filename),
-                       parameterization=getattr(model, "parameterization", "eps"), model=model)
+    v_or_eps = forge.parameterization(model) if forge.is_forge() else \
+        getattr(model, "parameterization", "eps")
+    return LoadedModel(title=info.title, filename=Path(info.filename), parameterization=v_or_eps,
+                       model=model)
 
 
 def diffusion_model(sd_model: Any) -> torch.nn.Module:

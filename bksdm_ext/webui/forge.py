@@ -78,3 +78,9 @@ def not_yet_line(tab: str) -> str:
 def diffusion_model(sd_model: Any) -> Any:
     """The loaded U-Net module, LDM-named (``input_blocks``, ``middle_block``, …)."""
     return sd_model.forge_objects.unet.model.diffusion_model
+
+
+def parameterization(sd_model: Any) -> str:
+    """"v" or "eps", as Forge's predictor was set (from the yaml, else its guess)."""
+    predictor = sd_model.forge_objects.unet.model.predictor
+    return "v" if getattr(predictor, "prediction_type", "") == "v_prediction" else "eps"
