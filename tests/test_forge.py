@@ -187,3 +187,40 @@ def test_the_loaded_models_prediction_comes_from_forges_predictor(prediction_typ
         unet=SimpleNamespace(model=SimpleNamespace(predictor=predictor, diffusion_model="unet"))))
     assert forge.parameterization(sd_model) == expected
     assert forge.diffusion_model(sd_model) == "unet"
+
+
+def test_install_py_in_forge_keeps_forges_own_diffusers(webui, tmp_path, monkeypatch, capsys):
+    import importlib.metadata
+
+    from webui_env import EXTENSION, standin_app
+
+    (tmp_path / "forge" / "modules_forge").mkdir(parents=True)
+    (tmp_path / "forge" / "modules_forge" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path / "forge"))
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "0.31.0" if name == "diffusers" else real(name))
+    assert standin_app.install_extension(str(EXTENSION)) == []
+    assert "BK-SDM: keeping Forge's diffusers 0.31.0" in capsys.readouterr().out
+
+
+def test_in_forge_the_load_check_reports_a_phantom_block_without_yaml_advice(webui, forge_backend,
+                                                                              monkeypatch):
+    """If Forge ever built a student otherwise than the fix expects, the check after each load
+    (run on Forge's U-Net) says so; deleting the yaml would not help there."""
+    from types import SimpleNamespace
+
+    from bksdm_ext.webui import guard
+
+    student = _student(webui, "sd-v1", "small")
+    unet = _load_like_forge(student)  # the fix is not installed: a phantom middle block
+    monkeypatch.setattr(forge, "is_forge", lambda: True)
+    sd_model = SimpleNamespace(
+        sd_checkpoint_info=SimpleNamespace(filename=str(student)),
+        forge_objects=SimpleNamespace(unet=SimpleNamespace(model=SimpleNamespace(
+            diffusion_model=unet))))
+    guard.check_loaded_model(sd_model)
+    assert len(guard.last_problem) == 1
+    problem = guard.last_problem[0]
+    assert "did not load correctly in Forge" in problem and "middle_block.0." in problem
+    assert "Delete" not in problem and "Forge version" in problem

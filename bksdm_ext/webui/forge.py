@@ -72,7 +72,7 @@ def install() -> None:
 def not_yet_line(tab: str) -> str:
     """The one line a tab shows in Forge instead of controls it cannot serve there yet."""
     return "Not available in Forge yet: this tab %s. Convert, Distill, DreamBooth and Jobs " \
-           "work here." % TABS_NOT_YET[tab]
+           "do not need A1111's model objects." % TABS_NOT_YET[tab]
 
 
 def diffusion_model(sd_model: Any) -> Any:
