@@ -224,3 +224,23 @@ def test_in_forge_the_load_check_reports_a_phantom_block_without_yaml_advice(web
     problem = guard.last_problem[0]
     assert "did not load correctly in Forge" in problem and "middle_block.0." in problem
     assert "Delete" not in problem and "Forge version" in problem
+
+
+def test_in_forge_convert_works_on_the_dropdowns_choice_before_forge_loads_it(webui, monkeypatch):
+    """Forge loads the chosen checkpoint only at the next generation; the Convert tab works on
+    the choice (its prediction type from the file's yaml) instead of saying nothing is loaded."""
+    from modules import sd_models
+
+    from bksdm_ext.webui import convert_tab
+
+    teacher = write_teacher(webui, TINY["sd-v2-v"], name="v-teacher.safetensors")
+    monkeypatch.setattr(forge, "is_forge", lambda: True)
+    assert "No checkpoint is loaded" in convert_tab.loaded_summary()
+    info = sd_models.CheckpointInfo(str(teacher))
+    monkeypatch.setattr(sd_models.model_data, "forge_loading_parameters",
+                        {"checkpoint_info": info}, raising=False)
+    summary = convert_tab.loaded_summary()
+    assert "v-teacher" in summary and "v prediction" in summary
+    title, _, message = convert_tab.convert("task(1)", "Small", "v-student", "fp16", False)
+    assert "bksdm-success" in message, message
+    assert "parameterization: v" in (webui / "v-student.yaml").read_text()

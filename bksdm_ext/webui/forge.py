@@ -18,7 +18,12 @@ touched; every other config builds as before.  The loaded U-Net is
 import functools
 import importlib.util
 import inspect
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..errors import BadInput
+from ..model.checkpoint import Checkpoint
+from ..model.detect import inspect_checkpoint
 
 NO_MIDDLE_BLOCK = -2  # huggingface_guess's transformer_depth_middle for a U-Net without one
 # Tabs that drive A1111's model objects (``sd_model.model``, ``cond_stage_model``, …), which
@@ -84,3 +89,21 @@ def parameterization(sd_model: Any) -> str:
     """"v" or "eps", as Forge's predictor was set (from the yaml, else its guess)."""
     predictor = sd_model.forge_objects.unet.model.predictor
     return "v" if getattr(predictor, "prediction_type", "") == "v_prediction" else "eps"
+
+
+def selected_checkpoint() -> Optional[Any]:
+    """The checkpoint chosen in Forge's dropdown (its CheckpointInfo), or None.  Forge loads
+    it only at the next generation, so until then this, not a loaded model, is what the
+    user means by "the loaded model"."""
+    from modules import sd_models
+
+    parameters = getattr(sd_models.model_data, "forge_loading_parameters", None) or {}
+    return parameters.get("checkpoint_info")
+
+
+def file_parameterization(filename: Path) -> str:
+    """"v" or "eps" for a checkpoint not loaded yet: what its yaml or metadata say."""
+    try:
+        return inspect_checkpoint(Checkpoint(filename)).parameterization
+    except BadInput:  # not an SD-v1/v2 file: the tabs say so when they inspect it
+        return "eps"
