@@ -314,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_transplant(commands)
     _add_lora_adapt(commands)
+    _add_export_diffusers(commands)
     _add_distill(commands)
     _add_synth(commands)
     _add_dreambooth(commands)
@@ -410,6 +411,45 @@ def _render_lora_adapt(report: Dict[str, Any]) -> str:
     if report["note"]:
         lines.append("BK-SDM: " + report["note"])
     return "\n".join(lines)
+
+
+# -- bksdm export-diffusers: a student as a diffusers folder, for labs' pipelines ------------
+
+def _add_export_diffusers(commands: Any) -> None:
+    export = commands.add_parser(
+        "export-diffusers", help="write a student (or any SD-v1/v2 checkpoint) as a diffusers "
+                                 "folder: StableDiffusionPipeline.from_pretrained loads it",
+        description="Write OUT/ with unet/ (the official BK-SDM config names: mid_block_type "
+                    "null for Small and Tiny), vae/, text_encoder/, tokenizer/, scheduler/ and "
+                    "model_index.json, as nota-ai/bk-sdm-* are published (no safety checker). "
+                    "The inverse of import-diffusers.")
+    export.add_argument("checkpoint", help="an A1111 .safetensors/.ckpt (its .yaml beside it, "
+                                           "if any, gives the prediction type)")
+    export.add_argument("--out", required=True, help="output folder (must not exist)")
+    export.add_argument("--unet-only", dest="unet_only", action="store_true",
+                        help="write unet/ alone (UNet2DConditionModel.from_pretrained(OUT, "
+                             "subfolder='unet')), e.g. for a file without VAE or text encoder")
+    _add_dtype(export)
+    export.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    _add_v_prediction(export)
+    export.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    export.set_defaults(run=_export_diffusers, render=_render_export_diffusers)
+
+
+def _export_diffusers(args: argparse.Namespace) -> Dict[str, Any]:
+    from .model.diffusers_export import export_diffusers
+
+    return export_diffusers(args.checkpoint, args.out, dtype=args.dtype, unet_only=args.unet_only,
+                            overwrite=args.overwrite, v_prediction=args.v_prediction).as_dict()
+
+
+def _render_export_diffusers(report: Dict[str, Any]) -> str:
+    return "\n".join([
+        "wrote %s" % report["output"],
+        "  model       %s (%s, %s)" % (report["arch"], report["family"], report["parameterization"]),
+        "  U-Net       %s parameters, %s" % (format(report["unet_params"], ","), report["dtype"]),
+        "  parts       %s" % ", ".join(report["parts"]),
+        "  took        %.1f s" % report["seconds"]])
 
 
 def _add_eval(commands: Any) -> None:
