@@ -550,8 +550,7 @@ def _add_blocks(commands: Any) -> None:
 
 
 def _add_distill(commands: Any) -> None:
-    from .train.distill_config import (KD_LR, LCM_LORA_LR, LCM_LOSSES, LCM_LR, OBJECTIVES,
-                                       DistillConfig)
+    from .train.distill_config import LCM_HELP, LCM_LOSSES, OBJECTIVES, DistillConfig
 
     defaults = DistillConfig(teacher="", data="", out="")
     distill = commands.add_parser(
@@ -566,8 +565,7 @@ def _add_distill(commands: Any) -> None:
                     "--init-student set to its result. Several GPUs: "
                     "accelerate launch --multi_gpu -m bksdm_ext distill ...")
     distill.add_argument("--objective", choices=list(OBJECTIVES), default=None,
-                         help="kd: knowledge distillation (default); lcm: latent consistency "
-                              "distillation onto the student")
+                         help="%s (default %s)" % (LCM_HELP["objective"], defaults.objective))
     distill.add_argument("--teacher", required=True, help="SD-v1/v2 checkpoint (.safetensors/.ckpt)")
     distill.add_argument("--arch", choices=list(PRESETS),
                          help="a preset (default %s; --remove adds to it)" % defaults.arch)
@@ -609,31 +607,18 @@ def _add_distill(commands: Any) -> None:
             ("synth_preview", int, "teacher-made images decoded for the preview grid"),
             ("random_conditioning_p", float, "with --random-conditioning: share of examples "
                                              "whose caption meets an unrelated latent"),
-            ("lcm_w_min", float, "LCM: lowest guidance w of the teacher, drawn per example "
-                                 "(LCM's formulation: A1111's CFG scale is w + 1)"),
-            ("lcm_w_max", float, "LCM: highest guidance w of the teacher"),
-            ("lcm_ddim_timesteps", int, "LCM: points of the teacher's DDIM solver (50: "
-                                        "skipping step k = 20)"),
-            ("lcm_target_decay", float, "LCM: EMA rate of the target network"),
-            ("lcm_huber_c", float, "LCM: c of the pseudo-Huber loss"),
-            ("lcm_timestep_scaling", float, "LCM: timestep scaling of the boundary conditions"),
-            ("lcm_feature_kd", float, "LCM: weight of a feature-KD term toward the teacher at "
-                                      "the same timestep (EdgeFusion; 0: off)"),
-            ("lcm_steps", int, "LCM: steps of the LCM sampler the samples and eval use, "
-                               "recorded in the result as its recommendation")):
+            *((name, type(getattr(defaults, name)), LCM_HELP[name])
+              for name in ("lcm_w_min", "lcm_w_max", "lcm_ddim_timesteps", "lcm_target_decay",
+                           "lcm_huber_c", "lcm_timestep_scaling", "lcm_feature_kd",
+                           "lcm_steps"))):
         flag = "--" + name.replace("_", "-")
         distill.add_argument(flag, dest=name, type=kind, default=None,
                              help="%s (default %s)" % (help_text, getattr(defaults, name)))
-    distill.add_argument("--lr", dest="lr", type=float, default=None,
-                         help="AdamW learning rate, constant (default: KD %g, LCM %g, LCM-LoRA "
-                              "%g)" % (KD_LR, LCM_LR, LCM_LORA_LR))
+    distill.add_argument("--lr", dest="lr", type=float, default=None, help=LCM_HELP["lr"])
     distill.add_argument("--lcm-loss", dest="lcm_loss", choices=list(LCM_LOSSES), default=None,
-                         help="LCM: the consistency loss (default %s)" % defaults.lcm_loss)
+                         help="%s (default %s)" % (LCM_HELP["lcm_loss"], defaults.lcm_loss))
     distill.add_argument("--lora-rank", dest="lora_rank", type=int, default=None,
-                         help="LCM-LoRA: train only rank-R LoRA adapters on the student and "
-                              "write them as a LoRA file A1111 applies to it, beside the "
-                              "student with them merged (the LCM-LoRA script uses 64; needs "
-                              "peft; no EMA)")
+                         help=LCM_HELP["lora_rank"])
     distill.add_argument("--mixed-precision", dest="mixed_precision", choices=["no", "fp16", "bf16"],
                          default=None, help="default fp16")
     distill.add_argument("--export-dtype", dest="export_dtype", choices=["fp16", "bf16", "fp32"],

@@ -4,6 +4,7 @@ and the LCM-LoRA file in A1111's terms, the recommendation in the metadata, samp
 with the LCM sampler."""
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -271,7 +272,6 @@ def test_the_lcm_lora_resolves_onto_the_student_in_a1111_and_merged_equals_unmer
     weight patching mirror 1.10.1's networks.py): every module lands on the student, by
     A1111's own lookup as by the extension's, and the output it gives equals the student
     the run exported with the adapters merged, and the adapters applied unmerged."""
-    import shutil
     import sys
 
     from webui_env import load, standin_app, start_webui_with_lora
@@ -388,6 +388,21 @@ def test_a_job_passes_the_lcm_settings_through_its_command_line():
                                                          ).learning_rate() == 5e-5
 
 
+def test_each_lcm_setting_is_declared_once_with_its_help_and_the_cli_shows_it():
+    import argparse
+    from dataclasses import fields
+
+    from bksdm_ext.train.distill_config import LCM_HELP
+
+    declared = {f.name for f in fields(DistillConfig)}
+    lcm_fields = {name for name in declared if name.startswith("lcm_")}
+    assert lcm_fields | {"objective", "lr", "lora_rank"} == set(LCM_HELP)
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    helps = {a.dest: a.help for a in commands.choices["distill"]._actions}
+    for name, text in LCM_HELP.items():
+        assert helps[name].startswith(text)
+
+
 # -- few steps: the check of issue 26 -------------------------------------------------------
 
 AGREEMENT_PROMPTS = ["a red circle on blue", "a green square", "a yellow star at night",
@@ -438,44 +453,62 @@ class Agreement:
 def few_steps(teacher, data, tmp_path_factory):
     """The tiny random teacher's reference images; the pruned Small student; a KD-only
     student and an LCM student trained from it with the same data, steps and batch, the
-    guidance distilled at w = 6.5 (the teacher's CFG 7.5)."""
+    guidance distilled at w = 6.5 (the teacher's CFG 7.5).  The run is short (40 steps), so
+    its target follows the student faster than the paper's long runs need (μ = 0.5, not
+    0.95: at 0.95 the target is still mostly the pruned student after 40 steps)."""
     folder = tmp_path_factory.mktemp("few-steps")
     pruned = folder / "tiny-sd-v1-bk-small.safetensors"
     convert_checkpoint(teacher, pruned, "small", dtype="fp32")
-    common = dict(resolution=SIZE, steps=100, batch_size=4, lr=1e-3, log_every=20,
+    common = dict(resolution=SIZE, steps=40, batch_size=4, lr=1e-3, log_every=20,
                   cache_dir=str(folder / "cache"), lcm_w_min=6.5, lcm_w_max=6.5)
     return dict(folder=folder, common=common, pruned=pruned, agreement=Agreement(teacher),
                 kd=distill(config(teacher, data, folder / "kd", **common)),
-                lcm=distill(lcm(teacher, data, folder / "lcm", **common)))
+                lcm=distill(lcm(teacher, data, folder / "lcm", lcm_target_decay=0.5, **common)))
 
 
 def test_few_step_lcm_samples_agree_with_the_teacher_better_than_before_and_than_kd(few_steps):
-    """The issue's check on the CPU (slow: about 2 minutes with the fixture's two runs on a
-    busy 2-core machine): the LCM student's 2- and 4-step LCM images against the teacher's
-    25-step ones, beside the student it started from and a KD-only student at the same
-    steps.  The figures are printed (-s)."""
+    """The issue's check on the CPU (about a minute with the fixture's two runs): the LCM
+    student's 2- and 4-step LCM images against the teacher's 25-step ones, beside the student
+    it started from and a KD-only student at the same steps, with the LCM sampler and, at 2
+    steps, with its own sampler and CFG too (twice the U-Net passes).  The figures are
+    printed (-s)."""
     score = few_steps["agreement"]
     for steps_, margin in ((2, 1.5), (4, 0.75)):
         before = score("pruned (before)", few_steps["pruned"], steps_=steps_)
         after = score("LCM student", few_steps["lcm"], steps_=steps_)
         assert after["psnr"] > before["psnr"] + margin and after["ssim"] > before["ssim"] + 0.01
-    kd_only = score("KD-only student", few_steps["kd"], steps_=4)
-    assert after["psnr"] > kd_only["psnr"] + 2.0 and after["ssim"] > kd_only["ssim"] + 0.05
-    score("KD-only student", few_steps["kd"], DEFAULT_SAMPLER, 4, DEFAULT_CFG)  # reported only
+        kd_only = score("KD-only student", few_steps["kd"], steps_=steps_)
+        assert after["psnr"] > kd_only["psnr"] + 2.0 and after["ssim"] > kd_only["ssim"] + 0.03
+    kd_own = score("KD-only student", few_steps["kd"], DEFAULT_SAMPLER, 2, DEFAULT_CFG)
+    two_steps = score("LCM student", few_steps["lcm"], steps_=2)
+    assert two_steps["psnr"] > kd_own["psnr"] + 1.0 and two_steps["ssim"] > kd_own["ssim"]
+    # Reported only: at 4 steps DPM++ 2M with CFG on the KD student comes closer to the tiny
+    # random teacher's 25 steps than 4 LCM steps do (the README says so).
+    score("KD-only student", few_steps["kd"], DEFAULT_SAMPLER, 4, DEFAULT_CFG)
 
 
 def test_the_lcm_student_beats_the_teachers_lcm_lora_adapted_onto_it(few_steps, teacher, data):
-    """The zero-training baseline a user would try first (slow: about 1.5 minutes more): an
-    LCM-LoRA trained on the teacher for as long, carried onto the pruned student through the
-    LoRA key map (what the Convert tab's bake and `transplant --finetune LORA` do)."""
-    from bksdm_ext.model.transplant import transplant
+    """The zero-training baseline a user would try first (about 45 s more): an LCM-LoRA
+    trained on the teacher for as long, rewritten in the student's block layout
+    (`bksdm lora-adapt`, what the WebUI does when a student is loaded) and applied onto the
+    pruned student at strength 1 as A1111's Lora extension adds it (lora_merge)."""
+    from bksdm_ext.model.checkpoint import Checkpoint
+    from bksdm_ext.model.lora_adapt import adapt_lora
+    from bksdm_ext.model.lora_merge import MergedLora
+    from bksdm_ext.model.safetensors_io import tensor_out, write_safetensors
 
-    folder = few_steps["folder"]
+    folder, pruned = few_steps["folder"], few_steps["pruned"]
     teacher_run = distill(lcm(teacher, data, folder / "teacher-lora", arch="teacher",
                               lora_rank=16, **few_steps["common"]))
-    baked = folder / "tiny-sd-v1-bk-small-with-teacher-lcm-lora.safetensors"
-    report = transplant(few_steps["pruned"], teacher, lora_file(teacher_run), baked, dtype="fp32")
-    assert report.lora and report.carried_share > 0.3
+    adapted = folder / "teacher-lcm-lora-for-small.safetensors"
+    report = adapt_lora(pruned, lora_file(teacher_run), adapted)
+    assert report.placed > 0 and report.removed_blocks > 0 and report.unplaced == 0
+    student, applied = Checkpoint(pruned), MergedLora(Checkpoint(pruned), Checkpoint(adapted), 1.0)
+    assert applied.changed_keys()
+    baked = folder / "tiny-sd-v1-bk-small-teacher-lcm-lora.safetensors"
+    write_safetensors(baked, [tensor_out(k, applied.tensor(k), student.dtype(k))
+                              for k in sorted(student.keys())], student.metadata)
+    shutil.copy(str(pruned.with_suffix(".yaml")), str(baked.with_suffix(".yaml")))
     score = few_steps["agreement"]
     for steps_ in (2, 4):
         score("teacher + its LCM-LoRA", teacher_run, steps_=steps_)  # reported only

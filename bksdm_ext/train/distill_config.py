@@ -25,6 +25,32 @@ LCM_LOSSES = ("huber", "l2")
 # w of LCM's CFG formulation, cond + w·(cond − uncond): A1111's CFG scale is w + 1.
 LCM_GUIDANCE = Range(0.0, GUIDANCE.high - 1, "guidance w; A1111's CFG scale is w + 1")
 
+# The help text of each setting the LCM objective adds, declared here beside the settings so
+# the command line, the job runner and the tabs say the same (the command line adds
+# "(default X)" from the dataclass).
+LCM_HELP = {
+    "objective": "kd: knowledge distillation (the BK-SDM paper's); lcm: latent consistency "
+                 "distillation onto the student, which then draws in 2-8 steps with the LCM "
+                 "sampler",
+    "lr": "AdamW learning rate, constant (default: KD %g, LCM %g, LCM-LoRA %g)"
+          % (KD_LR, LCM_LR, LCM_LORA_LR),
+    "lcm_w_min": "LCM: lowest guidance w of the teacher, drawn per example (LCM's "
+                 "formulation: A1111's CFG scale is w + 1)",
+    "lcm_w_max": "LCM: highest guidance w of the teacher",
+    "lcm_ddim_timesteps": "LCM: points of the teacher's DDIM solver (50: skipping step k = 20)",
+    "lcm_target_decay": "LCM: EMA rate of the target network",
+    "lcm_loss": "LCM: the consistency loss, pseudo-Huber or L2",
+    "lcm_huber_c": "LCM: c of the pseudo-Huber loss",
+    "lcm_timestep_scaling": "LCM: timestep scaling of the boundary conditions",
+    "lcm_feature_kd": "LCM: weight of a feature-KD term toward the teacher at the same "
+                      "timestep (EdgeFusion; 0: off)",
+    "lcm_steps": "LCM: steps of the LCM sampler the samples and eval use, recorded in the "
+                 "result as its recommendation",
+    "lora_rank": "LCM-LoRA: train only rank-R LoRA adapters on the student and write them as a "
+                 "LoRA file A1111 applies to it, beside the student with them merged (the "
+                 "LCM-LoRA script uses 64; needs peft; no EMA)",
+}
+
 SAMPLE_PROMPTS = (
     "a photo of an astronaut riding a horse on the moon",
     "a golden retriever puppy playing in the snow",
