@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -97,20 +96,38 @@ def test_the_run_reports_progress_a_preview_and_a_summary(made):
     assert "built-in" in summary["prompt_source"]
 
 
-def test_a_killed_run_resumes_to_exactly_the_uninterrupted_cache(teacher, made, tmp_path):
+# The synth command in a process that kills itself (SIGKILL: nothing cleaned up) the
+# moment its first batch is on disk: right after the batch's cache shard is written
+# ("shard", before its checkpoints/step-N marker) or right after that marker ("marker",
+# before the batch's previews).  A kill at a chosen point, so every run tests both.
+KILLED_AFTER = """
+import os, signal, sys
+from bksdm_ext.jobs.runs import RunPaths
+from bksdm_ext.train.latent_cache import LatentCache
+owner, name = {"shard": (LatentCache, "add_batch"), "marker": (RunPaths, "write_checkpoint")}[
+    sys.argv[1]]
+original = getattr(owner, name)
+def killed_after(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    if name != "write_checkpoint" or args[0] > 0:  # the marker of a made batch
+        os.kill(os.getpid(), signal.SIGKILL)
+setattr(owner, name, killed_after)
+from bksdm_ext.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("killed_after", ["shard", "marker"])
+def test_a_killed_run_resumes_to_exactly_the_uninterrupted_cache(teacher, made, tmp_path,
+                                                                  killed_after):
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "bksdm_ext", "synth", "--teacher", str(teacher),
-               "--count", "6", "--out", str(out), "--resolution", "32", "--steps", "2",
-               "--batch-size", "2", "--preview", "3", "--seed", "5"]
+    command = [sys.executable, "-c", KILLED_AFTER, killed_after, "synth", "--teacher",
+               str(teacher), "--count", "6", "--out", str(out), "--resolution", "32",
+               "--steps", "2", "--batch-size", "2", "--preview", "3", "--seed", "5"]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    first = out / "cache" / "added" / "00000000.safetensors"
-    deadline = time.time() + 120
-    while not first.is_file() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process = subprocess.run(command, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, timeout=600)
+    assert process.returncode == -signal.SIGKILL, process.stderr.decode()
     made_before = len(cache_of(out))
     assert 0 < made_before < 6, "the kill came too late to test resumption"
     assert main(["synth", "--teacher", str(teacher), "--count", "6", "--out", str(out),
