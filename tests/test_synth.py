@@ -17,6 +17,7 @@ from bksdm_ext.model.detect import inspect_checkpoint
 from bksdm_ext.train.distill import _unrelated_latents, distill
 from bksdm_ext.errors import BadInput, Stopped
 from bksdm_ext.jobs.events import read_events
+from bksdm_ext.jobs.runner import CANCELLED, QUEUED, JobRunner
 from bksdm_ext.model.generation import make_pipeline
 from bksdm_ext.train.latent_cache import LatentCache
 from bksdm_ext.model.loading import latent_scale, load_unet, load_vae
@@ -109,8 +110,7 @@ owner, name = {"shard": (LatentCache, "add_batch"), "marker": (RunPaths, "write_
 original = getattr(owner, name)
 def killed_after(self, *args, **kwargs):
     original(self, *args, **kwargs)
-    if name != "write_checkpoint" or args[0] > 0:  # the marker of a made batch
-        os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
 setattr(owner, name, killed_after)
 from bksdm_ext.cli import main
 sys.exit(main(sys.argv[2:]))
@@ -255,6 +255,23 @@ def test_a_run_stopped_while_the_teacher_makes_data_resumes(teacher, tmp_path):
     distill(config(teacher, "teacher:4", out, **settings), resume=True)
     assert [e["done"] for e in events(out, "synth")] == [2, 4]
     assert read_events(out / "events.jsonl")[-1]["event"] == "done"
+
+
+def test_a_distillation_job_stopped_while_the_teacher_makes_data_can_be_resumed(teacher,
+                                                                               tmp_path):
+    """The job runner offers to resume it (its run folder has no checkpoint yet, only the
+    teacher's first images) and the Jobs tab's resume is accepted."""
+    runner = JobRunner(tmp_path / "jobs", drive=False)
+    job = runner.submit("distill", ["--teacher", str(teacher), "--data", "teacher:4"],
+                        device="cpu")
+    assert runner.cancel(job.id).state == CANCELLED  # still queued: never started
+    out = runner.folder(job.id)
+    (out / "STOP").write_text("save")
+    with pytest.raises(Stopped):  # what the job's run did before it stopped
+        distill(config(teacher, "teacher:4", out, steps=1, synth_steps=2, synth_batch_size=2,
+                       synth_preview=0))
+    assert not list((out / "checkpoints").glob("step-*"))
+    assert runner.resume(job.id).state == QUEUED
 
 
 def test_random_conditioning_pairs_captions_with_other_examples_latents(teacher, made, tmp_path):
