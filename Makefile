@@ -79,7 +79,12 @@ LATEST_TESTS := tests/test_tokenizer.py tests/test_clip_naming.py tests/test_cli
                 tests/test_synth.py::test_the_cache_holds_n_latents_with_std_zero_from_prompt_i_and_seed_i \
                 tests/test_synth.py::test_distilling_from_teacher_data_never_encodes_an_image_and_losses_fall \
                 tests/test_inpainting.py::test_an_inpainting_teacher_distils_with_falling_losses_into_an_a1111_student \
-                tests/test_inpainting.py::test_teacher_made_data_trains_an_inpainting_student
+                tests/test_inpainting.py::test_teacher_made_data_trains_an_inpainting_student \
+                tests/test_lcm.py::test_boundary_conditions_are_the_consistency_models_and_the_lcm_samplers \
+                tests/test_lcm.py::test_the_target_network_follows_the_student_as_an_ema \
+                tests/test_lcm.py::test_resuming_an_lcm_run_repeats_its_losses_target_and_ema \
+                tests/test_lcm.py::test_resuming_an_lcm_lora_run_repeats_its_losses \
+                tests/test_lcm.py::test_few_step_lcm_samples_agree_with_the_teacher_better_than_before_and_than_kd
 
 # The Jetson stack (`make test-jetson`): what A1111 1.6.1 runs on a Jetson AGX Orin under
 # JetPack 5 (docs/facts.md §6b): Python 3.8, torch 2.0.1, safetensors 0.3.1, numpy 1.23.5,
