@@ -68,6 +68,7 @@ class Removal:
 
     name: str
     summary: str
+    label: str = ""  # what the WebUI calls it
     down_layers: Optional[Tuple[int, ...]] = None
     up_layers: Optional[Tuple[int, ...]] = None
     mid_block: bool = True
@@ -77,11 +78,12 @@ class Removal:
     paper_speed_ratio: Optional[float] = None
 
 
-TEACHER = Removal("teacher", "the full U-Net, nothing removed")
+TEACHER = Removal("teacher", "the full U-Net, nothing removed", "Teacher")
 PRESETS: Dict[str, Removal] = {
     "base": Removal(
         "base",
         "one R-A pair per down stage, two of three per up stage",
+        "Base",
         down_layers=(0,),
         up_layers=(0, 2),
         paper_speed_ratio=0.69,
@@ -89,6 +91,7 @@ PRESETS: Dict[str, Removal] = {
     "small": Removal(
         "small",
         "Base without the mid-stage block",
+        "Small",
         down_layers=(0,),
         up_layers=(0, 2),
         mid_block=False,
@@ -97,6 +100,7 @@ PRESETS: Dict[str, Removal] = {
     "tiny": Removal(
         "tiny",
         "Small without the innermost stage",
+        "Tiny",
         down_layers=(0,),
         up_layers=(0, 2),
         mid_block=False,
@@ -106,14 +110,16 @@ PRESETS: Dict[str, Removal] = {
     "mid-removed": Removal(
         "mid-removed",
         "the teacher without its mid-stage block",
+        "Mid-stage removed",
         mid_block=False,
     ),
 }
 
 
-def preset(name: str) -> Removal:
-    """The preset of that name; the error lists the valid ones."""
-    if name == TEACHER.name:
+def preset(name: Optional[str]) -> Removal:
+    """The preset of that name (None or "teacher": the teacher itself, nothing removed); the
+    error lists the valid ones."""
+    if name is None or name == TEACHER.name:
         return TEACHER
     try:
         return PRESETS[name]
