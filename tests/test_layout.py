@@ -79,6 +79,34 @@ def test_only_the_webui_package_imports_a1111():
             assert "modules" not in _imported_parts(path), path
 
 
+def _webui_modules_imported(path: Path) -> Set[str]:
+    """The bksdm_ext.webui modules a webui module imports (``from . import x``, ``from .x import y``)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            names.update([node.module.split(".")[0]] if node.module else
+                         [alias.name for alias in node.names])
+    return names
+
+
+def test_tabs_never_import_tabs():
+    """A sub-tab (``*_tab``) is built only by ui.py: what two tabs share lives in a webui
+    module that is not a tab, so no tab depends on another through any chain."""
+    webui = PACKAGE / "webui"
+    for path in sorted(webui.glob("*.py")):
+        if path.stem == "ui":
+            continue
+        tabs = {name for name in _webui_modules_imported(path) if name.endswith("_tab")}
+        assert not tabs, "webui/%s imports the tab(s) %s" % (path.name, sorted(tabs))
+
+
+def test_the_tab_rule_sees_a_tab_import(tmp_path):
+    module = tmp_path / "x_tab.py"
+    module.write_text("from . import a1111, latency_tab\nfrom .convert_tab import LABEL_OF\n")
+    assert {n for n in _webui_modules_imported(module) if n.endswith("_tab")} == {
+        "latency_tab", "convert_tab"}
+
+
 # -- cited documents ---------------------------------------------------------------------
 
 REPO = PACKAGE.parent

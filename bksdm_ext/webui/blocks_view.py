@@ -16,7 +16,7 @@ from ..errors import BadInput
 from ..measure import block_scan
 from ..model.ranges import from_form
 from . import a1111, job_form
-from .compare_tab import local_clip
+from .clip_choice import local_clip
 from .messages import message
 
 COLUMNS = ["unit", "how", "PSNR", "SSIM", "parameters", "% of step", "ms/step saved",

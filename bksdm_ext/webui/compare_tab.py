@@ -23,10 +23,11 @@ from ..measure.latency import LatencySettings
 from ..model.checkpoint import Checkpoint
 from ..model.detect import inspect_checkpoint
 from ..model.ranges import form_number, from_form
-from ..scores.clip import (DEFAULT_DOWNLOAD, HOW_TO_ENABLE, KNOWN_MODELS, fetch, find_scorer,
-                           local_model)
+from ..scores.clip import DEFAULT_DOWNLOAD, HOW_TO_ENABLE, KNOWN_MODELS, fetch, find_scorer
 from ..scores.eval_prompts import BUILTIN, load_prompts, prompt_lines
-from . import a1111, checkpoints, client_files, job_form, latency_tab
+from . import a1111, checkpoints, client_files, job_form
+from .clip_choice import local_clip
+from .txt2img import SAMPLER, txt2img
 from .messages import message
 
 SOURCES = ("Built-in set (30 prompts)", "Prompt file", "Typed lines")
@@ -66,11 +67,6 @@ def chosen_prompts(source: str, prompt_file: Optional[str], typed: str) -> List[
     return load_prompts(BUILTIN)
 
 
-def local_clip() -> Optional[str]:
-    """A CLIP already on this machine (Hugging Face cache, the interrogator's ViT-L/14)."""
-    return local_model(a1111.clip_folders())
-
-
 def clip_status() -> str:
     found = local_clip()
     if found:
@@ -107,7 +103,7 @@ def render_loaded(title: str, cases: Sequence[Tuple[str, int]], settings: Latenc
     run = ModelImages(model=title.split(" [")[0], preset=info.preset,
                       unet_params=info.unet_params, images=[])
     for prompt, seed in cases:
-        p = latency_tab.txt2img(replace(settings, prompt=prompt, seed=seed), sampler)
+        p = txt2img(replace(settings, prompt=prompt, seed=seed), sampler)
         started = time.perf_counter()
         try:
             processed = processing.process_images(p)
@@ -121,7 +117,7 @@ def render_loaded(title: str, cases: Sequence[Tuple[str, int]], settings: Latenc
 
 
 def compare_here(titles: Sequence[str], cases: Sequence[Tuple[str, int]],
-                 settings: LatencySettings, sampler: str = latency_tab.SAMPLER
+                 settings: LatencySettings, sampler: str = SAMPLER
                  ) -> List[ModelImages]:
     """Each checkpoint in turn, then the original one again, whatever happens."""
     from modules import shared
@@ -179,7 +175,7 @@ def run_from_ui(id_task: str, titles: List[str], source: str, prompt_file: Any, 
     csv_file = write_csv(scores, folder / ("scores-%s.csv" % stamp), overwrite=True, extra={
         "time": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_info.software()["gpu"],
         "webui": a1111.webui_version(), "prompts": len(prompts), "seeds": form.seeds,
-        "steps": settings.steps, "sampler": latency_tab.SAMPLER, "size": settings.size,
+        "steps": settings.steps, "sampler": SAMPLER, "size": settings.size,
         "cfg_scale": settings.cfg_scale})
     text = "Compared %d checkpoints on %d images each; the original checkpoint is loaded " \
            "again." % (len(runs), len(cases))
@@ -246,7 +242,7 @@ def build() -> None:
         max_prompts = gr.Number(4, label="Prompts to use (the first N)", precision=0,
                                 elem_id="bksdm_compare_max_prompts")
         seeds = gr.Number(1, label="Seeds per prompt", precision=0, elem_id="bksdm_compare_seeds")
-        steps = gr.Number(defaults.steps, label="Steps (%s)" % latency_tab.SAMPLER, precision=0)
+        steps = gr.Number(defaults.steps, label="Steps (%s)" % SAMPLER, precision=0)
         size = gr.Number(defaults.size, label="Width = height", precision=0,
                          elem_id="bksdm_compare_size")
         cfg_scale = gr.Number(defaults.cfg_scale, label="CFG scale")

@@ -15,9 +15,8 @@ from ..errors import BadInput, check_path_text
 from ..model.staging import TEMP_NAME_EXTRA
 from . import a1111, block_picker, checkpoints, guard, transplant_form
 from .messages import message
+from .presets import LABEL_OF, PRESET_LABELS
 
-PRESET_LABELS = {"Base": "base", "Small": "small", "Tiny": "tiny", "Mid-stage removed": "mid-removed"}
-LABEL_OF = {v: k for k, v in PRESET_LABELS.items()}
 # A file name A1111 lists and every OS accepts: no separators, no leading dot.
 VALID_NAME = re.compile(r"^\w[\w .()\[\]+,-]*$")
 

@@ -17,7 +17,7 @@ from ..model.blocks import removal_from_units
 from ..model.ranges import form_number, from_form
 from ..train.synth_config import SYNTH_COUNT
 from . import a1111, checkpoints, data_picker, init_student_form, job_form, memory_estimate, paths
-from .convert_tab import LABEL_OF, PRESET_LABELS
+from .presets import LABEL_OF, PRESET_LABELS
 from .messages import message
 
 SOURCES = ("Image folder", "Teacher-made (no dataset)", "Image folder + teacher-made")

@@ -8,7 +8,8 @@ import torch
 from ..errors import BadInput
 from ..jobs.arguments import command_line
 from ..jobs.runner import Job, progress_of
-from . import jobs_service, jobs_tab
+from . import jobs_service
+from .job_status import act, progress_bar_html
 from .messages import message
 
 
@@ -51,7 +52,7 @@ def status(kind: str) -> str:
         return ""
     runner = jobs_service.runner()
     job = runner.job(jobs_service.job_id(label))
-    return jobs_tab.progress_bar_html(job, progress_of(runner.events(job.id)))
+    return progress_bar_html(job, progress_of(runner.events(job.id)))
 
 
 def controls(kind: str) -> None:
@@ -66,6 +67,6 @@ def controls(kind: str) -> None:
     result = gr.HTML(elem_id="bksdm_%s_job_message" % kind)
     refresh.click(lambda: status(kind), outputs=[state], show_progress=False)
     for button, action in buttons:
-        button.click(lambda action=action: jobs_tab.act(action, newest(kind)),
+        button.click(lambda action=action: act(action, newest(kind)),
                      outputs=[result]).then(lambda: status(kind), outputs=[state],
                                             show_progress=False)

@@ -9,46 +9,13 @@ from typing import Any, Dict, List, Optional, Tuple
 import gradio as gr
 
 from ..errors import BadInput
-from ..jobs.runner import BROKEN, FINISHED, RUNNING, SUCCEEDED, Job, Progress, progress_of
+from ..jobs.runner import RUNNING, SUCCEEDED, Job, Progress, progress_of
 from . import a1111, job_scores, jobs_service
-from .messages import message
+from .job_status import STATE_ICONS, act, duration, progress_bar_html
 
-STATE_ICONS = {"queued": "⏳", "running": "▶️", "succeeded": "✅", "failed": "❌",
-               "cancelled": "⏹", "interrupted": "⚠️", "broken": "💔"}
 # Up to this many points a loss curve is drawn with markers: a line through one or two
 # points would not show.
 MARKED_POINTS = 30
-
-
-def duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "–"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return "%dh%02dm" % (hours, minutes) if hours else "%dm%02ds" % (minutes, secs)
-
-
-def progress_line(job: Job, progress: Progress) -> str:
-    if job.state == BROKEN or (job.state in FINISHED and job.state != SUCCEEDED):
-        return "%s %s: %s" % (STATE_ICONS[job.state], job.state, job.reason)
-    if job.state != RUNNING:
-        return "%s %s" % (STATE_ICONS[job.state], job.state)
-    if not progress.step:
-        return "%s starting: loading the models and data" % STATE_ICONS[job.state]
-    total = "/%d" % progress.total if progress.total else ""
-    unit, rate_unit = (("step", "it/s") if progress.phase == "training" else
-                       ("teacher making training images", "images/s"))
-    rate = " · %.2f %s" % (progress.it_s, rate_unit) if progress.it_s else ""
-    return "%s %s %d%s (%.0f%%)%s · ETA %s" % (
-        STATE_ICONS[job.state], unit, progress.step, total, 100 * progress.fraction, rate,
-        duration(progress.eta_s))
-
-
-def progress_bar_html(job: Job, progress: Progress) -> str:
-    fraction = 1.0 if job.state == SUCCEEDED else progress.fraction
-    return ('<div class="bksdm-job-bar"><div class="bksdm-job-bar-fill bksdm-job-%s" '
-            'style="width: %.1f%%"></div></div><div class="bksdm-job-line">%s</div>'
-            % (job.state, 100 * fraction, html.escape(progress_line(job, progress))))
 
 
 def jobs_table(jobs: List[Job]) -> Dict[str, Any]:
@@ -168,29 +135,6 @@ def details(selected: str) -> List[Any]:
     return [jobs_table(jobs), chooser, progress_bar_html(job, progress), loss_plot(folder, progress),
             str(grid) if grid else None, runner.log_tail(job_id), registered or "",
             made, made_grid, gr.update(visible=bool(made))]
-
-
-def act(action: str, selected: str) -> str:
-    """Cancel, save and stop, or resume the selected job; returns a message."""
-    job_id = jobs_service.job_id(selected)
-    try:
-        if not job_id:
-            raise BadInput("Choose a job first.")
-        runner = jobs_service.runner()
-        if action == "resume":
-            job = runner.resume(job_id)
-            return message("success", "%s is queued again and resumes from its last checkpoint."
-                           % job.title)
-        job = runner.cancel(job_id, save=action == "save")
-    except BadInput as e:
-        return message("error", str(e))
-    if job.state == RUNNING:
-        text = ("%s stops at its next step%s." % (
-            job.title, ", after saving a checkpoint you can resume" if action == "save" else
-            "; nothing is saved"))
-    else:
-        text = "%s is %s." % (job.title, job.state)
-    return message("success", text)
 
 
 HEADERS = ["job", "kind", "state", "progress", "ETA", "created", "id"]

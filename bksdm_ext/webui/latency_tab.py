@@ -9,7 +9,7 @@ also when a run fails or is interrupted.
 import csv
 import html
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -24,9 +24,9 @@ from ..model.ranges import from_form
 from ..measure.latency import (PAPER_ORIN_SECONDS, LatencyResult, LatencySettings, set_speedups,
                        table, time_generation)
 from . import a1111, checkpoints
+from .txt2img import SAMPLER, txt2img
 from .messages import message
 
-SAMPLER = "DPM++ 2M Karras"  # the paper's Orin setup: 20 steps, 512², CFG 7, batch 1
 HISTORY_COLUMNS = ("time", "device", "board", "power_mode", "webui", "model", "preset",
                    "unet_params", "steps", "sampler", "size", "cfg_scale", "batch", "runs",
                    "seconds_per_image", "seconds_low", "seconds_high", "unet_ms_per_step",
@@ -44,22 +44,6 @@ def candidates() -> List[str]:
         teacher = checkpoints.teacher_of(Path(loaded.filename)) if info and info.is_student else None
         titles += [teacher] if teacher is not None else []
     return titles + [t for t in checkpoints.titles(teachers=False) if t not in titles]
-
-
-def txt2img(settings: LatencySettings, sampler: str) -> Any:
-    """A txt2img job as A1111 runs it: 1.9+ splits "DPM++ 2M Karras" into a sampler and a
-    scheduler, 1.6 has it as one sampler."""
-    from modules import processing, shared
-
-    kwargs: Dict[str, Any] = dict(
-        sd_model=shared.sd_model, prompt=settings.prompt, negative_prompt="",
-        seed=settings.seed, batch_size=settings.batch, n_iter=1, steps=settings.steps,
-        cfg_scale=settings.cfg_scale, width=settings.size, height=settings.size,
-        do_not_save_samples=True, do_not_save_grid=True, sampler_name=sampler)
-    names = {f.name for f in fields(processing.StableDiffusionProcessingTxt2Img)}
-    if "scheduler" in names and sampler.endswith(" Karras"):
-        kwargs.update(sampler_name=sampler[: -len(" Karras")], scheduler="Karras")
-    return processing.StableDiffusionProcessingTxt2Img(**kwargs)
 
 
 def _generate(settings: LatencySettings, sampler: str) -> None:

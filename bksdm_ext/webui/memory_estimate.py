@@ -12,7 +12,7 @@ from ..train.dreambooth_config import DreamBoothConfig
 from ..train.memory_fit import fit_distill, fit_dreambooth, free_gpu_bytes, have_bitsandbytes
 from ..train.memory_plan import MemoryPlan
 from . import checkpoints
-from .convert_tab import PRESET_LABELS
+from .presets import PRESET_LABELS
 from .messages import message
 
 

@@ -1,0 +1,24 @@
+"""A txt2img job as A1111 runs it, for the tabs that generate through the WebUI's own
+pipeline (Latency, Compare)."""
+from dataclasses import fields
+from typing import Any, Dict
+
+from ..measure.latency import LatencySettings
+
+SAMPLER = "DPM++ 2M Karras"  # the paper's Orin setup: 20 steps, 512², CFG 7, batch 1
+
+
+def txt2img(settings: LatencySettings, sampler: str) -> Any:
+    """A txt2img job as A1111 runs it: 1.9+ splits "DPM++ 2M Karras" into a sampler and a
+    scheduler, 1.6 has it as one sampler."""
+    from modules import processing, shared
+
+    kwargs: Dict[str, Any] = dict(
+        sd_model=shared.sd_model, prompt=settings.prompt, negative_prompt="",
+        seed=settings.seed, batch_size=settings.batch, n_iter=1, steps=settings.steps,
+        cfg_scale=settings.cfg_scale, width=settings.size, height=settings.size,
+        do_not_save_samples=True, do_not_save_grid=True, sampler_name=sampler)
+    names = {f.name for f in fields(processing.StableDiffusionProcessingTxt2Img)}
+    if "scheduler" in names and sampler.endswith(" Karras"):
+        kwargs.update(sampler_name=sampler[: -len(" Karras")], scheduler="Karras")
+    return processing.StableDiffusionProcessingTxt2Img(**kwargs)
