@@ -77,7 +77,7 @@ def _distill(cfg: DistillConfig, resume: bool, memory: Optional[MemoryPlan] = No
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.grad_accum,
                               cpu=not torch.cuda.is_available())
-    run = Run.start(cfg, accelerator, resumed_from, memory, arch=arch.removal.name,
+    run = Run.start(cfg, accelerator, resumed_from, memory, arch=arch.removal.name,  # the key
                     family=info.family, parameterization=info.parameterization,
                     dataset=scan.summary() if scan is not None else None,
                     problems=scan.problems() if scan is not None else [],

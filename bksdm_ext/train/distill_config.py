@@ -25,12 +25,15 @@ SAMPLE_PROMPTS = (
 class DistillConfig:
     """A run's settings; the defaults are the paper's (BK-SDM, SD-v1, 0.22M/2.3M pairs)."""
 
-    teacher: str = setting(REQUIRED, "SD-v1/v2 checkpoint (.safetensors/.ckpt)", required=True)
+    teacher: str = setting(REQUIRED, "SD-v1/v2 checkpoint (.safetensors/.ckpt)", required=True,
+                           label="Teacher (SD-v1/v2 checkpoint)")
     # None: Small, or the teacher itself when `remove` names the blocks (as convert does).
     preset: Optional[str] = setting(None, "a preset (default %s; --remove adds to it)"
                                     % DEFAULT_PRESET, flag="--arch", choices=list(PRESETS),
                                     label="Student preset")
-    remove: Optional[str] = setting(None, REMOVE_HELP, metavar="UNITS")
+    remove: Optional[str] = setting(None, REMOVE_HELP, metavar="UNITS",
+                                    label="Also remove these blocks (optional; names as in the "
+                                          "Convert tab's block picker, e.g. down.3.0,up.3.2)")
     data: str = setting(
         "", "folder of images with captions (image.txt beside image.png, or metadata.jsonl / "
             "metadata.csv with file_name and text); or teacher:N (the teacher makes N "
@@ -95,7 +98,9 @@ class DistillConfig:
                              range=SYNTH_COUNT)
     prompts: Optional[str] = setting(
         None, "prompts of the teacher-made pairs: a .txt file (one a line), a folder of .txt "
-              "captions, a dataset folder, or builtin (default)")
+              "captions, a dataset folder, or builtin (default)",
+        label="Prompts (a .txt file, a caption folder or a dataset folder; empty: built-in "
+              "generator)")
     negative_prompt: str = setting(SynthSettings.negative_prompt, "negative prompt of the "
                                    "teacher-made pairs (default {default})",
                                    label="Negative prompt")

@@ -23,7 +23,8 @@ CLASS_GUIDANCE = 7.5
 
 @dataclass
 class DreamBoothConfig:
-    model: str = setting(REQUIRED, "checkpoint to finetune (.safetensors/.ckpt)", required=True)
+    model: str = setting(REQUIRED, "checkpoint to finetune (.safetensors/.ckpt)", required=True,
+                         label="Model to personalise (a student or any SD-v1/v2 checkpoint)")
     instance_dir: str = setting(REQUIRED, "folder with the photos of the subject",
                                 required=True)
     instance_prompt: str = setting(REQUIRED, 'prompt of every photo, e.g. "a [V] dog"',
@@ -32,7 +33,7 @@ class DreamBoothConfig:
     class_prompt: str = setting("", 'the class without the identifier, e.g. "a dog" (needed '
                                     "with prior preservation)", label="Class prompt")
     class_model: Optional[str] = setting(None, "model that generates the class images "
-                                               "(default: --model)")
+                                               "(default: --model)", label="Class images made by")
     class_dir: Optional[str] = setting(None, "where class-image folders go, to share them "
                                              "between runs (default: the run folder)")
     # Class images are image files in the class folder (the paper makes 200).

@@ -7,15 +7,17 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import gradio as gr
 
-from ..model.arch import PRESETS, Architecture
+from ..model.arch import PRESETS
+from ..model.blocks import student as student_of
 from ..model.checkpoint import Checkpoint
-from ..model.convert import DTYPES, convert_checkpoint, student_unet_params
+from ..model.convert import ConversionSettings, convert_checkpoint, student_unet_params
 from ..model.detect import ModelInfo, inspect_checkpoint
 from ..errors import BadInput, check_path_text
 from ..model.staging import TEMP_NAME_EXTRA
 from . import a1111, block_picker, checkpoints, guard, transplant_form
 from .messages import message
-from .presets import LABEL_OF, PRESET_LABELS
+from ..settings import declaration, label as setting_label
+from .presets import LABEL_OF, PRESET_LABELS, default_label
 
 # A file name A1111 lists and every OS accepts: no separators, no leading dot.
 VALID_NAME = re.compile(r"^\w[\w .()\[\]+,-]*$")
@@ -70,7 +72,7 @@ def preset_preview(label: str) -> str:
     _, ckpt, info, problem = _loaded()
     lines = ["**%s**: %s." % (label, removal.summary)]
     if info is not None and ckpt is not None:
-        student = student_unet_params(ckpt, Architecture(info.arch.teacher, removal))
+        student = student_unet_params(ckpt, student_of(info.arch.teacher, removal))
         lines.append("U-Net parameters %s → %s (%.1f%% smaller)."
                      % (format(info.unet_params, ","), format(student, ","),
                         100 * (1 - student / info.unet_params)))
@@ -125,7 +127,7 @@ def convert(id_task: str, label: str, name: str, dtype: str, overwrite: bool,
             return [title, gr.update(visible=True),
                     message("success", transplant_form.result_text(report))]
         report = convert_checkpoint(ckpt if not loaded.has_file else loaded.filename, output,
-                                    "teacher" if use_blocks else PRESET_LABELS[label], dtype=dtype,
+                                    None if use_blocks else PRESET_LABELS[label], dtype=dtype,
                                     v_prediction=loaded.parameterization == "v",
                                     overwrite=overwrite, progress=a1111.Progress("Converting"),
                                     remove=block_picker.units_to_remove(use_blocks, blocks))
@@ -145,19 +147,21 @@ def build() -> None:
     """Create the tab's components inside the current gradio Blocks context."""
     from modules.call_queue import wrap_gradio_gpu_call
 
-    default_label = LABEL_OF.get(a1111.opt("bksdm_default_preset", "small"), "Small")
     with gr.Row():
         summary = gr.Markdown(elem_id="bksdm_loaded")
         refresh = gr.Button("↻", elem_id="bksdm_refresh_loaded", scale=0, min_width=40)
-    preset = gr.Radio(list(PRESET_LABELS), value=default_label, label="Preset",
+    preset = gr.Radio(list(PRESET_LABELS), value=default_label(),
+                      label=setting_label(ConversionSettings, "preset"),
                       elem_id="bksdm_preset")
     preview = gr.Markdown(elem_id="bksdm_preview")
     use_blocks, blocks = block_picker.build(preset, PRESET_LABELS.get, _loaded)
     start = transplant_form.build()
     with gr.Row():
         name = gr.Textbox(label="New checkpoint name", elem_id="bksdm_output_name")
-        dtype = gr.Dropdown(list(DTYPES), value=a1111.opt("bksdm_default_dtype", "fp16"),
-                            label="U-Net precision", elem_id="bksdm_dtype")
+        dtype_setting = declaration(ConversionSettings, "dtype")
+        dtype = gr.Dropdown(list(dtype_setting.setting.choices or ()),
+                            value=a1111.opt("bksdm_default_dtype", dtype_setting.default),
+                            label=dtype_setting.setting.label, elem_id="bksdm_dtype")
         overwrite = gr.Checkbox(False, label="Overwrite", elem_id="bksdm_overwrite")
     id_task = gr.Textbox(visible=False)
     run = gr.Button("Convert", variant="primary", elem_id="bksdm_convert")
