@@ -73,6 +73,26 @@ def test_each_package_imports_only_downward(package):
         assert not wrong, "%s imports %s" % (path.relative_to(PACKAGE.parent), sorted(wrong))
 
 
+def test_settings_import_only_the_error_types():
+    """Every package declares its settings with `bksdm_ext.settings`, so it sits below them
+    all, beside `errors`."""
+    assert _imported_parts(PACKAGE / "settings.py") == {"errors"}
+
+
+def test_each_command_family_reads_as_one_short_module():
+    """cli/: one module per command family, its parsers, runs and output side by side; the
+    work itself is done below (model/, train/, measure/, jobs/)."""
+    modules = sorted((PACKAGE / "cli").glob("*.py"))
+    assert len(modules) > 1
+    for path in modules:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        assert len(lines) <= 250, "cli/%s has %d lines" % (path.name, len(lines))
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.body[-1].end_lineno - node.lineno + 1
+                assert length <= 60, "cli/%s: %s has %d lines" % (path.name, node.name, length)
+
+
 def test_only_the_webui_package_imports_a1111():
     for path in sorted(PACKAGE.rglob("*.py")):
         if "webui" not in path.relative_to(PACKAGE).parts:

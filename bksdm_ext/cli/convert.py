@@ -39,7 +39,7 @@ def add(commands: Any) -> None:
     add_settings(imp, ConversionSettings, only=["dtype"])
     imp.add_argument("--overwrite", action="store_true")
     add_json(imp)
-    imp.set_defaults(run=run_import_diffusers, render=render_conversion)
+    imp.set_defaults(run=run_import_diffusers, render=render_import)
 
 
 def run_convert(args: argparse.Namespace) -> Dict[str, Any]:
@@ -85,6 +85,16 @@ def render_conversion(report: Dict[str, Any]) -> str:
         lines.append("  note        no .yaml beside the teacher: assumed epsilon prediction; "
                      "pass --v-prediction for 768 px v models")
     return "\n".join(lines)
+
+
+def render_import(report: Dict[str, Any]) -> str:
+    return "\n".join([
+        "wrote %s" % report["output"],
+        "  config      %s" % report["config"],
+        "  family      %s (%s)" % (report["family"], report["parameterization"]),
+        "  preset      %s" % report["preset"],
+        "  U-Net       %s parameters, %s" % (format(report["unet_params"], ","), report["dtype"]),
+        "  took        %.1f s" % report["seconds"]])
 
 
 def render_info_or_blocks(info: Dict[str, Any]) -> str:

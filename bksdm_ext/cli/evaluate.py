@@ -51,12 +51,11 @@ def add(commands: Any) -> None:
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     from ..measure.evaluate import compare
 
+    say = (lambda text: None) if args.json else (lambda text: print(text, file=sys.stderr))
     return compare(args.models, settings_from(args, EvalSettings), args.clip_model,
-                   args.fid_reference, args.fid_weights,
-                   Path(args.out) if args.out else None,
+                   args.fid_reference, args.fid_weights, Path(args.out) if args.out else None,
                    Path(args.grid) if args.grid else None, Path(args.csv) if args.csv else None,
-                   args.overwrite,
-                   (lambda text: None) if args.json else (lambda text: print(text, file=sys.stderr)))
+                   args.overwrite, say)
 
 
 def render(result: Dict[str, Any]) -> str:

@@ -48,7 +48,8 @@ def run_transplant(args: argparse.Namespace) -> Dict[str, Any]:
     from ..model.transplant import transplant
 
     return transplant(args.student, args.base, args.finetune, args.out,
-                      alpha=settings_from(args, TransplantSettings).alpha, dtype=settings_from(args, ConversionSettings).dtype,
+                      alpha=settings_from(args, TransplantSettings).alpha,
+                      dtype=settings_from(args, ConversionSettings).dtype,
                       overwrite=args.overwrite,
                       progress=None if args.json else progress_bar("transplanting")).as_dict()
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ..errors import BadInput
-from ..jobs.events import EventLog
+from ..jobs.events import EventLog, start_event
 from ..jobs.runs import RunPaths, event, failures_reported, progress_bar, stop_run
 from ..model.samplers import DEFAULT_SAMPLER, SAMPLERS
 from ..model.staging import check_writable
@@ -128,7 +128,7 @@ def evaluate_run(models: Sequence[str], settings: EvalSettings, out: Path,
         fid = (FidScorer.load(Path(fid_reference), fid_weights, device)
                if fid_reference is not None else None)
         cases = settings.cases()
-        event(log, "start", total_steps=len(cases) * len(models), models=list(models),
+        event(log, "start", **start_event(len(cases) * len(models)), models=list(models),
               settings=asdict(settings), clip_model=clip.name if clip else None,
               **fid_columns(fid))
         started = time.perf_counter()

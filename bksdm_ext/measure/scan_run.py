@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from ..errors import BadInput, Stopped
-from ..jobs.events import EventLog
+from ..jobs.events import EventLog, start_event
 from ..jobs.runs import RunPaths, failures_reported
 from ..scores.clip import find_scorer, local_model
 from . import block_scan
@@ -71,7 +71,7 @@ def _progress(paths: Optional[RunPaths], log: Optional[EventLog], teacher: str,
             return
         if not started[0]:  # a resumed scan starts after the units it had measured
             started[0] = True
-            log.write("start", total_steps=total, teacher=teacher,
+            log.write("start", **start_event(total), teacher=teacher,
                       resumed_from=str(resumed_from) if resumed_from else None)
         if done < total and paths.take_stop_request():
             log.write("stopped", step=done, saved=done > 0)  # every unit is checkpointed
