@@ -13,7 +13,7 @@ from bksdm_ext.measure.block_scan import ScanSettings
 from bksdm_ext.measure.evaluate import EvalSettings
 from bksdm_ext.measure.latency import LatencySettings
 from bksdm_ext.model.arch import PRESETS, SD_V1, TEACHER, Architecture
-from bksdm_ext.model.blocks import notation, student
+from bksdm_ext.model.blocks import notation, which_student
 from bksdm_ext.model.convert import ConversionSettings
 from bksdm_ext.model.transplant import TransplantSettings
 from bksdm_ext.settings import declarations
@@ -127,26 +127,26 @@ def test_help_shows_each_settings_help_and_default(capsys):
 
 
 def test_one_recipe_makes_every_student():
-    assert student(SD_V1).removal == TEACHER  # no preset: the teacher itself
-    assert student(SD_V1, "small") == Architecture(SD_V1, PRESETS["small"])
-    assert student(SD_V1, PRESETS["tiny"]) == Architecture(SD_V1, PRESETS["tiny"])
+    assert which_student(SD_V1).removal == TEACHER  # no preset: the teacher itself
+    assert which_student(SD_V1, "small") == Architecture(SD_V1, PRESETS["small"])
+    assert which_student(SD_V1, PRESETS["tiny"]) == Architecture(SD_V1, PRESETS["tiny"])
     # Units that amount to a preset are the preset, whatever they start from.
-    assert student(SD_V1, None, notation(Architecture(SD_V1, PRESETS["base"]))).removal == \
+    assert which_student(SD_V1, None, notation(Architecture(SD_V1, PRESETS["base"]))).removal == \
         PRESETS["base"]
-    assert student(SD_V1, "base", "mid").removal == PRESETS["small"]
-    custom = student(SD_V1, "mid-removed", "down.3.0,up.3.2")
+    assert which_student(SD_V1, "base", "mid").removal == PRESETS["small"]
+    custom = which_student(SD_V1, "mid-removed", "down.3.0,up.3.2")
     assert custom.removal.name == "custom" and notation(custom) == "down.3.0,up.3.2,mid"
     with pytest.raises(BadInput, match="unknown architecture 'huge'"):
-        student(SD_V1, "huge")
+        which_student(SD_V1, "huge")
     with pytest.raises(BadInput, match="--remove up.2.0"):
-        student(SD_V1, None, "up.2.0")
+        which_student(SD_V1, None, "up.2.0")
 
 
 def test_a_distillation_without_a_preset_is_small_or_the_teacher_cut_by_remove():
     assert DistillConfig(teacher="t", data="d", out="o").preset == "small"
     cut = DistillConfig(teacher="t", data="d", out="o", remove="mid")
     assert cut.preset is None
-    assert student(SD_V1, cut.preset, cut.remove).removal == PRESETS["mid-removed"]
+    assert which_student(SD_V1, cut.preset, cut.remove).removal == PRESETS["mid-removed"]
     assert "--arch=small" in config_argv(DistillConfig(teacher="t", data="d", out="o"))
     assert not any(a.startswith("--arch") for a in config_argv(cut))
 

@@ -29,7 +29,7 @@ import torch
 from ..errors import BadInput
 from ..jobs.runs import RunPaths
 from ..model.arch import Architecture
-from ..model.blocks import INNERMOST, MID, removal_from_units, teacher_units
+from ..model.blocks import INNERMOST, MID, which_student, teacher_units
 from ..model.checkpoint import Checkpoint
 from ..model.hashing import a1111_sha256
 from ..model.keymap import student_sources
@@ -245,10 +245,10 @@ def _clip_score(clip: Optional[ClipScorer], images: torch.Tensor, settings: Scan
 def _without(unet: torch.nn.Module, arch: Architecture, units: str) -> Any:
     """(the teacher U-Net without `units`, "removed" or "stand-in")."""
     try:
-        removal = removal_from_units(arch.teacher, units)
+        removed = which_student(arch.teacher, None, units)
     except BadInput:
         return _bypassed(unet, arch, units), "stand-in"
-    return _student(unet, Architecture(arch.teacher, removal)), "removed"
+    return _student(unet, removed), "removed"
 
 
 def _student(unet: torch.nn.Module, student: Architecture) -> torch.nn.Module:

@@ -147,8 +147,8 @@ def describe_presets(teacher: TeacherSpec) -> Dict[str, str]:
     return {name: notation(Architecture(teacher, removal)) for name, removal in PRESETS.items()}
 
 
-def student(teacher: TeacherSpec, preset: Union[None, str, Removal] = None,
-            remove: Optional[str] = None) -> Architecture:
+def which_student(teacher: TeacherSpec, preset: Union[None, str, Removal] = None,
+                  remove: Optional[str] = None) -> Architecture:
     """Which student: `teacher` cut as `preset` says (a preset's name, a `Removal`, or None:
     nothing, the teacher itself) with the `remove` units (block notation) taken out too;
     the preset's own removal when the result equals one.  Conversion, distillation,

@@ -16,7 +16,8 @@ import torch
 
 from .. import __version__
 from .arch import PRESETS, Architecture, Removal
-from .blocks import CUSTOM, PRESETS_IN_NOTATION, REMOVE_HELP, notation, preset_name, student
+from .blocks import (CUSTOM, PRESETS_IN_NOTATION, REMOVE_HELP, notation, preset_name,
+                     which_student)
 from .checkpoint import Checkpoint
 from .detect import REMOVAL_KEY, V_PREDICTION, config_path, inspect_checkpoint
 from ..errors import BadInput, ensure_room
@@ -146,7 +147,7 @@ def convert_checkpoint(
     if info.is_student:
         raise BadInput("%s is already a BK-SDM '%s' student; convert its teacher instead"
                        % (source, info.preset))
-    arch = student(info.arch.teacher, preset, remove)
+    arch = which_student(info.arch.teacher, preset, remove)
     if arch.is_teacher:
         raise BadInput("%s: that removes nothing; name blocks with --remove or pick a preset"
                        % source)

@@ -20,7 +20,7 @@ import torch
 from ..errors import BadInput
 from .arch import Architecture
 from .checkpoint import Checkpoint
-from .blocks import student as student_of
+from .blocks import which_student
 from .convert import (Progress, teacher_origin, teacher_parts, torch_dtype, unet_sources,
                       with_arch_key, write_student)
 from .detect import ModelInfo, config_path, inspect_checkpoint
@@ -115,7 +115,7 @@ def transplant(student: Union[str, Path], base: Union[str, Path],
     infos = [inspect_checkpoint(pupil), inspect_checkpoint(original),
              inspect_checkpoint(changed, finetune_v_prediction)]
     _check_roles(*infos)
-    arch = student_of(infos[2].arch.teacher, infos[0].arch.removal)
+    arch = which_student(infos[2].arch.teacher, infos[0].arch.removal)
     pairs = _matched_keys(pupil, original, changed, arch)
     base_sha256 = a1111_sha256(original.path)
     warnings = _base_warnings(pupil, original, base_sha256)

@@ -25,7 +25,7 @@ import torch
 from ..errors import BadInput
 from ..jobs.runs import RunPaths, progress_bar
 from ..model.arch import Architecture
-from ..model.blocks import preset_name, student
+from ..model.blocks import preset_name, which_student
 from ..model.checkpoint import Checkpoint
 from ..model.convert import DTYPES, teacher_origin, teacher_parts, write_student
 from ..model.detect import ModelInfo, inspect_checkpoint
@@ -123,7 +123,7 @@ def _teacher(cfg: DistillConfig) -> Tuple[Checkpoint, ModelInfo, Architecture]:
     info = inspect_checkpoint(ckpt, cfg.v_prediction)
     if info.is_student:
         raise BadInput("%s is a BK-SDM '%s' student; distil from its teacher" % (ckpt.path, info.preset))
-    return ckpt, info, student(info.arch.teacher, cfg.preset, cfg.remove)
+    return ckpt, info, which_student(info.arch.teacher, cfg.preset, cfg.remove)
 
 
 def _resume_point(paths: RunPaths, resume: bool, synthesizes: bool) -> Optional[Path]:
@@ -391,7 +391,7 @@ class _Sampler:
     def student_images(self, weights: Dict[str, torch.Tensor]) -> List[Any]:
         from diffusers import UNet2DConditionModel
 
-        arch = student(self.info.arch.teacher, self.cfg.preset, self.cfg.remove)
+        arch = which_student(self.info.arch.teacher, self.cfg.preset, self.cfg.remove)
         student = UNet2DConditionModel(**arch.diffusers_config())
         student.load_state_dict({k: v.float() for k, v in weights.items()})
         return self._images(student.to(self.device, self.dtype).eval())

@@ -13,7 +13,7 @@ import gradio as gr
 
 from ..errors import BadInput
 from ..model.arch import PRESETS, SD_V1, Architecture, TeacherSpec
-from ..model.blocks import notation, removed_units, student, teacher_units
+from ..model.blocks import notation, removed_units, teacher_units, which_student
 from ..model.unit_costs import UnitCosts
 from . import blocks_view
 
@@ -25,7 +25,7 @@ def _teacher(loaded: Tuple[Any, ...]) -> TeacherSpec:
 
 def preset_units(preset: str, teacher: TeacherSpec = SD_V1) -> List[str]:
     """The units `preset` removes, one check box each."""
-    return removed_units(student(teacher, preset))
+    return removed_units(which_student(teacher, preset))
 
 
 def picked_summary(loaded: Tuple[Any, ...], units: List[str]) -> str:
@@ -35,7 +35,7 @@ def picked_summary(loaded: Tuple[Any, ...], units: List[str]) -> str:
     if not units:
         return "Tick the blocks to remove."
     try:
-        picked = student(teacher, None, ",".join(units))
+        picked = which_student(teacher, None, ",".join(units))
     except BadInput as e:
         return "⚠️ Cannot remove these: %s" % str(e).split(": ", 1)[-1]
     same = picked.removal

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import gradio as gr
 
 from ..model.arch import PRESETS
-from ..model.blocks import student as student_of
+from ..model.blocks import which_student
 from ..model.checkpoint import Checkpoint
 from ..model.convert import ConversionSettings, convert_checkpoint, student_unet_params
 from ..model.detect import ModelInfo, inspect_checkpoint
@@ -72,7 +72,7 @@ def preset_preview(label: str) -> str:
     _, ckpt, info, problem = _loaded()
     lines = ["**%s**: %s." % (label, removal.summary)]
     if info is not None and ckpt is not None:
-        student = student_unet_params(ckpt, student_of(info.arch.teacher, removal))
+        student = student_unet_params(ckpt, which_student(info.arch.teacher, removal))
         lines.append("U-Net parameters %s → %s (%.1f%% smaller)."
                      % (format(info.unet_params, ","), format(student, ","),
                         100 * (1 - student / info.unet_params)))

@@ -12,7 +12,7 @@ from ..train.dataset import scan_dataset
 from ..train.prompts import load_prompts
 from ..train.distill_config import DistillConfig
 from ..errors import BadInput
-from ..model.blocks import student
+from ..model.blocks import which_student
 from ..settings import form_number, from_form, label
 from ..train.synth_config import SYNTH_COUNT
 from . import (a1111, checkpoints, data_picker, init_student_form, job_form, memory_estimate,
@@ -86,7 +86,7 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
         if remove.strip():
             values["remove"] = remove.strip()
             if model is not None:  # refused now, not when the job starts
-                student(model.arch.teacher, values["preset"], values["remove"])
+                which_student(model.arch.teacher, values["preset"], values["remove"])
         data = data_flags(source, folder, uploaded, synthetic, prompts)
         values.update((key, value) for key, value in data.items() if key != "resolved_paths")
         if source != SOURCES[0]:

@@ -8,7 +8,7 @@ import gradio as gr
 
 from ..errors import BadInput
 from ..model.arch import PRESETS
-from ..model.blocks import notation, student
+from ..model.blocks import notation, which_student
 from ..model.checkpoint import Checkpoint
 from ..model.detect import inspect_checkpoint
 from ..train.init_student import checked_init_student
@@ -51,7 +51,7 @@ def flags(start_from: str, student_title: str, teacher: Path, preset: str) -> Di
     teacher_ckpt = Checkpoint(teacher)
     info = inspect_checkpoint(teacher_ckpt)
     checked_init_student(str(path), teacher_ckpt, info,
-                         student(info.arch.teacher, model.arch.removal))
+                         which_student(info.arch.teacher, model.arch.removal))
     if model.preset not in PRESETS:
         return {"remove": notation(model.arch), "init_student": str(path)}
     return {"preset": model.preset, "init_student": str(path)}
