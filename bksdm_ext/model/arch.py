@@ -11,6 +11,8 @@ a custom removal is a new `Removal`, not new code.
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..settings import Setting
+
 # Why a block exists, in teacher terms.  Student blocks carry the origin of the teacher
 # block they are initialised from, so the weight map is a join on origins.
 Origin = Tuple[Any, ...]
@@ -46,6 +48,11 @@ class TeacherSpec:
     def heads(self, channels: int) -> int:
         return channels // self.head_channels if self.head_channels else self.num_heads
 
+
+# What a teacher's file may not say: whether it predicts v.  Every command that reads a
+# teacher takes it (inspect_checkpoint's v_prediction; None: the yaml beside it decides).
+V_PREDICTION = Setting("the teacher predicts v (SD-2.x 768 px models; --no-v-prediction: "
+                       "epsilon); default: from the .yaml beside the file, else epsilon")
 
 SD_V1 = TeacherSpec(family="sd-v1")
 SD_V2_512 = TeacherSpec(

@@ -15,11 +15,11 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import torch
 
 from .. import __version__
-from .arch import PRESETS, Architecture, Removal
+from .arch import PRESETS, V_PREDICTION, Architecture, Removal
 from .blocks import (CUSTOM, PRESETS_IN_NOTATION, REMOVE_HELP, notation, preset_name,
                      which_student)
 from .checkpoint import Checkpoint
-from .detect import REMOVAL_KEY, V_PREDICTION, config_path, inspect_checkpoint
+from .detect import REMOVAL_KEY, config_path, inspect_checkpoint
 from ..errors import BadInput, ensure_room
 from .hashing import a1111_sha256
 from .keymap import UNET_PREFIX, student_sources

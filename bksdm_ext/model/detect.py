@@ -14,14 +14,10 @@ from .checkpoint import Checkpoint
 from ..errors import BadInput
 from .keymap import UNET_PREFIX, KeyMap
 from .parts_keymap import TEXT_PREFIX, VAE_PREFIX
-from ..settings import Setting
 
 
 # A custom student's removal in block notation (which teacher layers it kept).
 REMOVAL_KEY = "bksdm.removal"
-# `inspect_checkpoint`'s v_prediction as every command that reads a teacher takes it.
-V_PREDICTION = Setting("the teacher predicts v (SD-2.x 768 px models; --no-v-prediction: "
-                       "epsilon); default: from the .yaml beside the file, else epsilon")
 
 # U-Net input channels BK-SDM converts: text-to-image (the latent) and inpainting (latent,
 # mask, masked-image latent: docs/facts.md §13).

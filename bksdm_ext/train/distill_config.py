@@ -3,9 +3,8 @@ its flag, help text, WebUI label and range (`bksdm_ext.settings`)."""
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from ..model.arch import PRESETS
+from ..model.arch import PRESETS, V_PREDICTION
 from ..model.blocks import REMOVE_HELP
-from ..model.detect import V_PREDICTION
 from ..settings import (BATCH, EVERY, GUIDANCE, IMAGE_SIZE, KEEP_CHECKPOINTS, LEARNING_RATE,
                         LOG_EVERY, REQUIRED, SAMPLER_STEPS, SEED, TRAINING_STEPS, Range,
                         check_ranges, check_sample_grids, setting)

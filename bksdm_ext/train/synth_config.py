@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import BadInput
-from ..model.detect import V_PREDICTION
+from ..model.arch import V_PREDICTION
 from ..model.samplers import DEFAULT_SAMPLER, SAMPLERS
 from ..settings import (BATCH, GUIDANCE, IMAGE_SIZE, REQUIRED, SAMPLER_STEPS, SEED, Range,
                         check_ranges, setting)
