@@ -3,9 +3,11 @@
 Only missing packages are installed, each pinned to a version that imports beside the
 WebUI's own pins on its Python (3.8 on Jetson, 3.10/3.11 on PCs), and with ``--no-deps``
 so pip cannot upgrade or downgrade anything the WebUI already has; a dependency that is
-itself missing is installed on its own.  With everything present it does nothing.
+itself missing is installed on its own.  With everything present it does nothing, as in
+Forge, which pins its own diffusers (0.31.0) beside gradio 4.
 """
 import importlib.metadata
+import importlib.util
 from typing import Dict
 
 import launch
@@ -25,13 +27,18 @@ DEPENDENCIES: Dict[str, str] = {
 }
 
 
+def webui_name() -> str:
+    """Forge runs this the way A1111 does, with its folder (and ``modules_forge``) on the path."""
+    return "Forge" if importlib.util.find_spec("modules_forge") is not None else "the WebUI"
+
+
 def install_missing() -> None:
     for name, requirement in REQUIREMENTS.items():
         if launch.is_installed(name):
             version = importlib.metadata.version(name)
             if requirement != "%s==%s" % (name, version):
-                print("BK-SDM: keeping the WebUI's %s %s (BK-SDM is tested with %s)"
-                      % (name, version, requirement))
+                print("BK-SDM: keeping %s's %s %s (BK-SDM is tested with %s)"
+                      % (webui_name(), name, version, requirement))
             continue
         launch.run_pip("install --no-deps %s" % requirement, "BK-SDM requirement: " + requirement)
         for dependency, pinned in DEPENDENCIES.items():

@@ -25,7 +25,9 @@ function bksdm_compare_submit() {
 
 function bksdm_refresh_checkpoints(title) {
     if (title) {
-        var refresh = gradioApp().getElementById("refresh_sd_model_checkpoint");
+        // A1111's ↻ beside the checkpoint dropdown; Forge's has another id.
+        var refresh = gradioApp().getElementById("refresh_sd_model_checkpoint") ||
+            gradioApp().getElementById("forge_refresh_checkpoint");
         if (refresh) refresh.click();
     }
     return [];

@@ -5,14 +5,18 @@ A1111 puts the extension folder on sys.path only while this script runs, so the
 package is imported here, students' U-Net class included: their yaml names
 ``bksdm_ext.ldm_unet.NoMiddleBlockUNetModel``, and scripts load before the start-up model.
 A1111 runs every ``Script`` class it finds in this module: `LoraNotes` is one.
+Forge runs this file too; there students need `forge.install` instead of the yaml lookup.
 """
 from modules import script_callbacks
 
 import bksdm_ext.ldm_unet  # noqa: F401 - makes students' yaml target importable
-from bksdm_ext.webui import controlnet, guard, jobs_service, settings, student_lora, ui
+from bksdm_ext.webui import controlnet, forge, guard, jobs_service, settings, student_lora, ui
 from bksdm_ext.webui.student_lora import LoraNotes  # noqa: F401 - an always-visible script
 
-guard.patch_config_lookup()
+if forge.is_forge():
+    forge.install()  # before Forge's first model load: no phantom middle block in students
+else:
+    guard.patch_config_lookup()
 student_lora.install()  # again at each model load and generation: the Lora extension may load later
 script_callbacks.on_ui_tabs(ui.on_ui_tabs)
 script_callbacks.on_ui_settings(settings.on_ui_settings)

@@ -29,11 +29,13 @@ MAY_IMPORT = {  # subpackage -> the bksdm_ext parts it may import (__init__: __v
     "cli": {"__init__", "errors", "settings", "model", "jobs", "scores", "train", "measure",
             "demo"},
 }
+# A1111's `modules`, and what Forge adds beside it: all count as "the WebUI" ('modules').
+WEBUI_PACKAGES = {"modules", "modules_forge", "backend", "huggingface_guess"}
 
 
 def _imported_parts(path: Path) -> Set[str]:
     """The top-level bksdm_ext parts (errors, model, ...) a module imports, plus 'modules'
-    when it imports A1111."""
+    when it imports A1111 or Forge."""
     package = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]
     parts = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -48,14 +50,14 @@ def _imported_parts(path: Path) -> Set[str]:
                 first, *rest = node.module.split(".")
                 if first == "bksdm_ext" and rest:
                     parts.add(rest[0])
-                elif first == "modules":
+                elif first in WEBUI_PACKAGES:
                     parts.add("modules")
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 first, *rest = alias.name.split(".")
                 if first == "bksdm_ext" and rest:
                     parts.add(rest[0])
-                elif first == "modules":
+                elif first in WEBUI_PACKAGES:
                     parts.add("modules")
     return parts
 

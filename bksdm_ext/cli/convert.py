@@ -1,5 +1,5 @@
-"""``bksdm convert``, ``info`` and ``import-diffusers``: a checkpoint in, a student or a
-description out."""
+"""``bksdm convert``, ``info``, ``import-diffusers`` and ``export-diffusers``: a checkpoint
+in, a student, a description or another format out."""
 import argparse
 from typing import Any, Dict
 
@@ -41,6 +41,25 @@ def add(commands: Any) -> None:
     add_json(imp)
     imp.set_defaults(run=run_import_diffusers, render=render_import)
 
+    export = commands.add_parser(
+        "export-diffusers", help="write a student (or any SD-v1/v2 checkpoint) as a diffusers "
+                                 "folder: StableDiffusionPipeline.from_pretrained loads it",
+        description="Write OUT/ with unet/ (the official BK-SDM config names: mid_block_type "
+                    "null for Small and Tiny), vae/, text_encoder/, tokenizer/, scheduler/ and "
+                    "model_index.json, as nota-ai/bk-sdm-* are published (no safety checker). "
+                    "The inverse of import-diffusers.")
+    export.add_argument("checkpoint", help="an A1111 .safetensors/.ckpt (its .yaml beside it, "
+                                           "if any, gives the prediction type)")
+    export.add_argument("--out", required=True, help="output folder (must not exist)")
+    export.add_argument("--unet-only", dest="unet_only", action="store_true",
+                        help="write unet/ alone (UNet2DConditionModel.from_pretrained(OUT, "
+                             "subfolder='unet')), e.g. for a file without VAE or text encoder")
+    add_settings(export, ConversionSettings, only=["dtype"])
+    export.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    add_settings(export, ConversionSettings, only=["v_prediction"])
+    add_json(export, "print the report as one JSON object")
+    export.set_defaults(run=run_export_diffusers, render=render_export)
+
 
 def run_convert(args: argparse.Namespace) -> Dict[str, Any]:
     from ..model.convert import convert_checkpoint
@@ -69,6 +88,14 @@ def run_import_diffusers(args: argparse.Namespace) -> Dict[str, Any]:
         args, ConversionSettings).dtype, overwrite=args.overwrite).as_dict()
 
 
+def run_export_diffusers(args: argparse.Namespace) -> Dict[str, Any]:
+    from ..model.diffusers_export import export_diffusers
+
+    s = settings_from(args, ConversionSettings)
+    return export_diffusers(args.checkpoint, args.out, dtype=s.dtype, unet_only=args.unet_only,
+                            overwrite=args.overwrite, v_prediction=s.v_prediction).as_dict()
+
+
 def render_conversion(report: Dict[str, Any]) -> str:
     saved = 1 - report["student_unet_params"] / report["teacher_unet_params"]
     lines = [
@@ -88,9 +115,17 @@ def render_conversion(report: Dict[str, Any]) -> str:
 
 
 def render_import(report: Dict[str, Any]) -> str:
+    return render_model_written(report, "  config      %s" % report["config"])
+
+
+def render_export(report: Dict[str, Any]) -> str:
+    return render_model_written(report, "  parts       %s" % ", ".join(report["parts"]))
+
+
+def render_model_written(report: Dict[str, Any], what: str) -> str:
+    """An imported or exported model: where it went, what it is, `what` was written."""
     return "\n".join([
-        "wrote %s" % report["output"],
-        "  config      %s" % report["config"],
+        "wrote %s" % report["output"], what,
         "  family      %s (%s)" % (report["family"], report["parameterization"]),
         "  preset      %s" % report["preset"],
         "  U-Net       %s parameters, %s" % (format(report["unet_params"], ","), report["dtype"]),

@@ -13,6 +13,7 @@ import torch
 from modules import sd_models, shared
 
 from ..errors import BadInput
+from . import forge
 
 # A1111 wraps the text encoder when it hijacks a model; its weights keep their place.
 HIJACK_PREFIX = ("cond_stage_model.wrapped.", "cond_stage_model.")
@@ -68,13 +69,34 @@ class LoadedModel:
 
 
 def loaded_model() -> Optional[LoadedModel]:
-    """The model A1111 has loaded now, or None; never starts a load itself."""
+    """The model A1111 has loaded now, or None; never starts a load itself.  In Forge, until
+    it loads the checkpoint chosen in its dropdown (at the next generation), that choice."""
     model = sd_models.model_data.sd_model
     info = getattr(model, "sd_checkpoint_info", None)
+    if forge.is_forge():
+        return _forge_choice(model, info)
     if model is None or info is None:
         return None
     return LoadedModel(title=info.title, filename=Path(info.filename),
                        parameterization=getattr(model, "parameterization", "eps"), model=model)
+
+
+def _forge_choice(model: Any, info: Any) -> Optional[LoadedModel]:
+    """Forge's dropdown choice: the loaded model when it is that one, else the chosen file."""
+    chosen = forge.selected_checkpoint() or info
+    if chosen is None:
+        return None
+    if info is not None and Path(info.filename) == Path(chosen.filename):
+        return LoadedModel(title=info.title, filename=Path(info.filename),
+                           parameterization=forge.parameterization(model), model=model)
+    return LoadedModel(title=chosen.title, filename=Path(chosen.filename),
+                       parameterization=forge.file_parameterization(Path(chosen.filename)),
+                       model=None)
+
+
+def diffusion_model(sd_model: Any) -> torch.nn.Module:
+    """The loaded model's U-Net (Forge keeps it elsewhere)."""
+    return forge.diffusion_model(sd_model) if forge.is_forge() else sd_model.model.diffusion_model
 
 
 def refresh_checkpoints() -> None:

@@ -54,6 +54,9 @@ class _Confined:
     """The check, run on what the client sent before gradio's own preprocessing."""
 
     DEFAULT_TEMP_DIR: str
+    # gradio 4 (Forge) writes a .pyi beside a component subclass's module; Forge skips
+    # classes with this attribute, so the extension's folder stays as installed.
+    webui_do_not_create_gradio_pyi_thank_you = True
 
     def preprocess(self, x: Any) -> Any:
         for entry in x if isinstance(x, list) else [x]:

@@ -18,6 +18,7 @@ from ..model.keymap import UNET_PREFIX
 from ..model.ldm_config import dump_config, model_config
 from ..model.safetensors_io import SafetensorsReader
 from ..model.staging import staged
+from . import a1111, forge
 
 LOG_PREFIX = "[BK-SDM]"
 last_problem: List[str] = []  # the latest load problem, shown by the Convert tab too
@@ -98,15 +99,19 @@ def check_loaded_model(sd_model: Any) -> None:
     if not student.is_student:
         return
     expected = {k[len(UNET_PREFIX):]: ckpt.shape(k) for k in ckpt.keys() if k.startswith(UNET_PREFIX)}
-    loaded = {k: tuple(v.shape) for k, v in sd_model.model.diffusion_model.state_dict().items()}
+    loaded = {k: tuple(v.shape) for k, v in a1111.diffusion_model(sd_model).state_dict().items()}
     problems = unet_mismatch(loaded, expected)
     if not problems:
         return
-    used = getattr(sd_model, "used_config", None) or "A1111's guess"
-    message = ("%s %s (BK-SDM %s) did not load correctly with config %s: %s. Its images would be "
-               "wrong. Delete %s and load it again: BK-SDM writes the right config."
-               % (LOG_PREFIX, filename.name, student.preset, used, "; ".join(problems),
-                  config_path(filename).name))
+    if forge.is_forge():  # Forge builds the U-Net from the file's keys, not from the yaml
+        how, remedy = "in Forge", ("BK-SDM's fix for Forge did not cover it: please report this "
+                                   "with your Forge version")
+    else:
+        how = "with config %s" % (getattr(sd_model, "used_config", None) or "A1111's guess")
+        remedy = ("Delete %s and load it again: BK-SDM writes the right config."
+                  % config_path(filename).name)
+    message = ("%s %s (BK-SDM %s) did not load correctly %s: %s. Its images would be wrong. %s"
+               % (LOG_PREFIX, filename.name, student.preset, how, "; ".join(problems), remedy))
     last_problem.append(message)
     print(message)
     _warn_in_ui(message)
