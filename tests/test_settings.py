@@ -153,12 +153,14 @@ def test_a_distillation_without_a_preset_is_small_or_the_teacher_cut_by_remove()
 
 def test_presets_carry_the_labels_the_tabs_show():
     import webui_env  # noqa: F401  (A1111's stand-in on the path)
-    from bksdm_ext.webui.presets import LABEL_OF, PRESET_LABELS
+    from bksdm_ext.webui.presets import label_of, labels, name_of
 
     assert {name: removal.label for name, removal in PRESETS.items()} == {
         "base": "Base", "small": "Small", "tiny": "Tiny", "mid-removed": "Mid-stage removed"}
-    assert PRESET_LABELS == {removal.label: name for name, removal in PRESETS.items()}
-    assert all(LABEL_OF[PRESET_LABELS[label]] == label for label in PRESET_LABELS)
+    assert labels() == ["Base", "Small", "Tiny", "Mid-stage removed"]
+    assert [name_of(label) for label in labels()] == list(PRESETS)
+    assert all(label_of(name_of(label)) == label for label in labels())
+    assert (name_of("Custom"), label_of("custom")) == (None, "custom")
 
 
 def test_reports_name_the_preset_and_keep_the_arch_key_scripts_read(tmp_path, capsys):

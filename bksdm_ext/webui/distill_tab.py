@@ -17,7 +17,7 @@ from ..settings import form_number, from_form, label
 from ..train.synth_config import SYNTH_COUNT
 from . import (a1111, checkpoints, data_picker, init_student_form, job_form, memory_estimate,
                paths, setting_fields)
-from .presets import LABEL_OF, PRESET_LABELS, default_label
+from .presets import default_label, label_of, labels, name_of
 from .messages import message
 
 SOURCES = ("Image folder", "Teacher-made (no dataset)", "Image folder + teacher-made")
@@ -79,7 +79,7 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
             raise BadInput("%s is a BK-SDM student; choose the teacher it was made from."
                            % teacher.name)
         values: Dict[str, Any] = init_student_form.flags(start_from, init_title, teacher,
-                                                         PRESET_LABELS[preset_label])
+                                                         name_of(preset_label))
         if remove.strip() and "init_student" in values:
             raise BadInput("Also remove these blocks cuts the pruned teacher; a student to start "
                            "from keeps its own blocks. Clear one of the two.")
@@ -100,7 +100,7 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
                         gradient_checkpointing=gradient_checkpointing, ema=ema,
                         sample_prompts=[p.strip() for p in sample_prompts.splitlines()
                                         if p.strip()], **values)
-        title = "Distill %s → BK-%s%s" % (teacher.stem, LABEL_OF.get(cfg.preset or "", "custom"),
+        title = "Distill %s → BK-%s%s" % (teacher.stem, label_of(cfg.preset or "custom"),
                                           " minus " + cfg.remove if cfg.remove else "")
         job = job_form.submit("distill", cfg, title, free_vram, form_number(gpus or 1, "GPUs"),
                               options={"resolved_paths": data["resolved_paths"]})
@@ -123,7 +123,7 @@ def build() -> None:
                               label=label(DistillConfig, "teacher"),
                               elem_id="bksdm_distill_teacher", scale=4)
         refresh = gr.Button("↻", elem_id="bksdm_distill_refresh", scale=0, min_width=40)
-        preset = gr.Radio(list(PRESET_LABELS), label=label(DistillConfig, "preset"),
+        preset = gr.Radio(labels(), label=label(DistillConfig, "preset"),
                           elem_id="bksdm_distill_preset", value=default_label())
     start_from, init_student = init_student_form.build()
     remove = gr.Textbox(label=label(DistillConfig, "remove"), elem_id="bksdm_distill_remove")
