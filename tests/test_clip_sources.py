@@ -256,3 +256,22 @@ def test_an_unreadable_clip_found_on_the_machine_means_no_score_and_named_is_ref
         "no CLIP score: %s: not a CLIP checkpoint" % (folder / "ViT-L-14.pt")), said
     with pytest.raises(BadInput, match="ViT-L-14.pt: not a CLIP checkpoint"):
         find_scorer(str(folder / "ViT-L-14.pt"))
+
+
+def test_damaged_weights_in_the_cache_mean_no_score_and_named_are_refused(hub, tmp_path):
+    """ViT-L/14's model.safetensors in the cache cut short by an interrupted download: not
+    asked for, the CLIP score is left empty and the message says which file and what to do;
+    named, it is refused with the same words, never a traceback."""
+    folder = snapshot(hub, OPENAI_L14)
+    (folder / "config.json").write_bytes((tiny_clip(tmp_path / "tiny") / "config.json").read_bytes())
+    (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{cut")
+    said = []
+    assert local_model() == OPENAI_L14
+    assert find_scorer(None, say=said.append) is None
+    assert len(said) == 1 and said[0].startswith(
+        "no CLIP score: %s: CLIP weights that cannot be read (" % folder), said
+    assert said[0].endswith("; delete %s and download it again with --clip-model "
+                            "openai/clip-vit-large-patch14 (1.7 GB), or the WebUI's "
+                            "'Download CLIP'" % folder.parent.parent), said
+    with pytest.raises(BadInput, match="CLIP weights that cannot be read"):
+        find_scorer(OPENAI_L14)

@@ -149,6 +149,18 @@ def _weights_missing(folder: Path) -> str:
                      "ViT-L/14 for its text encoder); %s" % (repo, _get_weights(repo))
 
 
+def _unreadable_weights(folder: Path, error: Exception) -> str:
+    """What to do about a CLIP folder whose weight files do not load (an interrupted
+    download, a damaged disk)."""
+    reason = "%s: CLIP weights that cannot be read (%s: %s)" % (
+        folder, type(error).__name__, (str(error).splitlines() or [""])[0])
+    repo = cached_repo(folder)
+    if repo is None:
+        return reason + "; replace them with the model's complete weight files"
+    return reason + "; delete %s and %s" % (
+        folder.parent.parent, _get_weights(repo).replace("download them", "download it again"))
+
+
 def _get_weights(repo: str) -> str:
     """How to download `repo`'s weights into the Hugging Face cache."""
     size = KNOWN_MODELS.get(repo)
@@ -248,6 +260,10 @@ class ClipScorer:
             raise BadInput("could not download CLIP model %s: %s; check the connection (and "
                            "that HF_HUB_OFFLINE is not set), or give a local CLIPModel folder "
                            "with its weights" % (what, str(e).splitlines()[0])) from None
+        except Exception as e:  # e.g. SafetensorError, UnpicklingError: weights cut short
+            if not local:
+                raise
+            raise BadInput(_unreadable_weights(folder, e)) from None
         processor = _preprocessor_config(folder) if local else {}
         return cls._ready(name, model, device, tuple(processor.get("image_mean", OPENAI.mean)),
                           tuple(processor.get("image_std", OPENAI.std)))

@@ -15,7 +15,7 @@ NotImplementedError (a stand-in limit, not 1.10.1 behaviour). As in 1.10.1:
 
 import logging
 
-from modules import sd_samplers_common, sd_samplers_kdiffusion, sd_schedulers
+from modules import sd_samplers_common, sd_samplers_kdiffusion, sd_schedulers, shared
 
 
 def _not_in_standin(name):
@@ -40,9 +40,10 @@ _by_name.update({name: sd_samplers_common.SamplerData(name, _not_in_standin(name
 all_samplers = [_by_name[name] for name in _order]
 all_samplers_map = {x.name: x for x in all_samplers}
 
-samplers = all_samplers
-samplers_for_img2img = all_samplers
-samplers_map = {alias.lower(): x.name for x in all_samplers for alias in [x.name] + list(x.aliases)}
+samplers = []
+samplers_for_img2img = []
+samplers_map = {}
+samplers_hidden = {}
 
 
 def find_sampler_config(name):
@@ -60,8 +61,23 @@ def create_sampler(name, model):
     return created
 
 
+def set_samplers():
+    """(Re)reads ``all_samplers`` into the lists the dropdowns and infotext aliases use; run at import, as in 1.10.1
+    (and 1.6.1), and by whoever adds a sampler to ``all_samplers``."""
+    global samplers, samplers_for_img2img, samplers_hidden
+    # (the stand-in may import this module before start-up makes opts; 1.10.1 imports it after)
+    samplers_hidden = set(shared.opts.hide_samplers) if shared.opts is not None else set()
+    samplers = all_samplers
+    samplers_for_img2img = all_samplers
+    samplers_map.clear()
+    for sampler in all_samplers:
+        samplers_map[sampler.name.lower()] = sampler.name
+        for alias in sampler.aliases:
+            samplers_map[alias.lower()] = sampler.name
+
+
 def visible_sampler_names():
-    return [x.name for x in samplers]
+    return [x.name for x in samplers if x.name not in samplers_hidden]
 
 
 def get_sampler_and_scheduler(sampler_name, scheduler_name, *, convert_automatic=True):
@@ -85,3 +101,6 @@ def fix_p_invalid_sampler_and_scheduler(p):
     p.sampler_name, p.scheduler = fixed
     if fixed != given:
         logging.warning('Sampler Scheduler autocorrection: "%s" -> "%s", "%s" -> "%s"', given[0], fixed[0], given[1], fixed[1])
+
+
+set_samplers()

@@ -1,4 +1,4 @@
-"""Stand-in for A1111 1.10.1 ``modules/shared_items.py``: checkpoint list helpers, and the ``Shared`` module
+"""Stand-in for A1111 1.10.1 ``modules/shared_items.py``: checkpoint and sampler list helpers, and the ``Shared`` module
 class that makes ``shared.sd_model`` a property backed by ``sd_models.model_data``."""
 
 import sys
@@ -14,6 +14,12 @@ def refresh_checkpoints():
     from modules import sd_models
 
     return sd_models.list_models()
+
+
+def list_samplers():
+    import modules.sd_samplers
+
+    return modules.sd_samplers.all_samplers
 
 
 class Shared(sys.modules[__name__].__class__):
