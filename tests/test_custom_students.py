@@ -17,7 +17,7 @@ CUSTOM = "down.1.1,up.1.1,down.3.0,up.3.2"  # stage 3 keeps its second layer: no
 
 def test_a_custom_student_distils_and_resumes_exactly(teacher, data, tmp_path):  # noqa: F811
     straight = tmp_path / "straight"
-    settings = dict(arch="mid-removed", remove=CUSTOM, steps=4, save_every=2)
+    settings = dict(preset="mid-removed", remove=CUSTOM, steps=4, save_every=2)
     final = distill(config(teacher, data, straight, **settings))
     split = tmp_path / "split"
     distill(config(teacher, data, split, **dict(settings, steps=2)))

@@ -74,7 +74,10 @@ def test_the_folder_is_a_pipeline_and_imports_back_to_the_same_file(tmp_path, ca
     student = _student(tmp_path, family, "small")
     out = tmp_path / "exported"
     assert main(["export-diffusers", str(student), "--out", str(out), "--dtype", "fp32"]) == 0
-    assert "wrote %s" % out in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "wrote %s" % out in shown
+    assert "  parts       scheduler, text_encoder, tokenizer, unet, vae" in shown.splitlines()
+    assert "  preset      small" in shown.splitlines()
     index = json.loads((out / "model_index.json").read_text())
     assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
     assert index["scheduler"] == ["diffusers", "PNDMScheduler"]

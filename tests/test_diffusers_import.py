@@ -78,3 +78,15 @@ def test_a_folder_without_model_index_is_refused(tmp_path, capsys):
     code = main(["import-diffusers", str(tmp_path), "--out", str(tmp_path / "x.safetensors")])
     assert code == 2 and "model_index.json" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_the_import_reports_to_a_person_too(tmp_path, capsys):
+    """Without --json the report is lines for a person (it once raised KeyError there)."""
+    folder = tmp_path / "bk-sdm-small"
+    folder.mkdir()
+    make_folder(folder, TINY["sd-v1"], "small")
+    out = tmp_path / "imported.safetensors"
+    assert main(["import-diffusers", str(folder), "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "wrote %s" % out
+    assert "  preset      small" in lines and "  family      sd-v1 (eps)" in lines

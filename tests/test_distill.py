@@ -38,7 +38,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def config(teacher: Path, data: Path, out: Path, **changes) -> DistillConfig:
-    settings = dict(teacher=str(teacher), data=str(data), out=str(out), arch="small", steps=4,
+    settings = dict(teacher=str(teacher), data=str(data), out=str(out), preset="small", steps=4,
                     batch_size=2, grad_accum=1, lr=1e-3, resolution=32, mixed_precision="no",
                     ema=False, gradient_checkpointing=False, save_every=0, sample_every=0,
                     log_every=1, export_dtype="fp32")
@@ -69,7 +69,7 @@ def test_losses_are_finite_and_fall_and_the_run_ends_with_an_a1111_student(teach
 
 def test_kd_terms_vanish_for_a_copy_of_the_teacher(teacher, data, tmp_path):
     out = tmp_path / "copy"
-    distill(config(teacher, data, out, arch="teacher", steps=1))
+    distill(config(teacher, data, out, preset="teacher", steps=1))
     first = steps(out)[0]
     assert first["output_kd"] == 0 and first["feature_kd"] == 0 and first["task"] > 0
 
@@ -99,7 +99,7 @@ def test_v_prediction_teacher_trains_on_velocity(tmp_path, data):
     teacher = tmp_path / "tiny-v2-v.safetensors"
     write_tiny_teacher(teacher, TINY_V2_V)
     out = tmp_path / "v"
-    final = distill(config(teacher, data, out, arch="tiny", steps=2))
+    final = distill(config(teacher, data, out, preset="tiny", steps=2))
     start = next(e for e in read_events(out / "events.jsonl") if e["event"] == "start")
     assert start["parameterization"] == "v" and start["family"] == "sd-v2"
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in steps(out))

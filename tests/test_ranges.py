@@ -16,7 +16,7 @@ from bksdm_ext.measure.compare import GRID_ROWS, ModelImages, grid
 from bksdm_ext.measure.evaluate import EvalSettings
 from bksdm_ext.measure.latency import LatencySettings
 from bksdm_ext.model.convert import convert_checkpoint
-from bksdm_ext.model.ranges import declared, from_form
+from bksdm_ext.settings import declared, from_form
 from bksdm_ext.train.distill_config import DistillConfig
 from bksdm_ext.train.dreambooth_config import DreamBoothConfig
 from bksdm_ext.train.synth_config import SynthSettings

@@ -49,7 +49,7 @@ def test_the_transplanted_student_agrees_with_the_fine_tune_best(teacher, tmp_pa
     s0 = distill(config(teacher, make_dataset(tmp_path / "circles"), tmp_path / "s0", steps=10))
     # T1: T0 trained on the task loss alone (no KD terms) on stripes: a plain fine-tune.
     t1 = distill(config(teacher, make_stripes(tmp_path / "stripes"), tmp_path / "t1",
-                        arch="teacher", steps=10, lr=5e-3, lambda_output=0, lambda_feature=0))
+                        preset="teacher", steps=10, lr=5e-3, lambda_output=0, lambda_feature=0))
     transplanted = tmp_path / "s0-plus-t1-difference.safetensors"
     report = transplant(s0, teacher, t1, transplanted, dtype="fp32")
     assert report.warnings == [] and report.carried_share > 0.5

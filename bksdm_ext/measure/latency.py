@@ -18,8 +18,8 @@ from ..model.checkpoint import Checkpoint
 from ..model.detect import inspect_checkpoint
 from ..model.generation import make_pipeline
 from ..model.loading import load_text_encoder, load_unet, load_vae
-from ..model.ranges import GUIDANCE, IMAGE_SIZE, SAMPLER_STEPS, SEED, Range, check_ranges, ranged
-from ..model.samplers import DEFAULT_SAMPLER
+from ..model.samplers import DEFAULT_SAMPLER, SAMPLERS
+from ..settings import GUIDANCE, IMAGE_SIZE, SAMPLER_STEPS, SEED, Range, check_ranges, setting
 
 # The paper's Jetson AGX Orin 32GB figures (A1111 1.6.1, 20 steps DPM++ 2M Karras, 512², CFG 7).
 PAPER_ORIN_SECONDS = {"SDM-v1.5": 4.9, "BK-SDM-Base-2M": 3.4}
@@ -27,15 +27,15 @@ PAPER_ORIN_SECONDS = {"SDM-v1.5": 4.9, "BK-SDM-Base-2M": 3.4}
 
 @dataclass
 class LatencySettings:
-    steps: int = ranged(20, SAMPLER_STEPS)
-    sampler: str = DEFAULT_SAMPLER
-    size: int = ranged(512, IMAGE_SIZE)
-    cfg_scale: float = ranged(7.0, GUIDANCE)
+    steps: int = setting(20, range=SAMPLER_STEPS, label="Steps")
+    sampler: str = setting(DEFAULT_SAMPLER, choices=list(SAMPLERS))
+    size: int = setting(512, range=IMAGE_SIZE, label="Width = height")
+    cfg_scale: float = setting(7.0, range=GUIDANCE, label="CFG scale")
     batch: int = 1
-    seed: int = ranged(0, SEED)
     # As many as A1111's batch count allows in one click.
-    warmup: int = ranged(1, Range(0, 100, "warm-up runs"))
-    runs: int = ranged(5, Range(1, 100, "timed runs"))
+    runs: int = setting(5, range=Range(1, 100, "timed runs"), label="Timed runs")
+    warmup: int = setting(1, range=Range(0, 100, "warm-up runs"), label="Warm-up runs")
+    seed: int = setting(0, range=SEED, label="Seed")
     prompt: str = "a photo of an astronaut riding a horse on mars"
 
     def __post_init__(self) -> None:

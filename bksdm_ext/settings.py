@@ -1,27 +1,34 @@
-"""The allowed range of each numeric setting, declared on the setting itself.
+"""Each setting is declared once: on its field in a settings dataclass.
 
-A settings dataclass declares a field's range with `ranged` and checks every range when it
-is made (`check_ranges`, from its ``__post_init__``), so the command line, the job runner
-and the tabs refuse the same values with the same message.  A tab turns its form numbers
-into settings with `from_form`, which also refuses what a form can send besides numbers
-(an empty box, NaN, infinity, 2.5 for a count).
+`setting(default, help, ...)` makes the field, and its metadata (a `Setting`) says what the
+rest of the code needs to know about the value: its command-line flag and help text (`cli`
+builds every parser from them), its label in the WebUI (the tabs read labels and defaults
+from here), its allowed range and its choices.  A settings dataclass checks its ranges when
+it is made (`check_ranges`, from its ``__post_init__``), so the command line, the job runner
+and the tabs refuse the same values with the same message; and it writes its own command
+line for a background job (`jobs.arguments.config_argv`).  A field made without `setting`
+(``max_grad_norm: float = 1.0``) is a setting of the code only, with no flag.
+
+A tab turns its form numbers into settings with `from_form`, which also refuses what a form
+can send besides numbers (an empty box, NaN, infinity, 2.5 for a count).
 
 The limits keep one request within what the machine serving it can give: anyone who can
 reach an exposed WebUI can send any number, and a value that makes a list of a billion
 entries, an image of 100,000² pixels or a disk of sample grids stops the server for
 everyone.  Each limit still allows what labs run from the command line: the upper ends are
 many times the paper's settings.  The ranges here are shared by several settings; the rest
-are declared on the field they bound.  This module sits in `model` because every package may
-import that one (training, measuring, and the transplant's α in `model` itself).
+are declared on the field they bound.  This module sits at the top of the package, beside
+`errors`, because every package may import it.
 """
+import collections.abc
 import math
-from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Dict, Type, TypeVar
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
-from ..errors import BadInput
+from .errors import BadInput
 
-_KEY = "bksdm.range"  # where a field's Range sits in its metadata
-REQUIRED = MISSING  # `ranged`'s default for a field that has none
+_KEY = "bksdm.setting"  # where a field's Setting sits in its metadata
+REQUIRED = MISSING  # `setting`'s default for a field that has none
 Settings = TypeVar("Settings")
 
 
@@ -54,14 +61,96 @@ class Range:
         return kind + ends + (" (%s)" % self.unit if self.unit else "")
 
 
-def ranged(default: Any, bound: Range) -> Any:
-    """A dataclass field with this default (REQUIRED: none) and allowed range."""
-    return field(default=default, metadata={_KEY: bound})
+@dataclass(frozen=True)
+class Setting:
+    """What a field is besides its name, type and default.
+
+    ``help`` is the command line's help text; ``{default}`` in it shows the default.
+    ``flag`` is the option's name when it is not the field's (``--arch`` for ``preset``);
+    a boolean gets ``--name`` and ``--no-name``.  ``cli=False``: no flag (a setting the
+    code and the tabs use).  ``required``: the command line must give it (the field may
+    still default to "" so that a form can make the settings before it is filled in).
+    """
+
+    help: str = ""
+    label: str = ""  # in the WebUI
+    range: Optional[Range] = None
+    choices: Optional[Sequence[str]] = None
+    flag: str = ""
+    metavar: Optional[str] = None
+    required: bool = False
+    cli: bool = True
+
+    def field(self, default: Any = REQUIRED) -> Any:
+        """A dataclass field with this declaration and default (REQUIRED: none)."""
+        if isinstance(default, list):
+            return field(default_factory=lambda: list(default), metadata={_KEY: self})
+        return field(default=default, metadata={_KEY: self})
+
+
+def setting(default: Any = REQUIRED, help: str = "", **declared: Any) -> Any:
+    """A settings dataclass field: its default and its `Setting` (help, label, range...)."""
+    return Setting(help=help, **declared).field(default)
+
+
+class Declared:
+    """One field of a settings dataclass with its declaration, as the command line, the
+    job runner and the tabs read it."""
+
+    def __init__(self, item: Field) -> None:
+        self.name = item.name
+        self.setting: Setting = item.metadata.get(_KEY, Setting(cli=False))
+        self.default = (item.default if item.default is not MISSING else
+                        item.default_factory() if item.default_factory is not MISSING
+                        else REQUIRED)
+        self.kind, self.repeated = value_type(item.type)
+
+    @property
+    def flag(self) -> str:
+        return self.setting.flag or flag(self.name)
+
+    @property
+    def switch(self) -> bool:
+        """A boolean: ``--name`` / ``--no-name``."""
+        return self.kind is bool
+
+    def help(self) -> str:
+        return self.setting.help.replace("{default}", shown_default(self.default))
+
+
+def declarations(settings: Any) -> List[Declared]:
+    """Every field of a settings dataclass (or object), in declaration order."""
+    return [Declared(item) for item in fields(settings)]
+
+
+def declaration(settings: Any, name: str) -> Declared:
+    """The field `name` of a settings dataclass."""
+    for item in declarations(settings):
+        if item.name == name:
+            return item
+    raise KeyError(name)
+
+
+def label(settings: Any, name: str) -> str:
+    """The WebUI's label of a setting."""
+    return declaration(settings, name).setting.label
+
+
+def value_type(annotation: Any) -> Tuple[Any, bool]:
+    """(the type of one value, whether the setting takes several): Optional[int] -> (int,
+    False), Sequence[str] -> (str, True)."""
+    origin, args = getattr(annotation, "__origin__", None), getattr(annotation, "__args__", ())
+    if origin is Union:
+        return value_type(next(a for a in args if a is not type(None)))
+    if origin in (list, tuple, collections.abc.Sequence):
+        return args[0], True
+    return annotation, False
 
 
 def declared(settings: Any) -> Dict[str, Range]:
     """The ranged fields of a settings dataclass (or object) and their ranges."""
-    return {item.name: item.metadata[_KEY] for item in fields(settings) if _KEY in item.metadata}
+    return {item.name: item.setting.range for item in declarations(settings)
+            if item.setting.range is not None}
 
 
 def check_ranges(settings: Any) -> None:
@@ -98,6 +187,13 @@ def form_number(value: Any, label: str, whole: bool = True) -> Any:
 def flag(name: str) -> str:
     """How the command line spells a setting: batch_size -> --batch-size."""
     return "--" + name.replace("_", "-")
+
+
+def shown_default(value: Any) -> str:
+    """A default as help texts show it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value in ("", None) else str(value)
 
 
 def _shown(value: Any) -> str:
