@@ -222,7 +222,7 @@ def test_a_v_prediction_teacher_distils_on_its_own_parameterization(tmp_path, da
     teacher = tmp_path / "tiny-v2-v.safetensors"
     write_tiny_teacher(teacher, TINY_V2_V)
     out = tmp_path / "v"
-    final = distill(lcm(teacher, data, out, arch="tiny", steps=2))
+    final = distill(lcm(teacher, data, out, preset="tiny", steps=2))
     start = read_events(out / "events.jsonl")[0]
     assert start["parameterization"] == "v" and all(math.isfinite(e["loss"]) for e in steps(out))
     assert load_file(final)[1]["bksdm.parameterization"] == "v"
@@ -383,17 +383,17 @@ def test_a_job_passes_the_lcm_settings_through_its_command_line():
 
 def test_each_lcm_setting_is_declared_once_with_its_help_and_the_cli_shows_it():
     import argparse
-    from dataclasses import fields
 
-    from bksdm_ext.train.distill_config import LCM_HELP
+    from bksdm_ext.settings import declarations
 
-    declared = {f.name for f in fields(DistillConfig)}
-    lcm_fields = {name for name in declared if name.startswith("lcm_")}
-    assert lcm_fields | {"objective", "lr", "lora_rank"} == set(LCM_HELP)
+    declared = {d.name: d for d in declarations(DistillConfig)}
+    new = [name for name in declared if name.startswith("lcm_")] + ["objective", "lora_rank"]
+    assert len(new) == 11
     (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     helps = {a.dest: a.help for a in commands.choices["distill"]._actions}
-    for name, text in LCM_HELP.items():
-        assert helps[name].startswith(text)
+    for name in new + ["lr"]:
+        assert declared[name].help() and helps[name] == declared[name].help()
+    assert "LCM 8e-06" in helps["lr"] and "LCM-LoRA 0.0001" in helps["lr"]
 
 
 # -- few steps: the check of issue 26 -------------------------------------------------------
@@ -491,7 +491,7 @@ def test_the_lcm_student_beats_the_teachers_lcm_lora_adapted_onto_it(few_steps, 
     from bksdm_ext.model.safetensors_io import tensor_out, write_safetensors
 
     folder, pruned = few_steps["folder"], few_steps["pruned"]
-    teacher_run = distill(lcm(teacher, data, folder / "teacher-lora", arch="teacher",
+    teacher_run = distill(lcm(teacher, data, folder / "teacher-lora", preset="teacher",
                               lora_rank=16, **few_steps["common"]))
     adapted = folder / "teacher-lcm-lora-for-small.safetensors"
     report = adapt_lora(pruned, lora_file(teacher_run), adapted)

@@ -40,10 +40,6 @@ SAMPLE_PROMPTS = (
 class DistillConfig:
     """A run's settings; the defaults are the paper's (BK-SDM, SD-v1, 0.22M/2.3M pairs)."""
 
-    objective: str = setting("kd", "kd: knowledge distillation (the BK-SDM paper's); lcm: latent "
-                                   "consistency distillation onto the student, which then "
-                                   "draws in 2-8 steps with the LCM sampler (default {default})",
-                             choices=list(OBJECTIVES))
     teacher: str = setting(REQUIRED, "SD-v1/v2 checkpoint (.safetensors/.ckpt)", required=True,
                            label="Teacher (SD-v1/v2 checkpoint)")
     # None: Small, or the teacher itself when `remove` names the blocks (as convert does).
@@ -59,6 +55,10 @@ class DistillConfig:
             "image/caption pairs first, from --prompts); or a .txt prompt file (one pair per "
             "prompt); or a finished `bksdm synth` run folder", required=True)
     out: str = setting("", "run folder", required=True)
+    objective: str = setting("kd", "kd: knowledge distillation (the BK-SDM paper's); lcm: latent "
+                                   "consistency distillation onto the student, which then "
+                                   "draws in 2-8 steps with the LCM sampler (default {default})",
+                             choices=list(OBJECTIVES))
     # A student file to start from instead of the pruned teacher (init_student.py).
     init_student: Optional[str] = setting(
         None, "start from this student (transplanted, imported or an earlier run's result; its "
