@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -43,14 +44,18 @@ def browser():
         if IN_CI:
             pytest.fail("CI needs the browser test: " + missing)
         pytest.skip(missing)
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # expect() waits 5 s unless told otherwise (page.set_default_timeout does not reach
+    # it): on a loaded machine a conversion or a comparison takes longer than that.
+    expect.set_options(timeout=TIMEOUT_MS)
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             yield chromium
         finally:
             chromium.close()
+            expect.set_options(timeout=None)
 
 
 @pytest.fixture
@@ -65,17 +70,24 @@ def webui(tmp_path):
 
 
 @pytest.fixture
-def slow_progress(monkeypatch):
-    """A tiny model converts in a blink; 5 ms per tensor lets the progress bar be seen polling."""
+def held_progress(monkeypatch):
+    """A tiny model converts in a blink, faster than the page polls the progress on a fast
+    machine and faster than a loaded machine's browser draws it: the conversion waits
+    halfway, its progress reported, until the test sets the returned event (it has seen
+    the bar)."""
     from bksdm_ext.webui import a1111
 
     report = a1111.Progress.__call__
+    seen = threading.Event()
 
-    def slowly(self, done, total):
-        time.sleep(0.005)
+    def held(self, done, total):
         report(self, done, total)
+        if done == total // 2:
+            seen.wait(TIMEOUT_MS / 1000)
 
-    monkeypatch.setattr(a1111.Progress, "__call__", slowly)
+    monkeypatch.setattr(a1111.Progress, "__call__", held)
+    yield seen
+    seen.set()  # a test that failed before it saw the bar lets the conversion end
 
 
 def _screenshot(page, path: Path, copy: str) -> None:
@@ -142,7 +154,7 @@ def _wait_for_listed(page, checkpoint: Path) -> None:
     _wait_for(listed, "%s in the checkpoint dropdown" % checkpoint.name)
 
 
-def test_convert_tab_in_the_browser(browser, webui, slow_progress, tmp_path):
+def test_convert_tab_in_the_browser(browser, webui, held_progress, tmp_path):
     from playwright.sync_api import expect
 
     shots = tmp_path / "screenshots"
@@ -191,6 +203,7 @@ def test_convert_tab_in_the_browser(browser, webui, slow_progress, tmp_path):
         bar = page.locator(".progressDiv")
         expect(bar).to_contain_text(re.compile(r"Converting: \d+/\d+ tensors"))
         page.screenshot(path=str(shots / "2-converting.png"), full_page=True)
+        held_progress.set()
         result = page.locator("#bksdm_convert_result").first
         expect(result.locator(".bksdm-success")).to_contain_text("Wrote %s" % student)
         expect(result).to_contain_text("Time taken")

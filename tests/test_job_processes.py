@@ -122,6 +122,18 @@ def test_jobs_list_cancel_and_resume_never_start_a_job(tmp_path, capsys):
     assert not (tmp_path / "jobs" / job.id / "log.txt").exists()  # never started
 
 
+def kill_worker(pid, folder):
+    """SIGKILL a job's worker and wait until no reader of the job list takes it for running
+    (a killed process takes a moment to end, more on a loaded machine)."""
+    from bksdm_ext.jobs.runner import _pid_runs
+
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 60
+    while _pid_runs(pid, str(folder)):
+        assert time.time() < deadline, "the killed worker %d still runs" % pid
+        time.sleep(0.05)
+
+
 def run_started(runner, job_id):
     """Wait until the job's worker has started its run; returns the run's pid."""
     worker = runner.job(job_id).pid
@@ -175,8 +187,6 @@ def test_every_command_sees_a_killed_worker_as_jobs_list_does_before_anything_po
         tmp_path, capsys):
     """kill -9 of a worker: `jobs list` says interrupted, so `jobs resume` queues it again
     at once and `jobs cancel` asks nothing of it, with no poll in between (issue 22 #10)."""
-    from bksdm_ext.jobs.runner import _pid_runs
-
     root = tmp_path / "jobs"
     job = JobRunner(root, drive=False).submit("distill", ["--teacher", "t", "--data", "d"],
                                               device="cpu")
@@ -184,10 +194,7 @@ def test_every_command_sees_a_killed_worker_as_jobs_list_does_before_anything_po
     run_started(starter, job.id)
     (root / job.id / "checkpoints" / "step-0000001").mkdir(parents=True)
     worker = starter.job(job.id).pid
-    os.kill(worker, signal.SIGKILL)  # its run goes with it
-    deadline = time.time() + 30
-    while _pid_runs(worker, str(root / job.id)) and time.time() < deadline:
-        time.sleep(0.05)
+    kill_worker(worker, root / job.id)  # its run goes with it
     del starter  # never polls again
     assert json.loads((root / job.id / "job.json").read_text())["state"] == RUNNING
 

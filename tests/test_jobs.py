@@ -1,6 +1,4 @@
 """Background jobs with real worker processes running tiny distillations on the CPU."""
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -10,6 +8,7 @@ from bksdm_ext.demo import write_tiny_teacher
 from bksdm_ext.jobs.runner import (CANCELLED, FAILED, INTERRUPTED, QUEUED, RUNNING, SUCCEEDED,
                             JobRunner)
 from test_distill import make_dataset
+from test_job_processes import kill_worker
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +76,7 @@ def test_a_killed_worker_is_interrupted_after_a_restart_and_resumes_to_the_end(i
     runner = JobRunner(tmp_path / "jobs")
     job = runner.submit("distill", distill_args(inputs, steps=16, save_every=2), device="cpu")
     wait(runner, job.id, lambda j: any(e["event"] == "checkpoint" for e in runner.events(job.id)))
-    os.kill(runner.job(job.id).pid, signal.SIGKILL)
-    time.sleep(0.5)
+    kill_worker(runner.job(job.id).pid, runner.folder(job.id))
     restarted = JobRunner(tmp_path / "jobs")  # the WebUI starts again
     interrupted = restarted.job(job.id)
     assert interrupted.state == INTERRUPTED and "resume" in interrupted.reason

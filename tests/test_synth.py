@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from bksdm_ext.model.detect import inspect_checkpoint
 from bksdm_ext.train.distill import _unrelated_latents, distill
 from bksdm_ext.errors import BadInput, Stopped
 from bksdm_ext.jobs.events import read_events
+from bksdm_ext.jobs.runner import CANCELLED, QUEUED, JobRunner
 from bksdm_ext.model.generation import make_pipeline
 from bksdm_ext.train.latent_cache import LatentCache
 from bksdm_ext.model.loading import latent_scale, load_unet, load_vae
@@ -97,20 +97,37 @@ def test_the_run_reports_progress_a_preview_and_a_summary(made):
     assert "built-in" in summary["prompt_source"]
 
 
-def test_a_killed_run_resumes_to_exactly_the_uninterrupted_cache(teacher, made, tmp_path):
+# The synth command in a process that kills itself (SIGKILL: nothing cleaned up) the
+# moment its first batch is on disk: right after the batch's cache shard is written
+# ("shard", before its checkpoints/step-N marker) or right after that marker ("marker",
+# before the batch's previews).  A kill at a chosen point, so every run tests both.
+KILLED_AFTER = """
+import os, signal, sys
+from bksdm_ext.jobs.runs import RunPaths
+from bksdm_ext.train.latent_cache import LatentCache
+owner, name = {"shard": (LatentCache, "add_batch"), "marker": (RunPaths, "write_checkpoint")}[
+    sys.argv[1]]
+original = getattr(owner, name)
+def killed_after(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+setattr(owner, name, killed_after)
+from bksdm_ext.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("killed_after", ["shard", "marker"])
+def test_a_killed_run_resumes_to_exactly_the_uninterrupted_cache(teacher, made, tmp_path,
+                                                                  killed_after):
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "bksdm_ext", "synth", "--teacher", str(teacher),
-               "--count", "6", "--out", str(out), "--resolution", "32", "--steps", "2",
-               "--batch-size", "2", "--preview", "3", "--seed", "5"]
+    command = [sys.executable, "-c", KILLED_AFTER, killed_after, "synth", "--teacher",
+               str(teacher), "--count", "6", "--out", str(out), "--resolution", "32",
+               "--steps", "2", "--batch-size", "2", "--preview", "3", "--seed", "5"]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    first = out / "cache" / "added" / "00000000.safetensors"
-    deadline = time.time() + 120
-    while not first.is_file() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process = subprocess.run(command, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, timeout=600)
+    assert process.returncode == -signal.SIGKILL, process.stderr.decode()
     made_before = len(cache_of(out))
     assert 0 < made_before < 6, "the kill came too late to test resumption"
     assert main(["synth", "--teacher", str(teacher), "--count", "6", "--out", str(out),
@@ -238,6 +255,23 @@ def test_a_run_stopped_while_the_teacher_makes_data_resumes(teacher, tmp_path):
     distill(config(teacher, "teacher:4", out, **settings), resume=True)
     assert [e["done"] for e in events(out, "synth")] == [2, 4]
     assert read_events(out / "events.jsonl")[-1]["event"] == "done"
+
+
+def test_a_distillation_job_stopped_while_the_teacher_makes_data_can_be_resumed(teacher,
+                                                                               tmp_path):
+    """The job runner offers to resume it (its run folder has no checkpoint yet, only the
+    teacher's first images) and the Jobs tab's resume is accepted."""
+    runner = JobRunner(tmp_path / "jobs", drive=False)
+    job = runner.submit("distill", ["--teacher", str(teacher), "--data", "teacher:4"],
+                        device="cpu")
+    assert runner.cancel(job.id).state == CANCELLED  # still queued: never started
+    out = runner.folder(job.id)
+    (out / "STOP").write_text("save")
+    with pytest.raises(Stopped):  # what the job's run did before it stopped
+        distill(config(teacher, "teacher:4", out, steps=1, synth_steps=2, synth_batch_size=2,
+                       synth_preview=0))
+    assert not list((out / "checkpoints").glob("step-*"))
+    assert runner.resume(job.id).state == QUEUED
 
 
 def test_random_conditioning_pairs_captions_with_other_examples_latents(teacher, made, tmp_path):

@@ -279,8 +279,8 @@ class JobRunner:
         return self._outcome(job)
 
     def _resumable(self, job: Job) -> bool:
-        """Whether its run folder holds a checkpoint a ``--resume`` continues from."""
-        return RunPaths(self._path(job.id)).latest_checkpoint() is not None
+        """Whether its run folder holds what a ``--resume`` continues from."""
+        return RunPaths(self._path(job.id)).resumable()
 
     def _path(self, job_id: str) -> Path:
         """The folder of an id read from this folder's own job list."""

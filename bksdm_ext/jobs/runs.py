@@ -4,7 +4,9 @@ the protocol the job runner and the WebUI read from it.
 ``events.jsonl`` says what happened (``start``, ``step`` with losses and ``eta_s``,
 ``checkpoint``, ``samples`` with a grid's path, ``done`` with the ``output`` file,
 ``stopped``, ``error``); a ``STOP`` file holding "save" or "discard" asks the run to stop
-at its next step; ``checkpoints/step-NNNNNNN`` folders let ``--resume`` continue it.
+at its next step; ``checkpoints/step-NNNNNNN`` folders let ``--resume`` continue it, and so
+does a ``checkpoints/resumable`` file, left by a run with work to keep before its first
+checkpoint (the teacher making its training data).
 """
 import os
 import shutil
@@ -15,6 +17,8 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 from ..errors import BadInput, DiskError, Stopped
 from .events import EventLog
+
+RESUMABLE = "resumable"  # in checkpoints/: see RunPaths.mark_resumable
 
 
 @dataclass
@@ -37,6 +41,15 @@ class RunPaths:
     def latest_checkpoint(self) -> Optional[Path]:
         found = sorted(self.checkpoints.glob("step-*[0-9]")) if self.checkpoints.is_dir() else []
         return found[-1] if found else None
+
+    def mark_resumable(self) -> None:
+        """Say that --resume has something to continue before the first checkpoint."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        (self.checkpoints / RESUMABLE).touch()
+
+    def resumable(self) -> bool:
+        """Whether --resume continues this run (the job runner offers it when so)."""
+        return self.latest_checkpoint() is not None or (self.checkpoints / RESUMABLE).is_file()
 
     def write_checkpoint(self, step: int, fill: Callable[[Path], None], keep_last: int,
                          keep: Optional[Path] = None) -> Path:
@@ -72,13 +85,15 @@ class RunPaths:
             % latest.name) if latest else "there is no earlier checkpoint")
 
     def resume_point(self, resume: bool) -> Optional[Path]:
-        """The checkpoint to continue from; refuses to start over an existing run."""
+        """The checkpoint to continue from (None for a run resumable before its first);
+        refuses to start over an existing run."""
         latest = self.latest_checkpoint()
-        if resume and latest is None:
+        if resume and not self.resumable():
             raise BadInput("%s: nothing to resume (no checkpoints/step-* folder)" % self.out)
-        if not resume and latest is not None:
+        if not resume and self.resumable():
             raise BadInput("%s already holds a run (%s); pass --resume to continue it or choose "
-                           "another --out" % (self.out, latest.name))
+                           "another --out" % (self.out, latest.name if latest else
+                                              "stopped before its first checkpoint"))
         return latest if resume else None
 
     def take_stop_request(self) -> str:

@@ -73,7 +73,7 @@ def _distill(cfg: DistillConfig, resume: bool, memory: Optional[MemoryPlan] = No
     plan = (plan_synthesis(ckpt, info, cfg.synth_settings(data.synthetic, data.prompts))
             if data.teacher_makes_data() else None)
     made = finished_synthetic_cache(data.synth_run) if data.synth_run is not None else None
-    resumed_from = _resume_point(RunPaths(Path(cfg.out)), resume, plan is not None)
+    resumed_from = RunPaths(Path(cfg.out)).resume_point(resume)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.grad_accum,
                               cpu=not torch.cuda.is_available())
@@ -136,14 +136,6 @@ def student_architecture(teacher: TeacherSpec, cfg: DistillConfig) -> Architectu
     return Architecture(teacher, known_as(Architecture(teacher, removal)))
 
 
-def _resume_point(paths: RunPaths, resume: bool, synthesizes: bool) -> Optional[Path]:
-    """The checkpoint to continue from.  A run stopped while the teacher was still making
-    its data has none yet, but resumes too: the synthesis continues where it stopped."""
-    if resume and synthesizes and paths.latest_checkpoint() is None:
-        return None
-    return paths.resume_point(resume)
-
-
 def _cache_root(cfg: DistillConfig, paths: RunPaths) -> Path:
     return Path(cfg.cache_dir) if cfg.cache_dir else paths.out / "cache"
 
@@ -169,7 +161,6 @@ def _synthetic_cache(cfg: DistillConfig, run: Run, ckpt: Checkpoint, info: Model
     folder = SynthFolder(_cache_root(cfg, run.paths) / "synthetic")
     with run.accelerator.main_process_first():
         if run.main:
-            run.paths.checkpoints.mkdir(parents=True, exist_ok=True)  # resumable from here on
             synthesize(folder, plan, lambda: TeacherSampler(ckpt, info, teacher, plan.settings,
                                                             run.accelerator.device),
                        run.paths, run.log, job=False)

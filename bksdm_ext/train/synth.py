@@ -196,9 +196,11 @@ def synthesize(folder: SynthFolder, plan: SynthPlan, make_sampler: Callable[[], 
 
     Writes ``synth`` events (done, total, images_s, eta_s) and a ``samples`` event when the
     preview grid is complete; as a job of its own (`job`) also ``step`` events for the
-    generic progress bar and a ``checkpoints/step-N`` marker after each batch (what the job
-    runner resumes from).  A STOP file stops it between batches: every finished batch is
-    kept, so a stop always saves.
+    generic progress bar and a ``checkpoints/step-N`` marker after each batch.  The run is
+    marked resumable before the first batch, so a kill that lands between a batch's cache
+    shard and its marker (or the distillation's first checkpoint) loses nothing either.
+    A STOP file stops it between batches: every finished batch is kept, so a stop always
+    saves.
     """
     folder.write_plan(plan)
     cache = LatentCache(folder.cache, plan.fingerprint())
@@ -208,6 +210,7 @@ def synthesize(folder: SynthFolder, plan: SynthPlan, make_sampler: Callable[[], 
     if first >= total and not folder.missing_previews(preview) and (
             folder.grid.is_file() or not preview):
         return cache
+    paths.mark_resumable()  # from the first shard on, a kill anywhere leaves work to keep
     sampler = make_sampler()
     # A kill between a batch and its previews leaves some to make from the cache.
     _fill_previews(folder, cache, sampler, min(first, preview), log, grid_at=preview)
@@ -257,8 +260,8 @@ def _fill_previews(folder: SynthFolder, cache: LatentCache, sampler: TeacherSamp
 
 def _mark(paths: RunPaths, done: int) -> None:
     """checkpoints/step-N (N images made): the run protocol's resume point.  The cache is
-    what counts; the marker tells the job runner and --resume there is something to
-    continue."""
+    what counts (a resumed run continues from the images it holds); the marker tells the
+    job runner how far the run came."""
     paths.write_checkpoint(done, lambda folder: (folder / STATE_FILE).write_text(
         json.dumps({"done": done}), encoding="utf-8"), keep_last=1)
 
@@ -275,7 +278,7 @@ def synth(cfg: SynthConfig, resume: bool = False) -> Path:
         plan = plan_synthesis(ckpt, info, cfg)
         start_point = paths.resume_point(resume)
         folder = SynthFolder(paths.out)
-        if start_point is not None:
+        if resume:
             _same_plan(folder, plan)
         paths.out.mkdir(parents=True, exist_ok=True)
         log = EventLog(paths.events)
