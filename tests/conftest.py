@@ -19,6 +19,24 @@ for _legacy in ("HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "PYTORCH_TRANSFOR
     os.environ.pop(_legacy, None)
 
 
+# The folders of tests/ that test bksdm_ext without the WebUI; tests/webui/ holds every test
+# module that needs gradio and the A1111 stand-in to import or run.
+ENGINE_FOLDERS = {"cli", "model", "train", "jobs", "measure", "scores"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """`webui` for tests/webui/, `engine` for the engine folders' tests that are not marked
+    `webui` themselves (the few there that also look at the WebUI side), so a folder's place
+    decides what a Makefile target selects without a marker on each test."""
+    tests = Path(__file__).parent
+    for item in items:
+        folder = item.path.relative_to(tests).parts[0]
+        if folder == "webui":
+            item.add_marker(pytest.mark.webui)
+        elif folder in ENGINE_FOLDERS and item.get_closest_marker("webui") is None:
+            item.add_marker(pytest.mark.engine)
+
+
 def pytest_unconfigure(config):
     shutil.rmtree(str(HF_HOME), ignore_errors=True)
 

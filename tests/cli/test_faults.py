@@ -148,7 +148,7 @@ def test_racing_conversions_to_one_name_place_one_whole_pair(tmp_path, capsys):
     arches = ["base", "small", "tiny", "mid-removed"]
     racers = [subprocess.Popen([sys.executable, "-c", RACER, str(teacher), str(out), arch,
                                 str(tmp_path / "barrier"), str(len(arches))],
-                               cwd=str(Path(__file__).resolve().parent.parent),
+                               cwd=str(Path(__file__).resolve().parents[2]),
                                stderr=subprocess.PIPE, universal_newlines=True)
               for arch in arches]
     results = [(racer.wait(timeout=300), racer.stderr.read()) for racer in racers]
@@ -260,7 +260,7 @@ def test_the_scan_decodes_images_so_a_truncated_jpeg_is_caught_before_training(t
 
 # -- item 7: full, read-only and size-limited disks ---------------------------------------
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager
@@ -382,6 +382,7 @@ def test_a_training_run_that_fills_the_disk_keeps_its_checkpoint_and_resumes(
             None, str(out / "checkpoints" / "step-0000001")]
 
 
+@pytest.mark.webui
 def test_the_convert_tab_says_the_disk_is_full(tmp_path):
     from webui_env import load, standin_app, start_webui
 

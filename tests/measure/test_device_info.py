@@ -22,8 +22,8 @@ from bksdm_ext.measure.device_info import (
     software,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "jetson"
-ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "jetson"
+ROOT = Path(__file__).resolve().parents[2]
 # Looked up before any test narrows PATH to its folder of fake tools.
 CAT, SLEEP = shutil.which("cat"), shutil.which("sleep")
 

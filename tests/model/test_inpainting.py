@@ -149,6 +149,7 @@ def inpaint(model):
         handle.remove()
 
 
+@pytest.mark.webui
 @pytest.mark.parametrize("preset", ["small", "tiny"])
 def test_an_inpainting_student_inpaints_in_img2img(webui, preset):
     from bksdm_ext.webui import guard
@@ -178,6 +179,7 @@ def test_an_inpainting_student_inpaints_in_img2img(webui, preset):
     assert (out[:, 32:] - kept[:, 32:].floor()).abs().mean() > 1
 
 
+@pytest.mark.webui
 def test_an_inpainting_student_without_its_yaml_gets_the_inpainting_config_back(webui):
     from bksdm_ext.webui import guard
     from webui_env import load
@@ -192,6 +194,7 @@ def test_an_inpainting_student_without_its_yaml_gets_the_inpainting_config_back(
     assert guard.last_problem == [] and model.model.conditioning_key == "hybrid"
 
 
+@pytest.mark.webui
 def test_the_convert_tab_makes_a_student_of_a_loaded_inpainting_model(webui):
     from bksdm_ext.webui import convert_tab
     from webui_env import load

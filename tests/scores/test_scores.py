@@ -182,7 +182,7 @@ def test_a_clip_model_in_the_hugging_face_cache_is_found_and_used_offline(tmp_pa
     script = ("import torch; from bksdm_ext.scores.clip import ClipScorer, cached_model\n"
               "name = cached_model(); print(name)\n"
               "if name: print(ClipScorer.load(name).score(torch.rand(1, 3, 32, 32), ['a cat']).shape)")
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     for cache, expected in ((hub, "openai/clip-vit-base-patch32\ntorch.Size([1])"),
                             (tmp_path / "empty", "None")):
         env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1",
@@ -270,7 +270,7 @@ def test_a_named_clip_is_downloaded_on_request_only(tmp_path):
 
     from fake_hub import hub_env, serving
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     with serving("openai/clip-vit-base-patch32", tiny_clip(tmp_path / "served")) as (url, fetched):
         env = hub_env(url, tmp_path / "hf-home", str(root))
 

@@ -124,7 +124,7 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_cache(teacher, made, 
     command = [sys.executable, "-c", KILLED_AFTER, killed_after, "synth", "--teacher",
                str(teacher), "--count", "6", "--out", str(out), "--resolution", "32",
                "--steps", "2", "--batch-size", "2", "--preview", "3", "--seed", "5"]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     process = subprocess.run(command, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, timeout=600)
     assert process.returncode == -signal.SIGKILL, process.stderr.decode()

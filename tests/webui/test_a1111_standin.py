@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-STANDIN_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "a1111")
+STANDIN_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "a1111")
 if STANDIN_ROOT not in sys.path:
     sys.path.insert(0, STANDIN_ROOT)
 

@@ -19,6 +19,8 @@ import pytest
 from tiny import TINY, write_teacher
 from webui_env import allow_data_root, installed_webui, load, standin_app, start_webui, stop_jobs
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]

@@ -19,8 +19,8 @@ from bksdm_ext.model.convert import convert_checkpoint
 from test_convert import ldm_from_yaml, load_file, unet_part
 from tiny import TINY, write_teacher
 
-STANDIN = Path(__file__).resolve().parent / "controlnet_standin" / "sd-webui-controlnet"
-A1111_STANDIN = Path(__file__).resolve().parent / "a1111"
+STANDIN = Path(__file__).resolve().parents[1] / "controlnet_standin" / "sd-webui-controlnet"
+A1111_STANDIN = Path(__file__).resolve().parents[1] / "a1111"
 CUSTOM_UNITS = "down.1.1,up.1.1,down.3.0,up.3.2,mid"
 
 # docs/facts.md §3: student input block i <- teacher input block ORIGINS[i]; the custom student

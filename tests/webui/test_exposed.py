@@ -453,7 +453,7 @@ def test_tiffs_named_png_are_not_decoded(tmp_path):
     for i in range(6):
         (data / ("bomb%d.png" % i)).write_bytes(tiff.getvalue())
         (data / ("bomb%d.txt" % i)).write_text("a bomb")
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(data)], cwd=str(root),
                           capture_output=True, text=True, timeout=600,
                           env=dict(os.environ, PYTHONPATH=str(root)))

@@ -16,7 +16,7 @@ from tiny import TINY, write_teacher
 
 pytest.importorskip("ldm.modules.diffusionmodules.openaimodel")
 
-STANDIN = Path(__file__).resolve().parent / "forge_standin"
+STANDIN = Path(__file__).resolve().parents[1] / "forge_standin"
 STANDIN_MODULES = ("backend", "huggingface_guess")
 
 

@@ -118,7 +118,7 @@ def test_every_student_loads_exactly_and_runs(webui, family, preset):
     assert out.shape == (1, 4, 16, 16) and torch.isfinite(out).all()
 
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "students"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "students"
 
 
 @pytest.mark.parametrize("yaml_file", sorted(p.name for p in FIXTURES.glob("*.yaml")))

@@ -170,7 +170,7 @@ def test_download_clip_fetches_the_weights_a1111s_cache_lacks_on_the_button_only
                           serving)
     from test_scores import tiny_clip
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     served = tiny_clip(tmp_path / "served")
     clip_tokenizer("sd-v1").save_pretrained(str(served))
     weights = [p for p in served.iterdir() if p.name in ("model.safetensors", "pytorch_model.bin")]
