@@ -63,9 +63,11 @@ def a1111_machine(a1111_hf_cache, tmp_path_factory, monkeypatch) -> Path:
     return a1111_hf_cache
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def teacher(tmp_path_factory):
-    """A tiny random SD-v1 checkpoint + yaml with every part (U-Net, VAE, text encoder)."""
+    """A tiny random SD-v1 checkpoint + yaml with every part (U-Net, VAE, text encoder).
+    Made once per run (47 MB, by ~15 test modules): never change it or its yaml; write
+    only names of your own beside it."""
     from bksdm_ext.demo import write_tiny_teacher
 
     path = tmp_path_factory.mktemp("teacher") / "tiny-sd-v1.safetensors"
