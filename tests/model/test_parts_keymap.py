@@ -23,6 +23,8 @@ from bksdm_ext.model.parts_keymap import (TEXT_PREFIX, clip_to_hf, clip_to_ldm, 
                                     vae_to_ldm)
 
 
+pytestmark = pytest.mark.a1111_pins
+
 TOL = 1e-4
 
 # Tiny VAE: LDM's GroupNorm always uses 32 groups, so widths are multiples of 32.
