@@ -64,9 +64,12 @@ LATEST_REQS  := diffusers==0.42.1 transformers==5.24.0 accelerate==1.15.0 huggin
                 peft==0.21.2 torch-fidelity==0.4.0 torchmetrics==1.9.0 pytest ftfy omegaconf einops
 # Which tests it runs, by marker (pyproject.toml; tests/conftest.py gives `engine` and `webui`
 # by folder): the engine tests (tests/cli, model, train, jobs, measure, scores) except the
-# `slow` ones, whose parts quicker engine tests run too (CI's budget), and `a1111_pins`
+# `slow` ones (CI's budget: each engine still runs here in a quicker test, and test-wheel runs
+# the demo, a distillation and DreamBooth on the newest releases too) and `a1111_pins`
 # (tests/model/test_parts_keymap.py compares with A1111's own parts at its pins: LDM's
-# autoencoder needs pytorch_lightning). tests/webui is not collected: its modules need gradio.
+# autoencoder needs pytorch_lightning); then tests/scores whole, slow ones included: this
+# stack's torchvision is real, so FID (torch-fidelity) and CLIP's image code run for real only
+# here. tests/webui is not collected: its modules need gradio.
 LATEST_MARKERS := engine and not slow and not a1111_pins
 
 # The Jetson stack (`make test-jetson`): what A1111 1.6.1 runs on a Jetson AGX Orin under
@@ -132,9 +135,11 @@ $(LATEST_STAMP): pyproject.toml Makefile
 	$(LATEST_VENV)/bin/python -m pip install -q --progress-bar off --no-deps $(SDKIT)
 	touch $@
 
-# The suite's engine tests on the second stack (the WebUI tests need A1111's pins).
+# The suite's engine tests on the second stack (the WebUI tests need A1111's pins), then the
+# slow tests of the scores.
 test-latest: $(LATEST_STAMP)
 	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "$(LATEST_MARKERS)" --ignore=tests/webui
+	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -m slow tests/scores
 
 $(JETSON_STAMP): Makefile
 	@$(PY38) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 8) else "need Python 3.8 for the Jetson stack, got " + sys.version)'

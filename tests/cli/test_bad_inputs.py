@@ -54,7 +54,7 @@ def test_sd3_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("channels,what", [(8, "instruct-pix2pix"), (5, "5 input channels")])
 def test_pix2pix_and_other_conditioned_unets_are_refused(tmp_path, capsys, channels, what):
-    """(Inpainting U-Nets, 9 channels, convert: tests/test_inpainting.py.)"""
+    """(Inpainting U-Nets, 9 channels, convert: tests/model/test_inpainting.py.)"""
     def widen(state):
         w = state["model.diffusion_model.input_blocks.0.0.weight"]
         state["model.diffusion_model.input_blocks.0.0.weight"] = torch.zeros(

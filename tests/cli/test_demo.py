@@ -1,11 +1,13 @@
 """The README's main job: `bksdm demo` converts a tiny model and generates with both."""
 import json
 
+import pytest
 from PIL import Image
 
 from bksdm_ext.cli import main
 
 
+@pytest.mark.slow
 def test_demo_converts_and_generates(tmp_path, capsys):
     assert main(["demo", "--workdir", str(tmp_path), "--arch", "tiny", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -135,6 +135,7 @@ except BadInput as e:
 """
 
 
+@pytest.mark.slow
 def test_racing_conversions_to_one_name_place_one_whole_pair(tmp_path, capsys):
     import subprocess
     import sys

@@ -80,6 +80,7 @@ def test_a_job_started_from_anywhere_finds_the_package_and_fails_with_its_log_li
     assert REFUSED in done.stdout  # not "No module named bksdm_ext"
 
 
+@pytest.mark.slow
 def test_a_queued_job_starts_exactly_once_when_many_processes_move_the_queue(tmp_path):
     """Eight processes poll the same jobs folder at the same moment, three times over; each
     queued job (one per device) must be started by exactly one of them."""

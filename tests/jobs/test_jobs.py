@@ -45,6 +45,7 @@ def first_step_done(runner, job_id):
     return lambda job: any(e["event"] == "step" for e in runner.events(job_id))
 
 
+@pytest.mark.slow
 def test_a_job_runs_to_success_and_the_next_one_waits_for_the_device(inputs, tmp_path):
     finished = []
     runner = JobRunner(tmp_path / "jobs", on_finish=finished.append)
@@ -58,6 +59,7 @@ def test_a_job_runs_to_success_and_the_next_one_waits_for_the_device(inputs, tmp
     assert "distilling" in runner.log_tail(first.id)
 
 
+@pytest.mark.slow
 def test_cancel_stops_a_running_job_and_saves_nothing(inputs, tmp_path):
     runner = JobRunner(tmp_path / "jobs")
     job = runner.submit("distill", distill_args(inputs, steps=500), device="cpu")
@@ -72,6 +74,7 @@ def test_cancel_stops_a_running_job_and_saves_nothing(inputs, tmp_path):
     wait(runner, queued.id, lambda job: job.state == SUCCEEDED)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_interrupted_after_a_restart_and_resumes_to_the_end(inputs, tmp_path):
     runner = JobRunner(tmp_path / "jobs")
     job = runner.submit("distill", distill_args(inputs, steps=16, save_every=2), device="cpu")
@@ -88,6 +91,7 @@ def test_a_killed_worker_is_interrupted_after_a_restart_and_resumes_to_the_end(i
     assert Path(done.result).is_file()
 
 
+@pytest.mark.slow
 def test_a_running_job_is_reattached_after_a_restart(inputs, tmp_path):
     runner = JobRunner(tmp_path / "jobs")
     job = runner.submit("distill", distill_args(inputs, steps=500), device="cpu")
@@ -109,6 +113,7 @@ def test_a_failing_job_reports_its_reason(inputs, tmp_path):
     assert "missing.safetensors" in failed.reason and "no such file" in failed.reason
 
 
+@pytest.mark.slow
 def test_the_command_line_queues_watches_and_lists_jobs(inputs, tmp_path, capsys):
     import json
 

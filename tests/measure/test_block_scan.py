@@ -20,6 +20,10 @@ NO_OP_UNIT = "down.0.1"
 ZEROED = ("model.diffusion_model.input_blocks.2.0.out_layers.3.",
           "model.diffusion_model.input_blocks.2.1.proj_out.")
 
+# The chart: A1111 has matplotlib (gradio needs it), the `train` extra does not (the newest stack).
+NEEDS_MATPLOTLIB = pytest.mark.skipif(not block_scan.can_plot(),
+                                      reason="draws the chart: needs matplotlib")
+
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
@@ -33,6 +37,8 @@ def teacher(tmp_path_factory):
     return path
 
 
+@NEEDS_MATPLOTLIB
+@pytest.mark.slow
 def test_scan_ranks_every_unit_and_writes_table_and_chart(teacher, tmp_path, one_thread, capsys,
                                                           monkeypatch):
     out = tmp_path / "job"
@@ -114,6 +120,7 @@ def agreeable_clip(folder: Path) -> Path:
     return folder
 
 
+@NEEDS_MATPLOTLIB
 def test_clip_scores_join_the_scan_and_a_clip_less_cached_scan_is_redone(
         teacher, tmp_path, one_thread, capsys, monkeypatch, a1111_machine):
     """First with the Hugging Face cache A1111 leaves (CLIP's config without weights): no
@@ -160,6 +167,7 @@ def test_clip_scores_join_the_scan_and_a_clip_less_cached_scan_is_redone(
         clip, teacher_score) in text
 
 
+@pytest.mark.slow
 def test_a_stopped_scan_resumes_where_it_stopped_and_matches_an_uninterrupted_one(
         teacher, tmp_path, one_thread, capsys, monkeypatch):
     """Each unit's row is checkpointed as it is measured (issue 22 #11): a resumed scan
@@ -214,6 +222,7 @@ def test_a_stopped_scan_resumes_where_it_stopped_and_matches_an_uninterrupted_on
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
+@pytest.mark.slow
 def test_a_killed_scan_job_resumes_from_its_last_unit(teacher, tmp_path):
     """The job as the Blocks view queues it, its worker killed mid-scan: interrupted,
     resumable, and resumed to the end without measuring a unit twice."""

@@ -1,11 +1,14 @@
 """`bksdm bench`: teacher and students timed on this device (tiny models, CPU)."""
 import json
 
+import pytest
+
 from bksdm_ext.cli import main
 from bksdm_ext.model.convert import convert_checkpoint
 from bksdm_ext.demo import write_tiny_teacher
 
 
+@pytest.mark.slow
 def test_bench_times_teacher_and_students_with_every_part(tmp_path, capsys):
     teacher = tmp_path / "tiny.safetensors"
     write_tiny_teacher(teacher)

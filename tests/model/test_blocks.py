@@ -61,6 +61,7 @@ def test_presets_in_block_notation_are_the_issues():
 
 
 @pytest.mark.parametrize("family", ["sd-v1", "sd-v2", "sd-v2-v"])
+@pytest.mark.slow
 def test_random_custom_students_load_strictly_from_their_yaml_and_match_diffusers(
         tmp_path, teachers, family):
     spec = TINY[family]
@@ -174,6 +175,7 @@ def test_info_blocks_lists_every_unit_with_its_parameters(tmp_path, teachers, ca
 
 
 @pytest.mark.parametrize("family", ["sd-v1", "sd-v2-v"])
+@pytest.mark.slow
 def test_step_flops_are_what_torch_counts(teachers, family):
     """The FLOPs estimate (from tensor shapes alone) against torch's own FLOP counter on
     the diffusers model of the same student."""

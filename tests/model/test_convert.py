@@ -62,6 +62,7 @@ def same_outputs(ldm_unet, arch: Architecture, unet_state, spec) -> float:
 
 @pytest.mark.parametrize("family", ["sd-v1", "sd-v2", "sd-v2-v"])
 @pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.slow
 def test_student_loads_strictly_in_ldm_and_matches_diffusers(tmp_path, capsys, family, preset):
     spec = TINY[family]
     source = write_teacher(tmp_path, spec, extra={"model_ema.decay": torch.tensor(0.999)})

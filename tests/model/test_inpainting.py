@@ -261,6 +261,7 @@ def test_the_conditioning_is_the_mask_then_the_masked_images_latent(inpainting_t
     assert torch.allclose(got[:, 1:], (dist.mean + dist.std * noise) * 0.18215, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_an_inpainting_teacher_distils_with_falling_losses_into_an_a1111_student(
         inpainting_teacher, data, tmp_path):
     from bksdm_ext.train.distill import distill
@@ -297,6 +298,7 @@ def test_an_inpainting_distillation_resumes_exactly(inpainting_teacher, data, tm
     assert_resumes_exactly(inpainting_teacher, data, tmp_path, 2, steps=4, save_every=2)
 
 
+@pytest.mark.slow
 def test_teacher_made_data_trains_an_inpainting_student(inpainting_teacher, tmp_path):
     from bksdm_ext.train.distill import distill
     from test_distill import config, steps

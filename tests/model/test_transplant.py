@@ -68,6 +68,7 @@ def run(capsys, *args: str):
 
 @pytest.mark.parametrize("family,dtype", [("sd-v1", "fp32"), ("sd-v2", "fp16")])
 @pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.slow
 def test_every_tensor_is_student_plus_alpha_times_the_difference(tmp_path, capsys, models, family,
                                                                   preset, dtype):
     student, base, finetune = models(family, preset)

@@ -3,6 +3,7 @@ teacher T0, plus what a fine-tune T1 of T0 changed, agrees with T1 better than t
 alone and better than a student cut from T1 directly (U-Net output error on fixed noise)."""
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image, ImageDraw
 
@@ -45,6 +46,7 @@ def output_error(model: Path, reference: Path) -> float:
             ).square().mean().item()
 
 
+@pytest.mark.slow
 def test_the_transplanted_student_agrees_with_the_fine_tune_best(teacher, tmp_path):
     s0 = distill(config(teacher, make_dataset(tmp_path / "circles"), tmp_path / "s0", steps=10))
     # T1: T0 trained on the task loss alone (no KD terms) on stripes: a plain fine-tune.

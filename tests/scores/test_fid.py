@@ -112,6 +112,7 @@ def _frechet_distance(weights: Path, a: List[Image.Image], b: List[Image.Image])
                  + (cb ** 2).sum() / (len(b) - 1) - 2 * trace_root)
 
 
+@pytest.mark.slow
 def test_fid_is_zero_for_the_reference_itself_and_matches_a_numpy_fid_for_other_images(
         cached, tmp_path):
     reference = _noise(5, seed=1)
@@ -132,6 +133,7 @@ def test_fid_is_zero_for_the_reference_itself_and_matches_a_numpy_fid_for_other_
     assert abs(fid.score(reference)) < 1e-5 * expected
 
 
+@pytest.mark.slow
 def test_eval_writes_an_fid_per_model_with_weights_from_a_file(models, prompts, weights,
                                                                torch_home, tmp_path, capsys):
     teacher, student = models
@@ -151,6 +153,7 @@ def test_eval_writes_an_fid_per_model_with_weights_from_a_file(models, prompts, 
     assert not torch_home.exists()  # nothing fetched into the cache
 
 
+@pytest.mark.slow
 def test_an_eval_job_records_its_fid_and_the_reference_it_was_measured_against(
         teacher, prompts, cached, tmp_path, capsys):
     folder = _folder(tmp_path / "reference", _noise(2, seed=8))

@@ -167,6 +167,7 @@ def test_missing_clip_models_say_what_to_do(tmp_path):
         ClipScorer.load(str(tmp_path / "empty"))
 
 
+@pytest.mark.slow
 def test_a_clip_model_in_the_hugging_face_cache_is_found_and_used_offline(tmp_path):
     """A pre-filled cache (the layout huggingface_hub writes), in a fresh process whose
     HF_HUB_CACHE points at it; an empty cache finds nothing."""
@@ -262,6 +263,7 @@ def test_an_openai_clip_file_like_the_interrogators_scores_as_its_transformers_t
         ClipScorer.load(str(broken))
 
 
+@pytest.mark.slow
 def test_a_named_clip_is_downloaded_on_request_only(tmp_path):
     """A local file server answers as the Hugging Face hub does (HF_ENDPOINT); nothing is
     fetched until a CLIP is named, then it is, once, into the cache where it is found."""

@@ -15,6 +15,7 @@ from test_dreambooth import instances  # noqa: F401  (a fixture)
 CUSTOM = "down.1.1,up.1.1,down.3.0,up.3.2"  # stage 3 keeps its second layer: not a preset
 
 
+@pytest.mark.slow
 def test_a_custom_student_distils_and_resumes_exactly(teacher, data, tmp_path):  # noqa: F811
     straight = tmp_path / "straight"
     settings = dict(arch="mid-removed", remove=CUSTOM, steps=4, save_every=2)

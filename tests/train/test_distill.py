@@ -50,6 +50,7 @@ def steps(out: Path):
     return [e for e in read_events(out / "events.jsonl") if e["event"] == "step"]
 
 
+@pytest.mark.slow
 def test_losses_are_finite_and_fall_and_the_run_ends_with_an_a1111_student(teacher, data, tmp_path):
     out = tmp_path / "run"
     final = distill(config(teacher, data, out, steps=30, batch_size=4, log_every=1))
@@ -126,6 +127,7 @@ def test_noising_and_targets_are_diffusers_own():
         assert torch.allclose(target, expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_cache_is_reused_and_no_image_is_encoded_again(teacher, data, tmp_path, monkeypatch):
     from bksdm_ext.train import distill as distill_module
 
@@ -155,6 +157,7 @@ def assert_resumes_exactly(teacher: Path, data: Path, folder: Path, stop_at: int
     return split
 
 
+@pytest.mark.slow
 def test_resuming_repeats_the_losses_of_an_uninterrupted_run(teacher, data, tmp_path):
     split = assert_resumes_exactly(teacher, data, tmp_path, 3, steps=6, save_every=3, ema=True,
                                    grad_accum=2)
@@ -206,6 +209,7 @@ def test_cli_runs_a_tiny_distillation(teacher, data, tmp_path, capsys):
     assert Path(result["output"]).is_file()
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_student_with_ddp(teacher, data, tmp_path):
     """`accelerate launch --multi_gpu` on GPUs; on a CPU, torchrun's two gloo processes."""
     import subprocess
@@ -254,6 +258,7 @@ def test_a_failing_run_records_why_in_its_events(teacher, data, tmp_path, monkey
 
 
 @pytest.mark.parametrize("request_kind", ["save", "discard"])
+@pytest.mark.slow
 def test_a_stop_file_stops_at_the_next_step(teacher, data, tmp_path, monkeypatch, request_kind):
     from bksdm_ext.train import distill as distill_module
     from bksdm_ext.errors import Stopped
@@ -282,6 +287,7 @@ def test_a_stop_file_stops_at_the_next_step(teacher, data, tmp_path, monkeypatch
         assert read_events(out / "events.jsonl")[-1]["event"] == "done"
 
 
+@pytest.mark.slow
 def test_eval_events_score_the_student_against_the_teacher_and_mark_the_best(teacher, data,
                                                                               tmp_path):
     out = tmp_path / "eval"
@@ -296,6 +302,7 @@ def test_eval_events_score_the_student_against_the_teacher_and_mark_the_best(tea
     assert not (out / "samples").exists()  # scored without writing sample grids
 
 
+@pytest.mark.slow
 def test_pruning_old_checkpoints_spares_the_one_marked_best(teacher, data, tmp_path, monkeypatch):
     """keep_last=1 would delete step 1's checkpoint; it is the best by score, so it stays
     (and stays across a resume), while the other old ones go."""

@@ -66,6 +66,7 @@ def events(out: Path, name: str):
 
 # transformers 5 renamed the call (the old name warns until v6): the engine uses the new one.
 @pytest.mark.filterwarnings("error:`gradient_checkpointing_enable` is deprecated:FutureWarning")
+@pytest.mark.slow
 def test_full_finetune_trains_unet_and_text_encoder_and_exports_an_a1111_student(
         student, teacher, instances, tmp_path):
     out = tmp_path / "run"
@@ -110,6 +111,7 @@ def test_full_finetune_trains_unet_and_text_encoder_and_exports_an_a1111_student
     assert not any(k.startswith("first_stage_model.") for k in changed)
 
 
+@pytest.mark.slow
 def test_class_images_are_made_once_shared_and_topped_up(student, instances, tmp_path,
                                                          monkeypatch):
     shared = tmp_path / "classes"
@@ -145,6 +147,7 @@ def test_class_images_are_made_once_shared_and_topped_up(student, instances, tmp
     assert events(tmp_path / "d", "class_images")[0]["folder"] != str(folder)
 
 
+@pytest.mark.slow
 def test_a_stop_file_saves_and_resuming_repeats_the_uninterrupted_run(student, instances,
                                                                       tmp_path, monkeypatch):
     straight = tmp_path / "straight"
@@ -205,6 +208,7 @@ def lora_modules(lora_state):
         yield name, up @ down * alpha / down.shape[0]
 
 
+@pytest.mark.slow
 def test_lora_file_resolves_in_a1111_and_reproduces_the_merged_student(student, instances,
                                                                        tmp_path):
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -242,6 +246,7 @@ def test_lora_file_resolves_in_a1111_and_reproduces_the_merged_student(student, 
     assert all(torch.equal(merged[k], base[k]) for k in base if k not in touched)
 
 
+@pytest.mark.slow
 def test_sd2_v_prediction_lora_resolves_onto_openclip_attention(tmp_path, instances):
     model = tmp_path / "tiny-v2.safetensors"
     write_tiny_teacher(model, TINY_V2_V)
@@ -344,6 +349,7 @@ def test_cli_runs_a_tiny_dreambooth(student, instances, tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["steps"] == 2
 
 
+@pytest.mark.slow
 def test_cli_dreambooth_on_an_a1111_machine_samples_without_a_clip_score(
         student, instances, tmp_path, capsys, a1111_machine):
     """Default sampling and no --clip-model, with the Hugging Face cache A1111 leaves (CLIP's

@@ -78,6 +78,7 @@ def test_the_first_loss_is_a_forward_pass_of_exactly_the_given_weights(teacher, 
     assert metadata["bksdm.init_student"] == "start.safetensors"
 
 
+@pytest.mark.slow
 def test_a_run_from_a_student_resumes_exactly(teacher, data, start, tmp_path):
     assert_resumes_exactly(teacher, data, tmp_path, 1, steps=2, save_every=1, ema=True,
                            init_student=str(start))

@@ -118,6 +118,7 @@ sys.exit(main(sys.argv[2:]))
 
 
 @pytest.mark.parametrize("killed_after", ["shard", "marker"])
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_exactly_the_uninterrupted_cache(teacher, made, tmp_path,
                                                                   killed_after):
     out = tmp_path / "killed"
@@ -182,6 +183,7 @@ def test_bad_input_fails_before_any_model_loads(teacher, tmp_path, capsys):
             synth(synth_config(teacher, tmp_path / "bad", **dict(dict(count=4), **changes)))
 
 
+@pytest.mark.slow
 def test_distilling_from_teacher_data_never_encodes_an_image_and_losses_fall(
         teacher, tmp_path, monkeypatch):
     from diffusers import AutoencoderKL

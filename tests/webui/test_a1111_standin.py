@@ -411,6 +411,7 @@ def test_processing_dataclasses_have_the_fields_of_1_10_1():
     ("eps", "ldm.modules.encoders.modules.FrozenCLIPEmbedder"),
     ("v", "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder"),
 ])
+@pytest.mark.slow
 def test_process_images_runs_the_text_encoder_unet_and_vae_like_a1111(a1111, tmp_path, parameterization, text_encoder):
     from PIL import Image
     from modules import devices, sd_models

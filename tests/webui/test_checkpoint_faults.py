@@ -230,6 +230,7 @@ def _outcome(path: Path, what: str, function, *args) -> str:
     return "ok"
 
 
+@pytest.mark.slow
 def test_fuzzed_headers_reach_info_convert_and_the_checkpoint_list_only_as_bad_input(
         tmp_path, capsys):
     from bksdm_ext.model.convert import convert_checkpoint

@@ -81,6 +81,7 @@ def test_without_bksdm_forge_builds_a_phantom_middle_block_that_fails(forge_back
 
 @pytest.mark.parametrize("family", ["sd-v1", "sd-v2"])
 @pytest.mark.parametrize("preset", ["teacher"] + list(PRESETS))
+@pytest.mark.slow
 def test_with_bksdm_every_student_loads_exactly_and_matches_ldm(forge_backend, tmp_path, capsys,
                                                                family, preset):
     forge.install()

@@ -59,6 +59,7 @@ def webui(tmp_path):
     standin_app.reset(tmp_path / "after")
 
 
+@pytest.mark.slow
 def test_an_adapted_teacher_lora_moves_the_student_toward_teacher_plus_lora(
         webui, teacher, tmp_path, monkeypatch, one_thread):
     folder, loras = webui

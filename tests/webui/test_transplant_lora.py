@@ -81,6 +81,7 @@ def merged_by_a1111(folder, loras, base, lora_name: str, strength: float):
                                          ("ia3", "diffusers"), ("full", "compvis"),
                                          ("norm", "diffusers"), ("glora", "compvis"),
                                          ("oft", "diffusers"), ("oft-diag", "compvis")])
+@pytest.mark.slow
 def test_a_loras_merged_difference_lands_as_a1111_merges_it(webui, tmp_path, kind, naming):
     folder, loras = webui
     base = write_teacher(folder, TINY["sd-v1"], name="base.safetensors")

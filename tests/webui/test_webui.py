@@ -99,6 +99,7 @@ def test_refuses_clearly_when_nothing_or_a_student_is_loaded(webui):
 
 @pytest.mark.parametrize("family", ["sd-v1", "sd-v2-v"])
 @pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.slow
 def test_every_student_loads_exactly_and_runs(webui, family, preset):
     from bksdm_ext.webui import guard
 
@@ -122,6 +123,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "students"
 
 
 @pytest.mark.parametrize("yaml_file", sorted(p.name for p in FIXTURES.glob("*.yaml")))
+@pytest.mark.slow
 def test_a_yaml_written_before_the_package_split_still_loads_its_student(webui, yaml_file):
     """Students on users' disks name ``bksdm_ext.ldm_unet.NoMiddleBlockUNetModel``; these
     yaml files were written by the code of that time and are kept byte for byte."""

@@ -90,6 +90,7 @@ def test_bad_forms_say_what_to_do(webui):
     assert "Upload a prompt file" in text
 
 
+@pytest.mark.slow
 def test_a_background_comparison_runs_bksdm_eval_as_a_job(webui, tmp_path):
     from bksdm_ext.webui import compare_tab, job_scores, jobs_service
 
@@ -153,6 +154,7 @@ print("RESULT " + json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_download_clip_fetches_the_weights_a1111s_cache_lacks_on_the_button_only(tmp_path):
     """The cache A1111 leaves: CLIP's config and tokenizer, no weights.  Before: the grid
     and table are drawn, the CLIP column empty and saying how to fill it; the button fetches

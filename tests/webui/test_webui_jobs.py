@@ -53,6 +53,7 @@ def start_distill(tab, teacher_title, data, free_vram=False, start_from=(), **ch
                      "", *start_from)  # "": nothing uploaded
 
 
+@pytest.mark.slow
 def test_a_distillation_started_in_the_tab_lands_in_the_dropdown_with_a_card(webui, tmp_path):
     from modules import sd_models
 
@@ -143,6 +144,7 @@ def test_a_job_that_frees_vram_moves_the_model_out_and_back(webui, tmp_path, mon
     assert a1111.loaded_model() is not None
 
 
+@pytest.mark.slow
 def test_cancel_and_resume_from_the_tab_buttons(webui, tmp_path):
     distill_tab, jobs_service, jobs_tab = tabs()
     data = make_dataset(tmp_path / "data")
@@ -161,6 +163,7 @@ def test_cancel_and_resume_from_the_tab_buttons(webui, tmp_path):
     assert "nothing saved" in job.reason
 
 
+@pytest.mark.slow
 def test_dreambooth_started_in_the_tab_lands_in_the_dropdown(a1111_machine, webui, tmp_path):
     """With the Hugging Face cache A1111 leaves (CLIP's config without weights), the tab's
     default sampling makes its samples and no CLIP score."""
@@ -231,6 +234,7 @@ def test_a_lora_result_goes_to_the_lora_folder_beside_the_merged_checkpoint(webu
     assert (a1111.lora_dir() / "tiny-sd-dreambooth-lora-2.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_teacher_made_data_is_shown_with_its_counts_prompts_and_grid(webui, tmp_path):
     distill_tab, jobs_service, jobs_tab = tabs()
     title = distill_tab.checkpoints.titles(students=False)[0]

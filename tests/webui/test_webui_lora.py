@@ -86,6 +86,7 @@ def test_without_help_a_teacher_lora_lands_on_other_blocks_of_a_student(webui, p
                                          ("lokr", "diffusers"), ("ia3", "compvis"),
                                          ("full", "diffusers"), ("norm", "compvis"),
                                          ("oft", "diffusers"), ("glora", "compvis")])
+@pytest.mark.slow
 def test_a_teacher_lora_lands_on_the_mapped_student_modules(webui, preset, kind, naming):
     folder, loras = webui
     lora, teacher_module = teacher_lora("sd-v1", kind, naming)
