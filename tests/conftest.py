@@ -41,6 +41,26 @@ def pytest_unconfigure(config):
     shutil.rmtree(str(HF_HOME), ignore_errors=True)
 
 
+# The folders of the session-scoped fixtures below: they live as long as the run.
+RUN_FOLDERS = set()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_folders_go_with_the_module(tmp_path_factory, request):
+    """What a module's fixtures make with tmp_path_factory (its teachers, distilled students,
+    tens of MB each) is deleted when the module ends, as pytest deletes a passed test's
+    tmp_path, unless a test of the module failed: a run holds one module's folders at a time,
+    not every module's until it ends."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for folder in set(base.iterdir()) - before - RUN_FOLDERS:
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(str(folder), ignore_errors=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def a1111_hf_cache(tmp_path_factory) -> Path:
     """The Hugging Face cache as every A1111 machine has it, for every test: the config.json
@@ -49,7 +69,9 @@ def a1111_hf_cache(tmp_path_factory) -> Path:
     snapshot folder."""
     from fake_hub import cache_like_a1111, clip_l14_files
 
-    return cache_like_a1111(HF_HOME, clip_l14_files(tmp_path_factory.mktemp("clip-l14")))
+    served = tmp_path_factory.mktemp("clip-l14")
+    RUN_FOLDERS.add(served)
+    return cache_like_a1111(HF_HOME, clip_l14_files(served))
 
 
 @pytest.fixture
@@ -70,7 +92,9 @@ def teacher(tmp_path_factory):
     only names of your own beside it."""
     from bksdm_ext.demo import write_tiny_teacher
 
-    path = tmp_path_factory.mktemp("teacher") / "tiny-sd-v1.safetensors"
+    folder = tmp_path_factory.mktemp("teacher")
+    RUN_FOLDERS.add(folder)
+    path = folder / "tiny-sd-v1.safetensors"
     write_tiny_teacher(path)
     return path
 

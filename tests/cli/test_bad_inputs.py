@@ -158,6 +158,7 @@ def test_unknown_arch_is_an_argument_error(tmp_path, capsys):
 @pytest.mark.parametrize("part, words", [
     ("first_stage_model.", ("no VAE weights", "Bake in VAE")),
     ("cond_stage_model.transformer.", ("no text encoder weights",))])
+@pytest.mark.slow
 def test_a_checkpoint_without_its_vae_or_text_encoder_is_refused_where_they_are_needed(
         tmp_path, capsys, part, words):
     """A1111 loads such a file (its yaml still names the part; a separate VAE can stand in),

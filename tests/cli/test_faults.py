@@ -321,6 +321,7 @@ def test_import_diffusers_to_a_disk_without_room_fails_before_writing(tmp_path, 
         assert list(disk.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_midway_is_one_line_and_leaves_nothing(tmp_path):
     """RLIMIT_FSIZE fails the write after its free-space check passed, as a disk filled by
     someone else meanwhile would; it needs no root."""
@@ -346,6 +347,7 @@ def _step_events(out: Path):
     return read_events(out / "events.jsonl")
 
 
+@pytest.mark.slow
 def test_a_training_run_that_fills_the_disk_keeps_its_checkpoint_and_resumes(
         teacher, tmp_path, capsys, monkeypatch):
     from bksdm_ext.jobs.runs import RunPaths

@@ -230,6 +230,7 @@ def test_an_interrupted_job_that_saved_nothing_says_to_submit_it_again(tmp_path,
     assert main(["jobs", "resume", "--root", str(root), rows["saved"]["id"]]) == 0
 
 
+@pytest.mark.slow
 def test_a_damaged_job_file_is_listed_as_broken_and_the_rest_carries_on(tmp_path, capsys):
     root = tmp_path / "jobs"
     good = JobRunner(root, drive=False).submit("distill", BAD_ARGS, device="cpu", title="good")
@@ -282,6 +283,7 @@ def test_ids_not_in_the_list_are_refused_before_any_file_is_touched(tmp_path, ca
     assert "no job '../outside'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_multi_process_job_finds_the_package_in_every_accelerate_process(tmp_path,
                                                                            monkeypatch):
     """`--processes 2`: accelerate launch (DDP over gloo on the CPU) starts two ranks, and

@@ -104,6 +104,7 @@ def test_a_running_job_is_reattached_after_a_restart(inputs, tmp_path):
     assert (restarted.folder(job.id) / "checkpoints").is_dir()
 
 
+@pytest.mark.slow
 def test_a_failing_job_reports_its_reason(inputs, tmp_path):
     runner = JobRunner(tmp_path / "jobs")
     args = distill_args(inputs)

@@ -121,6 +121,7 @@ def agreeable_clip(folder: Path) -> Path:
 
 
 @NEEDS_MATPLOTLIB
+@pytest.mark.slow
 def test_clip_scores_join_the_scan_and_a_clip_less_cached_scan_is_redone(
         teacher, tmp_path, one_thread, capsys, monkeypatch, a1111_machine):
     """First with the Hugging Face cache A1111 leaves (CLIP's config without weights): no

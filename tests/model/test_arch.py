@@ -25,6 +25,7 @@ def _removal(name: str) -> Removal:
 
 @pytest.mark.parametrize("family", list(PARAMS))
 @pytest.mark.parametrize("name", list(PARAMS["sd-v1"]))
+@pytest.mark.slow
 def test_parameter_counts_match_the_paper_in_both_frameworks(family, name):
     from diffusers import UNet2DConditionModel
     from ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential, UNetModel

@@ -39,6 +39,7 @@ def _student(tmp_path: Path, family: str, preset: str) -> Path:
 
 @pytest.mark.parametrize("family", ["sd-v1", "sd-v2"])
 @pytest.mark.parametrize("preset", ["small", "tiny"])
+@pytest.mark.slow
 def test_exported_unet_computes_what_the_a1111_student_computes(tmp_path, capsys, family, preset):
     from diffusers import UNet2DConditionModel
 
@@ -68,6 +69,7 @@ def test_exported_unet_computes_what_the_a1111_student_computes(tmp_path, capsys
 
 
 @pytest.mark.parametrize("family", ["sd-v1", "sd-v2"])
+@pytest.mark.slow
 def test_the_folder_is_a_pipeline_and_imports_back_to_the_same_file(tmp_path, capsys, family):
     from diffusers import StableDiffusionPipeline
 

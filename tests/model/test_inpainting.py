@@ -34,6 +34,7 @@ def inpainting_fields(config):
 
 @pytest.mark.parametrize("family", ["sd-v1", "sd-v2-v"])
 @pytest.mark.parametrize("preset", ["small", "tiny", "base"])
+@pytest.mark.slow
 def test_an_inpainting_teacher_converts_to_a_student_that_loads_strictly_with_9_channels(
         tmp_path, family, preset):
     from diffusers import UNet2DConditionModel
@@ -292,6 +293,7 @@ def test_an_inpainting_teacher_distils_with_falling_losses_into_an_a1111_student
     unet.load_state_dict(unet_part(state), strict=True)
 
 
+@pytest.mark.slow
 def test_an_inpainting_distillation_resumes_exactly(inpainting_teacher, data, tmp_path):
     from test_distill import assert_resumes_exactly
 

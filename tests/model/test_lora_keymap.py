@@ -196,6 +196,7 @@ def students():
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", list(BLOCK_MAPS))
+@pytest.mark.slow
 def test_teacher_loras_of_every_type_and_naming_land_on_the_mapped_student_module(
         students, family, name):
     arch, modules = students[family, name]

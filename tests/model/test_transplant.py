@@ -211,6 +211,7 @@ def test_existing_outputs_and_sources_are_never_replaced(tmp_path, capsys, model
 
 
 @pytest.mark.parametrize("family", ["sd-v1", "sd-v2"])
+@pytest.mark.slow
 def test_a_custom_students_transplant_is_exact_through_its_own_map(tmp_path, capsys, models,
                                                                    family):
     """A custom removal (issue #15) carries the difference like a preset; each student

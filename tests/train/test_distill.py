@@ -77,6 +77,7 @@ def test_kd_terms_vanish_for_a_copy_of_the_teacher(teacher, data, tmp_path):
 
 @pytest.mark.parametrize("family", ["sd-v1", "sd-v2"])
 @pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.slow
 def test_feature_pairs_match_in_shape_for_every_preset(family, preset):
     from diffusers import UNet2DConditionModel
 
@@ -231,6 +232,7 @@ def test_two_processes_train_one_student_with_ddp(teacher, data, tmp_path):
     assert Path(done["output"]).is_file()
 
 
+@pytest.mark.slow
 def test_sample_grids_show_teacher_and_student_side_by_side(teacher, data, tmp_path):
     out = tmp_path / "samples"
     distill(config(teacher, data, out, steps=2, sample_every=2, sample_steps=2,

@@ -331,6 +331,7 @@ def test_bad_inputs_fail_before_any_model_loads(student, instances, tmp_path, mo
     assert code == 2 and "no images" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_cli_runs_a_tiny_dreambooth(student, instances, tmp_path, capsys):
     out = tmp_path / "cli"
     code = main(["dreambooth", "--model", str(student), "--instance-dir", str(instances),

@@ -65,6 +65,7 @@ def first_loss_by_hand(teacher: Path, student: Path, data: Path, run: Path) -> f
     return parts["loss"]
 
 
+@pytest.mark.slow
 def test_the_first_loss_is_a_forward_pass_of_exactly_the_given_weights(teacher, data, start,
                                                                        tmp_path):
     run = tmp_path / "run"

@@ -214,6 +214,7 @@ def test_extension_scripts_see_their_folder_on_sys_path_only_while_loading(a1111
     assert [c.name for c in script_callbacks.callback_map["callbacks_ui_tabs"]] == ["ext-probe/probe.py/ui_tabs"]
 
 
+@pytest.mark.slow
 def test_launch_serves_page_with_dropdown_extension_js_and_progress_api(a1111, tmp_path):
     httpx = pytest.importorskip("httpx")
     from modules import sd_models, progress

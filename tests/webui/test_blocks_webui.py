@@ -13,6 +13,7 @@ def webui(tmp_path):
     yield from webui_with_data_roots(tmp_path)
 
 
+@pytest.mark.slow
 def test_picked_blocks_convert_and_the_student_loads_exactly(webui):
     from bksdm_ext.webui import block_picker, convert_tab, guard
 

@@ -438,6 +438,7 @@ print("RESULT", (after - before) // 1024, len(scan.unreadable), len(scan.example
 """
 
 
+@pytest.mark.slow
 def test_tiffs_named_png_are_not_decoded(tmp_path):
     """The issue's zip: six 8000x8000 deflated TIFFs named .png took a WebUI from 0.65 to
     1.4 GB, decoded in parallel by the dataset check; TIFF is no format a dataset reads,

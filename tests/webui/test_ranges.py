@@ -78,6 +78,7 @@ def test_the_grid_of_a_large_evaluation_shows_its_first_cases(tmp_path):
 # -- the command line ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_billion_seeds_are_refused_without_memory_error(tmp_path):
     """In a process whose heap may not pass 3 GB: a list of all cases would end in
     MemoryError (on a machine without the limit: the WebUI's whole memory)."""
@@ -126,6 +127,7 @@ def test_eval_refuses_out_of_range_settings_before_any_model_loads(tmp_path, cap
     (["blocks", "T", "--size", "4096"], "--size 4,096: give a multiple of 8"),
     (["bench", "T", "--runs", "0"], "--runs 0: give a whole number from 1 to 100"),
 ])
+@pytest.mark.slow
 def test_jobs_refuse_out_of_range_settings_in_one_line(tmp_path, capsys, argv, words):
     teacher = write_teacher(tmp_path, TINY["sd-v1"])
     places = {"T": str(teacher), "D": str(tmp_path), "OUT": str(tmp_path / "run")}

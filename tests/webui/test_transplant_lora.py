@@ -119,6 +119,7 @@ def test_a_loras_merged_difference_lands_as_a1111_merges_it(webui, tmp_path, kin
 
 
 @pytest.mark.parametrize("family", ["sd-v1", "sd-v2"])
+@pytest.mark.slow
 def test_the_text_encoder_gets_the_loras_text_part(tmp_path, family, capsys):
     base = write_teacher(tmp_path, TINY[family], name="base.safetensors",
                          extra=text_encoder(family))
@@ -155,6 +156,7 @@ def test_the_text_encoder_gets_the_loras_text_part(tmp_path, family, capsys):
     assert all(torch.equal(got[k], before[k]) for k in before if k.startswith("first_stage_model."))
 
 
+@pytest.mark.slow
 def test_a_lora_with_parts_that_cannot_merge_exits_2_with_one_line(tmp_path, capsys):
     base = write_teacher(tmp_path, TINY["sd-v1"], name="base.safetensors")
     student = tmp_path / "student.safetensors"

@@ -65,6 +65,7 @@ def test_convert_tab_converts_the_loaded_model_into_the_dropdown(webui):
 
 
 @pytest.mark.parametrize("name", ["../evil", "sub/x", "a\\b", "", "  ", ".hidden", "x..y"])
+@pytest.mark.slow
 def test_invalid_output_names_are_refused_and_nothing_is_written(webui, name):
     load(write_teacher(webui, TINY["sd-v1"]))
     before = sorted(p.name for p in webui.parent.rglob("*"))

@@ -326,6 +326,7 @@ def test_a_short_runs_loss_plot_shows_its_points_on_whole_steps():
     plt.close(figure)
 
 
+@pytest.mark.slow
 def test_a_job_another_process_saw_finish_still_lands_in_the_dropdown(webui, tmp_path):
     """`bksdm jobs watch` on the WebUI's jobs folder noticed the end first: the WebUI's
     poller registers the result all the same, once."""
