@@ -156,6 +156,7 @@ def test_presets_carry_the_labels_the_tabs_show():
         "base": "Base", "small": "Small", "tiny": "Tiny", "mid-removed": "Mid-stage removed"}
 
 
+@pytest.mark.webui
 def test_the_tabs_offer_the_presets_by_their_own_labels():
     pytest.importorskip("gradio")  # the WebUI's stack (the newest-releases stack has none)
     import webui_env  # noqa: F401  (A1111's stand-in on the path)
