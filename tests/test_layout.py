@@ -292,3 +292,23 @@ CODE, DOC = "bksdm_ext/train/memory_plan.py", "docs/webui.md"
 def test_a_citation_of_a_missing_document_section_or_heading_is_found(citing, text, expected):
     found = _broken_citations(REPO / citing, text)
     assert len(found) == len(expected) and all(e in f for e, f in zip(expected, found)), found
+
+
+TESTS = REPO / "tests"
+# The test modules about the repository as a whole, not one package: they sit at the top.
+CROSS_CUTTING_TESTS = {"test_layout.py", "test_environment.py", "test_gpu_bench.py"}
+
+
+def test_the_tests_mirror_the_packages():
+    """A test module sits in the folder of what it tests (tests/model/ for bksdm_ext/model/,
+    tests/cli/ for the command line, tests/webui/ for all that needs the A1111 stand-in), and
+    each such folder is one tests/conftest.py gives its marker to; only tests of the whole
+    repository sit at the top.  A new test file at the top fails here: move it."""
+    from conftest import ENGINE_FOLDERS
+
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    folders = {p.parent.name for p in TESTS.glob("*/test_*.py")}
+    assert folders == ENGINE_FOLDERS | {"webui"}
+    assert folders <= packages | {"cli"}
+    misplaced = sorted({p.name for p in TESTS.glob("test_*.py")} - CROSS_CUTTING_TESTS)
+    assert not misplaced, "move into the folder of what they test: %s" % ", ".join(misplaced)

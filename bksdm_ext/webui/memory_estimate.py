@@ -66,7 +66,7 @@ def show(estimate: Callable[..., str], inputs: List[Any], elem_id: str) -> None:
 
     The first input, the model dropdown, is read but does not trigger it: any listener on
     that dropdown keeps gradio 3.41 from opening its list after ↻ has updated it (seen in
-    tests/test_browser.py), and the model changes the estimate only through SD-v1 vs v2.
+    tests/webui/test_browser.py), and the model changes the estimate only through SD-v1 vs v2.
     """
     box = gr.HTML(estimate(*[getattr(c, "value", None) for c in inputs]), elem_id=elem_id)
     for component in inputs[1:]:
