@@ -8,6 +8,10 @@ Parts, each in a fresh process (peaks do not carry over, one failure does not st
 - kd: one distillation step, this trainer (cached latents, micro-batch 32 × 2) against the
   official recipe (VAE + text encoder every step, batch 64), BK-Small, effective batch 64:
   samples/s and peak memory (bench/kd_step.py).  Goals: ≥ 2× the official samples/s, ≤ 16 GiB.
+- lcm: one latent consistency distillation step of this trainer (`--objective lcm`: the
+  teacher with CFG on twice the batch, the student, its EMA target), BK-Small at 512²,
+  effective batch 72 (the LCM paper's) as micro-batch 24 × 3, the memory plan's settings
+  kept as given: s/iter, samples/s and peak memory against the plan's estimate.
 - dreambooth: one step, 1 instance + 1 prior image, U-Net + text encoder, BK-Small: plain
   AdamW, the memory options (8-bit AdamW when bitsandbytes is there) and LoRA
   (bench/dreambooth_mem.py).  Goals: options ≤ 8 GiB, LoRA ≤ 5 GiB.
@@ -40,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WHEELS = HERE / "wheels"
 DEPS = HERE / ".deps"
-PARTS = ("kd", "dreambooth:reference", "dreambooth:options", "dreambooth:lora", "synth",
+PARTS = ("kd", "lcm", "dreambooth:reference", "dreambooth:options", "dreambooth:lora", "synth",
          "latency")
 # docs/facts.md §9 (H200): what the figures are compared with.
 ANCHORS = {"official_kd_s_iter": 1.12, "official_kd_peak_gib": 34.9,
@@ -106,6 +110,25 @@ def part_kd(full: bool, device: Any) -> Dict[str, Any]:
             "trainer": ours, "speedup": ours["samples_s"] / official["samples_s"]}
 
 
+def part_lcm(full: bool, device: Any) -> Dict[str, Any]:
+    from kd_step import trainer_iteration_seconds
+    import torch
+
+    from bksdm_ext.train.memory_plan import Settings, distill_peak_gib
+
+    batch, micro, steps = (72, 24, 3) if full else (4, 2, 1)
+    workdir = Path(tempfile.mkdtemp(prefix="bksdm-gpu-lcm-"))
+    try:
+        ours = trainer_iteration_seconds(full, batch, micro, steps, workdir, device,
+                                         objective="lcm", fit_memory=False)
+    finally:
+        shutil.rmtree(workdir)
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()  # as kd_step runs it
+    planned = Settings(micro, batch // micro, True, False, "bf16" if bf16 else "no", ema=True)
+    return {"effective_batch": batch, "micro_batch": micro, "trainer": ours,
+            "plan_estimate_gib": round(distill_peak_gib("sd-v1", "small", 512, planned, "lcm"), 2)}
+
+
 def part_dreambooth(setting: str, full: bool, device: Any) -> Dict[str, Any]:
     from dreambooth_mem import measure
 
@@ -164,7 +187,7 @@ def run_part(name: str, full: bool) -> Dict[str, Any]:
     if kind == "dreambooth":
         return part_dreambooth(setting, full, device)
     functions: Dict[str, Callable[[bool, Any], Dict[str, Any]]] = {
-        "kd": part_kd, "synth": part_synth, "latency": part_latency}
+        "kd": part_kd, "lcm": part_lcm, "synth": part_synth, "latency": part_latency}
     return functions[kind](full, device)
 
 
@@ -206,6 +229,12 @@ def goals(parts: Dict[str, Any], full: bool) -> List[Dict[str, Any]]:
         peak = kd["trainer"]["peak_gib"]
         add("KD peak memory, this trainer", _round(peak), "<= 16 GiB",
             peak is not None and peak <= 16)
+    lcm = parts.get("lcm", {})
+    if "trainer" in lcm:
+        add("LCM s/iter, this trainer (BK-Small, effective batch 72)",
+            _round(lcm["trainer"]["s_iter"]), "measured (no anchor yet)", None)
+        add("LCM peak memory, this trainer", _round(lcm["trainer"]["peak_gib"]),
+            "≈ %.1f GiB (the memory plan's estimate)" % lcm["plan_estimate_gib"], None)
     for setting, target in (("options", 8.0), ("lora", 5.0)):
         figures = parts.get("dreambooth:" + setting, {})
         if "peak_gib" in figures:

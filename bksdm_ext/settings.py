@@ -214,6 +214,7 @@ LOG_EVERY = Range(1, 1_000_000, "steps")
 BATCH = Range(1, 1024, "images per step")
 LEARNING_RATE = Range(0.0, 1.0, "learning rate")
 KEEP_CHECKPOINTS = Range(1, 100, "checkpoints kept")
+LORA_RANK = Range(1, 1024, "LoRA rank")
 # Sample grids accumulate in the run folder (one image file each): steps / every of them.
 MAX_SAMPLE_GRIDS = 1000
 

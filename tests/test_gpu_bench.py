@@ -20,15 +20,17 @@ def test_cpu_smoke_runs_every_part_and_writes_json_and_markdown(tmp_path):
     results = json.loads(result.read_text())
     assert results["mode"] == "cpu-smoke" and results["machine"]["gpu"] == "CPU"
     parts = results["parts"]
-    assert set(parts) == {"kd", "dreambooth:reference", "dreambooth:options", "dreambooth:lora",
-                          "synth", "latency"}
+    assert set(parts) == {"kd", "lcm", "dreambooth:reference", "dreambooth:options",
+                          "dreambooth:lora", "synth", "latency"}
     failed = {name: part["log"] for name, part in parts.items() if "error" in part}
     assert not failed, failed
     assert parts["kd"]["trainer"]["samples_s"] > 0 and parts["kd"]["official"]["samples_s"] > 0
+    assert parts["lcm"]["trainer"]["samples_s"] > 0 and parts["lcm"]["plan_estimate_gib"] > 0
     assert all(parts["dreambooth:" + s]["peak_gib"] is not None for s in ("options", "lora"))
     assert parts["synth"]["straight_images_s"] > 0
     assert [m["preset"] for m in parts["latency"]["models"]] == ["teacher", "base", "small", "tiny"]
     goals = {row["goal"]: row for row in results["goals"]}
-    assert len(goals) == 9 and all(row["met"] is None for row in goals.values())
+    assert len(goals) == 11 and all(row["met"] is None for row in goals.values())
+    assert "LCM peak memory, this trainer" in goals
     markdown = result.with_suffix(".md").read_text()
     assert markdown.startswith("# BK-SDM GPU run: CPU") and "| DreamBooth peak, lora |" in markdown

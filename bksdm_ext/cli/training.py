@@ -11,10 +11,15 @@ from .flags import add_json, add_resolved_paths, add_settings, render_info, sett
 
 def add(commands: Any) -> None:
     distill = commands.add_parser(
-        "distill", help="retrain a BK-SDM student by knowledge distillation from its teacher",
+        "distill", help="retrain a BK-SDM student by knowledge distillation from its teacher, "
+                        "or consistency-distil it to draw in a few steps",
         description="Task + output-KD + feature-KD distillation (the paper's recipe and "
-                    "defaults). The run folder gets events.jsonl, checkpoints/, samples/ and "
-                    "finally the student as an A1111 .safetensors + .yaml. Several GPUs: "
+                    "defaults), or with --objective lcm latent consistency distillation (the "
+                    "LCM paper's; a student that draws in 2-8 steps with the LCM sampler). "
+                    "The run folder gets events.jsonl, checkpoints/, samples/ and finally the "
+                    "student as an A1111 .safetensors + .yaml (with --lora-rank also an "
+                    "LCM-LoRA file for the student it started from). KD then LCM: a KD run, "
+                    "then an LCM run with --init-student set to its result. Several GPUs: "
                     "accelerate launch --multi_gpu -m bksdm_ext distill ...")
     _add_run(distill, DistillConfig, run_distill)
     add_resolved_paths(distill, "data", "prompts")
@@ -53,7 +58,12 @@ def run_distill(args: argparse.Namespace) -> Dict[str, Any]:
     from ..train.distill import distill
 
     output = distill(settings_from(args, DistillConfig), resume=args.resume)
-    return {"output": str(output), "config": str(output.with_suffix(".yaml")), "run": args.out}
+    result = {"output": str(output), "config": str(output.with_suffix(".yaml")), "run": args.out}
+    if args.lora_rank:
+        from ..train.lcm import lora_file
+
+        result["lora"] = str(lora_file(output))
+    return result
 
 
 def run_synth(args: argparse.Namespace) -> Dict[str, Any]:

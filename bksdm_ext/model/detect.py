@@ -14,6 +14,7 @@ from .checkpoint import Checkpoint
 from ..errors import BadInput
 from .keymap import UNET_PREFIX, KeyMap
 from .parts_keymap import TEXT_PREFIX, VAE_PREFIX
+from .samplers import Recommendation
 
 
 # A custom student's removal in block notation (which teacher layers it kept).
@@ -63,6 +64,11 @@ class ModelInfo:
     @property
     def is_student(self) -> bool:
         return not self.arch.is_teacher
+
+    @property
+    def recommendation(self) -> Optional[Recommendation]:
+        """The sampler, steps and CFG the file says it was made for (an LCM student's)."""
+        return Recommendation.from_metadata(self.metadata)
 
 
 def config_path(checkpoint: Path) -> Path:

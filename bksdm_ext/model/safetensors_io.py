@@ -120,6 +120,12 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
+def tensor_out(name: str, value: torch.Tensor, dtype: torch.dtype) -> TensorOut:
+    """An in-memory tensor to write as `name`, cast to `dtype` on the CPU when it is written."""
+    return TensorOut(name, dtype, tuple(value.shape),
+                     lambda: tensor_bytes(value.detach().to("cpu", dtype)))
+
+
 def write_safetensors(path: Union[str, Path], tensors: Iterable[TensorOut],
                       metadata: Dict[str, str],
                       progress: Optional[Callable[[int, int], None]] = None) -> None:

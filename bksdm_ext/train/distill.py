@@ -12,13 +12,14 @@ from one generator per process whose state is checkpointed with the data positio
 resumed run repeats the losses of an uninterrupted one.  ``accelerate launch -m bksdm_ext
 distill ...`` runs it with DDP.  The loop, checkpoints, samples and evaluation are the
 training skeleton's (skeleton.py); what is distillation's own is here: the teacher and
-the data, the student made ready to train (`StudentTraining`, which a second student
-objective such as consistency distillation would take as it is) and the KD step.
+the data (`start_student_run`), the student made ready to train (`StudentTraining`) and the
+KD step.  The second student objective, latent consistency distillation (lcm.py, ``--objective
+lcm``), takes the first two as they are.
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -32,7 +33,8 @@ from ..model.detect import ModelInfo, inspect_checkpoint
 from ..model.generation import make_pipeline
 from ..model.keymap import UNET_PREFIX, KeyMap
 from ..model.loading import latent_scale, load_unet, load_vae, noise_scheduler
-from ..model.safetensors_io import TensorOut, tensor_bytes
+from ..model.samplers import DEFAULT_CFG, DEFAULT_SAMPLER, Recommendation
+from ..model.safetensors_io import tensor_out
 from ..model.text_encoding import text_encoder_fn
 from ..scores.agreement import agreement
 from .dataset import DatasetScan, scan_dataset
@@ -56,13 +58,86 @@ Cache = Union[LatentCache, CacheUnion]
 
 
 def distill(cfg: DistillConfig, resume: bool = False) -> Path:
-    """Train, checkpoint, export; returns the final student's .safetensors path.  A run
-    that fails says why in its event file too (the WebUI's job list reads it there)."""
-    return fitted_run(cfg, resume, lambda: fit_distill(
-        cfg, _teacher(cfg)[1].family, free_gpu_bytes(), have_bitsandbytes(), resume), _distill)
+    """Train, checkpoint, export with `cfg.objective`; returns the final student's
+    .safetensors path (an LCM-LoRA run writes its LoRA file beside it, lcm.lora_file).  A
+    run that fails says why in its event file too (the WebUI's job list reads it there)."""
+    train_run = _distill
+    if cfg.objective == "lcm":
+        from .lcm import consistency_distill, lcm_settings
+
+        cfg, train_run = lcm_settings(cfg), consistency_distill
+
+    def fit() -> Tuple[DistillConfig, Optional[MemoryPlan]]:
+        cfg.check()
+        if cfg.lora_rank:
+            from .lora import require_peft
+
+            require_peft()
+        return fit_distill(cfg, _teacher(cfg)[1].family, free_gpu_bytes(), have_bitsandbytes(),
+                           resume)
+
+    return fitted_run(cfg, resume, fit, train_run)
 
 
 def _distill(cfg: DistillConfig, resume: bool, memory: Optional[MemoryPlan] = None) -> Path:
+    s = start_student_run(cfg, resume, memory)
+    t = StudentTraining.of(cfg, s.run.accelerator, s.teacher, s.cache, s.student)
+    state = t.state()
+
+    def student_file(folder: Path, step: int) -> Dict[str, str]:
+        name = "student-step-%07d.safetensors" % step
+        export_student(folder / name, t.weights(), s.arch, s.ckpt, s.info, cfg, step)
+        return {"student": name}
+
+    with _kd_steps(cfg, s, t) as kd_step:
+        train(s.run, state, Cadence.of(cfg, cfg.eval_interval()), kd_step, t.optimizer,
+              samples=run_samples(cfg, s, t.weights), files=student_file,
+              samples_per_step=cfg.batch_size * cfg.grad_accum * s.run.accelerator.num_processes,
+              desc="distilling")
+    final = s.run.paths.out / ("%s-bk-%s-distilled.safetensors"
+                               % (s.ckpt.path.stem, preset_name(s.arch)))
+    return s.finish(t.student, state, final, lambda: export_student(
+        final, t.weights(), s.arch, s.ckpt, s.info, cfg, state.step))
+
+
+@dataclass
+class StudentRun:
+    """A started run of a student objective: its run folder and accelerator, the teacher
+    (frozen, loaded), the training cache with any teacher-made data, the student it starts
+    from (fp32, on the CPU, not yet prepared to train), and for an inpainting teacher what
+    makes the mask and masked-image channels of a step."""
+
+    run: Run
+    ckpt: Checkpoint
+    info: ModelInfo
+    arch: Architecture
+    teacher: torch.nn.Module
+    cache: Cache
+    student: torch.nn.Module
+    inpainting: Optional[InpaintingConditioning]
+
+    def finish(self, student: Any, state: RunState, final: Path, export: Callable[[], None],
+               **done: Any) -> Path:
+        """Export (process 0) and the ``done`` event, once every process agrees on the
+        trained weights.  Every process calls this."""
+        agree = replicas_agree(student, self.run.accelerator)
+        if self.run.main:
+            export()
+            self.run.event("done", step=state.step, output=str(final), replicas_agree=agree, **done)
+        self.run.accelerator.wait_for_everyone()
+        return final
+
+    def extra_channels(self, batch: "MicroBatch", generator: torch.Generator
+                       ) -> Optional[torch.Tensor]:
+        """An inpainting teacher's mask and masked-image latent for `batch` (drawn from
+        `generator`); None for a text-to-image teacher."""
+        return self.inpainting(batch.mean, generator) if self.inpainting is not None else None
+
+
+def start_student_run(cfg: DistillConfig, resume: bool, memory: Optional[MemoryPlan],
+                      **fields: Any) -> StudentRun:
+    """Check the inputs (before any model loads), start the run (`fields` join its start
+    event), load the teacher, make the training cache and the student to start from."""
     from accelerate import Accelerator
 
     ckpt, info, arch = _teacher(cfg)
@@ -77,42 +152,26 @@ def _distill(cfg: DistillConfig, resume: bool, memory: Optional[MemoryPlan] = No
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.grad_accum,
                               cpu=not torch.cuda.is_available())
-    run = Run.start(cfg, accelerator, resumed_from, memory, arch=arch.removal.name,  # the key
+    run = Run.start(cfg, accelerator, resumed_from, memory, objective=cfg.objective,
+                    arch=arch.removal.name,  # the key
                     family=info.family, parameterization=info.parameterization,
+                    lr=cfg.learning_rate(),
                     dataset=scan.summary() if scan is not None else None,
                     problems=scan.problems() if scan is not None else [],
                     synthetic=dict(plan.description(), count=plan.settings.count) if plan else None,
                     synth_run=str(data.synth_run) if data.synth_run is not None else None,
                     random_conditioning=cfg.random_conditioning_p if cfg.random_conditioning else None,
-                    processes=accelerator.num_processes, init_student=cfg.init_student)
+                    processes=accelerator.num_processes, init_student=cfg.init_student,
+                    **fields)
 
     device = accelerator.device
-    teacher = load_unet(ckpt, info).to(device, _teacher_dtype(device)).requires_grad_(False).eval()
+    teacher = load_unet(ckpt, info).to(device, teacher_dtype(device)).requires_grad_(False).eval()
     cache = _training_cache(cfg, run, ckpt, info, teacher, scan, plan, made)
     student = load_init_student(*start, arch) if start else student_from_teacher(teacher, arch)
-    t = StudentTraining.of(cfg, accelerator, teacher, cache, student)
-    state = t.state()
-
-    def student_file(folder: Path, step: int) -> Dict[str, str]:
-        name = "student-step-%07d.safetensors" % step
-        _export(folder / name, t.weights(), arch, ckpt, info, cfg, step)
-        return {"student": name}
-
-    inpainting = (InpaintingConditioning(load_vae(ckpt).to(device, _teacher_dtype(device)).eval(),
+    inpainting = (InpaintingConditioning(load_vae(ckpt).to(device, teacher_dtype(device)).eval(),
                                          latent_scale(info))
                   if info.arch.teacher.inpainting else None)
-    with _kd_steps(cfg, info, arch, t, inpainting) as kd_step:
-        train(run, state, Cadence.of(cfg, cfg.eval_interval()), kd_step, t.optimizer,
-              samples=_samples(cfg, ckpt, info, teacher, run, t.weights), files=student_file,
-              samples_per_step=cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
-              desc="distilling")
-    final = run.paths.out / ("%s-bk-%s-distilled.safetensors" % (ckpt.path.stem, preset_name(arch)))
-    agree = replicas_agree(t.student, accelerator)
-    if run.main:
-        _export(final, t.weights(), arch, ckpt, info, cfg, state.step)
-        run.event("done", step=state.step, output=str(final), replicas_agree=agree)
-    accelerator.wait_for_everyone()
-    return final
+    return StudentRun(run, ckpt, info, arch, teacher, cache, student, inpainting)
 
 
 # -- setting up -------------------------------------------------------------------
@@ -184,7 +243,7 @@ def _cache(cfg: DistillConfig, run: Run, ckpt: Checkpoint, info: ModelInfo,
     return cache
 
 
-def _teacher_dtype(device: torch.device) -> torch.dtype:
+def teacher_dtype(device: torch.device) -> torch.dtype:
     """The frozen teacher runs in half precision on a GPU."""
     return torch.float16 if device.type == "cuda" else torch.float32
 
@@ -216,7 +275,8 @@ class StudentTraining:
             student.enable_gradient_checkpointing()
         _use_xformers(teacher, student, device)
         ema = EMA(student, cfg.ema_decay) if cfg.ema else None
-        optimizer = adamw(list(student.parameters()), cfg.lr, cfg.use_8bit_adam)
+        trained = [p for p in student.parameters() if p.requires_grad]  # LoRA: the adapters
+        optimizer = adamw(trained, cfg.learning_rate(), cfg.use_8bit_adam)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)  # constant
         student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + accelerator.process_index)
@@ -257,38 +317,33 @@ def _use_xformers(teacher: torch.nn.Module, student: torch.nn.Module, device: to
 
 
 @contextmanager
-def _kd_steps(cfg: DistillConfig, info: ModelInfo, arch: Architecture, t: StudentTraining,
-              inpainting: Optional[InpaintingConditioning] = None
+def _kd_steps(cfg: DistillConfig, s: StudentRun, t: StudentTraining
               ) -> Iterator[Callable[[], Dict[str, float]]]:
     """The paper's step: `cfg.grad_accum` micro-batches of cached latents, noised (with an
     inpainting model's mask and masked-image latent beside them); the frozen teacher's
     prediction and block outputs and the student's; the three-term loss (kd.py); then the
     EMA follows the student.  Returns the losses averaged."""
     accelerator, device = t.accelerator, t.accelerator.device
-    pairs = arch.feature_kd_pairs()
+    pairs = s.arch.feature_kd_pairs()
     teacher_taps = FeatureTaps(t.teacher, [name for name, _ in pairs])
     student_taps = FeatureTaps(accelerator.unwrap_model(t.student), [name for _, name in pairs])
-    alphas, scale = noise_scheduler(info).alphas_cumprod.to(device), latent_scale(info)
-    teacher_dtype = _teacher_dtype(device)
+    alphas, scale = noise_scheduler(s.info).alphas_cumprod.to(device), latent_scale(s.info)
+    half = teacher_dtype(device)
     weights = LossWeights(cfg.lambda_task, cfg.lambda_output, cfg.lambda_feature)
 
     def step() -> Dict[str, float]:
         totals: Dict[str, float] = {}
         for _ in range(cfg.grad_accum):
-            indices = t.batches.next()
-            batch = _batch(t.cache, indices, t.generator, cfg.flip, device)
-            if cfg.random_conditioning:
-                _unrelated_latents(batch, t.cache, indices, t.generator, cfg.random_conditioning_p)
-            latents = (batch["mean"] + batch["std"] * randn(batch["mean"], t.generator)) * scale
-            noisy, timesteps, target = noised(latents, alphas, info.parameterization, t.generator)
-            if inpainting is not None:
-                noisy = torch.cat([noisy, inpainting(batch["mean"], t.generator)], dim=1)
+            batch = training_batch(cfg, t, scale)
+            noisy, timesteps, target = noised(batch.latents, alphas, s.info.parameterization,
+                                              t.generator)
+            noisy = with_channels(noisy, s.extra_channels(batch, t.generator))
+            embedding = batch.embedding
             with torch.no_grad(), accelerator.autocast():
-                teacher_pred = t.teacher(noisy.to(teacher_dtype), timesteps,
-                                         batch["embedding"].to(teacher_dtype)).sample
+                teacher_pred = t.teacher(noisy.to(half), timesteps, embedding.to(half)).sample
             teacher_features = teacher_taps.take()
             with accelerator.accumulate(t.student), accelerator.autocast():
-                student_pred = t.student(noisy, timesteps, batch["embedding"]).sample
+                student_pred = t.student(noisy, timesteps, embedding).sample
                 loss, parts = kd_loss(student_pred, teacher_pred, target, student_taps.take(),
                                       teacher_features, weights)
                 optimizer_step(accelerator, loss, t.student.parameters(), t.optimizer,
@@ -304,6 +359,31 @@ def _kd_steps(cfg: DistillConfig, info: ModelInfo, arch: Architecture, t: Studen
     finally:
         teacher_taps.close()
         student_taps.close()
+
+
+class MicroBatch(NamedTuple):
+    """A micro-batch of training data: clean latents (a draw from each cached posterior,
+    scaled for the U-Net), their caption embeddings, and the posterior means (VAE scale),
+    from which an inpainting step makes its masked images."""
+
+    latents: torch.Tensor
+    embedding: torch.Tensor
+    mean: torch.Tensor
+
+
+def training_batch(cfg: DistillConfig, t: StudentTraining, scale: float) -> MicroBatch:
+    """The next micro-batch of this process, flipped at random."""
+    indices = t.batches.next()
+    batch = _batch(t.cache, indices, t.generator, cfg.flip, t.accelerator.device)
+    if cfg.random_conditioning:
+        _unrelated_latents(batch, t.cache, indices, t.generator, cfg.random_conditioning_p)
+    latents = (batch["mean"] + batch["std"] * randn(batch["mean"], t.generator)) * scale
+    return MicroBatch(latents, batch["embedding"], batch["mean"])
+
+
+def with_channels(noisy: torch.Tensor, extra: Optional[torch.Tensor]) -> torch.Tensor:
+    """A U-Net's input: the noisy latents, and an inpainting model's extra channels."""
+    return noisy if extra is None else torch.cat([noisy, extra], dim=1)
 
 
 def _batch(cache: Cache, indices: List[int], generator: torch.Generator, flip: bool,
@@ -333,27 +413,39 @@ def _unrelated_latents(batch: Dict[str, torch.Tensor], cache: Cache, indices: Li
 # -- checkpoints, samples, export -------------------------------------------------
 
 
-def _export(output: Path, weights: Dict[str, torch.Tensor], arch: Architecture, ckpt: Checkpoint,
-            info: ModelInfo, cfg: DistillConfig, step: int) -> None:
+def export_student(output: Path, weights: Dict[str, torch.Tensor], arch: Architecture,
+                   ckpt: Checkpoint, info: ModelInfo, cfg: DistillConfig, step: int) -> None:
+    """The student as an A1111 checkpoint: the teacher's VAE and text encoder, the
+    student's U-Net, the run's metadata."""
     dtype = DTYPES[cfg.export_dtype] or torch.float32
-    ldm = KeyMap(arch).convert_to_ldm(weights)
-    unet = [TensorOut(UNET_PREFIX + k, dtype, tuple(v.shape),
-                      lambda v=v: tensor_bytes(v.detach().to("cpu", dtype)))
-            for k, v in ldm.items()]
-    origin = teacher_origin(ckpt)
-    origin["bksdm.distilled_steps"] = str(step)
+    unet = [tensor_out(UNET_PREFIX + k, v, dtype)
+            for k, v in KeyMap(arch).convert_to_ldm(weights).items()]
+    write_student(output, arch, teacher_parts(ckpt) + unet, info.config,
+                  dict(teacher_origin(ckpt), **run_metadata(cfg, step)), overwrite=True)
+
+
+def run_metadata(cfg: DistillConfig, step: int) -> Dict[str, str]:
+    """What a run records in the files it exports: objective, steps, the student it started
+    from, and how the result is meant to draw (an LCM student: sampler, steps, CFG)."""
+    metadata = {"bksdm.objective": cfg.objective, "bksdm.distilled_steps": str(step)}
     if cfg.init_student:
-        origin["bksdm.init_student"] = Path(cfg.init_student).name
-    write_student(output, arch, teacher_parts(ckpt) + unet, info.config, origin, overwrite=True)
+        metadata["bksdm.init_student"] = Path(cfg.init_student).name
+    recommendation = cfg.recommendation()
+    if recommendation is not None:
+        metadata.update(recommendation.metadata())
+    return metadata
 
 
-def _samples(cfg: DistillConfig, ckpt: Checkpoint, info: ModelInfo, teacher: torch.nn.Module,
-             run: Run, weights: Callable[[], Dict[str, torch.Tensor]]) -> Optional[Samples]:
+def run_samples(cfg: DistillConfig, s: StudentRun, weights: Callable[[], Dict[str, torch.Tensor]]
+             ) -> Optional[Samples]:
     """Teacher | student grids, and the student's PSNR/SSIM against the teacher on the
-    same prompts and seeds (process 0's, when either is asked for)."""
+    same prompts and seeds (process 0's, when either is asked for).  The teacher draws
+    with the default sampler at ``sample_steps``, the student as the run's result is meant
+    to (an LCM student: the LCM sampler at ``lcm_steps``, no CFG)."""
+    run = s.run
     if not (run.main and (cfg.sample_every or cfg.eval_interval())):
         return None
-    sampler = _Sampler(cfg, ckpt, info, teacher, run.accelerator.device)
+    sampler = _Sampler(cfg, s.ckpt, s.info, s.teacher, run.accelerator.device)
     return Samples(SampleGrid(run.paths.samples, cfg.resolution, sampler.teacher_images),
                    draw=lambda: sampler.student_images(weights()),
                    score=lambda images: dict(prompts=len(images),
@@ -372,12 +464,14 @@ class _Sampler:
         self.negative = encode([""]).to(device, self.dtype)
         self.cfg, self.info, self.device = cfg, info, device
         self.vae = load_vae(ckpt).to(device, self.dtype).eval()
-        self.teacher_images = self._images(teacher)
+        reference = Recommendation(DEFAULT_SAMPLER, cfg.sample_steps, DEFAULT_CFG)
+        self.teacher_images = self._images(teacher, reference)
+        self.drawing = cfg.recommendation() or reference
 
-    def _images(self, unet: torch.nn.Module) -> List[Any]:
-        return prompt_images(make_pipeline(unet, self.vae, self.info), self.embeddings,
-                             self.negative, self.cfg.resolution, self.cfg.sample_steps,
-                             self.cfg.seed)
+    def _images(self, unet: torch.nn.Module, drawing: Recommendation) -> List[Any]:
+        return prompt_images(make_pipeline(unet, self.vae, self.info, drawing.sampler),
+                             self.embeddings, self.negative, self.cfg.resolution, drawing.steps,
+                             self.cfg.seed, drawing.cfg_scale)
 
     def student_images(self, weights: Dict[str, torch.Tensor]) -> List[Any]:
         from diffusers import UNet2DConditionModel
@@ -385,4 +479,4 @@ class _Sampler:
         arch = which_student(self.info.arch.teacher, self.cfg.preset, self.cfg.remove)
         student = UNet2DConditionModel(**arch.diffusers_config())
         student.load_state_dict({k: v.float() for k, v in weights.items()})
-        return self._images(student.to(self.device, self.dtype).eval())
+        return self._images(student.to(self.device, self.dtype).eval(), self.drawing)

@@ -38,8 +38,7 @@ from ..model.keymap import UNET_PREFIX, KeyMap
 from ..model.loading import latent_scale, load_text_encoder, load_unet, load_vae, noise_scheduler
 from ..model.parts_keymap import TEXT_PREFIX, clip_to_ldm
 from ..jobs.runs import RunPaths, progress_bar
-from ..model.safetensors_io import TensorOut, tensor_bytes, write_safetensors
-from ..model.staging import staged
+from ..model.safetensors_io import tensor_out
 from .run_state import RunState
 from .samples import SampleGrid, Samples, kept_reference, prompt_images
 from .skeleton import Cadence, Run, fitted_run, train
@@ -367,7 +366,7 @@ def _finish(cfg: DreamBoothConfig, run: Run, ckpt: Checkpoint, info: ModelInfo,
     final = run.paths.out / ("%s-dreambooth.safetensors" % ckpt.path.stem)
     origin = _origin(cfg, ckpt, info, class_model, step)
     if cfg.lora:
-        from .lora import kohya_metadata, kohya_state, merged_state_dict
+        from .lora import kohya_metadata, kohya_state, merged_state_dict, write_lora
 
         unet_state = merged_state_dict(unet)
         text_state = merged_state_dict(text_encoder) if cfg.train_text_encoder else None
@@ -375,7 +374,7 @@ def _finish(cfg: DreamBoothConfig, run: Run, ckpt: Checkpoint, info: ModelInfo,
         adapters = kohya_state(unet, info.arch, text_encoder if cfg.train_text_encoder else None)
         metadata = kohya_metadata(info.arch, cfg.lora_rank, ckpt.path.name)
         metadata.update({k: v for k, v in origin.items() if k.startswith("bksdm.dreambooth_")})
-        _write_tensors(lora_file, adapters, DTYPES[cfg.export_dtype] or torch.float32, metadata)
+        write_lora(lora_file, adapters, DTYPES[cfg.export_dtype] or torch.float32, metadata)
     else:
         unet_state = unet.state_dict()
         text_state = text_encoder.state_dict() if cfg.train_text_encoder else None
@@ -416,21 +415,9 @@ def _export(output: Path, ckpt: Checkpoint, info: ModelInfo, unet_state: Dict[st
         # Only names the base file has: SD-v2 keeps its unused last block and projection.
         trained.update({prefix + k: v for k, v in clip_to_ldm(text_state, info.family).items()
                         if prefix + k in ckpt})
-    tensors = [_tensor_out(k, v, dtype) for k, v in trained.items()]
+    tensors = [tensor_out(k, v, dtype) for k, v in trained.items()]
     tensors += [t for t in teacher_parts(ckpt) if t.name not in trained]
     write_student(output, info.arch, tensors, info.config, origin, overwrite=True)
-
-
-def _tensor_out(name: str, value: torch.Tensor, dtype: torch.dtype) -> TensorOut:
-    return TensorOut(name, dtype, tuple(value.shape),
-                     lambda: tensor_bytes(value.detach().to("cpu", dtype)))
-
-
-def _write_tensors(path: Path, state: Dict[str, torch.Tensor], dtype: torch.dtype,
-                   metadata: Dict[str, str]) -> None:
-    with staged([path], overwrite=True) as (temp,):
-        write_safetensors(temp, [_tensor_out(k, v, dtype) for k, v in sorted(state.items())],
-                          metadata)
 
 
 def _checkpoint_activations(model: Any) -> None:

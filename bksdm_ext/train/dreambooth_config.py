@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 from ..model.samplers import DEFAULT_SAMPLER
 from ..settings import (BATCH, EVERY, GUIDANCE, IMAGE_SIZE, KEEP_CHECKPOINTS, LEARNING_RATE,
-                        LOG_EVERY, REQUIRED, SAMPLER_STEPS, SEED, TRAINING_STEPS, Range,
+                        LOG_EVERY, LORA_RANK, REQUIRED, SAMPLER_STEPS, SEED, TRAINING_STEPS, Range,
                         check_ranges, check_sample_grids, setting)
 from .shared_settings import (EIGHT_BIT_ADAM, EXPORT_DTYPES, FIT_MEMORY, GRADIENT_CHECKPOINTING,
                               MIXED_PRECISION)
@@ -63,7 +63,7 @@ class DreamBoothConfig:
     lora: bool = setting(False, "train LoRA adapters instead of all weights (needs peft)",
                          label="LoRA (needs peft)")
     lora_rank: int = setting(16, "LoRA rank (alpha = rank) (default {default})",
-                             label="LoRA rank", range=Range(1, 1024, "LoRA rank"))
+                             label="LoRA rank", range=LORA_RANK)
     max_grad_norm: float = 1.0
     mixed_precision: str = MIXED_PRECISION.field("fp16")
     gradient_checkpointing: bool = GRADIENT_CHECKPOINTING.field(True)

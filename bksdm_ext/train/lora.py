@@ -15,6 +15,7 @@ which A1111 maps to SD-v1's CLIP and to SD-v2's OpenCLIP attention (q/k/v into i
 
 peft is not part of A1111's environment: only LoRA mode needs it, and it asks for it.
 """
+from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 import torch
@@ -24,6 +25,8 @@ from ..model.clip_naming import nested_name
 from ..errors import BadInput
 from ..model.keymap import KeyMap
 from ..model.lora_keymap import layout_metadata
+from ..model.safetensors_io import tensor_out, write_safetensors
+from ..model.staging import staged
 
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -104,3 +107,11 @@ def kohya_metadata(arch: Architecture, rank: int, base_name: str) -> Dict[str, s
         "bksdm.lora_base": base_name,
         **layout_metadata(arch),  # how the WebUI knows these names are the student's
     }
+
+
+def write_lora(path: Path, adapters: Dict[str, torch.Tensor], dtype: torch.dtype,
+               metadata: Dict[str, str]) -> None:
+    """The LoRA file, written under a temporary name and renamed (an older one replaced)."""
+    with staged([path], overwrite=True) as (temp,):
+        write_safetensors(temp, [tensor_out(k, v, dtype) for k, v in sorted(adapters.items())],
+                          metadata)

@@ -110,7 +110,8 @@ def fit_distill(cfg: DistillConfig, family: str, free_bytes: Optional[int],
     """The run's settings for a GPU with `free_bytes` free (None: no GPU, nothing changes);
     a resumed run keeps those it started with."""
     return _fit(cfg, free_bytes, resume, lambda c: plan_distill(
-        free_bytes, family, removal_of(c.preset).name, c.resolution, settings_of(c), bitsandbytes))
+        free_bytes, family, removal_of(c.preset).name, c.resolution, settings_of(c), bitsandbytes,
+        c.objective, bool(c.lora_rank)))
 
 
 def fit_dreambooth(cfg: DreamBoothConfig, family: str, preset: str, free_bytes: Optional[int],

@@ -21,6 +21,13 @@ The estimate is arithmetic plus measurement:
   and 18.5 GiB for SD-v1.  Gradient checkpointing is taken to keep a third of the
   activations, fp32 twice the autocast ones.
 
+Latent consistency distillation (``--objective lcm``) keeps one more fp32 copy of the student
+(the EMA target network) and runs no-grad forwards while the student's activations are held:
+the teacher on twice the batch (classifier-free guidance) and the target.  Those are taken as
+half as much again as KD's activations (`LCM_ACTIVATIONS`), an estimate until `bench/gpu.py`'s
+``lcm`` part measures a peak.  LCM-LoRA trains adapters only: a frozen fp32 student, no EMA,
+no target.
+
 A plan keeps 10% of the free memory spare (allocator fragmentation, cuDNN workspaces).
 `bench/gpu.py` measures the real peaks; its figures are what these constants follow.
 """
@@ -48,6 +55,8 @@ DREAMBOOTH_MEASURED_PEAKS: Tuple[Tuple[int, float], ...] = (
 CHECKPOINTING_KEEPS = 1 / 3
 FP32_ACTIVATIONS = 2.0
 BYTES_ADAMW, BYTES_ADAMW_8BIT, BYTES_EMA = 16, 10, 4
+BYTES_FROZEN_FP32 = 4
+LCM_ACTIVATIONS = 1.5  # LCM's activations over KD's at the same micro-batch (an estimate)
 
 
 @dataclass(frozen=True)
@@ -117,21 +126,31 @@ def _activation_scale(s: Settings, resolution: int, measured_checkpointing: bool
     return scale
 
 
-def distill_state_gib(family: str, preset: str, s: Settings) -> float:
+def distill_state_gib(family: str, preset: str, s: Settings, objective: str = "kd",
+                      lora: bool = False) -> float:
     """What a distillation run keeps on the GPU whatever the batch: the student with its
-    gradients, AdamW moments and EMA; the frozen teacher in half precision."""
+    gradients, AdamW moments and EMA (LCM: and its target network; LCM-LoRA: the frozen
+    student alone); the frozen teacher in half precision."""
     params = UNET_PARAMS[_family(family)]
-    per_param = (BYTES_ADAMW_8BIT if s.use_8bit_adam else BYTES_ADAMW) + (BYTES_EMA if s.ema else 0)
+    if lora:
+        per_param = BYTES_FROZEN_FP32
+    else:
+        per_param = ((BYTES_ADAMW_8BIT if s.use_8bit_adam else BYTES_ADAMW)
+                     + (BYTES_EMA if s.ema else 0) + (BYTES_EMA if objective == "lcm" else 0))
     return (params[preset] * per_param + params["teacher"] * 2) / GIB + CUDA_CONTEXT_GIB
 
 
-def distill_peak_gib(family: str, preset: str, resolution: int, s: Settings) -> float:
+def distill_peak_gib(family: str, preset: str, resolution: int, s: Settings, objective: str = "kd",
+                     lora: bool = False) -> float:
     """Estimated peak GPU memory of one distillation process."""
     measured = Settings(32, 1, True, False, "fp16", ema=True)
     base = distill_state_gib("sd-v1", "small", measured)
     curve = ((0, base),) + KD_MEASURED_PEAKS
     activations = _interpolate(curve, s.micro_batch) - base
-    return distill_state_gib(family, preset, s) + activations * _activation_scale(s, resolution, True)
+    if objective == "lcm":
+        activations *= LCM_ACTIVATIONS
+    return (distill_state_gib(family, preset, s, objective, lora)
+            + activations * _activation_scale(s, resolution, True))
 
 
 def dreambooth_peak_gib(family: str, preset: str, resolution: int, s: Settings, lora: bool,
@@ -160,12 +179,13 @@ def _micro_batches(effective: int, start: int, floor: int) -> List[int]:
 
 
 def plan_distill(free_bytes: int, family: str, preset: str, resolution: int, wanted: Settings,
-                 have_bitsandbytes: bool) -> MemoryPlan:
+                 have_bitsandbytes: bool, objective: str = "kd", lora: bool = False) -> MemoryPlan:
     """The settings closest to `wanted` whose estimated peak fits `free_bytes`."""
     def estimate(s: Settings) -> float:
-        return distill_peak_gib(family, preset, resolution, s)
+        return distill_peak_gib(family, preset, resolution, s, objective, lora)
 
-    return _plan(free_bytes, wanted, estimate, have_bitsandbytes, allow_no_ema=True)
+    return _plan(free_bytes, wanted, estimate, have_bitsandbytes and not lora,
+                 allow_no_ema=not lora)
 
 
 def plan_dreambooth(free_bytes: int, family: str, preset: str, resolution: int, wanted: Settings,

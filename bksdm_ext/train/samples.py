@@ -8,14 +8,16 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from ..model.samplers import DEFAULT_CFG
+
 
 @torch.no_grad()
 def prompt_images(pipe: Any, embeddings: torch.Tensor, negative: torch.Tensor, size: int,
-                  steps: int, seed: int) -> List[Any]:
+                  steps: int, seed: int, cfg_scale: float = DEFAULT_CFG) -> List[Any]:
     """One image per prompt embedding (rows of `embeddings`), prompt i from seed `seed + i`,
-    through a pipeline that takes ``prompt_embeds``."""
+    through a pipeline that takes ``prompt_embeds`` (a CFG scale of 1: no guidance)."""
     return [pipe(prompt_embeds=embeddings[i:i + 1], negative_prompt_embeds=negative,
-                 height=size, width=size, num_inference_steps=steps,
+                 height=size, width=size, num_inference_steps=steps, guidance_scale=cfg_scale,
                  generator=torch.Generator().manual_seed(seed + i)).images[0]
             for i in range(len(embeddings))]
 

@@ -149,7 +149,8 @@ def build() -> None:
         steps = setting_fields.number(DEFAULTS, "steps", precision=0, elem_id="bksdm_distill_steps")
         batch_size = setting_fields.number(DEFAULTS, "batch_size", precision=0, elem_id="bksdm_distill_batch")
         grad_accum = setting_fields.number(DEFAULTS, "grad_accum", precision=0, elem_id="bksdm_distill_accum")
-        lr = setting_fields.number(DEFAULTS, "lr", elem_id="bksdm_distill_lr")
+        lr = gr.Number(DEFAULTS.learning_rate(), label=label(DistillConfig, "lr"),  # KD's
+                       elem_id="bksdm_distill_lr")
         resolution = setting_fields.number(DEFAULTS, "resolution", precision=0, elem_id="bksdm_distill_resolution")
     with gr.Row():
         precision = job_form.precision_dropdown("distill")

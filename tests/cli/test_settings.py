@@ -34,7 +34,10 @@ COMMANDS = {
         export_dtype="bf16", cache_dir="c", log_every=2, synthetic=4, prompts="p.txt",
         negative_prompt="--blurry", synth_cfg_scale=3.0, synth_steps=4, synth_sampler="euler",
         synth_batch_size=2, synth_preview=1, random_conditioning=True,
-        random_conditioning_p=0.25, fit_memory=False)),
+        random_conditioning_p=0.25, fit_memory=False, objective="lcm", lcm_w_min=2.0,
+        lcm_w_max=3.0, lcm_ddim_timesteps=25, lcm_target_decay=0.5, lcm_loss="l2",
+        lcm_huber_c=0.01, lcm_timestep_scaling=5.0, lcm_feature_kd=0.5, lcm_steps=2,
+        lora_rank=8)),
     "dreambooth": (DreamBoothConfig, [], DreamBoothConfig(
         model="m", instance_dir="i", instance_prompt="-a sks dog", out="", class_prompt="--a dog",
         class_model="c", class_dir="d", num_class_images=3, steps=20, resolution=64, lr=0.5,
