@@ -1,4 +1,4 @@
-"""A1111's "LCM" sampler for the versions that lack it (1.6.x; it came with 1.7.0), so a
+"""A1111's "LCM" sampler for the versions that lack it (1.6 and 1.7; it came with 1.8.0), so a
 consistency-distilled student or its LCM-LoRA draws in 2-8 steps on a Jetson's A1111 1.6.1
 exactly as on 1.10.1 (docs/facts.md §15).
 
@@ -7,7 +7,7 @@ k-diffusion's classes (the same arithmetic: the 50 timesteps LCM was distilled o
 linear schedule over them, the consistency boundary conditions at 10·t, fresh noise
 between steps); the sampler is A1111's own ``KDiffusionSampler`` with it as the model, so
 progress, interruption, the CFG batch and ControlNet's hooks work as for any sampler.
-Where A1111 has its own "LCM" (1.7 and later), nothing is registered.
+Where A1111 has its own "LCM" (1.8 and later), nothing is registered.
 """
 from typing import Any, Optional
 

@@ -15,7 +15,8 @@ how the extension finds them when it changes weights.  A file that fits no layou
 refused: the extension reports the error and leaves the LoRA out.  What a student could
 not take is said once per LoRA and generation, on the console and in the infotext
 (``BK-SDM: …``), by an always-visible script whose ``after_extra_networks_activate`` both
-versions call after each activation, the hires pass's included.
+versions call after each activation, the hires pass's included; so is an LCM-LoRA drawn at
+other settings than it was distilled for (`recommendation`).
 
 The extension keeps networks between generations; those resolved for another block layout
 are forgotten when a model loads.
@@ -36,6 +37,7 @@ from ..model.detect import inspect_checkpoint
 from ..model.keymap import UNET_PREFIX
 from ..model.lora_adapt import read_lora
 from ..model.lora_keymap import LoraMismatch, LoraPlan, ModelModules, plan_lora, underscored
+from . import recommendation
 
 UNET_ROOT = "diffusion_model"  # the U-Net's name in network_layer_mapping
 INFOTEXT_KEY = "BK-SDM"
@@ -194,6 +196,9 @@ def report(p: Any) -> None:
     notes = {} if networks is None else {
         net.name: net.bksdm_note for net in networks.loaded_networks
         if getattr(net, "bksdm_note", None)}
+    if networks is not None:
+        for name, note in recommendation.lora_notes(p, networks.loaded_networks).items():
+            notes[name] = "; ".join(filter(None, [notes.get(name), note]))
     notes.update({name: "not applied: " + why for name, why in _refused.items()})
     _refused.clear()
     told: Dict[str, str] = getattr(p, "bksdm_lora_notes", {})

@@ -1,4 +1,4 @@
-"""The LCM sampler the extension adds to A1111 1.6 (1.7 and later have their own): the
+"""The LCM sampler the extension adds to A1111 1.6 (1.8 and later have their own): the
 arithmetic of A1111 1.10.1's ``sd_samplers_lcm`` (LCM's 50 timesteps, a linear schedule over
 them, the boundary conditions at 10·t), written out here; registered only where A1111 lacks
 one; and in txt2img it draws in the steps asked for with the image's seeded noise."""
@@ -82,7 +82,7 @@ def test_each_step_is_the_denoised_latent_plus_fresh_noise_at_the_next_sigma():
 
 @pytest.fixture
 def a1111_1_6_samplers():
-    """The stand-in's sampler list as A1111 1.6 has it: no "LCM" (1.7.0 added it)."""
+    """The stand-in's sampler list as A1111 1.6 has it: no "LCM" (1.8.0 added it)."""
     from modules import sd_samplers
 
     saved = sd_samplers.all_samplers, sd_samplers.all_samplers_map
