@@ -6,10 +6,11 @@
 # `import bksdm_ext` happens to succeed. Tests import it from the checkout (pytest's
 # `pythonpath`), the demo runs `python -m bksdm_ext` from here.
 #
-#   make test   build .venv if needed, then vermin (3.8), py3.8 compileall, pytest
+#   make test   build .venv if needed, then vermin (3.8), py3.8 compileall, pytest (the whole suite)
+#   make test-fast  the suite but its slow and browser tests (pytest markers), for day-to-day work
 #   make demo   build .venv if needed, then `bksdm demo`
 #   make .venv  just (re)build the venv; reinstalls when pyproject.toml or this file change;
-#               also installs Debian's chromium (for tests/test_browser.py) when it is missing
+#               also installs Debian's chromium (for tests/webui/test_browser.py) when it is missing
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := test
@@ -40,7 +41,7 @@ LDM_REQS := pytorch_lightning==1.9.4 lightning-utilities==0.15.3 setuptools==80.
 # torchvision; its image code is stubbed by the one test that imports it.
 SDKIT := stable-diffusion-sdkit==2.1.5 open-clip-torch==2.20.0
 
-# The browser tests/test_browser.py drives through Playwright (never `playwright install`).
+# The browser tests/webui/test_browser.py drives through Playwright (never `playwright install`).
 # Installed with apt-get when missing (needs root, as in CI); where that is impossible
 # the browser test skips, except under CI=true, where it fails.
 CHROMIUM := /usr/bin/chromium
@@ -61,32 +62,22 @@ LATEST_STAMP := $(LATEST_VENV)/.installed
 LATEST_TORCH := torch==2.14.1 torchvision==0.29.1
 LATEST_REQS  := diffusers==0.42.1 transformers==5.24.0 accelerate==1.15.0 huggingface_hub==2.4.0 \
                 peft==0.21.2 torch-fidelity==0.4.0 torchmetrics==1.9.0 pytest ftfy omegaconf einops
-# (tests/test_parts_keymap.py compares with A1111's own text encoders, built the way
-# transformers 4.30 builds them, so it belongs to the first stack only; so does
-# tests/test_gpu_bench.py, whose parts are the engines these tests already run here.
-# The engines are sampled, one run of each kind, to keep CI within its budget.)
-LATEST_TESTS := tests/test_tokenizer.py tests/test_clip_naming.py tests/test_clip_sources.py tests/test_scores.py \
-                tests/test_demo.py \
-                tests/test_layout.py tests/test_memory_plan.py tests/test_convert.py \
-                tests/test_latency.py tests/test_fid.py tests/test_lora_keymap.py tests/test_lora_adapt.py \
-                tests/test_distill.py::test_losses_are_finite_and_fall_and_the_run_ends_with_an_a1111_student \
-                tests/test_distill.py::test_v_prediction_teacher_trains_on_velocity \
-                tests/test_distill.py::test_resuming_repeats_the_losses_of_an_uninterrupted_run \
-                tests/test_dreambooth.py::test_full_finetune_trains_unet_and_text_encoder_and_exports_an_a1111_student \
-                tests/test_dreambooth.py::test_lora_file_resolves_in_a1111_and_reproduces_the_merged_student \
-                tests/test_dreambooth.py::test_sd2_v_prediction_lora_resolves_onto_openclip_attention \
-                tests/test_dreambooth.py::test_samples_get_the_clip_score_of_their_prompt \
-                tests/test_synth.py::test_the_cache_holds_n_latents_with_std_zero_from_prompt_i_and_seed_i \
-                tests/test_synth.py::test_distilling_from_teacher_data_never_encodes_an_image_and_losses_fall \
-                tests/test_inpainting.py::test_an_inpainting_teacher_distils_with_falling_losses_into_an_a1111_student \
-                tests/test_inpainting.py::test_teacher_made_data_trains_an_inpainting_student
+# Which tests it runs, by marker (pyproject.toml; tests/conftest.py gives `engine` and `webui`
+# by folder): the engine tests (tests/cli, model, train, jobs, measure, scores) except the
+# `slow` ones (CI's budget: each engine still runs here in a quicker test, and test-wheel runs
+# the demo, a distillation and DreamBooth on the newest releases too) and `a1111_pins`
+# (tests/model/test_parts_keymap.py compares with A1111's own parts at its pins: LDM's
+# autoencoder needs pytorch_lightning); then tests/scores whole, slow ones included: this
+# stack's torchvision is real, so FID (torch-fidelity) and CLIP's image code run for real only
+# here. tests/webui is not collected: its modules need gradio.
+LATEST_MARKERS := engine and not slow and not a1111_pins
 
 # The Jetson stack (`make test-jetson`): what A1111 1.6.1 runs on a Jetson AGX Orin under
 # JetPack 5 (docs/facts.md §6b): Python 3.8, torch 2.0.1, safetensors 0.3.1, numpy 1.23.5,
 # transformers 4.30.2, accelerate 0.21.0, huggingface_hub 0.36.2, gradio 3.41.2 with
 # pydantic 1.10, and diffusers 0.30.3 as install.py adds it. torch 2.0.1 is PyPI's CUDA
-# build (it runs on the CPU). The whole suite runs there but the browser tests (Playwright
-# needs a newer Python) and tests/test_environment.py (the first stack's pins).
+# build (it runs on the CPU). The whole suite runs there but the `browser` tests (Playwright
+# needs a newer Python) and tests/test_environment.py (the guard of the first stack's pins).
 JETSON_VENV  := .venv-jetson
 JETSON_STAMP := $(JETSON_VENV)/.installed
 JETSON_REQS  := torch==2.0.1 safetensors==0.3.1 numpy==1.23.5 diffusers==0.30.3 \
@@ -95,7 +86,10 @@ JETSON_REQS  := torch==2.0.1 safetensors==0.3.1 numpy==1.23.5 diffusers==0.30.3 
                 "pydantic<2" omegaconf==2.2.3 einops==0.4.1 peft==0.13.2 pytorch_lightning==1.9.4 \
                 setuptools==75.3.0 PyYAML tqdm ftfy pytest
 
-.PHONY: .venv test demo test-latest test-wheel test-jetson
+# `make test-fast`: the suite but its `slow` and `browser` tests, for day-to-day work.
+FAST_MARKERS := not slow and not browser
+
+.PHONY: .venv test test-fast demo test-latest test-wheel test-jetson
 
 .venv: $(STAMP) $(CHROMIUM)
 
@@ -105,7 +99,7 @@ $(CHROMIUM):
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else \
-	  echo "$(CHROMIUM) is missing and cannot be installed here (needs root and apt-get): tests/test_browser.py will skip"; \
+	  echo "$(CHROMIUM) is missing and cannot be installed here (needs root and apt-get): tests/webui/test_browser.py will skip"; \
 	fi
 
 $(STAMP): pyproject.toml Makefile
@@ -127,6 +121,9 @@ test: .venv
 	fi
 	$(PY) -m pytest -q
 
+test-fast: .venv
+	$(PY) -m pytest -q -p no:cacheprovider -m "$(FAST_MARKERS)"
+
 demo: .venv
 	$(PY) -m bksdm_ext demo
 
@@ -138,9 +135,11 @@ $(LATEST_STAMP): pyproject.toml Makefile
 	$(LATEST_VENV)/bin/python -m pip install -q --progress-bar off --no-deps $(SDKIT)
 	touch $@
 
-# The suite's engine tests on the second stack (the WebUI tests need A1111's pins).
+# The suite's engine tests on the second stack (the WebUI tests need A1111's pins), then the
+# slow tests of the scores.
 test-latest: $(LATEST_STAMP)
-	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider $(LATEST_TESTS)
+	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "$(LATEST_MARKERS)" --ignore=tests/webui
+	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -m slow tests/scores
 
 $(JETSON_STAMP): Makefile
 	@$(PY38) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 8) else "need Python 3.8 for the Jetson stack, got " + sys.version)'
@@ -150,7 +149,7 @@ $(JETSON_STAMP): Makefile
 	touch $@
 
 test-jetson: $(JETSON_STAMP)
-	$(JETSON_VENV)/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/test_browser.py \
+	$(JETSON_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not browser" \
 	  --ignore=tests/test_environment.py
 
 # The wheel alone in a fresh venv, offline, away from the checkout: a tiny distillation.

@@ -125,7 +125,7 @@ def trainer_iteration_seconds(full: bool, batch: int, micro_batch: int, steps: i
         Image.fromarray(pixels).save(data / ("%04d.png" % i))
         (data / ("%04d.txt" % i)).write_text("random image number %d" % i)
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    cfg = DistillConfig(teacher=str(teacher), data=str(data), out=str(workdir / "run"), arch="small",
+    cfg = DistillConfig(teacher=str(teacher), data=str(data), out=str(workdir / "run"), preset="small",
                         steps=steps + 1, batch_size=micro_batch, grad_accum=batch // micro_batch,
                         resolution=size, mixed_precision="bf16" if bf16 else "no",
                         save_every=0, sample_every=0, log_every=1, **settings)

@@ -82,16 +82,16 @@ def generate(path: Path, prompt: str) -> Dict[str, Any]:
             "unet_params": info.unet_params, "preset": info.preset}
 
 
-def run_demo(workdir: Union[str, Path], arch: str = "small",
+def run_demo(workdir: Union[str, Path], preset: str = "small",
              prompt: str = "a photo of a cat") -> Dict[str, Any]:
     from PIL import Image
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     teacher = workdir / "tiny-sd-v1.safetensors"
-    student = workdir / ("tiny-sd-v1-bk-%s.safetensors" % arch)
+    student = workdir / ("tiny-sd-v1-bk-%s.safetensors" % preset)
     write_tiny_teacher(teacher)
-    report = convert_checkpoint(teacher, student, arch, dtype="fp32", overwrite=True)
+    report = convert_checkpoint(teacher, student, preset, dtype="fp32", overwrite=True)
     images = [generate(teacher, prompt), generate(student, prompt)]
     grid = Image.new("RGB", (2 * IMAGE_SIZE, IMAGE_SIZE))
     for i, result in enumerate(images):
@@ -102,7 +102,7 @@ def run_demo(workdir: Union[str, Path], arch: str = "small",
         "teacher": str(teacher),
         "student": report.output,
         "student_config": report.config,
-        "preset": arch,
+        "preset": preset,
         "teacher_unet_params": report.teacher_unet_params,
         "student_unet_params": report.student_unet_params,
         "unet_smaller_by": "%.1f%%" % (100 * (1 - report.student_unet_params

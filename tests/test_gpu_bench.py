@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_cpu_smoke_runs_every_part_and_writes_json_and_markdown(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--cpu-smoke",
                            "--out", str(tmp_path)], capture_output=True, text=True, cwd=str(ROOT),

@@ -18,14 +18,16 @@ from typing import Iterator, List, Optional, Set
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "bksdm_ext"
-TOP_LEVEL = {"__init__", "__main__", "cli", "demo", "errors",
+TOP_LEVEL = {"__init__", "__main__", "demo", "errors", "settings",
              "ldm_unet"}  # ldm_unet: the yaml target students on disk name, re-exported
 MAY_IMPORT = {  # subpackage -> the bksdm_ext parts it may import (__init__: __version__)
-    "model": {"__init__", "errors"},
-    "jobs": {"__init__", "errors"},
-    "scores": {"__init__", "errors", "model"},
-    "train": {"__init__", "errors", "model", "jobs", "scores"},
-    "measure": {"__init__", "errors", "model", "jobs", "scores"},
+    "model": {"__init__", "errors", "settings"},
+    "jobs": {"__init__", "errors", "settings"},
+    "scores": {"__init__", "errors", "settings", "model"},
+    "train": {"__init__", "errors", "settings", "model", "jobs", "scores"},
+    "measure": {"__init__", "errors", "settings", "model", "jobs", "scores"},
+    "cli": {"__init__", "errors", "settings", "model", "jobs", "scores", "train", "measure",
+            "demo"},
 }
 # A1111's `modules`, and what Forge adds beside it: all count as "the WebUI" ('modules').
 WEBUI_PACKAGES = {"modules", "modules_forge", "backend", "huggingface_guess"}
@@ -71,6 +73,26 @@ def test_each_package_imports_only_downward(package):
     for path in sorted((PACKAGE / package).rglob("*.py")):
         wrong = _imported_parts(path) - MAY_IMPORT[package] - own
         assert not wrong, "%s imports %s" % (path.relative_to(PACKAGE.parent), sorted(wrong))
+
+
+def test_settings_import_only_the_error_types():
+    """Every package declares its settings with `bksdm_ext.settings`, so it sits below them
+    all, beside `errors`."""
+    assert _imported_parts(PACKAGE / "settings.py") == {"errors"}
+
+
+def test_each_command_family_reads_as_one_short_module():
+    """cli/: one module per command family, its parsers, runs and output side by side; the
+    work itself is done below (model/, train/, measure/, jobs/)."""
+    modules = sorted((PACKAGE / "cli").glob("*.py"))
+    assert len(modules) > 1
+    for path in modules:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        assert len(lines) <= 250, "cli/%s has %d lines" % (path.name, len(lines))
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.body[-1].end_lineno - node.lineno + 1
+                assert length <= 60, "cli/%s: %s has %d lines" % (path.name, node.name, length)
 
 
 def test_only_the_webui_package_imports_a1111():
@@ -270,3 +292,23 @@ CODE, DOC = "bksdm_ext/train/memory_plan.py", "docs/webui.md"
 def test_a_citation_of_a_missing_document_section_or_heading_is_found(citing, text, expected):
     found = _broken_citations(REPO / citing, text)
     assert len(found) == len(expected) and all(e in f for e, f in zip(expected, found)), found
+
+
+TESTS = REPO / "tests"
+# The test modules about the repository as a whole, not one package: they sit at the top.
+CROSS_CUTTING_TESTS = {"test_layout.py", "test_environment.py", "test_gpu_bench.py"}
+
+
+def test_the_tests_mirror_the_packages():
+    """A test module sits in the folder of what it tests (tests/model/ for bksdm_ext/model/,
+    tests/cli/ for the command line, tests/webui/ for all that needs the A1111 stand-in), and
+    each such folder is one tests/conftest.py gives its marker to; only tests of the whole
+    repository sit at the top.  A new test file at the top fails here: move it."""
+    from conftest import ENGINE_FOLDERS
+
+    packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    folders = {p.parent.name for p in TESTS.glob("*/test_*.py")}
+    assert folders == ENGINE_FOLDERS | {"webui"}
+    assert folders <= packages | {"cli"}
+    misplaced = sorted({p.name for p in TESTS.glob("test_*.py")} - CROSS_CUTTING_TESTS)
+    assert not misplaced, "move into the folder of what they test: %s" % ", ".join(misplaced)

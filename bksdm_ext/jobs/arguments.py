@@ -3,9 +3,12 @@
 Every argument list a job runs goes through `command_line`: each value is joined to its
 option (``--negative-prompt=-blurry``), which argparse takes as the value whatever it
 starts with, and positional values follow ``--``.  A prompt that starts with ``-`` (a
-sample, negative or instance prompt) is then a prompt, not an unknown option.
+sample, negative or instance prompt) is then a prompt, not an unknown option.  A settings
+dataclass (`bksdm_ext.settings`) writes its own part with `config_argv`.
 """
-from typing import Any, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
+
+from ..settings import declarations
 
 
 def command_line(options: Mapping[str, Any], positional: Sequence[str] = ()) -> List[str]:
@@ -22,3 +25,19 @@ def command_line(options: Mapping[str, Any], positional: Sequence[str] = ()) -> 
     if positional:
         argv += ["--"] + [str(value) for value in positional]
     return argv
+
+
+def config_argv(settings: Any, positional: Sequence[str] = ()) -> List[str]:
+    """The command line that makes `settings` again: every setting that has a flag, in
+    declaration order (a boolean as ``--name`` or ``--no-name``; None and "" left out, so
+    the command's own default applies), through `command_line`."""
+    options: Dict[str, Any] = {}
+    for item in declarations(settings):
+        if not item.setting.cli:
+            continue
+        value = getattr(settings, item.name)
+        key = item.flag[2:]
+        if item.switch and value is False:
+            key, value = "no-" + key, True
+        options[key] = list(value) if item.repeated else value
+    return command_line(options, positional)

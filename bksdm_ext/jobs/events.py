@@ -32,10 +32,15 @@ def _text(value: Any) -> bool:
     return isinstance(value, str)
 
 
+# The `start` event's field for a run's number of steps: a config's ``steps``, the
+# ``total`` of the Jobs tab's progress (runner.Progress).  Event files of runs to resume
+# keep it, so it keeps this name.
+TOTAL_STEPS = "total_steps"
+
 # What a field the readers compute with must hold, in whichever event it appears (None
 # stands for "not known", as a rate before the first step).
 FIELD_KINDS: Dict[str, Callable[[Any], bool]] = {
-    "step": _count, "total": _count, "done": _count, "total_steps": _count,
+    "step": _count, "total": _count, "done": _count, TOTAL_STEPS: _count,
     "eta_s": _amount, "it_s": _amount, "images_s": _amount,
     "ssim": _score, "psnr": _score, "clip_score": _score,
     "path": _text, "output": _text, "lora": _text, "checkpoint": _text,
@@ -68,6 +73,11 @@ class EventLog:
                 f.seek(size - 1)
                 if f.read(1) != b"\n":
                     f.write(b"\n")
+
+
+def start_event(total: int) -> Dict[str, int]:
+    """The field of a `start` event that says a run has `total` steps."""
+    return {TOTAL_STEPS: total}
 
 
 def read_events(path: Union[str, Path]) -> List[Dict[str, Any]]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from ..errors import BadInput
-from .events import read_events
+from .events import TOTAL_STEPS, read_events
 from .file_lock import exclusive
 from .runs import RunPaths
 from .worker import EXIT_FILE, KILL_SIGNALS, last_line, log_tail, read_exit, shown
@@ -86,13 +86,13 @@ class Progress:
 
 
 def progress_of(events: List[Dict]) -> Progress:
-    """Training totals come from the `start` event's ``total_steps``, teacher-data totals
+    """Training totals come from the `start` event's TOTAL_STEPS, teacher-data totals
     from `synth` events; runs that say neither are estimated from their rate and ETA."""
     progress, training_total = Progress(), None
     for e in events:
         name = e.get("event")
         if name == "start":
-            training_total = e.get("total_steps")
+            training_total = e.get(TOTAL_STEPS)
         elif name == "synth":
             progress.phase, progress.step, progress.total = "teacher data", e["done"], e["total"]
             progress.eta_s, progress.it_s = e.get("eta_s"), e.get("images_s")

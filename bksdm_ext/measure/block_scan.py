@@ -29,13 +29,13 @@ import torch
 from ..errors import BadInput
 from ..jobs.runs import RunPaths
 from ..model.arch import Architecture
-from ..model.blocks import INNERMOST, MID, removal_from_units, teacher_units
+from ..model.blocks import INNERMOST, MID, which_student, teacher_units
 from ..model.checkpoint import Checkpoint
 from ..model.hashing import a1111_sha256
 from ..model.keymap import student_sources
-from ..model.ranges import GUIDANCE, IMAGE_SIZE, SAMPLER_STEPS, SEED, check_ranges, ranged
 from ..model.unit_costs import UnitCosts
 from ..scores.clip import HOW_TO_ENABLE, ClipScorer
+from ..settings import GUIDANCE, IMAGE_SIZE, SAMPLER_STEPS, SEED, check_ranges, setting
 from .latency import LatencySettings, Stopwatch, device_name, load_pipeline
 from .quality import psnr, ssim
 
@@ -52,12 +52,14 @@ TEACHER_IMAGES = "teacher-images.safetensors"  # in the run folder: what every u
 
 @dataclass
 class ScanSettings:
-    prompts: Sequence[str] = DEFAULT_PROMPTS
-    steps: int = ranged(20, SAMPLER_STEPS)
-    size: int = ranged(512, IMAGE_SIZE)
-    cfg_scale: float = ranged(7.0, GUIDANCE)
-    seed: int = ranged(0, SEED)
-    groups: bool = True  # also each stage's pair (down.S.1 with up.S.1), as Fig. 19b
+    prompts: Sequence[str] = DEFAULT_PROMPTS  # the command line reads them from --prompts FILE
+    steps: int = setting(20, range=SAMPLER_STEPS, label="Steps")
+    size: int = setting(512, range=IMAGE_SIZE, label="Size (px)")
+    cfg_scale: float = setting(7.0, range=GUIDANCE)
+    seed: int = setting(0, range=SEED)
+    # Also each stage's pair (down.S.1 with up.S.1), as Fig. 19b.
+    groups: bool = setting(True, "also each stage's down.S.1+up.S.1 pair (--no-groups: single "
+                                 "units only)")
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -243,10 +245,10 @@ def _clip_score(clip: Optional[ClipScorer], images: torch.Tensor, settings: Scan
 def _without(unet: torch.nn.Module, arch: Architecture, units: str) -> Any:
     """(the teacher U-Net without `units`, "removed" or "stand-in")."""
     try:
-        removal = removal_from_units(arch.teacher, units)
+        removed = which_student(arch.teacher, None, units)
     except BadInput:
         return _bypassed(unet, arch, units), "stand-in"
-    return _student(unet, Architecture(arch.teacher, removal)), "removed"
+    return _student(unet, removed), "removed"
 
 
 def _student(unet: torch.nn.Module, student: Architecture) -> torch.nn.Module:

@@ -6,18 +6,19 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..errors import BadInput
-from ..jobs.events import EventLog
+from ..jobs.events import EventLog, start_event
 from ..jobs.runs import RunPaths, event, failures_reported, progress_bar, stop_run
-from ..model.ranges import GUIDANCE, IMAGE_SIZE, SAMPLER_STEPS, SEED, Range, check_ranges, ranged
-from ..model.samplers import DEFAULT_SAMPLER
+from ..model.samplers import DEFAULT_SAMPLER, SAMPLERS
+from ..model.staging import check_writable
 from ..scores.clip import ClipScorer, find_scorer
 from ..scores.eval_prompts import BUILTIN, cases as make_cases, load_prompts
-from ..scores.fid import FidScorer
+from ..scores.fid import FidScorer, check_count
+from ..settings import GUIDANCE, IMAGE_SIZE, SAMPLER_STEPS, SEED, Range, check_ranges, setting
 from .compare import Case, ModelImages, ModelScores, grid, score_models, write_csv, write_grid
 from .latency import load_pipeline
 
@@ -34,14 +35,16 @@ class EvalSettings:
     """What every model renders; the generation defaults are the Latency tab's (the
     paper's Orin setup: 20 steps DPM++ 2M Karras, 512², CFG 7)."""
 
-    prompts: str = BUILTIN  # "builtin" or a .txt file
-    seeds: int = ranged(1, Range(1, 1000, "seeds per prompt"))
-    seed: int = ranged(0, SEED)  # the first seed
-    steps: int = ranged(20, SAMPLER_STEPS)
-    sampler: str = DEFAULT_SAMPLER
-    size: int = ranged(512, IMAGE_SIZE)
-    cfg_scale: float = ranged(7.0, GUIDANCE)
-    negative_prompt: str = ""
+    prompts: str = setting(BUILTIN, "a .txt file (one prompt a line) or builtin (30 varied "
+                                    "prompts; default)")
+    seeds: int = setting(1, "seeds per prompt (default {default})", label="Seeds per prompt",
+                         range=Range(1, 1000, "seeds per prompt"))
+    seed: int = setting(0, "the first seed", range=SEED)
+    steps: int = setting(20, range=SAMPLER_STEPS, label="Steps")
+    sampler: str = setting(DEFAULT_SAMPLER, choices=list(SAMPLERS))
+    size: int = setting(512, range=IMAGE_SIZE, label="Width = height")
+    cfg_scale: float = setting(7.0, range=GUIDANCE, label="CFG scale")
+    negative_prompt: str = setting("")
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -125,7 +128,7 @@ def evaluate_run(models: Sequence[str], settings: EvalSettings, out: Path,
         fid = (FidScorer.load(Path(fid_reference), fid_weights, device)
                if fid_reference is not None else None)
         cases = settings.cases()
-        event(log, "start", total_steps=len(cases) * len(models), models=list(models),
+        event(log, "start", **start_event(len(cases) * len(models)), models=list(models),
               settings=asdict(settings), clip_model=clip.name if clip else None,
               **fid_columns(fid))
         started = time.perf_counter()
@@ -147,6 +150,42 @@ def evaluate_run(models: Sequence[str], settings: EvalSettings, out: Path,
         event(log, "done", step=len(cases) * len(models), output=str(grid_path),
               csv=str(csv_path), scores=[s.as_dict() for s in scores])
     return scores, grid_path, csv_path
+
+
+def compare(models: Sequence[str], settings: EvalSettings, clip_model: Optional[str] = None,
+            fid_reference: Optional[str] = None, fid_weights: Optional[str] = None,
+            out: Optional[Path] = None, grid_file: Optional[Path] = None,
+            csv_file: Optional[Path] = None, overwrite: bool = False,
+            say: Callable[[str], None] = lambda text: None) -> Dict[str, Any]:
+    """``bksdm eval``: the scores (and the grid and CSV written) as a dict; with `out` as
+    the background job (`evaluate_run`).  Wrong settings are refused before any model
+    loads."""
+    cases = settings.cases()  # a bad prompt file fails before any model loads
+    if fid_weights and not fid_reference:
+        raise BadInput("--fid-weights is for FID: give --fid-reference DIR too")
+    if fid_reference:
+        check_count(len(cases), "each model makes %d image(s) (prompts x --seeds)" % len(cases))
+    if out is not None:
+        scores, grid_path, csv_path = evaluate_run(models, settings, out, clip_model,
+                                                   fid_reference, fid_weights)
+        return {"results": [s.as_dict() for s in scores], "grid": str(grid_path),
+                "csv": str(csv_path)}
+    check_writable([p for p in (grid_file, csv_file) if p], overwrite)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    clip = find_scorer(clip_model, device, say)
+    fid = (FidScorer.load(Path(fid_reference), fid_weights, device, say)
+           if fid_reference else None)
+    cases, runs, scores = evaluate(models, settings, clip,
+                                   lambda done, total: say("image %d/%d" % (done, total)),
+                                   device, fid)
+    result: Dict[str, Any] = {"results": [s.as_dict() for s in scores], **fid_columns(fid)}
+    if fid is not None and fid.skipped:
+        result["fid_reference_skipped"] = fid.skipped
+    if grid_file:
+        result["grid"] = str(write_grid(grid(runs, cases), grid_file, overwrite))
+    if csv_file:
+        result["csv"] = str(write_csv(scores, csv_file, overwrite, extra=fid_columns(fid)))
+    return result
 
 
 def fid_columns(fid: Optional[FidScorer]) -> dict:

@@ -12,7 +12,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
@@ -20,10 +20,8 @@ from ..model.checkpoint import Checkpoint
 from ..model.detect import inspect_checkpoint
 from ..model.generation import make_pipeline
 from ..model.loading import load_text_encoder, load_unet, load_vae
-from ..errors import BadInput
-from ..model.ranges import (GUIDANCE, IMAGE_SIZE, SAMPLER_STEPS, SEED, Range, check_ranges,
-                            form_number, ranged)
-from ..model.samplers import DEFAULT_SAMPLER
+from ..model.samplers import DEFAULT_SAMPLER, SAMPLERS, DrawPoint
+from ..settings import GUIDANCE, IMAGE_SIZE, SAMPLER_STEPS, SEED, Range, check_ranges, setting
 
 # The paper's Jetson AGX Orin 32GB figures (A1111 1.6.1, 20 steps DPM++ 2M Karras, 512², CFG 7).
 PAPER_ORIN_SECONDS = {"SDM-v1.5": 4.9, "BK-SDM-Base-2M": 3.4}
@@ -31,58 +29,19 @@ PAPER_ORIN_SECONDS = {"SDM-v1.5": 4.9, "BK-SDM-Base-2M": 3.4}
 
 @dataclass
 class LatencySettings:
-    steps: int = ranged(20, SAMPLER_STEPS)
-    sampler: str = DEFAULT_SAMPLER
-    size: int = ranged(512, IMAGE_SIZE)
-    cfg_scale: float = ranged(7.0, GUIDANCE)
+    steps: int = setting(20, range=SAMPLER_STEPS, label="Steps")
+    sampler: str = setting(DEFAULT_SAMPLER, choices=list(SAMPLERS))
+    size: int = setting(512, range=IMAGE_SIZE, label="Width = height")
+    cfg_scale: float = setting(7.0, range=GUIDANCE, label="CFG scale")
     batch: int = 1
-    seed: int = ranged(0, SEED)
     # As many as A1111's batch count allows in one click.
-    warmup: int = ranged(1, Range(0, 100, "warm-up runs"))
-    runs: int = ranged(5, Range(1, 100, "timed runs"))
+    runs: int = setting(5, range=Range(1, 100, "timed runs"), label="Timed runs")
+    warmup: int = setting(1, range=Range(0, 100, "warm-up runs"), label="Warm-up runs")
+    seed: int = setting(0, range=SEED, label="Seed")
     prompt: str = "a photo of an astronaut riding a horse on mars"
 
     def __post_init__(self) -> None:
         check_ranges(self)
-
-
-@dataclass(frozen=True)
-class DrawPoint:
-    """A sampler, its steps and optionally a CFG scale, written ``sampler:steps[:cfg]``
-    (``euler_a:25``, ``lcm:4:1``; in the WebUI A1111's names, ``Euler a:25``)."""
-
-    sampler: str
-    steps: int
-    cfg_scale: Optional[float] = None  # None: the settings' own
-
-    @classmethod
-    def parse(cls, text: str, samplers: Collection[str]) -> "DrawPoint":
-        parts = [part.strip() for part in text.split(":")]
-        if len(parts) not in (2, 3) or not parts[0]:
-            raise BadInput("draw point %r: write sampler:steps or sampler:steps:cfg, e.g. "
-                           "euler_a:25 or lcm:4:1" % text)
-        if parts[0] not in samplers:
-            raise BadInput("draw point %r: unknown sampler %r; one of %s"
-                           % (text, parts[0], ", ".join(samplers)))
-        try:
-            steps = form_number(parts[1], "steps", whole=True)
-            SAMPLER_STEPS.check("steps", steps)
-            cfg = form_number(parts[2], "cfg_scale", whole=False) if len(parts) == 3 else None
-            if cfg is not None:
-                GUIDANCE.check("cfg_scale", cfg)
-        except BadInput as e:
-            raise BadInput("draw point %r: %s" % (text, e)) from None
-        return cls(parts[0], steps, cfg)
-
-    def applied(self, settings: "LatencySettings") -> "LatencySettings":
-        return replace(settings, sampler=self.sampler, steps=self.steps,
-                       cfg_scale=settings.cfg_scale if self.cfg_scale is None else self.cfg_scale)
-
-
-def parse_points(texts: Sequence[str], samplers: Collection[str]) -> List[DrawPoint]:
-    """Draw points from a list of texts, each possibly comma-separated."""
-    return [DrawPoint.parse(text, samplers) for entry in texts for text in entry.split(",")
-            if text.strip()]
 
 
 @dataclass
@@ -241,7 +200,7 @@ def measure_all(paths: Sequence[Union[str, Path]], settings: LatencySettings,
     with speed-ups."""
     results = []
     for path in paths:
-        for each in [point.applied(settings) for point in points] or [settings]:
+        for each in [at_point(settings, point) for point in points] or [settings]:
             if progress is not None:
                 progress("%s, %s %d steps" % (Path(path).name, each.sampler, each.steps))
             results.append(measure(path, each))
@@ -249,6 +208,12 @@ def measure_all(paths: Sequence[Union[str, Path]], settings: LatencySettings,
                 torch.cuda.empty_cache()
     set_speedups(results)
     return results
+
+
+def at_point(settings: LatencySettings, point: DrawPoint) -> LatencySettings:
+    """The settings with the point's sampler, steps and (when it has one) CFG scale."""
+    return replace(settings, sampler=point.sampler, steps=point.steps,
+                   cfg_scale=settings.cfg_scale if point.cfg_scale is None else point.cfg_scale)
 
 
 def set_speedups(results: Sequence[LatencyResult]) -> None:

@@ -11,6 +11,8 @@ a custom removal is a new `Removal`, not new code.
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..settings import Setting
+
 # Why a block exists, in teacher terms.  Student blocks carry the origin of the teacher
 # block they are initialised from, so the weight map is a join on origins.
 Origin = Tuple[Any, ...]
@@ -47,6 +49,11 @@ class TeacherSpec:
         return channels // self.head_channels if self.head_channels else self.num_heads
 
 
+# What a teacher's file may not say: whether it predicts v.  Every command that reads a
+# teacher takes it (inspect_checkpoint's v_prediction; None: the yaml beside it decides).
+V_PREDICTION = Setting("the teacher predicts v (SD-2.x 768 px models; --no-v-prediction: "
+                       "epsilon); default: from the .yaml beside the file, else epsilon")
+
 SD_V1 = TeacherSpec(family="sd-v1")
 SD_V2_512 = TeacherSpec(
     family="sd-v2", context_dim=1024, num_heads=0, head_channels=64, linear_projection=True
@@ -68,6 +75,7 @@ class Removal:
 
     name: str
     summary: str
+    label: str = ""  # what the WebUI calls it
     down_layers: Optional[Tuple[int, ...]] = None
     up_layers: Optional[Tuple[int, ...]] = None
     mid_block: bool = True
@@ -77,11 +85,12 @@ class Removal:
     paper_speed_ratio: Optional[float] = None
 
 
-TEACHER = Removal("teacher", "the full U-Net, nothing removed")
+TEACHER = Removal("teacher", "the full U-Net, nothing removed", "Teacher")
 PRESETS: Dict[str, Removal] = {
     "base": Removal(
         "base",
         "one R-A pair per down stage, two of three per up stage",
+        "Base",
         down_layers=(0,),
         up_layers=(0, 2),
         paper_speed_ratio=0.69,
@@ -89,6 +98,7 @@ PRESETS: Dict[str, Removal] = {
     "small": Removal(
         "small",
         "Base without the mid-stage block",
+        "Small",
         down_layers=(0,),
         up_layers=(0, 2),
         mid_block=False,
@@ -97,6 +107,7 @@ PRESETS: Dict[str, Removal] = {
     "tiny": Removal(
         "tiny",
         "Small without the innermost stage",
+        "Tiny",
         down_layers=(0,),
         up_layers=(0, 2),
         mid_block=False,
@@ -106,14 +117,16 @@ PRESETS: Dict[str, Removal] = {
     "mid-removed": Removal(
         "mid-removed",
         "the teacher without its mid-stage block",
+        "Mid-stage removed",
         mid_block=False,
     ),
 }
 
 
-def preset(name: str) -> Removal:
-    """The preset of that name; the error lists the valid ones."""
-    if name == TEACHER.name:
+def preset(name: Optional[str]) -> Removal:
+    """The preset of that name (None or "teacher": the teacher itself, nothing removed); the
+    error lists the valid ones."""
+    if name is None or name == TEACHER.name:
         return TEACHER
     try:
         return PRESETS[name]

@@ -11,9 +11,9 @@
 user's removal that equals a preset *is* that preset (same file, same metadata).
 """
 import re
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
-from .arch import PRESETS, TEACHER, Architecture, Removal, TeacherSpec
+from .arch import PRESETS, SD_V1, TEACHER, Architecture, Removal, TeacherSpec, preset as named
 from ..errors import BadInput
 
 CUSTOM = "custom"  # the name (file names, metadata) of a student that is no preset
@@ -147,6 +147,24 @@ def describe_presets(teacher: TeacherSpec) -> Dict[str, str]:
     return {name: notation(Architecture(teacher, removal)) for name, removal in PRESETS.items()}
 
 
-def parse_optional(teacher: TeacherSpec, units: Optional[str], start: Removal) -> Removal:
-    """`start` itself when no units are given, else `removal_from_units`."""
-    return removal_from_units(teacher, units, start) if units and units.strip() else start
+def which_student(teacher: TeacherSpec, preset: Union[None, str, Removal] = None,
+                  remove: Optional[str] = None) -> Architecture:
+    """Which student: `teacher` cut as `preset` says (a preset's name, a `Removal`, or None:
+    nothing, the teacher itself) with the `remove` units (block notation) taken out too;
+    the preset's own removal when the result equals one.  Conversion, distillation,
+    transplant, the tabs and the command line all ask this.  BadInput names an unknown
+    preset, a unit that is not one, or a removal this teacher cannot take."""
+    try:
+        start = preset if isinstance(preset, Removal) else named(preset)
+        removal = removal_from_units(teacher, remove, start) if remove and remove.strip() else start
+        return Architecture(teacher, known_as(Architecture(teacher, removal)))
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+
+
+# What the command line says about --arch and --remove.
+PRESETS_IN_NOTATION = "; ".join("%s = %s" % item for item in describe_presets(SD_V1).items())
+REMOVE_HELP = ("blocks to remove, comma-separated: down.S.L (stage S from the full-resolution "
+               "stage 0 or * for every stage, layer L = a ResNet with its attention), up.S.L "
+               "(layers 0-2), mid, innermost (the lowest-resolution stage). An up stage must "
+               "lose as many layers as its down stage. `bksdm info --blocks` lists them.")

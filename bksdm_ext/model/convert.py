@@ -15,8 +15,9 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import torch
 
 from .. import __version__
-from .arch import Architecture, Removal, preset
-from .blocks import CUSTOM, known_as, notation, parse_optional, preset_name
+from .arch import PRESETS, V_PREDICTION, Architecture, Removal
+from .blocks import (CUSTOM, PRESETS_IN_NOTATION, REMOVE_HELP, notation, preset_name,
+                     which_student)
 from .checkpoint import Checkpoint
 from .detect import REMOVAL_KEY, config_path, inspect_checkpoint
 from ..errors import BadInput, ensure_room
@@ -25,6 +26,7 @@ from .keymap import UNET_PREFIX, student_sources
 from .ldm_config import dump_config, model_config
 from .safetensors_io import TensorOut, data_size, tensor_bytes, write_safetensors
 from .staging import check_writable, staged
+from ..settings import setting
 
 DTYPES: Dict[str, Optional[torch.dtype]] = {
     "fp16": torch.float16,
@@ -42,8 +44,36 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass
+class ConversionSettings:
+    """Which student `bksdm convert` writes and how; ``dtype`` is also import-diffusers'
+    and transplant's."""
+
+    preset: Optional[str] = setting(None, "a preset: %s (--remove adds to it)"
+                                    % PRESETS_IN_NOTATION, flag="--arch", choices=list(PRESETS),
+                                    label="Preset")
+    remove: Optional[str] = setting(None, REMOVE_HELP, metavar="UNITS")
+    dtype: str = setting("fp16", "precision of the written U-Net (default {default})",
+                         choices=list(DTYPES), label="U-Net precision")
+    v_prediction: Optional[bool] = V_PREDICTION.field(None)
+
+
+def torch_dtype(name: str) -> Optional[torch.dtype]:
+    """The dtype a written U-Net gets (None: keep the source's); BadInput for a name
+    that is none of DTYPES."""
+    if name not in DTYPES:
+        raise BadInput("unknown dtype '%s'; choose one of: %s" % (name, ", ".join(DTYPES)))
+    return DTYPES[name]
+
+
+def with_arch_key(report: Dict[str, Any]) -> Dict[str, Any]:
+    """A report as JSON: ``preset`` also under ``arch``, the key scripts read before the
+    preset had its own name."""
+    return dict(report, arch=report["preset"])
+
+
+@dataclass
 class ConversionReport:
-    arch: str
+    preset: str
     family: str
     parameterization: str
     parameterization_source: str
@@ -58,7 +88,7 @@ class ConversionReport:
     seconds: float
 
     def as_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        return with_arch_key(asdict(self))
 
 
 def student_metadata(arch: Architecture, title: str, origin: Dict[str, str]) -> Dict[str, str]:
@@ -90,23 +120,21 @@ def student_metadata(arch: Architecture, title: str, origin: Dict[str, str]) -> 
 def convert_checkpoint(
     source: Union[str, Path, Checkpoint],
     output: Union[str, Path],
-    arch: Union[str, Removal],
+    preset: Union[None, str, Removal],
     dtype: str = "fp16",
     v_prediction: Optional[bool] = None,
     overwrite: bool = False,
     progress: Optional[Progress] = None,
     remove: Optional[str] = None,
 ) -> ConversionReport:
-    """Write `output` (.safetensors) and its .yaml: the `arch` student of `source`
-    (a preset name, or any `Removal` for a custom student), with the units `remove`
-    (block notation, see `blocks`) taken out too.  `source` is a file, or a
+    """Write `output` (.safetensors) and its .yaml: the `preset` student of `source`
+    (a preset name, any `Removal` for a custom student, or None: the teacher), with the
+    units `remove` (block notation, see `blocks`) taken out too.  `source` is a file, or a
     `Checkpoint` (for weights that exist only in memory)."""
     started = time.perf_counter()
     ckpt = source if isinstance(source, Checkpoint) else None
     source, output = (ckpt.path if ckpt else Path(source)), Path(output)
-    removal = arch if isinstance(arch, Removal) else _removal(arch)
-    if dtype not in DTYPES:
-        raise BadInput("unknown dtype '%s'; choose one of: %s" % (dtype, ", ".join(DTYPES)))
+    cast = torch_dtype(dtype)
     if output.suffix != ".safetensors":
         raise BadInput("%s: the output must be a .safetensors file" % output)
     targets = [output, config_path(output)]
@@ -119,20 +147,17 @@ def convert_checkpoint(
     if info.is_student:
         raise BadInput("%s is already a BK-SDM '%s' student; convert its teacher instead"
                        % (source, info.preset))
-    removal = parse_optional(info.arch.teacher, remove, removal)
-    if removal.name == "teacher":
+    arch = which_student(info.arch.teacher, preset, remove)
+    if arch.is_teacher:
         raise BadInput("%s: that removes nothing; name blocks with --remove or pick a preset"
                        % source)
-    removal = known_as(Architecture(info.arch.teacher, removal))
-    student = Architecture(info.arch.teacher, removal)
-    unet = [_copy(ckpt, teacher, name, DTYPES[dtype])
-            for name, teacher in unet_sources(ckpt, student).items()]
+    unet = [_copy(ckpt, teacher, name, cast) for name, teacher in unet_sources(ckpt, arch).items()]
     tensors = teacher_parts(ckpt) + unet
     ensure_room(output, data_size(tensors))  # before hashing a multi-GB teacher
-    metadata = write_student(output, student, tensors, info.config, teacher_origin(ckpt),
+    metadata = write_student(output, arch, tensors, info.config, teacher_origin(ckpt),
                              overwrite, progress)
     return ConversionReport(
-        arch=preset_name(student),
+        preset=preset_name(arch),
         family=info.family,
         parameterization=info.parameterization,
         parameterization_source=info.parameterization_source,
@@ -146,13 +171,6 @@ def convert_checkpoint(
         dropped_tensors=sum(k.startswith(DROPPED_PREFIXES) for k in ckpt.keys()),
         seconds=round(time.perf_counter() - started, 3),
     )
-
-
-def _removal(arch_name: str) -> Removal:
-    try:
-        return preset(arch_name)
-    except ValueError as e:
-        raise BadInput(str(e)) from None
 
 
 def unet_sources(ckpt: Checkpoint, arch: Architecture) -> Dict[str, str]:

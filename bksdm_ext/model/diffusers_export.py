@@ -22,7 +22,7 @@ import torch
 
 from ..errors import BadInput, DiskError
 from .checkpoint import Checkpoint
-from .convert import DTYPES
+from .convert import torch_dtype, with_arch_key
 from .detect import inspect_checkpoint
 from .loading import load_text_encoder, load_unet, load_vae, noise_scheduler
 from .staging import check_writable
@@ -42,7 +42,7 @@ PIPELINE_CLASSES = {
 
 @dataclass
 class ExportReport:
-    arch: str
+    preset: str
     family: str
     parameterization: str
     unet_params: int
@@ -53,7 +53,7 @@ class ExportReport:
     seconds: float
 
     def as_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        return with_arch_key(asdict(self))
 
 
 def export_diffusers(source: Union[str, Path], output: Union[str, Path], dtype: str = "fp16",
@@ -61,8 +61,7 @@ def export_diffusers(source: Union[str, Path], output: Union[str, Path], dtype: 
                      v_prediction: Optional[bool] = None) -> ExportReport:
     started = time.perf_counter()
     source, output = Path(source), Path(output)
-    if dtype not in DTYPES:
-        raise BadInput("unknown dtype '%s'; choose one of: %s" % (dtype, ", ".join(DTYPES)))
+    target = torch_dtype(dtype)
     check_writable([output], overwrite)
     ckpt = Checkpoint(source)
     info = inspect_checkpoint(ckpt, v_prediction)
@@ -72,7 +71,6 @@ def export_diffusers(source: Union[str, Path], output: Union[str, Path], dtype: 
         parts["text_encoder"] = load_text_encoder(ckpt, info.family)
         parts["tokenizer"] = _tokenizer(info.family)
         parts["scheduler"] = _scheduler(info)
-    target = DTYPES[dtype]
     with _staged_folder(output, overwrite) as folder:
         for name, part in parts.items():
             if isinstance(part, torch.nn.Module) and target is not None:
@@ -81,7 +79,7 @@ def export_diffusers(source: Union[str, Path], output: Union[str, Path], dtype: 
         if not unet_only:
             _write_model_index(folder / "model_index.json")
     return ExportReport(
-        arch=info.preset, family=info.family, parameterization=info.parameterization,
+        preset=info.preset, family=info.family, parameterization=info.parameterization,
         unet_params=sum(p.numel() for p in parts["unet"].parameters()), parts=sorted(parts),
         dtype=dtype, output=str(output), source=str(source),
         seconds=round(time.perf_counter() - started, 3))

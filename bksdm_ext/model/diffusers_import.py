@@ -14,7 +14,7 @@ import torch
 
 from .arch import SD_V1, SD_V2_512, Architecture, TeacherSpec
 from .checkpoint import Checkpoint
-from .convert import DTYPES, Progress, student_metadata
+from .convert import Progress, student_metadata, torch_dtype, with_arch_key
 from .detect import config_path, match_layout
 from ..errors import BadInput
 from .keymap import UNET_PREFIX, KeyMap
@@ -32,7 +32,7 @@ WEIGHT_FILES = (
 
 @dataclass
 class ImportReport:
-    arch: str
+    preset: str
     family: str
     parameterization: str
     unet_params: int
@@ -45,7 +45,7 @@ class ImportReport:
     seconds: float
 
     def as_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        return with_arch_key(asdict(self))
 
 
 def import_diffusers(folder: Union[str, Path], output: Union[str, Path], dtype: str = "fp16",
@@ -56,8 +56,7 @@ def import_diffusers(folder: Union[str, Path], output: Union[str, Path], dtype: 
         raise BadInput("%s: not a diffusers model folder (no model_index.json)" % folder)
     if output.suffix != ".safetensors":
         raise BadInput("%s: the output must be a .safetensors file" % output)
-    if dtype not in DTYPES:
-        raise BadInput("unknown dtype '%s'; choose one of: %s" % (dtype, ", ".join(DTYPES)))
+    cast = torch_dtype(dtype)
     targets = [output, config_path(output)]
     check_writable(targets, overwrite)
 
@@ -69,13 +68,13 @@ def import_diffusers(folder: Union[str, Path], output: Union[str, Path], dtype: 
     state = {UNET_PREFIX + k: v for k, v in ldm_unet.items()}
     state.update({TEXT_PREFIX[arch.teacher.family] + k: v for k, v in text.items()})
     state.update({VAE_PREFIX + k: v for k, v in vae.items()})
-    tensors = [_out(name, tensor, DTYPES[dtype]) for name, tensor in sorted(state.items())]
+    tensors = [_out(name, tensor, cast) for name, tensor in sorted(state.items())]
     metadata = student_metadata(arch, output.stem, {"bksdm.source": folder.name})
     with staged(targets, overwrite) as (weights_tmp, config_tmp):
         write_safetensors(weights_tmp, tensors, metadata, progress)
         config_tmp.write_text(dump_config(model_config(arch)), encoding="utf-8")
     return ImportReport(
-        arch=arch.removal.name,
+        preset=arch.removal.name,
         family=arch.teacher.family,
         parameterization=arch.teacher.parameterization,
         unet_params=sum(t.numel() for t in ldm_unet.values()),

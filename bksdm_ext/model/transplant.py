@@ -20,15 +20,17 @@ import torch
 from ..errors import BadInput
 from .arch import Architecture
 from .checkpoint import Checkpoint
-from .convert import DTYPES, Progress, teacher_origin, teacher_parts, unet_sources, write_student
+from .blocks import which_student
+from .convert import (Progress, teacher_origin, teacher_parts, torch_dtype, unet_sources,
+                      with_arch_key, write_student)
 from .detect import ModelInfo, config_path, inspect_checkpoint
 from .hashing import a1111_sha256
 from .keymap import UNET_PREFIX, KeyMap
 from .lora_keymap import is_lora
 from .lora_merge import MergedLora, lora_warnings
-from .ranges import Range
 from .safetensors_io import TensorOut, tensor_bytes
 from .staging import check_writable
+from ..settings import Range, check_ranges, setting
 
 # Below this share of the fine-tune's U-Net change in kept blocks, the user is told that
 # the transplant misses most of it.
@@ -36,6 +38,18 @@ MOSTLY_REMOVED = 0.5
 # How much of the difference is carried: 1 is all of it, 0 none, negative values take it
 # away; ten times the change a fine-tune made is far past any useful model.
 ALPHA = Range(-10.0, 10.0, "times the fine-tune's difference; 1.0 carries all of it")
+
+
+@dataclass
+class TransplantSettings:
+    """What `bksdm transplant` (and the Convert tab's "Start from") choose besides the files
+    and --dtype (`ConversionSettings`)."""
+
+    alpha: float = setting(1.0, "how much of the difference to carry (default {default})",
+                           label="Share of the difference (α)", range=ALPHA)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
@@ -49,7 +63,7 @@ class BlockChange:
 
 @dataclass
 class TransplantReport:
-    arch: str
+    preset: str
     family: str
     parameterization: str
     alpha: float
@@ -67,12 +81,13 @@ class TransplantReport:
     lora: bool = False  # the fine-tune was a LoRA made for the base, merged at strength alpha
 
     def as_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        return with_arch_key(asdict(self))
 
 
 def transplant(student: Union[str, Path], base: Union[str, Path],
                finetune: Union[str, Path, Checkpoint], output: Union[str, Path],
-               alpha: float = 1.0, dtype: str = "fp16", overwrite: bool = False,
+               alpha: float = TransplantSettings.alpha, dtype: str = "fp16",
+               overwrite: bool = False,
                progress: Optional[Progress] = None,
                finetune_v_prediction: Optional[bool] = None) -> TransplantReport:
     """Write `output` (.safetensors + .yaml): `student` + alpha·(`finetune` − `base`).
@@ -80,8 +95,7 @@ def transplant(student: Union[str, Path], base: Union[str, Path],
     parameterization only the WebUI knows: `finetune_v_prediction`)."""
     started = time.perf_counter()
     output = Path(output)
-    if dtype not in DTYPES:
-        raise BadInput("unknown dtype '%s'; choose one of: %s" % (dtype, ", ".join(DTYPES)))
+    cast = torch_dtype(dtype)
     ALPHA.check("alpha", alpha)
     if output.suffix != ".safetensors":
         raise BadInput("%s: the output must be a .safetensors file" % output)
@@ -101,13 +115,13 @@ def transplant(student: Union[str, Path], base: Union[str, Path],
     infos = [inspect_checkpoint(pupil), inspect_checkpoint(original),
              inspect_checkpoint(changed, finetune_v_prediction)]
     _check_roles(*infos)
-    arch = Architecture(infos[2].arch.teacher, infos[0].arch.removal)
+    arch = which_student(infos[2].arch.teacher, infos[0].arch.removal)
     pairs = _matched_keys(pupil, original, changed, arch)
     base_sha256 = a1111_sha256(original.path)
     warnings = _base_warnings(pupil, original, base_sha256)
 
     change = _BlockTally(Architecture(arch.teacher))
-    unet = [_sum_out(name, pupil, original, changed, teacher_key, carry, DTYPES[dtype], change)
+    unet = [_sum_out(name, pupil, original, changed, teacher_key, carry, cast, change)
             for name, teacher_key in pairs.items()]
     carried = set(pairs.values())
     for key in changed.keys():
@@ -130,7 +144,7 @@ def transplant(student: Union[str, Path], base: Union[str, Path],
                   overwrite, progress)
     warnings += change.warnings()
     return TransplantReport(
-        arch=arch.removal.name, family=arch.teacher.family,
+        preset=arch.removal.name, family=arch.teacher.family,
         parameterization=arch.teacher.parameterization, alpha=float(alpha),
         student=str(pupil.path), base=str(original.path), finetune=str(changed.path),
         output=str(output), config=str(config_path(output)),

@@ -25,15 +25,15 @@ import torch
 
 from ..errors import BadInput
 from ..jobs.runs import RunPaths, progress_bar
-from ..model.arch import Architecture, TeacherSpec, preset
-from ..model.blocks import known_as, parse_optional, preset_name
+from ..model.arch import Architecture
+from ..model.blocks import preset_name, which_student
 from ..model.checkpoint import Checkpoint
 from ..model.convert import DTYPES, teacher_origin, teacher_parts, write_student
 from ..model.detect import ModelInfo, inspect_checkpoint
 from ..model.generation import make_pipeline
 from ..model.keymap import UNET_PREFIX, KeyMap
 from ..model.loading import latent_scale, load_unet, load_vae, noise_scheduler
-from ..model.samplers import DEFAULT_CFG, DEFAULT_SAMPLER, Recommendation
+from ..model.samplers import DEFAULT_CFG, DEFAULT_SAMPLER, DrawPoint
 from ..model.safetensors_io import tensor_out
 from ..model.text_encoding import text_encoder_fn
 from ..scores.agreement import agreement
@@ -153,8 +153,9 @@ def start_student_run(cfg: DistillConfig, resume: bool, memory: Optional[MemoryP
                               gradient_accumulation_steps=cfg.grad_accum,
                               cpu=not torch.cuda.is_available())
     run = Run.start(cfg, accelerator, resumed_from, memory, objective=cfg.objective,
-                    arch=arch.removal.name, family=info.family,
-                    parameterization=info.parameterization, lr=cfg.learning_rate(),
+                    arch=arch.removal.name,  # the key
+                    family=info.family, parameterization=info.parameterization,
+                    lr=cfg.learning_rate(),
                     dataset=scan.summary() if scan is not None else None,
                     problems=scan.problems() if scan is not None else [],
                     synthetic=dict(plan.description(), count=plan.settings.count) if plan else None,
@@ -181,17 +182,7 @@ def _teacher(cfg: DistillConfig) -> Tuple[Checkpoint, ModelInfo, Architecture]:
     info = inspect_checkpoint(ckpt, cfg.v_prediction)
     if info.is_student:
         raise BadInput("%s is a BK-SDM '%s' student; distil from its teacher" % (ckpt.path, info.preset))
-    try:
-        return ckpt, info, student_architecture(info.arch.teacher, cfg)
-    except ValueError as e:
-        raise BadInput(str(e)) from None
-
-
-def student_architecture(teacher: TeacherSpec, cfg: DistillConfig) -> Architecture:
-    """The student `cfg` asks for: its preset with the ``remove`` units taken out too
-    (a preset when they amount to one)."""
-    removal = parse_optional(teacher, cfg.remove, preset(cfg.arch))
-    return Architecture(teacher, known_as(Architecture(teacher, removal)))
+    return ckpt, info, which_student(info.arch.teacher, cfg.preset, cfg.remove)
 
 
 def _cache_root(cfg: DistillConfig, paths: RunPaths) -> Path:
@@ -473,11 +464,11 @@ class _Sampler:
         self.negative = encode([""]).to(device, self.dtype)
         self.cfg, self.info, self.device = cfg, info, device
         self.vae = load_vae(ckpt).to(device, self.dtype).eval()
-        reference = Recommendation(DEFAULT_SAMPLER, cfg.sample_steps, DEFAULT_CFG)
+        reference = DrawPoint(DEFAULT_SAMPLER, cfg.sample_steps, DEFAULT_CFG)
         self.teacher_images = self._images(teacher, reference)
         self.drawing = cfg.recommendation() or reference
 
-    def _images(self, unet: torch.nn.Module, drawing: Recommendation) -> List[Any]:
+    def _images(self, unet: torch.nn.Module, drawing: DrawPoint) -> List[Any]:
         return prompt_images(make_pipeline(unet, self.vae, self.info, drawing.sampler),
                              self.embeddings, self.negative, self.cfg.resolution, drawing.steps,
                              self.cfg.seed, drawing.cfg_scale)
@@ -485,7 +476,7 @@ class _Sampler:
     def student_images(self, weights: Dict[str, torch.Tensor]) -> List[Any]:
         from diffusers import UNet2DConditionModel
 
-        arch = student_architecture(self.info.arch.teacher, self.cfg)
+        arch = which_student(self.info.arch.teacher, self.cfg.preset, self.cfg.remove)
         student = UNet2DConditionModel(**arch.diffusers_config())
         student.load_state_dict({k: v.float() for k, v in weights.items()})
         return self._images(student.to(self.device, self.dtype).eval(), self.drawing)

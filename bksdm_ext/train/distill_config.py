@@ -1,5 +1,5 @@
-"""The settings of a distillation run, importable without torch (the CLI builds its
-help from the defaults).
+"""The settings of a distillation run, importable without torch: each declared once, with
+its flag, help text, WebUI label and range (`bksdm_ext.settings`).
 
 Two objectives share them: ``kd``, the BK-SDM paper's knowledge distillation, and ``lcm``,
 latent consistency distillation (Luo et al., 2023) onto the student, whose own settings
@@ -11,12 +11,17 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ..errors import BadInput
-from ..model.ranges import (BATCH, EVERY, GUIDANCE, IMAGE_SIZE, KEEP_CHECKPOINTS, LEARNING_RATE,
-                            LOG_EVERY, LORA_RANK, SAMPLER_STEPS, SEED, TRAINING_STEPS, Range,
-                            check_ranges, check_sample_grids, ranged)
-from ..model.samplers import Recommendation
+from ..model.arch import PRESETS, V_PREDICTION
+from ..model.blocks import REMOVE_HELP
+from ..model.samplers import DrawPoint
+from ..settings import (BATCH, EVERY, GUIDANCE, IMAGE_SIZE, KEEP_CHECKPOINTS, LEARNING_RATE,
+                        LOG_EVERY, LORA_RANK, REQUIRED, SAMPLER_STEPS, SEED, TRAINING_STEPS,
+                        Range, check_ranges, check_sample_grids, setting)
+from .shared_settings import (EIGHT_BIT_ADAM, EXPORT_DTYPES, FIT_MEMORY, GRADIENT_CHECKPOINTING,
+                              MIXED_PRECISION)
 from .synth_config import PREVIEW, SYNTH_COUNT, SynthSettings
 
+DEFAULT_PRESET = "small"
 OBJECTIVES = ("kd", "lcm")
 KD_LR = 5e-5  # the BK-SDM paper (docs/facts.md §4)
 LCM_LR = 8e-6  # the LCM paper (docs/facts.md §14)
@@ -24,33 +29,6 @@ LCM_LORA_LR = 1e-4  # the LCM-LoRA script's default
 LCM_LOSSES = ("huber", "l2")
 # w of LCM's CFG formulation, cond + w·(cond − uncond): A1111's CFG scale is w + 1.
 LCM_GUIDANCE = Range(0.0, GUIDANCE.high - 1, "guidance w; A1111's CFG scale is w + 1")
-
-# The help text of each setting the LCM objective adds, declared here beside the settings so
-# the command line, the job runner and the tabs say the same (the command line adds
-# "(default X)" from the dataclass).
-LCM_HELP = {
-    "objective": "kd: knowledge distillation (the BK-SDM paper's); lcm: latent consistency "
-                 "distillation onto the student, which then draws in 2-8 steps with the LCM "
-                 "sampler",
-    "lr": "AdamW learning rate, constant (default: KD %g, LCM %g, LCM-LoRA %g)"
-          % (KD_LR, LCM_LR, LCM_LORA_LR),
-    "lcm_w_min": "LCM: lowest guidance w of the teacher, drawn per example (LCM's "
-                 "formulation: A1111's CFG scale is w + 1)",
-    "lcm_w_max": "LCM: highest guidance w of the teacher",
-    "lcm_ddim_timesteps": "LCM: points of the teacher's DDIM solver (50: skipping step k = 20)",
-    "lcm_target_decay": "LCM: EMA rate of the target network",
-    "lcm_loss": "LCM: the consistency loss, pseudo-Huber or L2",
-    "lcm_huber_c": "LCM: c of the pseudo-Huber loss",
-    "lcm_timestep_scaling": "LCM: timestep scaling of the boundary conditions",
-    "lcm_feature_kd": "LCM: weight of a feature-KD term toward the teacher at the same "
-                      "timestep (EdgeFusion; 0: off)",
-    "lcm_steps": "LCM: steps of the LCM sampler the samples and eval use, recorded in the "
-                 "result as its recommendation",
-    "lora_rank": "LCM-LoRA: train only rank-R LoRA adapters on the student and write them as a "
-                 "LoRA file A1111 applies to it, beside the student with them merged (the "
-                 "LCM-LoRA script uses 64; needs peft; no EMA)",
-}
-
 SAMPLE_PROMPTS = (
     "a photo of an astronaut riding a horse on the moon",
     "a golden retriever puppy playing in the snow",
@@ -62,75 +40,149 @@ SAMPLE_PROMPTS = (
 class DistillConfig:
     """A run's settings; the defaults are the paper's (BK-SDM, SD-v1, 0.22M/2.3M pairs)."""
 
-    teacher: str
-    data: str  # a dataset folder, teacher:N, a .txt prompt file or a `bksdm synth` run folder
-    out: str
-    objective: str = "kd"  # one of OBJECTIVES
-    arch: str = "small"
-    remove: Optional[str] = None  # more units to remove, in block notation (model.blocks)
-    steps: int = ranged(50_000, TRAINING_STEPS)
-    batch_size: int = ranged(64, BATCH)
+    teacher: str = setting(REQUIRED, "SD-v1/v2 checkpoint (.safetensors/.ckpt)", required=True,
+                           label="Teacher (SD-v1/v2 checkpoint)")
+    # None: Small, or the teacher itself when `remove` names the blocks (as convert does).
+    preset: Optional[str] = setting(None, "a preset (default %s; --remove adds to it)"
+                                    % DEFAULT_PRESET, flag="--arch", choices=list(PRESETS),
+                                    label="Student preset")
+    remove: Optional[str] = setting(None, REMOVE_HELP, metavar="UNITS",
+                                    label="Also remove these blocks (optional; names as in the "
+                                          "Convert tab's block picker, e.g. down.3.0,up.3.2)")
+    data: str = setting(
+        "", "folder of images with captions (image.txt beside image.png, or metadata.jsonl / "
+            "metadata.csv with file_name and text); or teacher:N (the teacher makes N "
+            "image/caption pairs first, from --prompts); or a .txt prompt file (one pair per "
+            "prompt); or a finished `bksdm synth` run folder", required=True)
+    out: str = setting("", "run folder", required=True)
+    objective: str = setting("kd", "kd: knowledge distillation (the BK-SDM paper's); lcm: latent "
+                                   "consistency distillation onto the student, which then "
+                                   "draws in 2-8 steps with the LCM sampler (default {default})",
+                             choices=list(OBJECTIVES))
+    # A student file to start from instead of the pruned teacher (init_student.py).
+    init_student: Optional[str] = setting(
+        None, "start from this student (transplanted, imported or an earlier run's result; its "
+              "layout must be --arch's) instead of the pruned teacher: the quick path to a "
+              "student of your model")
+    steps: int = setting(50_000, "optimizer steps (default {default})", label="Steps",
+                         range=TRAINING_STEPS)
+    batch_size: int = setting(64, "images per GPU per micro-step (default {default})",
+                              label="Batch per GPU", range=BATCH)
     # Memory fitting may trade the whole batch for accumulation: up to BATCH's end squared.
-    grad_accum: int = ranged(4, Range(1, 1024 ** 2, "micro-steps per optimizer step"))
-    lr: Optional[float] = ranged(None, LEARNING_RATE)  # None: the objective's (learning_rate)
-    resolution: int = ranged(512, IMAGE_SIZE)
-    mixed_precision: str = "fp16"  # "no", "fp16" or "bf16"
-    lambda_task: float = 1.0
-    lambda_output: float = 1.0
-    lambda_feature: float = 1.0
+    grad_accum: int = setting(4, "micro-steps per optimizer step (default {default})",
+                              label="Gradient accumulation",
+                              range=Range(1, 1024 ** 2, "micro-steps per optimizer step"))
+    # None: the objective's own (learning_rate).
+    lr: Optional[float] = setting(None, "AdamW learning rate, constant (default: KD %g, LCM %g, "
+                                        "LCM-LoRA %g)" % (KD_LR, LCM_LR, LCM_LORA_LR),
+                                  label="Learning rate", range=LEARNING_RATE)
+    resolution: int = setting(512, "training resolution (shorter edge, then center crop) "
+                                   "(default {default})", label="Resolution", range=IMAGE_SIZE)
+    mixed_precision: str = MIXED_PRECISION.field("fp16")
+    lambda_task: float = setting(1.0, "weight of the task loss (default {default})")
+    lambda_output: float = setting(1.0, "weight of the output-KD loss (default {default})")
+    lambda_feature: float = setting(1.0, "weight of the feature-KD loss (default {default})")
     max_grad_norm: float = 1.0
-    ema: bool = True
-    ema_decay: float = 0.9999
-    gradient_checkpointing: bool = True
-    use_8bit_adam: bool = False
-    flip: bool = True
-    save_every: int = ranged(1000, EVERY)
-    keep_last: int = ranged(2, KEEP_CHECKPOINTS)
-    sample_every: int = ranged(1000, EVERY)
-    sample_prompts: Sequence[str] = SAMPLE_PROMPTS
+    ema: bool = setting(True, "keep an EMA copy of the student's weights, the one exported "
+                              "(default {default})", label="EMA of the weights")
+    ema_decay: float = setting(0.9999, "EMA decay (default {default})")
+    gradient_checkpointing: bool = GRADIENT_CHECKPOINTING.field(True)
+    use_8bit_adam: bool = EIGHT_BIT_ADAM.field(False)
+    flip: bool = setting(True, "flip training images horizontally at random (default {default})")
+    save_every: int = setting(1000, "checkpoint every N steps (0: only at the end) (default "
+                                    "{default})", label="Checkpoint every N steps", range=EVERY)
+    keep_last: int = setting(2, "checkpoints to keep (default {default})",
+                             range=KEEP_CHECKPOINTS)
+    sample_every: int = setting(1000, "teacher-vs-student samples every N steps (0: never) "
+                                      "(default {default})",
+                                label="Samples every N steps (0: never)", range=EVERY)
+    sample_prompts: Sequence[str] = setting(SAMPLE_PROMPTS, "a prompt for the sample grids (repeatable)",
+                                            flag="--sample-prompt",
+                                            label="Sample prompts (one per line)")
     # PSNR/SSIM of the student's sample images against the teacher's, as `eval` events;
     # None: with the samples (sample_every), 0: never.
-    eval_every: Optional[int] = ranged(None, EVERY)
-    sample_steps: int = ranged(20, SAMPLER_STEPS)
-    seed: int = ranged(0, SEED)
-    v_prediction: Optional[bool] = None
-    export_dtype: str = "fp16"
-    cache_dir: Optional[str] = None  # default: <out>/cache
-    # A student file to start from instead of the pruned teacher (init_student.py).
-    init_student: Optional[str] = None
-    log_every: int = ranged(10, LOG_EVERY)
+    eval_every: Optional[int] = setting(
+        None, "score the student's sample images against the teacher's (PSNR, SSIM) every N "
+              "steps into events.jsonl (default: with the samples; 0: never)", range=EVERY)
+    sample_steps: int = setting(20, range=SAMPLER_STEPS, cli=False)
+    seed: int = setting(0, "seed of data order and noise (default {default})", range=SEED)
+    v_prediction: Optional[bool] = V_PREDICTION.field(None)
+    export_dtype: str = setting("fp16", "precision of exported students (default {default})",
+                                choices=EXPORT_DTYPES)
+    cache_dir: Optional[str] = setting(None, "where encoded latents/captions go (default: "
+                                             "<out>/cache)")
+    log_every: int = setting(10, "event-file line every N steps (default {default})",
+                             range=LOG_EVERY)
     # Teacher-made pairs, made inside the run before training (synth.py).
-    synthetic: int = ranged(0, SYNTH_COUNT)  # with a dataset folder as --data: this many more
-    prompts: Optional[str] = None  # their prompt source; None: the built-in generator
-    negative_prompt: str = SynthSettings.negative_prompt
-    synth_cfg_scale: float = ranged(SynthSettings.cfg_scale, GUIDANCE)
-    synth_steps: int = ranged(SynthSettings.steps, SAMPLER_STEPS)
-    synth_sampler: str = SynthSettings.sampler
-    synth_batch_size: int = ranged(SynthSettings.batch_size, BATCH)
-    synth_preview: int = ranged(SynthSettings.preview, PREVIEW)
+    synthetic: int = setting(0, "with a dataset folder as --data: this many teacher-made pairs "
+                                "as well (default {default})", label="Teacher-made images",
+                             range=SYNTH_COUNT)
+    prompts: Optional[str] = setting(
+        None, "prompts of the teacher-made pairs: a .txt file (one a line), a folder of .txt "
+              "captions, a dataset folder, or builtin (default)",
+        label="Prompts (a .txt file, a caption folder or a dataset folder; empty: built-in "
+              "generator)")
+    negative_prompt: str = setting(SynthSettings.negative_prompt, "negative prompt of the "
+                                   "teacher-made pairs (default {default})",
+                                   label="Negative prompt")
+    synth_cfg_scale: float = setting(SynthSettings.cfg_scale, "CFG scale of the teacher-made "
+                                     "pairs (default {default})", range=GUIDANCE)
+    synth_steps: int = setting(SynthSettings.steps, "sampler steps of the teacher-made pairs "
+                               "(default {default})", range=SAMPLER_STEPS)
+    synth_sampler: str = setting(SynthSettings.sampler, "sampler of the teacher-made pairs "
+                                 "(default {default})")
+    synth_batch_size: int = setting(SynthSettings.batch_size, "images per teacher batch when "
+                                    "making pairs (default {default})", range=BATCH)
+    synth_preview: int = setting(SynthSettings.preview, "teacher-made images decoded for the "
+                                 "preview grid (default {default})", range=PREVIEW)
     # Random conditioning (arXiv 2504.02011): some captions meet unrelated latents.
-    random_conditioning: bool = False
-    random_conditioning_p: float = ranged(0.5, Range(0.0, 1.0, "a share of the examples"))
-    # On a GPU, lower the batch/memory settings to fit its free memory (memory_fit.py).
-    fit_memory: bool = True
+    random_conditioning: bool = setting(
+        False, "pair some captions with unrelated latents (arXiv 2504.02011; off by default: "
+               "not yet shown to help here)", label="Random conditioning")
+    random_conditioning_p: float = setting(
+        0.5, "with --random-conditioning: share of examples whose caption meets an unrelated "
+             "latent (default {default})", range=Range(0.0, 1.0, "a share of the examples"))
+    fit_memory: bool = FIT_MEMORY.field(True)
     # Latent consistency distillation (--objective lcm), the reference scripts' defaults.
     # Guidance w of the teacher's CFG, drawn uniformly from [w_min, w_max] per example.
-    lcm_w_min: float = ranged(5.0, LCM_GUIDANCE)
-    lcm_w_max: float = ranged(15.0, LCM_GUIDANCE)
+    lcm_w_min: float = setting(5.0, "LCM: lowest guidance w of the teacher, drawn per example "
+                                    "(LCM's formulation: A1111's CFG scale is w + 1) (default "
+                                    "{default})", range=LCM_GUIDANCE)
+    lcm_w_max: float = setting(15.0, "LCM: highest guidance w of the teacher (default {default})",
+                               range=LCM_GUIDANCE)
     # The DDIM solver's grid: skipping step k = 1000 / 50 = 20 (A1111's LCM sampler assumes 50).
-    lcm_ddim_timesteps: int = ranged(50, Range(1, 1000, "solver points; SD has 1,000 timesteps"))
-    lcm_target_decay: float = ranged(0.95, Range(0.0, 1.0, "the target network's EMA rate"))
-    lcm_loss: str = "huber"  # one of LCM_LOSSES
-    lcm_huber_c: float = ranged(0.001, Range(0.0, 10.0, "the pseudo-Huber loss's c"))
-    lcm_timestep_scaling: float = ranged(10.0, Range(0.0, 1000.0, "boundary conditions at s·t"))
+    lcm_ddim_timesteps: int = setting(
+        50, "LCM: points of the teacher's DDIM solver (50: skipping step k = 20) (default "
+            "{default})", range=Range(1, 1000, "solver points; SD has 1,000 timesteps"))
+    lcm_target_decay: float = setting(0.95, "LCM: EMA rate of the target network (default "
+                                            "{default})",
+                                      range=Range(0.0, 1.0, "the target network's EMA rate"))
+    lcm_loss: str = setting("huber", "LCM: the consistency loss, pseudo-Huber or L2 (default "
+                                     "{default})", choices=list(LCM_LOSSES))
+    lcm_huber_c: float = setting(0.001, "LCM: c of the pseudo-Huber loss (default {default})",
+                                 range=Range(0.0, 10.0, "the pseudo-Huber loss's c"))
+    lcm_timestep_scaling: float = setting(
+        10.0, "LCM: timestep scaling of the boundary conditions (default {default})",
+        range=Range(0.0, 1000.0, "boundary conditions at s·t"))
     # Weight of a feature-KD term toward the teacher at the same timestep (EdgeFusion); 0: off.
-    lcm_feature_kd: float = ranged(0.0, Range(0.0, 1000.0, "a loss weight; 0: off"))
+    lcm_feature_kd: float = setting(
+        0.0, "LCM: weight of a feature-KD term toward the teacher at the same timestep "
+             "(EdgeFusion; 0: off) (default {default})",
+        range=Range(0.0, 1000.0, "a loss weight; 0: off"))
     # The LCM sampler's steps the samples and eval use, recorded as the recommendation.
-    lcm_steps: int = ranged(4, Range(1, 50, "LCM sampler steps; its grid has 50 points"))
+    lcm_steps: int = setting(4, "LCM: steps of the LCM sampler the samples and eval use, "
+                                "recorded in the result as its recommendation (default "
+                                "{default})",
+                             range=Range(1, 50, "LCM sampler steps; its grid has 50 points"))
     # LCM-LoRA: only rank-r adapters on the student train, exported as a LoRA file (None: all).
-    lora_rank: Optional[int] = ranged(None, LORA_RANK)
+    lora_rank: Optional[int] = setting(
+        None, "LCM-LoRA: train only rank-R LoRA adapters on the student and write them as a LoRA "
+              "file A1111 applies to it, beside the student with them merged (the LCM-LoRA "
+              "script uses 64; needs peft; no EMA)", range=LORA_RANK)
 
     def __post_init__(self) -> None:
+        if self.preset is None and not self.remove:
+            self.preset = DEFAULT_PRESET
         check_ranges(self)
         check_sample_grids(self.steps, self.sample_every)
 
@@ -157,10 +209,10 @@ class DistillConfig:
             return LCM_LORA_LR if self.lora_rank else LCM_LR
         return KD_LR
 
-    def recommendation(self) -> Optional[Recommendation]:
+    def recommendation(self) -> Optional[DrawPoint]:
         """How the result is meant to draw: an LCM student in its steps without CFG (the
         guidance is distilled in); a KD student as its teacher does (None)."""
-        return Recommendation("lcm", self.lcm_steps, 1.0) if self.objective == "lcm" else None
+        return DrawPoint("lcm", self.lcm_steps, 1.0) if self.objective == "lcm" else None
 
     def eval_interval(self) -> int:
         return self.sample_every if self.eval_every is None else self.eval_every
@@ -168,6 +220,8 @@ class DistillConfig:
     def synth_settings(self, count: int, prompts: Optional[str]) -> SynthSettings:
         """How the teacher makes this run's pairs: at the training resolution, from the
         run's seed."""
-        return SynthSettings(count, prompts, self.negative_prompt, self.synth_cfg_scale,
-                             self.synth_steps, self.synth_sampler, self.resolution,
-                             self.synth_batch_size, self.seed, self.synth_preview)
+        return SynthSettings(count=count, prompts=prompts, negative_prompt=self.negative_prompt,
+                             cfg_scale=self.synth_cfg_scale, steps=self.synth_steps,
+                             sampler=self.synth_sampler, resolution=self.resolution,
+                             batch_size=self.synth_batch_size, seed=self.seed,
+                             preview=self.synth_preview)

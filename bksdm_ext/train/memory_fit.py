@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Tuple, TypeVar
 
 from ..errors import BadInput
+from ..model.arch import preset as removal_of
 from .distill_config import DistillConfig
 from .dreambooth_config import DreamBoothConfig
 from .memory_plan import MemoryPlan, Settings, plan_distill, plan_dreambooth
@@ -109,15 +110,15 @@ def fit_distill(cfg: DistillConfig, family: str, free_bytes: Optional[int],
     """The run's settings for a GPU with `free_bytes` free (None: no GPU, nothing changes);
     a resumed run keeps those it started with."""
     return _fit(cfg, free_bytes, resume, lambda c: plan_distill(
-        free_bytes, family, c.arch, c.resolution, settings_of(c), bitsandbytes, c.objective,
-        bool(c.lora_rank)))
+        free_bytes, family, removal_of(c.preset).name, c.resolution, settings_of(c), bitsandbytes,
+        c.objective, bool(c.lora_rank)))
 
 
-def fit_dreambooth(cfg: DreamBoothConfig, family: str, arch: str, free_bytes: Optional[int],
+def fit_dreambooth(cfg: DreamBoothConfig, family: str, preset: str, free_bytes: Optional[int],
                    bitsandbytes: bool, resume: bool = False
                    ) -> Tuple[DreamBoothConfig, Optional[MemoryPlan]]:
     return _fit(cfg, free_bytes, resume, lambda c: plan_dreambooth(
-        free_bytes, family, arch, c.resolution, settings_of(c), bitsandbytes, c.lora,
+        free_bytes, family, preset, c.resolution, settings_of(c), bitsandbytes, c.lora,
         c.train_text_encoder))
 
 

@@ -126,7 +126,7 @@ def _activation_scale(s: Settings, resolution: int, measured_checkpointing: bool
     return scale
 
 
-def distill_state_gib(family: str, arch: str, s: Settings, objective: str = "kd",
+def distill_state_gib(family: str, preset: str, s: Settings, objective: str = "kd",
                       lora: bool = False) -> float:
     """What a distillation run keeps on the GPU whatever the batch: the student with its
     gradients, AdamW moments and EMA (LCM: and its target network; LCM-LoRA: the frozen
@@ -137,10 +137,10 @@ def distill_state_gib(family: str, arch: str, s: Settings, objective: str = "kd"
     else:
         per_param = ((BYTES_ADAMW_8BIT if s.use_8bit_adam else BYTES_ADAMW)
                      + (BYTES_EMA if s.ema else 0) + (BYTES_EMA if objective == "lcm" else 0))
-    return (params[arch] * per_param + params["teacher"] * 2) / GIB + CUDA_CONTEXT_GIB
+    return (params[preset] * per_param + params["teacher"] * 2) / GIB + CUDA_CONTEXT_GIB
 
 
-def distill_peak_gib(family: str, arch: str, resolution: int, s: Settings, objective: str = "kd",
+def distill_peak_gib(family: str, preset: str, resolution: int, s: Settings, objective: str = "kd",
                      lora: bool = False) -> float:
     """Estimated peak GPU memory of one distillation process."""
     measured = Settings(32, 1, True, False, "fp16", ema=True)
@@ -149,14 +149,14 @@ def distill_peak_gib(family: str, arch: str, resolution: int, s: Settings, objec
     activations = _interpolate(curve, s.micro_batch) - base
     if objective == "lcm":
         activations *= LCM_ACTIVATIONS
-    return (distill_state_gib(family, arch, s, objective, lora)
+    return (distill_state_gib(family, preset, s, objective, lora)
             + activations * _activation_scale(s, resolution, True))
 
 
-def dreambooth_peak_gib(family: str, arch: str, resolution: int, s: Settings, lora: bool,
+def dreambooth_peak_gib(family: str, preset: str, resolution: int, s: Settings, lora: bool,
                         train_text_encoder: bool) -> float:
     """Estimated peak of one DreamBooth process (instance + prior image per sample)."""
-    unet, text = UNET_PARAMS[_family(family)][arch], TEXT_PARAMS[_family(family)]
+    unet, text = UNET_PARAMS[_family(family)][preset], TEXT_PARAMS[_family(family)]
     weight_bytes = 2 if s.mixed_precision != "no" else 4
     if lora:  # frozen weights; the adapters are a rounding error
         state = (unet * 4 + text * (4 if train_text_encoder else weight_bytes)) / GIB
@@ -178,20 +178,20 @@ def _micro_batches(effective: int, start: int, floor: int) -> List[int]:
     return [m for m in range(min(start, effective), floor - 1, -1) if effective % m == 0]
 
 
-def plan_distill(free_bytes: int, family: str, arch: str, resolution: int, wanted: Settings,
+def plan_distill(free_bytes: int, family: str, preset: str, resolution: int, wanted: Settings,
                  have_bitsandbytes: bool, objective: str = "kd", lora: bool = False) -> MemoryPlan:
     """The settings closest to `wanted` whose estimated peak fits `free_bytes`."""
     def estimate(s: Settings) -> float:
-        return distill_peak_gib(family, arch, resolution, s, objective, lora)
+        return distill_peak_gib(family, preset, resolution, s, objective, lora)
 
     return _plan(free_bytes, wanted, estimate, have_bitsandbytes and not lora,
                  allow_no_ema=not lora)
 
 
-def plan_dreambooth(free_bytes: int, family: str, arch: str, resolution: int, wanted: Settings,
+def plan_dreambooth(free_bytes: int, family: str, preset: str, resolution: int, wanted: Settings,
                     have_bitsandbytes: bool, lora: bool, train_text_encoder: bool) -> MemoryPlan:
     def estimate(s: Settings) -> float:
-        return dreambooth_peak_gib(family, arch, resolution, s, lora, train_text_encoder)
+        return dreambooth_peak_gib(family, preset, resolution, s, lora, train_text_encoder)
 
     return _plan(free_bytes, wanted, estimate, have_bitsandbytes and not lora, allow_no_ema=False)
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from ..jobs.events import EventLog, read_events
+from ..jobs.events import EventLog, read_events, start_event
 from ..jobs.runs import RunPaths, event, failures_reported, progress_bar, stop_run
 from .memory_fit import STARTED_WITH, announce, out_of_memory_explained
 from .memory_plan import MemoryPlan
@@ -69,7 +69,7 @@ class Run:
             paths.out.mkdir(parents=True, exist_ok=True)
             (paths.out / STARTED_WITH).write_text(json.dumps(asdict(cfg), indent=2, default=str))
             log = EventLog(paths.events)
-        event(log, "start", total_steps=cfg.steps, **fields,
+        event(log, "start", **start_event(cfg.steps), **fields,
               memory_plan=memory.describe() if memory is not None else None,
               resumed_from=str(resumed_from) if resumed_from else None)
         return cls(paths, accelerator, log, resumed_from)

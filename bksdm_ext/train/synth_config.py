@@ -1,14 +1,15 @@
 """Settings of teacher-made training data and how ``--data`` names it, importable without
-torch (the CLI builds its help from the defaults; the WebUI checks a form cheaply)."""
+torch (the CLI builds its flags from them; the WebUI checks a form cheaply)."""
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from ..errors import BadInput
-from ..model.ranges import (BATCH, GUIDANCE, IMAGE_SIZE, REQUIRED, SAMPLER_STEPS, SEED, Range,
-                            check_ranges, ranged)
-from ..model.samplers import DEFAULT_SAMPLER
+from ..model.arch import V_PREDICTION
+from ..model.samplers import DEFAULT_SAMPLER, SAMPLERS
+from ..settings import (BATCH, GUIDANCE, IMAGE_SIZE, REQUIRED, SAMPLER_STEPS, SEED, Range,
+                        check_ranges, setting)
 
 MARKER = "synth.json"  # in a folder of teacher-made data: its settings, what it depends on
 TEACHER_DATA = "teacher:"  # --data teacher:N
@@ -24,16 +25,26 @@ PREVIEW = Range(0, 1000, "images decoded into the preview, a file each")
 class SynthSettings:
     """What a synthetic set is made with (defaults: the issue's fast A1111 sampler)."""
 
-    count: int = ranged(REQUIRED, SYNTH_COUNT)
-    prompts: Optional[str] = None  # a SOURCE for prompts.load_prompts; None: built-in
-    negative_prompt: str = ""
-    cfg_scale: float = ranged(7.5, GUIDANCE)
-    steps: int = ranged(20, SAMPLER_STEPS)
-    sampler: str = DEFAULT_SAMPLER
-    resolution: int = ranged(512, IMAGE_SIZE)
-    batch_size: int = ranged(4, BATCH)
-    seed: int = ranged(0, SEED)
-    preview: int = ranged(16, PREVIEW)  # the first images decoded for the user to look at
+    count: int = setting(REQUIRED, "number of image/caption pairs (0 with a prompt file: one "
+                                   "per prompt)", range=SYNTH_COUNT, required=True)
+    # A SOURCE for prompts.load_prompts; None: built-in
+    prompts: Optional[str] = setting(
+        None, "a .txt file (one prompt a line, cycled with new seeds when shorter than "
+              "--count), a folder of .txt captions, a dataset folder, or builtin (default: "
+              "seeded, de-duplicated generator)")
+    negative_prompt: str = setting("", "negative prompt (default {default})")
+    cfg_scale: float = setting(7.5, "classifier-free guidance scale (default {default})",
+                               range=GUIDANCE)
+    steps: int = setting(20, "sampler steps (default {default})", range=SAMPLER_STEPS)
+    sampler: str = setting(DEFAULT_SAMPLER, "%s (default {default})" % ", ".join(SAMPLERS))
+    resolution: int = setting(512, "image size (the distillation's training resolution) "
+                                   "(default {default})", range=IMAGE_SIZE)
+    batch_size: int = setting(4, "images per teacher batch (default {default})", range=BATCH)
+    seed: int = setting(0, "seed of image 0 (image i gets seed + i) and of the built-in "
+                           "prompts (default {default})", range=SEED)
+    # The first images decoded for the user to look at.
+    preview: int = setting(16, "first images decoded into samples/preview.png (default "
+                               "{default})", range=PREVIEW)
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -44,9 +55,9 @@ class SynthConfig(SynthSettings):
     """A ``bksdm synth`` run: the settings plus the teacher and the run folder (both
     required; the empty defaults only satisfy dataclass field order)."""
 
-    teacher: str = ""
-    out: str = ""
-    v_prediction: Optional[bool] = None
+    teacher: str = setting("", "SD-v1/v2 checkpoint (.safetensors/.ckpt)", required=True)
+    out: str = setting("", "run folder", required=True)
+    v_prediction: Optional[bool] = V_PREDICTION.field(None)
 
 
 @dataclass

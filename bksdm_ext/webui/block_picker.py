@@ -13,7 +13,7 @@ import gradio as gr
 
 from ..errors import BadInput
 from ..model.arch import PRESETS, SD_V1, Architecture, TeacherSpec
-from ..model.blocks import known_as, notation, removal_from_units, removed_units, teacher_units
+from ..model.blocks import notation, removed_units, teacher_units, which_student
 from ..model.unit_costs import UnitCosts
 from . import blocks_view
 
@@ -25,7 +25,7 @@ def _teacher(loaded: Tuple[Any, ...]) -> TeacherSpec:
 
 def preset_units(preset: str, teacher: TeacherSpec = SD_V1) -> List[str]:
     """The units `preset` removes, one check box each."""
-    return removed_units(Architecture(teacher, PRESETS[preset]))
+    return removed_units(which_student(teacher, preset))
 
 
 def picked_summary(loaded: Tuple[Any, ...], units: List[str]) -> str:
@@ -35,33 +35,32 @@ def picked_summary(loaded: Tuple[Any, ...], units: List[str]) -> str:
     if not units:
         return "Tick the blocks to remove."
     try:
-        removal = removal_from_units(teacher, ",".join(units))
+        picked = which_student(teacher, None, ",".join(units))
     except BadInput as e:
         return "⚠️ Cannot remove these: %s" % str(e).split(": ", 1)[-1]
-    student = Architecture(teacher, removal)
-    same = known_as(student)
-    lines = ["**Removed:** `%s`%s" % (notation(student), " (= the %s preset)" % same.name
+    same = picked.removal
+    lines = ["**Removed:** `%s`%s" % (notation(picked), " (= the %s preset)" % same.name
                                       if same.name in PRESETS else "")]
     if info is None or ckpt is None:
         lines.append(problem)
         return "  \n".join(lines)
     costs = UnitCosts(ckpt, info.arch)
-    params = costs.student_params(student)
-    step_time = (_measured_step_time(loaded[0], student)
-                 or "%.2f× the teacher's (from FLOPs)" % costs.speed_ratio(student))
+    params = costs.student_params(picked)
+    step_time = (_measured_step_time(loaded[0], picked)
+                 or "%.2f× the teacher's (from FLOPs)" % costs.speed_ratio(picked))
     lines.append("U-Net parameters %s → %s (%.1f%% smaller) · estimated U-Net step time %s"
                  % (format(info.unet_params, ","), format(params, ","),
                     100 * (1 - params / info.unet_params), step_time))
     return "  \n".join(lines)
 
 
-def _measured_step_time(model: Any, student: Architecture) -> Optional[str]:
+def _measured_step_time(model: Any, picked: Architecture) -> Optional[str]:
     """The step-time ratio from the newest block scan of the loaded teacher's file, with
     where it was measured; None when that teacher has no scan."""
     if model is None or not model.has_file:
         return None
     scan = blocks_view.latest_scan(model.filename)
-    ratio = scan.step_time_ratio(removed_units(student)) if scan is not None else None
+    ratio = scan.step_time_ratio(removed_units(picked)) if scan is not None else None
     if ratio is None:
         return None
     settings = scan.settings

@@ -14,8 +14,8 @@ import gradio as gr
 
 from ..errors import BadInput
 from ..measure import block_scan
-from ..model.ranges import from_form
-from . import a1111, job_form
+from ..settings import from_form
+from . import a1111, job_form, setting_fields
 from .clip_choice import local_clip
 from .messages import message
 
@@ -86,9 +86,8 @@ def start_scan(steps: float, size: float) -> str:
         if path is None:
             raise BadInput(problem)
         settings = from_form(block_scan.ScanSettings, steps=steps, size=size)
-        options = {"steps": settings.steps, "size": settings.size, "cache_dir": str(cache_dir()),
-                   "clip_model": local_clip()}
-        job = job_form.submit("blocks", options, "blocks of %s" % path.stem, free_vram=False,
+        job = job_form.submit("blocks", settings, "blocks of %s" % path.stem, free_vram=False,
+                              options={"cache_dir": str(cache_dir()), "clip_model": local_clip()},
                               positional=[str(path)])
     except BadInput as e:
         return message("error", str(e))
@@ -100,8 +99,9 @@ def build() -> None:
     gr.Markdown("**Block sensitivity** (the paper's appendix C): each unit removed alone "
                 "from the loaded teacher, images compared with the full teacher's.")
     with gr.Row():
-        steps = gr.Number(20, label="Steps", precision=0, elem_id="bksdm_scan_steps")
-        size = gr.Number(512, label="Size (px)", precision=0, elem_id="bksdm_scan_size")
+        defaults = block_scan.ScanSettings()
+        steps = setting_fields.number(defaults, "steps", precision=0, elem_id="bksdm_scan_steps")
+        size = setting_fields.number(defaults, "size", precision=0, elem_id="bksdm_scan_size")
         scan = gr.Button("Scan (background job)", elem_id="bksdm_scan_start")
         refresh = gr.Button("↻", elem_id="bksdm_scan_refresh", scale=0, min_width=40)
     started = gr.HTML(elem_id="bksdm_scan_message")

@@ -22,10 +22,10 @@ from ..measure.evaluate import EvalSettings
 from ..measure.latency import LatencySettings
 from ..model.checkpoint import Checkpoint
 from ..model.detect import inspect_checkpoint
-from ..model.ranges import form_number, from_form
 from ..scores.clip import DEFAULT_DOWNLOAD, HOW_TO_ENABLE, KNOWN_MODELS, fetch, find_scorer
 from ..scores.eval_prompts import BUILTIN, load_prompts, prompt_lines
-from . import a1111, checkpoints, client_files, job_form
+from ..settings import form_number, from_form, label
+from . import a1111, checkpoints, client_files, job_form, setting_fields
 from .clip_choice import local_clip
 from .txt2img import SAMPLER, txt2img
 from .messages import message
@@ -198,10 +198,9 @@ def submit_job(titles: List[str], source: str, prompt_file: Any, typed: str,
         prompt_file_path = folder / ("prompts-%s.txt" % time.strftime("%Y%m%d-%H%M%S"))
         prompt_file_path.write_text("\n".join(prompts) + "\n", encoding="utf-8")
         models = [str(checkpoints.filename(title)) for title in titles]
-        options = {"prompts": str(prompt_file_path), "seeds": form.seeds, "steps": form.steps,
-                   "size": form.size, "cfg_scale": form.cfg_scale, "clip_model": local_clip()}
-        job = job_form.submit("eval", options, "compare %d models" % len(models), False,
-                              positional=models)
+        job = job_form.submit("eval", replace(form, prompts=str(prompt_file_path)),
+                              "compare %d models" % len(models), False,
+                              options={"clip_model": local_clip()}, positional=models)
     except BadInput as e:
         return message("error", str(e))
     return job_form.submitted(job)
@@ -225,7 +224,7 @@ def _form_prompts(titles: List[str], source: str, prompt_file: Any, typed: str,
 def build() -> None:
     from modules.call_queue import wrap_gradio_gpu_call
 
-    defaults = LatencySettings()
+    defaults = EvalSettings()
     choices, chosen = candidates()
     with gr.Row():
         models = gr.CheckboxGroup(choices, value=chosen, label="Checkpoints (teacher first)",
@@ -241,11 +240,12 @@ def build() -> None:
     with gr.Row():
         max_prompts = gr.Number(4, label="Prompts to use (the first N)", precision=0,
                                 elem_id="bksdm_compare_max_prompts")
-        seeds = gr.Number(1, label="Seeds per prompt", precision=0, elem_id="bksdm_compare_seeds")
-        steps = gr.Number(defaults.steps, label="Steps (%s)" % SAMPLER, precision=0)
-        size = gr.Number(defaults.size, label="Width = height", precision=0,
-                         elem_id="bksdm_compare_size")
-        cfg_scale = gr.Number(defaults.cfg_scale, label="CFG scale")
+        seeds = setting_fields.number(defaults, "seeds", precision=0,
+                                      elem_id="bksdm_compare_seeds")
+        steps = setting_fields.number(defaults, "steps", precision=0, label="%s (%s)" % (
+            label(defaults, "steps"), SAMPLER))
+        size = setting_fields.number(defaults, "size", precision=0, elem_id="bksdm_compare_size")
+        cfg_scale = setting_fields.number(defaults, "cfg_scale")
     with gr.Row():
         clip_text = gr.Markdown(clip_status(), elem_id="bksdm_compare_clip")
         download = gr.Button("Download CLIP", elem_id="bksdm_compare_download", scale=0)

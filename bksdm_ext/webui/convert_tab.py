@@ -7,15 +7,17 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import gradio as gr
 
-from ..model.arch import PRESETS, Architecture
+from ..model.arch import PRESETS
+from ..model.blocks import which_student
 from ..model.checkpoint import Checkpoint
-from ..model.convert import DTYPES, convert_checkpoint, student_unet_params
+from ..model.convert import ConversionSettings, convert_checkpoint, student_unet_params
 from ..model.detect import ModelInfo, inspect_checkpoint
 from ..errors import BadInput, check_path_text
 from ..model.staging import TEMP_NAME_EXTRA
 from . import a1111, block_picker, checkpoints, guard, transplant_form
 from .messages import message
-from .presets import LABEL_OF, PRESET_LABELS
+from ..settings import declaration, label as setting_label
+from .presets import default_label, label_of, labels, name_of
 
 # A file name A1111 lists and every OS accepts: no separators, no leading dot.
 VALID_NAME = re.compile(r"^\w[\w .()\[\]+,-]*$")
@@ -38,7 +40,7 @@ def _loaded() -> Tuple[Optional[a1111.LoadedModel], Optional[Checkpoint], Option
         return loaded, None, None, "Cannot convert %s: %s" % (loaded.title, _after_path(e))
     if info.is_student:
         return loaded, None, None, ("%s is already a BK-SDM %s student: load its teacher to convert."
-                                    % (loaded.title, LABEL_OF.get(info.preset, info.preset)))
+                                    % (loaded.title, label_of(info.preset)))
     return loaded, ckpt, info, ""
 
 
@@ -66,11 +68,11 @@ def loaded_summary() -> str:
 
 def preset_preview(label: str) -> str:
     """What the preset removes and what it gives, for the loaded teacher."""
-    removal = PRESETS[PRESET_LABELS[label]]
+    removal = PRESETS[name_of(label) or label]
     _, ckpt, info, problem = _loaded()
     lines = ["**%s**: %s." % (label, removal.summary)]
     if info is not None and ckpt is not None:
-        student = student_unet_params(ckpt, Architecture(info.arch.teacher, removal))
+        student = student_unet_params(ckpt, which_student(info.arch.teacher, removal))
         lines.append("U-Net parameters %s → %s (%.1f%% smaller)."
                      % (format(info.unet_params, ","), format(student, ","),
                         100 * (1 - student / info.unet_params)))
@@ -80,10 +82,17 @@ def preset_preview(label: str) -> str:
     return "  \n".join(lines)
 
 
+def student_default_name(title: str, label: str) -> str:
+    """The default name when starting from a student: after the student's preset, or the
+    chosen preset's when the student has none of its own (a custom one)."""
+    preset = transplant_form.student_preset(title)
+    return default_name(label_of(preset) if preset in PRESETS else label)
+
+
 def default_name(label: str) -> str:
     loaded = a1111.loaded_model()
     stem = loaded.filename.stem if loaded is not None else "model"
-    return "%s-bk-%s" % (stem, PRESET_LABELS[label])
+    return "%s-bk-%s" % (stem, name_of(label))
 
 
 def output_path(name: str, overwrite: bool) -> Path:
@@ -125,7 +134,7 @@ def convert(id_task: str, label: str, name: str, dtype: str, overwrite: bool,
             return [title, gr.update(visible=True),
                     message("success", transplant_form.result_text(report))]
         report = convert_checkpoint(ckpt if not loaded.has_file else loaded.filename, output,
-                                    "teacher" if use_blocks else PRESET_LABELS[label], dtype=dtype,
+                                    None if use_blocks else name_of(label), dtype=dtype,
                                     v_prediction=loaded.parameterization == "v",
                                     overwrite=overwrite, progress=a1111.Progress("Converting"),
                                     remove=block_picker.units_to_remove(use_blocks, blocks))
@@ -145,19 +154,21 @@ def build() -> None:
     """Create the tab's components inside the current gradio Blocks context."""
     from modules.call_queue import wrap_gradio_gpu_call
 
-    default_label = LABEL_OF.get(a1111.opt("bksdm_default_preset", "small"), "Small")
     with gr.Row():
         summary = gr.Markdown(elem_id="bksdm_loaded")
         refresh = gr.Button("↻", elem_id="bksdm_refresh_loaded", scale=0, min_width=40)
-    preset = gr.Radio(list(PRESET_LABELS), value=default_label, label="Preset",
+    preset = gr.Radio(labels(), value=default_label(),
+                      label=setting_label(ConversionSettings, "preset"),
                       elem_id="bksdm_preset")
     preview = gr.Markdown(elem_id="bksdm_preview")
-    use_blocks, blocks = block_picker.build(preset, PRESET_LABELS.get, _loaded)
+    use_blocks, blocks = block_picker.build(preset, name_of, _loaded)
     start = transplant_form.build()
     with gr.Row():
         name = gr.Textbox(label="New checkpoint name", elem_id="bksdm_output_name")
-        dtype = gr.Dropdown(list(DTYPES), value=a1111.opt("bksdm_default_dtype", "fp16"),
-                            label="U-Net precision", elem_id="bksdm_dtype")
+        dtype_setting = declaration(ConversionSettings, "dtype")
+        dtype = gr.Dropdown(list(dtype_setting.setting.choices or ()),
+                            value=a1111.opt("bksdm_default_dtype", dtype_setting.default),
+                            label=dtype_setting.setting.label, elem_id="bksdm_dtype")
         overwrite = gr.Checkbox(False, label="Overwrite", elem_id="bksdm_overwrite")
     id_task = gr.Textbox(visible=False)
     run = gr.Button("Convert", variant="primary", elem_id="bksdm_convert")
@@ -179,8 +190,6 @@ def build() -> None:
                                                   start.alpha, use_blocks, blocks, start.lora],
               outputs=[converted, load, result])
     refresh.click(transplant_form.choices, outputs=[start.student, start.base, start.lora])
-    start.student.change(lambda title, label: default_name(LABEL_OF.get(
-        transplant_form.student_preset(title) or "", label)), inputs=[start.student, preset],
-        outputs=[name])
+    start.student.change(student_default_name, inputs=[start.student, preset], outputs=[name])
     converted.change(None, _js="bksdm_refresh_checkpoints", inputs=[converted], outputs=[])
     load.click(None, _js="bksdm_load_checkpoint", inputs=[converted], outputs=[])

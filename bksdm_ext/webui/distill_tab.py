@@ -12,12 +12,12 @@ from ..train.dataset import scan_dataset
 from ..train.prompts import load_prompts
 from ..train.distill_config import DistillConfig
 from ..errors import BadInput
-from ..model.arch import PRESETS
-from ..model.blocks import removal_from_units
-from ..model.ranges import form_number, from_form
+from ..model.blocks import which_student
+from ..settings import form_number, from_form, label
 from ..train.synth_config import SYNTH_COUNT
-from . import a1111, checkpoints, data_picker, init_student_form, job_form, memory_estimate, paths
-from .presets import LABEL_OF, PRESET_LABELS
+from . import (a1111, checkpoints, data_picker, init_student_form, job_form, memory_estimate,
+               paths, setting_fields)
+from .presets import default_label, label_of, labels, name_of
 from .messages import message
 
 SOURCES = ("Image folder", "Teacher-made (no dataset)", "Image folder + teacher-made")
@@ -50,7 +50,7 @@ def data_flags(source: str, folder: str, uploaded: str, synthetic: int,
         scan_dataset(data)  # BadInput: no folder, no captioned images
         values["data"] = str(data)
     if uses_teacher:
-        count = form_number(synthetic or 0, "Teacher-made images")
+        count = form_number(synthetic or 0, label(DistillConfig, "synthetic"))
         if count < 1:
             raise BadInput("Set how many images the teacher should make (at least 1).")
         SYNTH_COUNT.check("synthetic", count)
@@ -78,33 +78,32 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
         if model is not None and model.is_student:
             raise BadInput("%s is a BK-SDM student; choose the teacher it was made from."
                            % teacher.name)
-        values: Dict[str, Any] = {"teacher": str(teacher)}
-        values.update(init_student_form.flags(start_from, init_title, teacher,
-                                              PRESET_LABELS[preset_label]))
+        values: Dict[str, Any] = init_student_form.flags(start_from, init_title, teacher,
+                                                         name_of(preset_label))
         if remove.strip() and "init_student" in values:
             raise BadInput("Also remove these blocks cuts the pruned teacher; a student to start "
                            "from keeps its own blocks. Clear one of the two.")
         if remove.strip():
             values["remove"] = remove.strip()
             if model is not None:  # refused now, not when the job starts
-                removal_from_units(model.arch.teacher, remove, PRESETS[values["arch"]])
-        values.update(data_flags(source, folder, uploaded, synthetic, prompts))
+                which_student(model.arch.teacher, values["preset"], values["remove"])
+        data = data_flags(source, folder, uploaded, synthetic, prompts)
+        values.update((key, value) for key, value in data.items() if key != "resolved_paths")
         if source != SOURCES[0]:
             values.update(negative_prompt=negative_prompt.strip(),
                           random_conditioning=random_conditioning)
-        form = from_form(DistillConfig, teacher=str(teacher), data="", out="", steps=steps,
-                         batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-                         resolution=resolution, save_every=save_every, sample_every=sample_every)
-        values.update(steps=form.steps, batch_size=form.batch_size, grad_accum=form.grad_accum,
-                      lr=form.lr, resolution=form.resolution, mixed_precision=precision,
-                      save_every=form.save_every, sample_every=form.sample_every,
-                      use_8bit_adam=use_8bit_adam,
-                      no_gradient_checkpointing=not gradient_checkpointing, no_ema=not ema)
-        values["sample_prompt"] = [p.strip() for p in sample_prompts.splitlines() if p.strip()]
-        title = "Distill %s → BK-%s%s" % (
-            teacher.stem, LABEL_OF.get(values.get("arch", ""), values.get("arch", "custom")),
-            " minus " + values["remove"] if "remove" in values else "")
-        job = job_form.submit("distill", values, title, free_vram, form_number(gpus or 1, "GPUs"))
+        cfg = from_form(DistillConfig, teacher=str(teacher), out="", steps=steps,
+                        batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+                        resolution=resolution, mixed_precision=precision,
+                        save_every=save_every, sample_every=sample_every,
+                        use_8bit_adam=use_8bit_adam,
+                        gradient_checkpointing=gradient_checkpointing, ema=ema,
+                        sample_prompts=[p.strip() for p in sample_prompts.splitlines()
+                                        if p.strip()], **values)
+        title = "Distill %s → BK-%s%s" % (teacher.stem, label_of(cfg.preset or "custom"),
+                                          " minus " + cfg.remove if cfg.remove else "")
+        job = job_form.submit("distill", cfg, title, free_vram, form_number(gpus or 1, "GPUs"),
+                              options={"resolved_paths": data["resolved_paths"]})
     except BadInput as e:
         return message("error", str(e))
     return job_form.submitted(job)
@@ -120,14 +119,14 @@ def teacher_choices() -> Dict[str, Any]:
 def build() -> None:
     titles = checkpoints.titles(students=False)
     with gr.Row():
-        teacher = gr.Dropdown(titles, value=titles[0] if titles else None, label="Teacher (SD-v1/v2 checkpoint)",
+        teacher = gr.Dropdown(titles, value=titles[0] if titles else None,
+                              label=label(DistillConfig, "teacher"),
                               elem_id="bksdm_distill_teacher", scale=4)
         refresh = gr.Button("↻", elem_id="bksdm_distill_refresh", scale=0, min_width=40)
-        preset = gr.Radio(list(PRESET_LABELS), label="Student preset", elem_id="bksdm_distill_preset",
-                          value=LABEL_OF.get(a1111.opt("bksdm_default_preset", "small"), "Small"))
+        preset = gr.Radio(labels(), label=label(DistillConfig, "preset"),
+                          elem_id="bksdm_distill_preset", value=default_label())
     start_from, init_student = init_student_form.build()
-    remove = gr.Textbox(label="Also remove these blocks (optional; names as in the Convert tab's "
-                              "block picker, e.g. down.3.0,up.3.2)", elem_id="bksdm_distill_remove")
+    remove = gr.Textbox(label=label(DistillConfig, "remove"), elem_id="bksdm_distill_remove")
     source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Training data",
                       elem_id="bksdm_distill_source")
     picker = data_picker.build(data_picker.TRAINING_SET, "Image folder on the server (images "
@@ -137,40 +136,36 @@ def build() -> None:
         check = gr.Button("Check", elem_id="bksdm_distill_check", scale=0, min_width=80)
         checked = gr.HTML(elem_id="bksdm_distill_checked")
     with gr.Row():
-        synthetic = gr.Number(2000, label="Teacher-made images", precision=0,
+        synthetic = gr.Number(2000, label=label(DistillConfig, "synthetic"), precision=0,
                               elem_id="bksdm_distill_synthetic")
-        prompts = gr.Textbox(label="Prompts (a .txt file, a caption folder or a dataset folder; "
-                                   "empty: built-in generator)", elem_id="bksdm_distill_prompts",
-                             visible=paths.typing_allowed())
-        negative = gr.Textbox(label="Negative prompt", elem_id="bksdm_distill_negative")
-        random_conditioning = gr.Checkbox(False, label="Random conditioning",
-                                          elem_id="bksdm_distill_random_conditioning")
+        prompts = gr.Textbox(label=label(DistillConfig, "prompts"),
+                             elem_id="bksdm_distill_prompts", visible=paths.typing_allowed())
+        negative = gr.Textbox(DEFAULTS.negative_prompt,
+                              label=label(DistillConfig, "negative_prompt"),
+                              elem_id="bksdm_distill_negative")
+        random_conditioning = setting_fields.checkbox(DEFAULTS, "random_conditioning",
+                                                elem_id="bksdm_distill_random_conditioning")
     with gr.Row():
-        steps = gr.Number(DEFAULTS.steps, label="Steps", precision=0, elem_id="bksdm_distill_steps")
-        batch_size = gr.Number(DEFAULTS.batch_size, label="Batch per GPU", precision=0,
-                               elem_id="bksdm_distill_batch")
-        grad_accum = gr.Number(DEFAULTS.grad_accum, label="Gradient accumulation", precision=0,
-                               elem_id="bksdm_distill_accum")
-        lr = gr.Number(DEFAULTS.learning_rate(), label="Learning rate", elem_id="bksdm_distill_lr")
-        resolution = gr.Number(DEFAULTS.resolution, label="Resolution", precision=0,
-                               elem_id="bksdm_distill_resolution")
+        steps = setting_fields.number(DEFAULTS, "steps", precision=0, elem_id="bksdm_distill_steps")
+        batch_size = setting_fields.number(DEFAULTS, "batch_size", precision=0, elem_id="bksdm_distill_batch")
+        grad_accum = setting_fields.number(DEFAULTS, "grad_accum", precision=0, elem_id="bksdm_distill_accum")
+        lr = gr.Number(DEFAULTS.learning_rate(), label=label(DistillConfig, "lr"),  # KD's
+                       elem_id="bksdm_distill_lr")
+        resolution = setting_fields.number(DEFAULTS, "resolution", precision=0, elem_id="bksdm_distill_resolution")
     with gr.Row():
         precision = job_form.precision_dropdown("distill")
-        gradient_checkpointing = gr.Checkbox(DEFAULTS.gradient_checkpointing,
-                                             label="Gradient checkpointing")
-        ema = gr.Checkbox(DEFAULTS.ema, label="EMA of the weights")
-        use_8bit_adam = gr.Checkbox(False, label="8-bit AdamW (bitsandbytes)")
+        gradient_checkpointing, ema, use_8bit_adam = [
+            setting_fields.checkbox(DEFAULTS, name)
+            for name in ("gradient_checkpointing", "ema", "use_8bit_adam")]
         free_vram = gr.Checkbox(a1111.opt("bksdm_free_vram", False),
                                 label="Free the WebUI's VRAM while it runs",
                                 elem_id="bksdm_distill_free_vram")
         gpus = gr.Number(1, label="GPUs", precision=0, visible=job_form.gpu_count() > 1)
     with gr.Row():
-        save_every = gr.Number(DEFAULTS.save_every, label="Checkpoint every N steps", precision=0,
-                               elem_id="bksdm_distill_save_every")
-        sample_every = gr.Number(DEFAULTS.sample_every, label="Samples every N steps (0: never)",
-                                 precision=0, elem_id="bksdm_distill_sample_every")
+        save_every = setting_fields.number(DEFAULTS, "save_every", precision=0, elem_id="bksdm_distill_save_every")
+        sample_every = setting_fields.number(DEFAULTS, "sample_every", precision=0, elem_id="bksdm_distill_sample_every")
         sample_prompts = gr.Textbox("\n".join(DEFAULTS.sample_prompts), lines=3,
-                                    label="Sample prompts (one per line)")
+                                    label=label(DistillConfig, "sample_prompts"))
     memory_estimate.show(memory_estimate.distill_estimate,
                          [teacher, preset, batch_size, grad_accum, resolution, precision,
                           gradient_checkpointing, ema, use_8bit_adam], "bksdm_distill_memory")

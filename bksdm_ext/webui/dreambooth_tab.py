@@ -5,19 +5,21 @@ Class images for prior preservation come from the teacher, as in the paper ("gen
 by the original SDM"): for a student the tab proposes the teacher it was converted from
 when that file is in the dropdown.
 """
-from typing import Any, Dict, List, Tuple
+from dataclasses import replace
+from typing import Any, List, Tuple
 
 import gradio as gr
 
-from ..model.ranges import from_form
+from ..settings import from_form, label
 from ..train.dreambooth import instance_images
-from ..train.dreambooth_config import DreamBoothConfig
+from ..train.dreambooth_config import FULL_LR, DreamBoothConfig
 from ..errors import BadInput
-from . import a1111, checkpoints, data_picker, job_form, memory_estimate
+from . import a1111, checkpoints, data_picker, job_form, memory_estimate, setting_fields
 from .messages import message
 
 SAME_MODEL = "(the model itself)"
 FOLDER_FIELD = "Instance images folder"
+DEFAULTS = DreamBoothConfig(model="", instance_dir="", instance_prompt="", out="")
 
 
 def class_model_choices(model_title: str) -> Tuple[List[str], str]:
@@ -48,31 +50,28 @@ def start(model_title: str, class_title: str, folder: str, instance_prompt: str,
         if prior and not class_prompt.strip():
             raise BadInput("Write the class prompt, e.g. 'a photo of a dog', or untick prior "
                            "preservation.")
-        form = from_form(DreamBoothConfig, model=str(model), instance_dir=str(instance_dir),
-                         instance_prompt=instance_prompt, class_prompt=class_prompt, out="",
-                         num_class_images=num_class_images, steps=steps, lr=lr,
-                         resolution=resolution, lora_rank=lora_rank, lora_lr=lora_lr)
-        values: Dict[str, Any] = {
-            "model": str(model), "instance_dir": str(instance_dir),
-            "instance_prompt": instance_prompt.strip(), "class_prompt": class_prompt.strip(),
-            "steps": form.steps, "resolution": form.resolution, "mixed_precision": precision,
-            "no_prior_preservation": not prior, "no_train_text_encoder": not text_encoder,
-            "no_gradient_checkpointing": not gradient_checkpointing,
-            "use_8bit_adam": use_8bit_adam,
-            "resolved_paths": True}  # the job refuses the folder if a link stands there then
-        if prior:
-            # One shared folder: a later run with the same class prompt reuses the images.
-            values.update(num_class_images=form.num_class_images,
-                          class_dir=str(a1111.data_dir() / "class-images"))
-            if class_title and class_title != SAME_MODEL:
-                values["class_model"] = str(checkpoints.filename(class_title))
-        if lora:
-            values.update(lora=True, lora_rank=form.lora_rank, lora_lr=form.lora_lr)
-        else:
-            values["lr"] = form.lr
+        # One shared folder for class images: a later run with the same class prompt
+        # reuses them.
+        class_dir = str(a1111.data_dir() / "class-images") if prior else None
+        class_model = (str(checkpoints.filename(class_title))
+                       if prior and class_title and class_title != SAME_MODEL else None)
+        cfg = from_form(DreamBoothConfig, model=str(model), instance_dir=str(instance_dir),
+                        instance_prompt=instance_prompt.strip(),
+                        class_prompt=class_prompt.strip(), out="",
+                        num_class_images=num_class_images, steps=steps, lr=lr,
+                        resolution=resolution, lora_rank=lora_rank,
+                        lora_lr=lora_lr, mixed_precision=precision, prior_preservation=prior,
+                        train_text_encoder=text_encoder, lora=lora,
+                        gradient_checkpointing=gradient_checkpointing,
+                        use_8bit_adam=use_8bit_adam, class_dir=class_dir,
+                        class_model=class_model)
+        if lora:  # LoRA mode trains at the LoRA learning rate
+            cfg = replace(cfg, lr=None)
         title = "DreamBooth %s on '%s' (%d images%s)" % (
             model.stem, instance_prompt.strip(), len(images), ", LoRA" if lora else "")
-        job = job_form.submit("dreambooth", values, title, free_vram)
+        # The job refuses the folder if a link stands there by then.
+        job = job_form.submit("dreambooth", cfg, title, free_vram,
+                              options={"resolved_paths": True})
     except BadInput as e:
         return message("error", str(e))
     return job_form.submitted(job)
@@ -83,35 +82,37 @@ def build() -> None:
     first = titles[0] if titles else None
     classes, proposed = class_model_choices(first or "")
     with gr.Row():
-        model = gr.Dropdown(titles, value=first, label="Model to personalise (a student or any "
-                            "SD-v1/v2 checkpoint)", elem_id="bksdm_db_model", scale=4)
+        model = gr.Dropdown(titles, value=first, label=label(DEFAULTS, "model"),
+                            elem_id="bksdm_db_model", scale=4)
         refresh = gr.Button("↻", elem_id="bksdm_db_refresh", scale=0, min_width=40)
-        class_model = gr.Dropdown(classes, value=proposed, label="Class images made by",
+        class_model = gr.Dropdown(classes, value=proposed, label=label(DEFAULTS, "class_model"),
                                   elem_id="bksdm_db_class_model", scale=3)
     picker = data_picker.build(data_picker.PHOTOS, "Instance images folder on the server (3–5 "
                                "photos of the subject)", "bksdm_db_folder")
     folder, uploaded = picker.typed, picker.uploaded
     with gr.Row():
-        instance_prompt = gr.Textbox(label="Instance prompt", placeholder="a photo of sks dog",
+        instance_prompt = gr.Textbox(label=label(DEFAULTS, "instance_prompt"),
+                                     placeholder="a photo of sks dog",
                                      elem_id="bksdm_db_instance_prompt")
-        class_prompt = gr.Textbox(label="Class prompt", placeholder="a photo of a dog",
-                                  elem_id="bksdm_db_class_prompt")
+        class_prompt = gr.Textbox(label=label(DEFAULTS, "class_prompt"),
+                                  placeholder="a photo of a dog", elem_id="bksdm_db_class_prompt")
     with gr.Row():
-        prior = gr.Checkbox(True, label="Prior preservation (weight 1)")
-        num_class_images = gr.Number(200, label="Class images", precision=0,
-                                     elem_id="bksdm_db_class_images")
-        steps = gr.Number(800, label="Steps", precision=0, elem_id="bksdm_db_steps")
-        lr = gr.Number(1e-6, label="Learning rate (full)", elem_id="bksdm_db_lr")
-        resolution = gr.Number(512, label="Resolution", precision=0, elem_id="bksdm_db_resolution")
+        prior = setting_fields.checkbox(DEFAULTS, "prior_preservation")
+        num_class_images = setting_fields.number(DEFAULTS, "num_class_images", precision=0,
+                                           elem_id="bksdm_db_class_images")
+        steps = setting_fields.number(DEFAULTS, "steps", precision=0, elem_id="bksdm_db_steps")
+        lr = gr.Number(FULL_LR, label=label(DEFAULTS, "lr"), elem_id="bksdm_db_lr")
+        resolution = setting_fields.number(DEFAULTS, "resolution", precision=0,
+                                     elem_id="bksdm_db_resolution")
     with gr.Row():
-        text_encoder = gr.Checkbox(True, label="Train the text encoder too")
-        lora = gr.Checkbox(False, label="LoRA (needs peft)", elem_id="bksdm_db_lora")
-        lora_rank = gr.Number(16, label="LoRA rank", precision=0)
-        lora_lr = gr.Number(1e-4, label="LoRA learning rate")
+        text_encoder = setting_fields.checkbox(DEFAULTS, "train_text_encoder")
+        lora = setting_fields.checkbox(DEFAULTS, "lora", elem_id="bksdm_db_lora")
+        lora_rank = setting_fields.number(DEFAULTS, "lora_rank", precision=0)
+        lora_lr = setting_fields.number(DEFAULTS, "lora_lr")
     with gr.Row():
         precision = job_form.precision_dropdown("dreambooth")
-        gradient_checkpointing = gr.Checkbox(True, label="Gradient checkpointing")
-        use_8bit_adam = gr.Checkbox(False, label="8-bit AdamW (bitsandbytes)")
+        gradient_checkpointing = setting_fields.checkbox(DEFAULTS, "gradient_checkpointing")
+        use_8bit_adam = setting_fields.checkbox(DEFAULTS, "use_8bit_adam")
         free_vram = gr.Checkbox(a1111.opt("bksdm_free_vram", False),
                                 label="Free the WebUI's VRAM while it runs")
     memory_estimate.show(memory_estimate.dreambooth_estimate,

@@ -7,8 +7,8 @@ from typing import Any, Dict, Tuple
 import gradio as gr
 
 from ..errors import BadInput
-from ..model.arch import PRESETS, Architecture
-from ..model.blocks import notation
+from ..model.arch import PRESETS
+from ..model.blocks import notation, which_student
 from ..model.checkpoint import Checkpoint
 from ..model.detect import inspect_checkpoint
 from ..train.init_student import checked_init_student
@@ -39,11 +39,11 @@ def student_choices() -> Any:
 
 
 def flags(start_from: str, student_title: str, teacher: Path, preset: str) -> Dict[str, str]:
-    """--arch (and --init-student): the student's own preset, once its file is known to fit
-    the teacher, so a wrong pick is refused here instead of in the job's log; a custom
-    student's layout is --remove (--arch takes presets only)."""
+    """The preset (and init_student) settings: the student's own preset, once its file is
+    known to fit the teacher, so a wrong pick is refused here instead of in the job's log; a
+    custom student's layout is `remove` (--arch takes presets only)."""
     if start_from != START_FROM[1]:
-        return {"arch": preset}
+        return {"preset": preset}
     path = checkpoints.filename(student_title)
     model = checkpoints.describe(path)
     if model is None or not model.is_student:
@@ -51,8 +51,8 @@ def flags(start_from: str, student_title: str, teacher: Path, preset: str) -> Di
     teacher_ckpt = Checkpoint(teacher)
     info = inspect_checkpoint(teacher_ckpt)
     checked_init_student(str(path), teacher_ckpt, info,
-                         Architecture(info.arch.teacher, model.arch.removal))
+                         which_student(info.arch.teacher, model.arch.removal))
     if model.preset not in PRESETS:
         return {"remove": notation(model.arch), "init_student": str(path)}
-    return {"arch": model.preset, "init_student": str(path)}
+    return {"preset": model.preset, "init_student": str(path)}
 

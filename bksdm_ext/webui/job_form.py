@@ -1,13 +1,14 @@
-"""What the Distill and DreamBooth tabs share: turning a form into a queued job and the
+"""What the Distill and DreamBooth tabs share: turning a config into a queued job and the
 Cancel / Save and stop / Resume row for the tab's newest job."""
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import gradio as gr
 import torch
 
 from ..errors import BadInput
-from ..jobs.arguments import command_line
+from ..jobs.arguments import command_line, config_argv
 from ..jobs.runner import Job, progress_of
+from ..train.shared_settings import MIXED_PRECISION
 from . import jobs_service
 from .job_status import act, progress_bar_html
 from .messages import message
@@ -15,23 +16,27 @@ from .messages import message
 
 def precision_dropdown(kind: str) -> gr.Dropdown:
     """Mixed precision for a job: fp16 on a GPU, none on a CPU (where autocast would not help)."""
-    return gr.Dropdown(["fp16", "bf16", "no"], value="fp16" if torch.cuda.is_available() else "no",
-                       label="Mixed precision", elem_id="bksdm_%s_precision" % kind)
+    return gr.Dropdown(list(MIXED_PRECISION.choices or ()),
+                       value="fp16" if torch.cuda.is_available() else "no",
+                       label=MIXED_PRECISION.label, elem_id="bksdm_%s_precision" % kind)
 
 
 def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def submit(kind: str, options: Mapping[str, Any], title: str, free_vram: bool,
-           gpus: float = 1, positional: Sequence[str] = ()) -> Job:
-    """Queue a `kind` run of `options` (``{"steps": 400, ...}``) and `positional` values,
-    written by `command_line`: no text typed in a form is ever read as an option."""
+def submit(kind: str, settings: Any, title: str, free_vram: bool, gpus: float = 1,
+           options: Optional[Mapping[str, Any]] = None, positional: Sequence[str] = ()) -> Job:
+    """Queue a `kind` run of `settings` (the command's settings dataclass, which writes its
+    own options), the command's other `options` (``{"cache_dir": ...}``) and `positional`
+    values, all written by `command_line`: no text typed in a form is ever read as an
+    option."""
     processes = max(int(gpus or 1), 1)
     if processes > max(gpu_count(), 1):
         raise BadInput("%d GPUs asked for, %d found." % (processes, gpu_count()))
-    return jobs_service.runner().submit(kind, command_line(options, positional), title=title,
-                                        free_vram=free_vram, processes=processes)
+    argv = config_argv(settings) + command_line(options or {}, positional)
+    return jobs_service.runner().submit(kind, argv, title=title, free_vram=free_vram,
+                                        processes=processes)
 
 
 def submitted(job: Job) -> str:

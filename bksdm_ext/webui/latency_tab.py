@@ -20,10 +20,10 @@ from ..measure import device_info
 from ..model.checkpoint import Checkpoint
 from ..model.detect import inspect_checkpoint
 from ..errors import BadInput
-from ..model.ranges import from_form
+from ..settings import from_form, label
 from ..measure.latency import (PAPER_ORIN_SECONDS, LatencyResult, LatencySettings, set_speedups,
                        table, time_generation)
-from . import a1111, checkpoints
+from . import a1111, checkpoints, setting_fields
 from .txt2img import SAMPLER, txt2img
 from .messages import message
 
@@ -218,12 +218,12 @@ def build() -> None:
                                   elem_id="bksdm_latency_models")
         refresh = gr.Button("↻", elem_id="bksdm_latency_refresh", scale=0, min_width=40)
     with gr.Row():
-        steps = gr.Number(defaults.steps, label="Steps (%s)" % SAMPLER, precision=0)
-        size = gr.Number(defaults.size, label="Width = height", precision=0)
-        cfg_scale = gr.Number(defaults.cfg_scale, label="CFG scale")
-        runs = gr.Number(defaults.runs, label="Timed runs", precision=0)
-        warmup = gr.Number(defaults.warmup, label="Warm-up runs", precision=0)
-        seed = gr.Number(defaults.seed, label="Seed", precision=0)
+        steps = setting_fields.number(defaults, "steps", precision=0, label="%s (%s)" % (
+            label(defaults, "steps"), SAMPLER))
+        size = setting_fields.number(defaults, "size", precision=0)
+        cfg_scale = setting_fields.number(defaults, "cfg_scale")
+        runs, warmup, seed = [setting_fields.number(defaults, name, precision=0)
+                              for name in ("runs", "warmup", "seed")]
     id_task = gr.Textbox(visible=False)
     start = gr.Button("Measure", variant="primary", elem_id="bksdm_latency_run")
     gr.HTML(elem_id="bksdm_latency_progress")

@@ -6,13 +6,13 @@ from typing import Any, Callable, List, Optional
 import gradio as gr
 
 from ..errors import BadInput
-from ..model.ranges import from_form
+from ..settings import from_form
 from ..train.distill_config import DistillConfig
 from ..train.dreambooth_config import DreamBoothConfig
 from ..train.memory_fit import fit_distill, fit_dreambooth, free_gpu_bytes, have_bitsandbytes
 from ..train.memory_plan import MemoryPlan
 from . import checkpoints
-from .presets import PRESET_LABELS
+from .presets import name_of
 from .messages import message
 
 
@@ -38,7 +38,7 @@ def distill_estimate(teacher: str, preset_label: str, batch_size: float, grad_ac
     model = _model(teacher)
     try:
         cfg = from_form(DistillConfig, teacher="", data="", out="",
-                        arch=PRESET_LABELS.get(preset_label, "small"), batch_size=batch_size,
+                        preset=name_of(preset_label), batch_size=batch_size,
                         grad_accum=grad_accum, resolution=resolution, mixed_precision=precision,
                         gradient_checkpointing=checkpointing, ema=ema, use_8bit_adam=eight_bit)
     except BadInput as e:
@@ -66,7 +66,7 @@ def show(estimate: Callable[..., str], inputs: List[Any], elem_id: str) -> None:
 
     The first input, the model dropdown, is read but does not trigger it: any listener on
     that dropdown keeps gradio 3.41 from opening its list after ↻ has updated it (seen in
-    tests/test_browser.py), and the model changes the estimate only through SD-v1 vs v2.
+    tests/webui/test_browser.py), and the model changes the estimate only through SD-v1 vs v2.
     """
     box = gr.HTML(estimate(*[getattr(c, "value", None) for c in inputs]), elem_id=elem_id)
     for component in inputs[1:]:

@@ -10,8 +10,8 @@ import gradio as gr
 
 from ..errors import BadInput
 from ..model.checkpoint import Checkpoint
-from ..model.ranges import form_number
-from ..model.transplant import TransplantReport, transplant
+from ..model.transplant import TransplantReport, TransplantSettings, transplant
+from ..settings import form_number, label
 from . import a1111, checkpoints
 
 START_FROM = ("The loaded model's own weights",
@@ -80,7 +80,8 @@ def build() -> Fields:
                                elem_id="bksdm_transplant_base")
             lora = gr.Dropdown(lora_choices(), label="LoRA (made for the loaded model)",
                                visible=False, elem_id="bksdm_transplant_lora")
-            alpha = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Share of the difference (α)",
+            alpha = gr.Slider(0.0, 2.0, value=TransplantSettings.alpha, step=0.05,
+                              label=label(TransplantSettings, "alpha"),
                               elem_id="bksdm_transplant_alpha")
         hint = gr.Markdown(HINT)
 
@@ -136,7 +137,7 @@ def result_text(report: TransplantReport) -> str:
              else "(loaded model − %s)" % Path(report.base).name)
     text = ("Wrote %s: the BK-SDM %s student %s + %.2f × %s, %s parameters, %.0f%% of the %s's "
             "U-Net change kept, in %.1f s. It is in the checkpoint dropdown now."
-            % (report.output, report.arch, Path(report.student).name, report.alpha, added,
+            % (report.output, report.preset, Path(report.student).name, report.alpha, added,
                format(report.unet_params, ","), 100 * report.carried_share,
                "LoRA" if report.lora else "loaded model", report.seconds))
     return " ".join([text] + ["⚠️ " + w for w in report.warnings])
