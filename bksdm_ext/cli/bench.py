@@ -15,17 +15,24 @@ def add(commands: Any) -> None:
                     "Defaults are the paper's Jetson AGX Orin setup.")
     bench.add_argument("models", nargs="+", help="A1111 checkpoints (teacher first is clearest)")
     add_settings(bench, LatencySettings)
+    bench.add_argument("--at", action="append", default=[], metavar="SAMPLER:STEPS[:CFG]",
+                       help="time each model at this sampler and steps (and CFG scale) instead "
+                            "of --sampler/--steps; repeatable or comma-separated, e.g. --at "
+                            "euler_a:25,lcm:4:1: one row per model and point, speed-ups against "
+                            "the teacher's first")
     add_json(bench)
     bench.set_defaults(run=run, render=render)
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
     from ..measure.latency import measure_all
+    from ..model.samplers import parse_points
 
+    points = parse_points(args.at)  # a bad one is refused before any model loads
     progress = None if args.json else (lambda name: print("measuring %s ..." % name,
                                                           file=sys.stderr))
     return {"results": [r.as_dict() for r in measure_all(
-        args.models, settings_from(args, LatencySettings), progress)]}
+        args.models, settings_from(args, LatencySettings), progress, points)]}
 
 
 def render(result: Dict[str, Any]) -> str:

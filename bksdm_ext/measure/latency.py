@@ -4,11 +4,13 @@ What the paper reports for Jetson AGX Orin is the end-to-end time of one image (
 steps of DPM++ 2M Karras, 512², CFG 7, batch 1).  Besides that, each part is timed on
 its own (U-Net per step with its CFG batch, VAE decode, text encoder), so a speed-up
 can be traced to the U-Net where BK-SDM removes blocks.  Medians over timed runs after
-warm-up, with the spread.
+warm-up, with the spread.  Each model may be timed at several draw points (sampler and
+steps): a teacher at 25 steps of Euler a beside a consistency-distilled student at 4 of
+LCM, where each is used.
 """
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -18,7 +20,7 @@ from ..model.checkpoint import Checkpoint
 from ..model.detect import inspect_checkpoint
 from ..model.generation import make_pipeline
 from ..model.loading import load_text_encoder, load_unet, load_vae
-from ..model.samplers import DEFAULT_SAMPLER, SAMPLERS
+from ..model.samplers import DEFAULT_SAMPLER, SAMPLERS, DrawPoint
 from ..settings import GUIDANCE, IMAGE_SIZE, SAMPLER_STEPS, SEED, Range, check_ranges, setting
 
 # The paper's Jetson AGX Orin 32GB figures (A1111 1.6.1, 20 steps DPM++ 2M Karras, 512², CFG 7).
@@ -192,31 +194,42 @@ def device_name(device: torch.device) -> str:
 
 
 def measure_all(paths: Sequence[Union[str, Path]], settings: LatencySettings,
-                progress: Optional[Callable[[str], None]] = None) -> List[LatencyResult]:
-    """Every model in turn, with speed-ups."""
+                progress: Optional[Callable[[str], None]] = None,
+                points: Sequence[DrawPoint] = ()) -> List[LatencyResult]:
+    """Every model in turn, at each draw point (none: the settings' sampler and steps),
+    with speed-ups."""
     results = []
     for path in paths:
-        if progress is not None:
-            progress(Path(path).name)
-        results.append(measure(path, settings))
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        for each in [at_point(settings, point) for point in points] or [settings]:
+            if progress is not None:
+                progress("%s, %s %d steps" % (Path(path).name, each.sampler, each.steps))
+            results.append(measure(path, each))
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     set_speedups(results)
     return results
 
 
+def at_point(settings: LatencySettings, point: DrawPoint) -> LatencySettings:
+    """The settings with the point's sampler, steps and (when it has one) CFG scale."""
+    return replace(settings, sampler=point.sampler, steps=point.steps,
+                   cfg_scale=settings.cfg_scale if point.cfg_scale is None else point.cfg_scale)
+
+
 def set_speedups(results: Sequence[LatencyResult]) -> None:
-    """Speed-ups relative to the teacher among the results, else to the first one."""
+    """Speed-ups relative to the teacher's first result (at the first draw point), else to
+    the first one."""
     reference = next((r for r in results if r.preset == "teacher"), results[0])
     for result in results:
         result.speedup = reference.seconds_per_image.median / result.seconds_per_image.median
 
 
 def table(results: Sequence[LatencyResult]) -> str:
-    head = ("model", "preset", "U-Net params", "s/image (min-max)", "U-Net ms/step", "VAE ms",
-            "text ms", "peak GiB", "speed-up")
+    head = ("model", "preset", "U-Net params", "sampler", "steps", "s/image (min-max)",
+            "U-Net ms/step", "VAE ms", "text ms", "peak GiB", "speed-up")
     rows = [head] + [(
-        r.model, r.preset, format(r.unet_params, ","),
+        r.model, r.preset, format(r.unet_params, ","), str(r.settings.get("sampler", "")),
+        str(r.settings.get("steps", "")),
         "%.3f (%.3f-%.3f)" % (r.seconds_per_image.median, r.seconds_per_image.low,
                               r.seconds_per_image.high),
         "%.1f" % r.unet_ms_per_step.median, "%.1f" % r.vae_decode_ms.median,

@@ -14,7 +14,7 @@ from .checkpoint import Checkpoint
 from ..errors import BadInput
 from .keymap import UNET_PREFIX, KeyMap
 from .parts_keymap import TEXT_PREFIX, VAE_PREFIX
-from .samplers import Recommendation
+from .samplers import DrawPoint
 
 
 # A custom student's removal in block notation (which teacher layers it kept).
@@ -66,9 +66,9 @@ class ModelInfo:
         return not self.arch.is_teacher
 
     @property
-    def recommendation(self) -> Optional[Recommendation]:
+    def recommendation(self) -> Optional[DrawPoint]:
         """The sampler, steps and CFG the file says it was made for (an LCM student's)."""
-        return Recommendation.from_metadata(self.metadata)
+        return DrawPoint.from_metadata(self.metadata)
 
 
 def config_path(checkpoint: Path) -> Path:

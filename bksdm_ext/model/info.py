@@ -7,7 +7,7 @@ from .checkpoint import Checkpoint
 from .blocks import notation
 from .detect import config_path, inspect_checkpoint
 from .lora_keymap import is_lora
-from .samplers import Recommendation
+from .samplers import DrawPoint
 
 
 def describe(path: Union[str, Path], v_prediction: Optional[bool] = None) -> Dict[str, Any]:
@@ -55,7 +55,7 @@ def _describe_lora(ckpt: Checkpoint) -> Dict[str, Any]:
 def _with_recommendation(described: Dict[str, Any], metadata: Dict[str, str]) -> Dict[str, Any]:
     """`described` with ``recommended`` (e.g. "LCM, 4 steps, CFG 1") before the metadata,
     when the file records one."""
-    recommendation = Recommendation.from_metadata(metadata)
+    recommendation = DrawPoint.from_metadata(metadata)
     if recommendation is None:
         return described
     own = described.pop("metadata")

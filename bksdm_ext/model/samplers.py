@@ -2,7 +2,10 @@
 sampler/steps/CFG a model was made for; importable without torch, so the command line
 lists them in its help and choices."""
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from ..errors import BadInput
+from ..settings import GUIDANCE, SAMPLER_STEPS, form_number
 
 # sampler name -> (diffusers scheduler class name, extra config)
 SAMPLERS: Dict[str, Tuple[str, Dict[str, Any]]] = {
@@ -25,21 +28,43 @@ RECOMMENDED = ("bksdm.recommended_sampler", "bksdm.recommended_steps", "bksdm.re
 
 
 @dataclass(frozen=True)
-class Recommendation:
-    """How a model is meant to draw: a sampler (this table's name), its steps and CFG scale.
-    A consistency-distilled student records the ones it was distilled for in its metadata
-    (``bksdm.recommended_*``, the sampler as A1111 names it), so the WebUI can show them."""
+class DrawPoint:
+    """A sampler (this table's name), its steps and a CFG scale (None: the caller's own): where
+    a model is timed or compared (``sampler:steps[:cfg]`` on the command line: ``euler_a:25``,
+    ``lcm:4:1``), and how it is meant to draw.  A consistency-distilled student records the one
+    it was distilled for in its metadata (``bksdm.recommended_*``, the sampler as A1111 names
+    it), so the WebUI can show it."""
 
     sampler: str
     steps: int
-    cfg_scale: float
+    cfg_scale: Optional[float] = None
+
+    @classmethod
+    def parse(cls, text: str) -> "DrawPoint":
+        """``sampler:steps[:cfg]``; BadInput saying which and what to write."""
+        parts = [part.strip() for part in text.split(":")]
+        if len(parts) not in (2, 3) or not parts[0]:
+            raise BadInput("draw point %r: write sampler:steps or sampler:steps:cfg, e.g. "
+                           "euler_a:25 or lcm:4:1" % text)
+        if parts[0] not in SAMPLERS:
+            raise BadInput("draw point %r: unknown sampler %r; one of %s"
+                           % (text, parts[0], ", ".join(SAMPLERS)))
+        try:
+            steps = form_number(parts[1], "steps", whole=True)
+            SAMPLER_STEPS.check("steps", steps)
+            cfg = form_number(parts[2], "cfg_scale", whole=False) if len(parts) == 3 else None
+            if cfg is not None:
+                GUIDANCE.check("cfg_scale", cfg)
+        except BadInput as e:
+            raise BadInput("draw point %r: %s" % (text, e)) from None
+        return cls(parts[0], steps, cfg)
 
     def metadata(self) -> Dict[str, str]:
         return dict(zip(RECOMMENDED, (A1111_NAMES.get(self.sampler, self.sampler),
                                       str(self.steps), "%g" % self.cfg_scale)))
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, str]) -> Optional["Recommendation"]:
+    def from_metadata(cls, metadata: Mapping[str, str]) -> Optional["DrawPoint"]:
         """The recommendation a file's metadata records; None without one (or a damaged one)."""
         if not all(key in metadata for key in RECOMMENDED):
             return None
@@ -51,5 +76,10 @@ class Recommendation:
             return None
 
     def describe(self) -> str:
-        return "%s, %d steps, CFG %g" % (A1111_NAMES.get(self.sampler, self.sampler), self.steps,
-                                         self.cfg_scale)
+        return "%s, %d steps%s" % (A1111_NAMES.get(self.sampler, self.sampler), self.steps,
+                                   "" if self.cfg_scale is None else ", CFG %g" % self.cfg_scale)
+
+
+def parse_points(texts: Sequence[str]) -> List[DrawPoint]:
+    """Draw points from texts, each one or several separated by commas."""
+    return [DrawPoint.parse(text) for entry in texts for text in entry.split(",") if text.strip()]

@@ -33,7 +33,7 @@ from ..model.detect import ModelInfo, inspect_checkpoint
 from ..model.generation import make_pipeline
 from ..model.keymap import UNET_PREFIX, KeyMap
 from ..model.loading import latent_scale, load_unet, load_vae, noise_scheduler
-from ..model.samplers import DEFAULT_CFG, DEFAULT_SAMPLER, Recommendation
+from ..model.samplers import DEFAULT_CFG, DEFAULT_SAMPLER, DrawPoint
 from ..model.safetensors_io import tensor_out
 from ..model.text_encoding import text_encoder_fn
 from ..scores.agreement import agreement
@@ -464,11 +464,11 @@ class _Sampler:
         self.negative = encode([""]).to(device, self.dtype)
         self.cfg, self.info, self.device = cfg, info, device
         self.vae = load_vae(ckpt).to(device, self.dtype).eval()
-        reference = Recommendation(DEFAULT_SAMPLER, cfg.sample_steps, DEFAULT_CFG)
+        reference = DrawPoint(DEFAULT_SAMPLER, cfg.sample_steps, DEFAULT_CFG)
         self.teacher_images = self._images(teacher, reference)
         self.drawing = cfg.recommendation() or reference
 
-    def _images(self, unet: torch.nn.Module, drawing: Recommendation) -> List[Any]:
+    def _images(self, unet: torch.nn.Module, drawing: DrawPoint) -> List[Any]:
         return prompt_images(make_pipeline(unet, self.vae, self.info, drawing.sampler),
                              self.embeddings, self.negative, self.cfg.resolution, drawing.steps,
                              self.cfg.seed, drawing.cfg_scale)

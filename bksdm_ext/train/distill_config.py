@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from ..errors import BadInput
 from ..model.arch import PRESETS, V_PREDICTION
 from ..model.blocks import REMOVE_HELP
-from ..model.samplers import Recommendation
+from ..model.samplers import DrawPoint
 from ..settings import (BATCH, EVERY, GUIDANCE, IMAGE_SIZE, KEEP_CHECKPOINTS, LEARNING_RATE,
                         LOG_EVERY, LORA_RANK, REQUIRED, SAMPLER_STEPS, SEED, TRAINING_STEPS,
                         Range, check_ranges, check_sample_grids, setting)
@@ -209,10 +209,10 @@ class DistillConfig:
             return LCM_LORA_LR if self.lora_rank else LCM_LR
         return KD_LR
 
-    def recommendation(self) -> Optional[Recommendation]:
+    def recommendation(self) -> Optional[DrawPoint]:
         """How the result is meant to draw: an LCM student in its steps without CFG (the
         guidance is distilled in); a KD student as its teacher does (None)."""
-        return Recommendation("lcm", self.lcm_steps, 1.0) if self.objective == "lcm" else None
+        return DrawPoint("lcm", self.lcm_steps, 1.0) if self.objective == "lcm" else None
 
     def eval_interval(self) -> int:
         return self.sample_every if self.eval_every is None else self.eval_every

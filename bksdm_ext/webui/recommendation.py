@@ -8,17 +8,17 @@ from typing import Any, Dict, Iterable, Optional
 
 from ..errors import BadInput
 from ..model.checkpoint import Checkpoint
-from ..model.samplers import A1111_NAMES, Recommendation
+from ..model.samplers import A1111_NAMES, DrawPoint
 
 LOG_PREFIX = "BK-SDM:"
 
 
-def for_file(path: Path) -> Optional[Recommendation]:
+def for_file(path: Path) -> Optional[DrawPoint]:
     """The recommendation a .safetensors file's header records, if any."""
     if path.suffix != ".safetensors" or not path.is_file():
         return None
     try:
-        return Recommendation.from_metadata(Checkpoint(path).metadata)
+        return DrawPoint.from_metadata(Checkpoint(path).metadata)
     except BadInput:  # an unreadable file: the load check and the lists say so
         return None
 
@@ -47,7 +47,7 @@ def lora_notes(p: Any, networks: Iterable[Any]) -> Dict[str, str]:
     notes = {}
     for net in networks:
         metadata = getattr(getattr(net, "network_on_disk", None), "metadata", None) or {}
-        recommendation = Recommendation.from_metadata(metadata)
+        recommendation = DrawPoint.from_metadata(metadata)
         if recommendation is None:
             continue
         meant = (A1111_NAMES.get(recommendation.sampler, recommendation.sampler),

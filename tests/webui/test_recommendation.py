@@ -8,14 +8,14 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from bksdm_ext.model.convert import convert_checkpoint
-from bksdm_ext.model.samplers import Recommendation
+from bksdm_ext.model.samplers import DrawPoint
 from bksdm_ext.webui import lcm_sampler
 from test_lcm_sampler import a1111_1_6_samplers  # noqa: F401 - a fixture
 from test_webui_lora import networks, save_lora, student_made_lora
 from tiny import TINY, write_teacher
 from webui_env import load, standin_app, start_webui_with_lora
 
-LCM_4 = Recommendation("lcm", 4, 1.0)
+LCM_4 = DrawPoint("lcm", 4, 1.0)
 
 
 def with_metadata(source: Path, target: Path, extra: dict) -> Path:
