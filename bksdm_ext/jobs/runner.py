@@ -8,6 +8,10 @@ process still running is re-attached, a dead one is marked interrupted and can r
 from its last checkpoint.  The run's own event file and its worker's ``exit.json`` say
 how it ended.
 
+A job may wait for another (``after``: "KD then LCM" starts the LCM run from the KD run's
+result): it starts only once that one succeeded, and is cancelled, saying why, when that
+one ends any other way.
+
 Several processes may share one jobs folder (the WebUI, ``bksdm jobs watch``): every change
 of a ``job.json`` happens under a lock file in the folder, so a queued job starts once.
 """
@@ -58,6 +62,7 @@ class Job:
     result: str = ""  # the exported checkpoint of a finished run
     registered: str = ""  # where the WebUI put it for its checkpoint dropdown
     resume: bool = False
+    after: str = ""  # the id of a job this one waits for (it starts from that one's result)
     pid: Optional[int] = None
     created: float = field(default_factory=time.time)
     started: Optional[float] = None
@@ -181,12 +186,15 @@ class JobRunner:
 
     # -- actions ------------------------------------------------------------------
     def submit(self, kind: str, argv: List[str], device: Optional[str] = None, title: str = "",
-               processes: int = 1, free_vram: bool = False) -> Job:
+               processes: int = 1, free_vram: bool = False, after: str = "") -> Job:
+        """Queue a job; with `after` (a job id), it waits for that job to succeed."""
         if kind not in KINDS:
             raise BadInput("unknown job kind '%s'; one of: %s" % (kind, ", ".join(KINDS)))
+        if after:
+            self.folder(after)  # BadInput: no such job
         job_id = "%s-%s-%s" % (time.strftime("%Y%m%d-%H%M%S"), kind, uuid.uuid4().hex[:6])
         job = Job(id=job_id, kind=kind, argv=list(argv), device=device or default_device(),
-                  title=title or kind, processes=processes, free_vram=free_vram)
+                  title=title or kind, processes=processes, free_vram=free_vram, after=after)
         with self._exclusive():
             self._path(job_id).mkdir()
             self._write(job)
@@ -228,7 +236,9 @@ class JobRunner:
             self._write(job)
 
     def poll(self) -> None:
-        """Notice ended processes, then start the oldest queued job on each free device."""
+        """Notice ended processes, cancel a job whose awaited job ended without success,
+        then start the oldest queued job on each free device whose awaited job (if any)
+        succeeded."""
         with self._exclusive():
             jobs = self._recorded()
             for job in jobs:
@@ -236,9 +246,18 @@ class JobRunner:
                 if ended is not None:
                     state, reason, job.result = ended
                     self._finish(job, state, reason)
+            states = {job.id: job.state for job in jobs}
+            for job in jobs:
+                awaited = states.get(job.after, BROKEN) if job.after else SUCCEEDED
+                if job.state == QUEUED and awaited in SETTLED and awaited != SUCCEEDED:
+                    self._finish(job, CANCELLED, "not started: it starts from the result of "
+                                 "job %s, which %s" % (job.after, "is gone" if job.after not in
+                                                       states else "ended " + awaited))
+                    states[job.id] = CANCELLED
             busy = {job.device for job in jobs if job.state == RUNNING}
             for job in jobs:
-                if job.state == QUEUED and job.device not in busy:
+                ready = not job.after or states.get(job.after) == SUCCEEDED
+                if job.state == QUEUED and ready and job.device not in busy:
                     self._start(job)
                     busy.add(job.device)
 
@@ -443,7 +462,7 @@ TEXT = (lambda value: isinstance(value, str), "text")
 # something else is broken, not a crash of whoever reads it.
 FIELD_RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "id": TEXT, "kind": TEXT, "title": TEXT, "state": TEXT, "reason": TEXT, "result": TEXT,
-    "registered": TEXT, "device": (_passed_on, "text without NUL"),
+    "registered": TEXT, "after": TEXT, "device": (_passed_on, "text without NUL"),
     "argv": (lambda v: isinstance(v, list) and all(map(_passed_on, v)),
              "a list of texts without NUL"),
     "processes": (lambda v: _whole(v, 1, 4096), "a whole number from 1"),

@@ -26,7 +26,7 @@ import torch
 from ..errors import BadInput
 from ..jobs.runs import RunPaths, progress_bar
 from ..model.arch import Architecture
-from ..model.blocks import preset_name, which_student
+from ..model.blocks import which_student
 from ..model.checkpoint import Checkpoint
 from ..model.convert import DTYPES, teacher_origin, teacher_parts, write_student
 from ..model.detect import ModelInfo, inspect_checkpoint
@@ -38,7 +38,7 @@ from ..model.safetensors_io import tensor_out
 from ..model.text_encoding import text_encoder_fn
 from ..scores.agreement import agreement
 from .dataset import DatasetScan, scan_dataset
-from .distill_config import DistillConfig
+from .distill_config import DistillConfig, kd_result_name
 from .init_student import checked_init_student, load_init_student
 from .inpainting import InpaintingConditioning
 from .kd import EMA, FeatureTaps, LossWeights, kd_loss, student_from_teacher
@@ -94,8 +94,7 @@ def _distill(cfg: DistillConfig, resume: bool, memory: Optional[MemoryPlan] = No
               samples=run_samples(cfg, s, t.weights), files=student_file,
               samples_per_step=cfg.batch_size * cfg.grad_accum * s.run.accelerator.num_processes,
               desc="distilling")
-    final = s.run.paths.out / ("%s-bk-%s-distilled.safetensors"
-                               % (s.ckpt.path.stem, preset_name(s.arch)))
+    final = s.run.paths.out / kd_result_name(str(s.ckpt.path), s.arch)
     return s.finish(t.student, state, final, lambda: export_student(
         final, t.weights(), s.arch, s.ckpt, s.info, cfg, state.step))
 

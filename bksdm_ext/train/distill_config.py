@@ -8,11 +8,12 @@ latent consistency distillation (Luo et al., 2023) onto the student, whose own s
 run, then an LCM run whose ``init_student`` is the KD run's result.
 """
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import BadInput
-from ..model.arch import PRESETS, V_PREDICTION
-from ..model.blocks import REMOVE_HELP
+from ..model.arch import PRESETS, V_PREDICTION, Architecture
+from ..model.blocks import REMOVE_HELP, preset_name
 from ..model.samplers import DrawPoint
 from ..settings import (BATCH, EVERY, GUIDANCE, IMAGE_SIZE, KEEP_CHECKPOINTS, LEARNING_RATE,
                         LOG_EVERY, LORA_RANK, REQUIRED, SAMPLER_STEPS, SEED, TRAINING_STEPS,
@@ -58,7 +59,7 @@ class DistillConfig:
     objective: str = setting("kd", "kd: knowledge distillation (the BK-SDM paper's); lcm: latent "
                                    "consistency distillation onto the student, which then "
                                    "draws in 2-8 steps with the LCM sampler (default {default})",
-                             choices=list(OBJECTIVES))
+                             choices=list(OBJECTIVES), label="Objective")
     # A student file to start from instead of the pruned teacher (init_student.py).
     init_student: Optional[str] = setting(
         None, "start from this student (transplanted, imported or an earlier run's result; its "
@@ -173,12 +174,14 @@ class DistillConfig:
     lcm_steps: int = setting(4, "LCM: steps of the LCM sampler the samples and eval use, "
                                 "recorded in the result as its recommendation (default "
                                 "{default})",
-                             range=Range(1, 50, "LCM sampler steps; its grid has 50 points"))
+                             range=Range(1, 50, "LCM sampler steps; its grid has 50 points"),
+                             label="LCM steps it is distilled for")
     # LCM-LoRA: only rank-r adapters on the student train, exported as a LoRA file (None: all).
     lora_rank: Optional[int] = setting(
         None, "LCM-LoRA: train only rank-R LoRA adapters on the student and write them as a LoRA "
               "file A1111 applies to it, beside the student with them merged (the LCM-LoRA "
-              "script uses 64; needs peft; no EMA)", range=LORA_RANK)
+              "script uses 64; needs peft; no EMA)", range=LORA_RANK,
+        label="LoRA rank (0: the whole student; above 0: an LCM-LoRA of that rank)")
 
     def __post_init__(self) -> None:
         if self.preset is None and not self.remove:
@@ -225,3 +228,9 @@ class DistillConfig:
                              sampler=self.synth_sampler, resolution=self.resolution,
                              batch_size=self.synth_batch_size, seed=self.seed,
                              preview=self.synth_preview)
+
+
+def kd_result_name(teacher: str, arch: Architecture) -> str:
+    """The file a KD run exports into its run folder, known before it runs: "KD then LCM"
+    starts its LCM run from it."""
+    return "%s-bk-%s-distilled.safetensors" % (Path(teacher).stem, preset_name(arch))

@@ -3,6 +3,8 @@ background job, on a captioned image folder, on images the teacher makes itself,
 
 Everything the job needs is checked here before it is queued (teacher file, dataset
 counts and problems), so a mistake shows up at once instead of in a log minutes later.
+"KD then LCM" queues two jobs, the LCM one waiting for the KD one and starting from its
+result, whose name is known before it runs.
 """
 from typing import Any, Dict
 
@@ -10,13 +12,13 @@ import gradio as gr
 
 from ..train.dataset import scan_dataset
 from ..train.prompts import load_prompts
-from ..train.distill_config import DistillConfig
+from ..train.distill_config import DistillConfig, kd_result_name
 from ..errors import BadInput
 from ..model.blocks import which_student
 from ..settings import form_number, from_form, label
 from ..train.synth_config import SYNTH_COUNT
-from . import (a1111, checkpoints, data_picker, init_student_form, job_form, memory_estimate,
-               paths, setting_fields)
+from . import (a1111, checkpoints, data_picker, init_student_form, job_form, jobs_service,
+               memory_estimate, objective_form, paths, setting_fields)
 from .presets import default_label, label_of, labels, name_of
 from .messages import message
 
@@ -71,7 +73,9 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
           gradient_checkpointing: bool, ema: bool, use_8bit_adam: bool, save_every: int,
           sample_every: int, sample_prompts: str, free_vram: bool, gpus: float,
           uploaded: str = "", start_from: str = init_student_form.START_FROM[0],
-          init_title: str = "", remove: str = "") -> str:
+          init_title: str = "", remove: str = "", objective: str = objective_form.KD_ONLY,
+          lcm_steps: float = DEFAULTS.lcm_steps, lora_rank: float = objective_form.NO_LORA
+          ) -> str:
     try:
         teacher = checkpoints.filename(teacher_title)
         model = checkpoints.describe(teacher)
@@ -92,6 +96,9 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
         if source != SOURCES[0]:
             values.update(negative_prompt=negative_prompt.strip(),
                           random_conditioning=random_conditioning)
+        runs = objective_form.runs(objective)
+        if runs[0] == "lcm":
+            values.update(objective_form.lcm_settings(lcm_steps, lora_rank))
         cfg = from_form(DistillConfig, teacher=str(teacher), out="", steps=steps,
                         batch_size=batch_size, grad_accum=grad_accum, lr=lr,
                         resolution=resolution, mixed_precision=precision,
@@ -100,13 +107,30 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
                         gradient_checkpointing=gradient_checkpointing, ema=ema,
                         sample_prompts=[p.strip() for p in sample_prompts.splitlines()
                                         if p.strip()], **values)
+        cfg.check()
         title = "Distill %s → BK-%s%s" % (teacher.stem, label_of(cfg.preset or "custom"),
                                           " minus " + cfg.remove if cfg.remove else "")
-        job = job_form.submit("distill", cfg, title, free_vram, form_number(gpus or 1, "GPUs"),
-                              options={"resolved_paths": data["resolved_paths"]})
+        then = objective_form.lcm_run(cfg, lcm_steps, lora_rank) if len(runs) > 1 else None
+        if then is not None and model is None:
+            raise BadInput("%s: the extension cannot read this teacher, so it cannot tell "
+                           "what the KD run will write for the LCM run." % teacher.name)
+        gpus = form_number(gpus or 1, "GPUs")
+        options = {"resolved_paths": data["resolved_paths"]}
+        if then is None:
+            job = job_form.submit("distill", cfg, title + (" · LCM" if runs[0] == "lcm" else ""),
+                                  free_vram, gpus, options=options)
+            return job_form.submitted(job)
+        first = job_form.submit("distill", cfg, title + " · KD then LCM, 1 of 2: KD",
+                                free_vram, gpus, options=options)
+        arch = which_student(model.arch.teacher, cfg.preset, cfg.remove)
+        then.init_student = str(jobs_service.runner().folder(first.id)
+                                / kd_result_name(cfg.teacher, arch))
+        second = job_form.submit("distill", then, title + " · KD then LCM, 2 of 2: LCM "
+                                 "(after %s)" % first.id, free_vram, gpus, options=options,
+                                 after=first.id)
     except BadInput as e:
         return message("error", str(e))
-    return job_form.submitted(job)
+    return job_form.submitted(first, second)
 
 
 def teacher_choices() -> Dict[str, Any]:
@@ -125,6 +149,7 @@ def build() -> None:
         refresh = gr.Button("↻", elem_id="bksdm_distill_refresh", scale=0, min_width=40)
         preset = gr.Radio(labels(), label=label(DistillConfig, "preset"),
                           elem_id="bksdm_distill_preset", value=default_label())
+    objective, lcm_steps, lora_rank = objective_form.build()
     start_from, init_student = init_student_form.build()
     remove = gr.Textbox(label=label(DistillConfig, "remove"), elem_id="bksdm_distill_remove")
     source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Training data",
@@ -152,6 +177,7 @@ def build() -> None:
         lr = gr.Number(DEFAULTS.learning_rate(), label=label(DistillConfig, "lr"),  # KD's
                        elem_id="bksdm_distill_lr")
         resolution = setting_fields.number(DEFAULTS, "resolution", precision=0, elem_id="bksdm_distill_resolution")
+    objective_form.follow_learning_rate(objective, lora_rank, lr)
     with gr.Row():
         precision = job_form.precision_dropdown("distill")
         gradient_checkpointing, ema, use_8bit_adam = [
@@ -180,5 +206,5 @@ def build() -> None:
                              random_conditioning, steps, batch_size, grad_accum, lr, resolution,
                              precision, gradient_checkpointing, ema, use_8bit_adam, save_every,
                              sample_every, sample_prompts, free_vram, gpus, uploaded, start_from,
-                             init_student, remove],
+                             init_student, remove, objective, lcm_steps, lora_rank],
               outputs=[result])

@@ -26,23 +26,28 @@ def gpu_count() -> int:
 
 
 def submit(kind: str, settings: Any, title: str, free_vram: bool, gpus: float = 1,
-           options: Optional[Mapping[str, Any]] = None, positional: Sequence[str] = ()) -> Job:
+           options: Optional[Mapping[str, Any]] = None, positional: Sequence[str] = (),
+           after: str = "") -> Job:
     """Queue a `kind` run of `settings` (the command's settings dataclass, which writes its
     own options), the command's other `options` (``{"cache_dir": ...}``) and `positional`
     values, all written by `command_line`: no text typed in a form is ever read as an
-    option."""
+    option.  With `after` (a job id) it waits for that job and starts once it succeeded."""
     processes = max(int(gpus or 1), 1)
     if processes > max(gpu_count(), 1):
         raise BadInput("%d GPUs asked for, %d found." % (processes, gpu_count()))
     argv = config_argv(settings) + command_line(options or {}, positional)
     return jobs_service.runner().submit(kind, argv, title=title, free_vram=free_vram,
-                                        processes=processes)
+                                        processes=processes, after=after)
 
 
-def submitted(job: Job) -> str:
+def submitted(job: Job, *later: Job) -> str:
+    """Where the job is; each of `later` (jobs waiting for the one before) waits for it."""
     where = ("started on %s" % job.device if job.state == "running" else
              "queued behind the job running on %s" % job.device)
-    return message("success", "%s: %s. Follow it in the Jobs tab." % (job.title, where))
+    text = "%s: %s." % (job.title, where)
+    for then in later:
+        text += " Then %s: starts from its result once it has succeeded." % then.title
+    return message("success", text + " Follow %s in the Jobs tab." % ("them" if later else "it"))
 
 
 def newest(kind: str) -> str:

@@ -344,6 +344,21 @@ def test_distill_tab_starts_a_job_the_jobs_tab_follows_to_the_dropdown(browser, 
         page.locator("#bksdm_distill_folder textarea").fill(str(data))
         page.locator("#bksdm_distill_check").click()
         expect(page.locator("#bksdm_distill_checked").first).to_contain_text("8 images with captions")
+        # The objective: LCM shows its settings, how the result will draw and its learning
+        # rate; KD hides them again.
+        box = page.locator("#bksdm_distill_lcm_box")
+        draws = page.locator("#bksdm_distill_lcm_draws").first
+        lr = page.locator("#bksdm_distill_lr input")
+        expect(box).to_be_hidden()
+        page.locator("#bksdm_distill_objective label", has_text="LCM (few steps)").click()
+        expect(box).to_be_visible()
+        expect(draws).to_contain_text("draws with LCM, 4 steps, CFG 1 in A1111")
+        expect(lr).to_have_value(re.compile(r"^(8e-0?6|0\.000008)$"))
+        page.locator("#bksdm_distill_lcm_steps input").fill("2")
+        expect(draws).to_contain_text("draws with LCM, 2 steps, CFG 1 in A1111")
+        page.locator("#bksdm_distill_objective label", has_text="KD (the paper)").click()
+        expect(box).to_be_hidden()
+        expect(lr).to_have_value(re.compile(r"^(5e-0?5|0\.00005)$"))
         for elem_id, value in (("steps", "30"), ("batch", "2"), ("accum", "1"), ("lr", "0.001"),
                                ("resolution", "32"), ("save_every", "0"), ("sample_every", "0")):
             page.locator("#bksdm_distill_%s input" % elem_id).fill(value)

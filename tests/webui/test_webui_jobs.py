@@ -397,3 +397,88 @@ def test_prompts_that_start_with_a_dash_reach_the_run_as_prompts(monkeypatch, we
     assert "bksdm-success" in message, message
     args = parsed(runner.jobs()[-1])
     assert (args.instance_prompt, args.class_prompt) == ("-sks dog", "--a dog")
+
+
+def test_each_objective_queues_its_runs_with_their_settings(monkeypatch, webui, tmp_path):
+    """KD: the paper's run; LCM: one LCM run with its steps and LoRA rank; KD then LCM: two
+    jobs, the LCM one waiting for the KD one and starting from the file it will write.
+    (The jobs stay queued: the commands are what is checked; the next test runs them.)"""
+    from bksdm_ext.cli import build_parser
+    from bksdm_ext.jobs.runner import JobRunner
+    from bksdm_ext.webui import objective_form
+
+    monkeypatch.setattr(JobRunner, "_start", lambda runner, job: None)
+    distill_tab, jobs_service, _ = tabs()
+    runner = jobs_service.runner()
+    title = distill_tab.checkpoints.titles(students=False)[0]
+    data = make_dataset(tmp_path / "data")
+
+    def queued(objective, **changes):
+        before = len(runner.jobs())
+        message = start_distill(distill_tab, title, data, start_from=(
+            distill_tab.init_student_form.START_FROM[0], "", "", objective,
+            changes.get("lcm_steps", 4), changes.get("lora_rank", 0)))
+        assert "bksdm-success" in message, message
+        jobs = runner.jobs()[before:]
+        parsed = []
+        for job in jobs:
+            command = runner.command(job)
+            parsed.append(build_parser().parse_args(command[command.index("bksdm_ext") + 1:]))
+        return message, jobs, parsed
+
+    _, (kd,), (args,) = queued("KD (the paper)")
+    assert "--objective=lcm" not in kd.argv and args.objective == "kd" and not kd.after
+    assert args.lr == FAST["lr"] and kd.title == "Distill tiny-sd → BK-Small"
+
+    _, (lcm,), (args,) = queued("LCM (few steps)", lcm_steps=2, lora_rank=8)
+    assert "--objective=lcm" in lcm.argv and "--lcm-steps=2" in lcm.argv
+    assert (args.objective, args.lcm_steps, args.lora_rank) == ("lcm", 2, 8)
+    assert args.init_student is None and lcm.title.endswith("· LCM")
+
+    message, (first, second), (kd_args, lcm_args) = queued("KD then LCM", lcm_steps=3)
+    assert kd_args.objective == "kd" and "--objective=lcm" not in first.argv
+    assert (lcm_args.objective, lcm_args.lcm_steps, lcm_args.lora_rank) == ("lcm", 3, None)
+    assert lcm_args.init_student == str(runner.folder(first.id)
+                                        / "tiny-sd-bk-small-distilled.safetensors")
+    assert lcm_args.lr is None  # the LCM objective's own rate, not the KD box's
+    assert second.after == first.id and not first.after
+    assert first.title.endswith("KD then LCM, 1 of 2: KD")
+    assert second.title.endswith("KD then LCM, 2 of 2: LCM (after %s)" % first.id)
+    assert "starts from its result once it has succeeded" in message
+
+    refused = start_distill(distill_tab, title, data, start_from=(
+        distill_tab.init_student_form.START_FROM[0], "", "", "KD then LCM", 0, 0))
+    assert "bksdm-error" in refused and "--lcm-steps" in refused
+    assert len(runner.jobs()) == 4  # nothing of the refused pair was queued
+
+    line = objective_form.draws("LCM (few steps)", 2, 0)
+    assert "draws with LCM, 2 steps, CFG 1 in A1111" in line
+    assert "LCM, 8 steps, CFG 1" in objective_form.draws("KD then LCM", 8, 4)
+    assert objective_form.draws("KD (the paper)", 4, 0) == ""
+    assert objective_form.learning_rate("LCM (few steps)", 0, 5e-5) == 8e-6
+    assert objective_form.learning_rate("LCM (few steps)", 16, 5e-5) == 1e-4
+    assert objective_form.learning_rate("KD then LCM", 16, 1e-4) == 5e-5
+
+
+@pytest.mark.slow
+def test_kd_then_lcm_runs_the_lcm_job_from_the_kd_result_after_it(webui, tmp_path):
+    distill_tab, jobs_service, _ = tabs()
+    runner = jobs_service.runner()
+    title = distill_tab.checkpoints.titles(students=False)[0]
+    message = start_distill(distill_tab, title, make_dataset(tmp_path / "data"), steps=2,
+                            save_every=0, sample_every=0, start_from=(
+                                distill_tab.init_student_form.START_FROM[0], "", "",
+                                "KD then LCM", 2, 0))
+    assert "bksdm-success" in message, message
+    first, second = runner.jobs()[-2:]
+    assert runner.job(second.id).state == "queued"
+    second = wait(runner, second.id, lambda j: j.state not in ("queued", "running"))
+    first = runner.job(first.id)
+    assert first.state == SUCCEEDED and second.state == SUCCEEDED, runner.log_tail(second.id)
+    assert second.started >= first.ended
+    start = next(e for e in runner.events(second.id) if e["event"] == "start")
+    assert start["objective"] == "lcm"
+    assert Path(first.result).name == "tiny-sd-bk-small-distilled.safetensors"
+    assert "--init-student=%s" % first.result in second.argv
+    _, metadata = load_file(Path(second.registered))
+    assert metadata["bksdm.objective"] == "lcm" and metadata["bksdm.recommended_steps"] == "2"
