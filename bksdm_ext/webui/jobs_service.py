@@ -38,7 +38,12 @@ def runner() -> JobRunner:
 
 
 def _poll_forever(owner: JobRunner) -> None:
+    """Until another runner replaces it; while its folder is missing (deleted by hand, or
+    before the first job makes it) there is nothing to poll, and nothing worth printing."""
     while _runner is owner:
+        if not owner.root.is_dir():
+            time.sleep(POLL_SECONDS)
+            continue
         try:
             owner.poll()
             register_finished_elsewhere(owner)

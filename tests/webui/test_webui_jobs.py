@@ -482,3 +482,18 @@ def test_kd_then_lcm_runs_the_lcm_job_from_the_kd_result_after_it(webui, tmp_pat
     assert "--init-student=%s" % first.result in second.argv
     _, metadata = load_file(Path(second.registered))
     assert metadata["bksdm.objective"] == "lcm" and metadata["bksdm.recommended_steps"] == "2"
+
+
+def test_the_queue_says_nothing_while_its_folder_is_gone(webui, capsys, monkeypatch):
+    """A jobs folder deleted by hand (or a test's, after it ended) is nothing to poll: the
+    queue's thread waits quietly instead of printing an error every two seconds."""
+    import shutil
+    import time
+
+    from bksdm_ext.webui import jobs_service
+
+    monkeypatch.setattr(jobs_service, "POLL_SECONDS", 0.05)
+    runner = jobs_service.runner()
+    shutil.rmtree(str(runner.root))
+    time.sleep(0.5)
+    assert "job queue" not in capsys.readouterr().out
