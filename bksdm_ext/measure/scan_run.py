@@ -4,7 +4,7 @@ CLIP model there is now, if any), else measured; with a run folder it also write
 a checkpoint per unit (for a resume), the table and the chart there."""
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -39,17 +39,20 @@ def read_prompts(path: Path) -> List[str]:
 def scan_teacher(teacher: str, settings: ScanSettings, cache_dir: Path,
                  clip_model: Optional[str] = None, out: Optional[Path] = None,
                  resume: bool = False, csv: Optional[str] = None,
-                 plot: Optional[str] = None) -> Dict[str, Any]:
+                 plot: Optional[str] = None, clip_folders: Sequence[Path] = ()
+                 ) -> Dict[str, Any]:
     """The scan's result as a dict, with ``written``: the files written (--csv, --plot, or
-    in `out` the table and, when matplotlib is there, the chart)."""
+    in `out` the table and, when matplotlib is there, the chart).  Without `clip_model` a
+    CLIP already on the machine (or in `clip_folders`) scores, if one is readable."""
     paths = RunPaths(out) if out else None
     log = EventLog(paths.events) if paths else None
     with failures_reported(str(out or ".")):
         result = block_scan.cached(cache_dir, block_scan.teacher_hash(teacher), settings,
-                                   clip_model or local_model())
+                                   clip_model or local_model(clip_folders))
         if result is None:
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            clip = find_scorer(clip_model, device, say=lambda text: print(text, file=sys.stderr))
+            clip = find_scorer(clip_model, device, say=lambda text: print(text, file=sys.stderr),
+                               folders=clip_folders)
             resumed_from = paths.latest_checkpoint() if paths and resume else None
             result = block_scan.scan(teacher, settings, _progress(paths, log, teacher,
                                                                    resumed_from),

@@ -16,7 +16,6 @@ from ..errors import BadInput
 from ..measure import block_scan
 from ..settings import from_form
 from . import a1111, job_form, setting_fields
-from .clip_choice import local_clip
 from .messages import message
 
 COLUMNS = ["unit", "how", "PSNR", "SSIM", "parameters", "% of step", "ms/step saved",
@@ -87,7 +86,9 @@ def start_scan(steps: float, size: float) -> str:
             raise BadInput(problem)
         settings = from_form(block_scan.ScanSettings, steps=steps, size=size)
         job = job_form.submit("blocks", settings, "blocks of %s" % path.stem, free_vram=False,
-                              options={"cache_dir": str(cache_dir()), "clip_model": local_clip()},
+                              options={"cache_dir": str(cache_dir()),
+                                       # found, not named: optional in the job too
+                                       "clip_folder": [str(f) for f in a1111.clip_folders()]},
                               positional=[str(path)])
     except BadInput as e:
         return message("error", str(e))

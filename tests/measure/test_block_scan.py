@@ -120,6 +120,23 @@ def agreeable_clip(folder: Path) -> Path:
     return folder
 
 
+def test_a_clip_found_in_a_clip_folder_that_cannot_be_read_leaves_the_score_empty(
+        teacher, tmp_path, one_thread, capsys, a1111_machine):
+    """What the WebUI's scan job gets: its interrogator's folder, not a CLIP named; a
+    ViT-L-14.pt cut short there is no reason to fail the scan."""
+    folder = tmp_path / "interrogate"
+    folder.mkdir()
+    (folder / "ViT-L-14.pt").write_bytes(b"PK\x03\x04 cut short")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n")
+    assert main(["blocks", str(teacher), "--steps", "1", "--size", "32", "--no-groups",
+                 "--prompts", str(prompts), "--cache-dir", str(tmp_path / "cache"),
+                 "--clip-folder", str(folder), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["clip_model"] == ""
+    assert "no CLIP score: %s: not a CLIP checkpoint" % (folder / "ViT-L-14.pt") in captured.err
+
+
 @NEEDS_MATPLOTLIB
 @pytest.mark.slow
 def test_clip_scores_join_the_scan_and_a_clip_less_cached_scan_is_redone(

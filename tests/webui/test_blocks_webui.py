@@ -1,4 +1,6 @@
 """The block picker and the Blocks view inside the A1111 stand-in (issue #15)."""
+from pathlib import Path
+
 import pytest
 
 from bksdm_ext.measure import block_scan
@@ -43,7 +45,7 @@ def test_picked_blocks_convert_and_the_student_loads_exactly(webui):
 
 def test_blocks_view_shows_the_cached_scan_and_queues_a_scan_job(webui, monkeypatch):
     from bksdm_ext.scores.clip import HOW_TO_ENABLE
-    from bksdm_ext.webui import blocks_view
+    from bksdm_ext.webui import a1111, blocks_view
 
     teacher = write_teacher(webui, TINY["sd-v1"])
     assert "Load a teacher" in blocks_view.show()[0]
@@ -68,14 +70,15 @@ def test_blocks_view_shows_the_cached_scan_and_queues_a_scan_job(webui, monkeypa
     text, table, _ = blocks_view.show()
     assert table["data"][0][-2:] == [28.25, -1.5]
     assert "CLIP score with tiny-clip: the full teacher scores 29.75" in text
-    # The job scores with the CLIP already on this machine (the Compare tab's), if any.
-    monkeypatch.setattr(blocks_view, "local_clip", lambda: "/models/clip")
+    # The job looks for a CLIP where this WebUI's interrogator keeps one, as an optional one.
+    monkeypatch.setattr(a1111, "clip_folders", lambda: [Path("/models/interrogate")])
     assert "Follow it in the Jobs tab" in blocks_view.start_scan(2, 32)
     from bksdm_ext.webui import jobs_service
 
     job = jobs_service.runner().jobs()[-1]
     assert job.kind == "blocks" and job.argv[:2] == ["--steps=2", "--size=32"]
-    assert job.argv[-3:] == ["--clip-model=/models/clip", "--", str(teacher)]
+    assert job.argv[-3:] == ["--clip-folder=/models/interrogate", "--", str(teacher)]
+    assert not any(a.startswith("--clip-model") for a in job.argv)
     command = jobs_service.runner().command(job)
     assert command[command.index("-m", 4):][:3] == ["-m", "bksdm_ext", "blocks"]
 
