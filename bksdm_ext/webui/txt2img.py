@@ -1,7 +1,7 @@
 """A txt2img job as A1111 runs it, for the tabs that generate through the WebUI's own
 pipeline (Latency, Compare)."""
 from dataclasses import fields
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from ..measure.latency import LatencySettings
 
@@ -22,3 +22,12 @@ def txt2img(settings: LatencySettings, sampler: str) -> Any:
     if "scheduler" in names and sampler.endswith(" Karras"):
         kwargs.update(sampler_name=sampler[: -len(" Karras")], scheduler="Karras")
     return processing.StableDiffusionProcessingTxt2Img(**kwargs)
+
+
+def sampler_names() -> List[str]:
+    """The samplers this A1111 offers (LCM on 1.6.1 once the extension registers it), and
+    SAMPLER, which 1.9+ splits into a sampler and a scheduler."""
+    from modules import sd_samplers
+
+    names = [sampler.name for sampler in sd_samplers.all_samplers]
+    return names + [SAMPLER] * (SAMPLER not in names)
