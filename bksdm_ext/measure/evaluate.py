@@ -110,23 +110,23 @@ def recommended_point(path: Path) -> Optional[DrawPoint]:
     return DrawPoint.from_metadata(SafetensorsReader(path).metadata)
 
 
+def model_at(path: Path, given: Optional[DrawPoint], settings: EvalSettings) -> ModelAt:
+    """Where a model draws: its given point, else its recommended one, else the settings';
+    the CFG scale the settings' where the point names none."""
+    point, chosen_by = given, "given"
+    if point is None:
+        point, chosen_by = recommended_point(path), "recommended"
+    if point is None:
+        point, chosen_by = DrawPoint(settings.sampler, settings.steps), "settings"
+    if point.cfg_scale is None:
+        point = DrawPoint(point.sampler, point.steps, settings.cfg_scale)
+    return ModelAt(path, point, chosen_by)
+
+
 def models_at(models: Sequence[str], settings: EvalSettings) -> List[ModelAt]:
-    """Where each model draws: its given point, else its recommended one, else the
-    settings'; the CFG scale the settings' where the point names none."""
-    chosen = []
-    for text in models:
-        name, point = split_model(text)
-        path = Path(name)
-        chosen_by = "given"
-        if point is None:
-            point = recommended_point(path)
-            chosen_by = "recommended"
-        if point is None:
-            point, chosen_by = DrawPoint(settings.sampler, settings.steps), "settings"
-        if point.cfg_scale is None:
-            point = DrawPoint(point.sampler, point.steps, settings.cfg_scale)
-        chosen.append(ModelAt(path, point, chosen_by))
-    return chosen
+    """`bksdm eval`'s model list (``MODEL[@SAMPLER:STEPS[:CFG]]``), each where it draws."""
+    return [model_at(Path(name), point, settings)
+            for name, point in (split_model(text) for text in models)]
 
 
 def render(model: ModelAt, cases: Sequence[Case], settings: EvalSettings, device: torch.device,

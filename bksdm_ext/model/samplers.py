@@ -77,6 +77,11 @@ class DrawPoint:
         except ValueError:
             return None
 
+    def spec(self) -> str:
+        """As `parse` reads it."""
+        return "%s:%d%s" % (self.sampler, self.steps,
+                            "" if self.cfg_scale is None else ":%g" % self.cfg_scale)
+
     def describe(self) -> str:
         return "%s, %d steps%s" % (A1111_NAMES.get(self.sampler, self.sampler), self.steps,
                                    "" if self.cfg_scale is None else ", CFG %g" % self.cfg_scale)

@@ -4,6 +4,7 @@ does not."""
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,8 @@ def with_recommendation(source: Path, target: Path, point: DrawPoint) -> Path:
     with safe_open(str(source), framework="pt") as f:
         metadata = dict(f.metadata() or {})
     save_file(load_file(str(source)), str(target), dict(metadata, **point.metadata()))
+    if source.with_suffix(".yaml").is_file():  # the config A1111 loads a student with
+        shutil.copyfile(source.with_suffix(".yaml"), target.with_suffix(".yaml"))
     return target
 
 
