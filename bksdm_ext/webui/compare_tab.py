@@ -23,7 +23,7 @@ from ..measure.compare import (EXPLANATIONS, HEADERS, ModelImages, grid, score_m
                                table_rows, write_csv, write_grid)
 from ..measure import device_info
 from ..measure.evaluate import EvalSettings, ModelAt, model_at
-from ..measure.latency import LatencySettings
+from ..measure.latency import LatencySettings, at_point
 from ..model.checkpoint import Checkpoint
 from ..model.detect import inspect_checkpoint
 from ..model.samplers import DrawPoint
@@ -113,7 +113,10 @@ def draw_points(titles: Sequence[str], text: str, form: EvalSettings) -> List[Mo
         if name.strip() not in {path.name for path in paths}:
             raise BadInput("Draw points: %s is not a chosen checkpoint; one of %s"
                            % (name.strip(), ", ".join(path.name for path in paths)))
-        given[name.strip()] = DrawPoint.parse(point)
+        try:
+            given[name.strip()] = DrawPoint.parse(point)
+        except BadInput as e:
+            raise BadInput("Draw points: %s: %s" % (name.strip(), e)) from None
     return [model_at(path, given.get(path.name), form) for path in paths]
 
 
@@ -154,9 +157,7 @@ def compare_here(titles: Sequence[str], cases: Sequence[Tuple[str, int]],
     try:
         for title, point, sampler in zip(titles, points, samplers):
             a1111.load_checkpoint(title)
-            at = replace(settings, steps=point.steps, cfg_scale=settings.cfg_scale
-                         if point.cfg_scale is None else point.cfg_scale)
-            runs.append(render_loaded(title, cases, at, sampler))
+            runs.append(render_loaded(title, cases, at_point(settings, point), sampler))
     finally:
         if original is not None:
             a1111.load_checkpoint(original.title)
@@ -174,14 +175,14 @@ def _append_history(csv_file: Path) -> Path:
     history = history_path()
     lines = csv_file.read_text(encoding="utf-8").splitlines(keepends=True)
     header = next(csv.reader(lines[:1]))
-    if not history.is_file() or history.stat().st_size == 0:
-        old_header: List[str] = header
-    else:
+    fresh = not history.is_file() or history.stat().st_size == 0
+    old_header = header
+    if not fresh:
         with open(history, encoding="utf-8", newline="") as f:
             old_header = next(csv.reader(f), header)
     if old_header == header:
         with open(history, "a", encoding="utf-8", newline="") as f:
-            f.writelines(lines if old_header is header else lines[1:])
+            f.writelines(lines if fresh else lines[1:])
         return history
     with open(history, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f)) + list(csv.DictReader(lines))

@@ -140,8 +140,10 @@ def test_each_checkpoint_draws_at_its_point_the_recommended_one_by_default(webui
                                   "FILE=sampler:steps[:cfg], e.g. student-lcm.safetensors=lcm:4:1"),
     ("nobody.safetensors=lcm:4", "Draw points: nobody.safetensors is not a chosen checkpoint; "
                                  "one of teacher.safetensors, teacher-bk-small.safetensors"),
-    ("teacher.safetensors=heun:4", "draw point 'heun:4': unknown sampler 'heun'; one of"),
-    ("teacher.safetensors=lcm:4:-1", "draw point 'lcm:4:-1': --cfg-scale -1"),
+    ("teacher.safetensors=heun:4", "Draw points: teacher.safetensors: draw point 'heun:4': "
+                                   "unknown sampler 'heun'; one of"),
+    ("teacher.safetensors=lcm:4:-1", "Draw points: teacher.safetensors: draw point 'lcm:4:-1': "
+                                     "--cfg-scale -1"),
 ])
 def test_a_bad_draw_point_is_one_message_and_nothing_is_drawn_or_queued(webui, monkeypatch,
                                                                       points, said):
