@@ -16,12 +16,18 @@ def add(commands: Any) -> None:
                      "(PSNR/SSIM against the teacher, CLIP score), one row per model",
         description="Every model renders the same prompts and seeds with diffusers; each "
                     "student image is compared with the teacher's for the same prompt and "
-                    "seed. CLIP score needs a CLIP model: one already on the machine is "
+                    "seed. Each model draws at its own point: MODEL@SAMPLER:STEPS[:CFG] "
+                    "(e.g. teacher.safetensors@euler_a:25 student-lcm.safetensors@lcm:4:1); "
+                    "a model without one draws at the point its metadata recommends (a "
+                    "consistency-distilled student's; the output says so), else at --sampler, "
+                    "--steps and --cfg-scale. CLIP score needs a CLIP model: one already on the machine is "
                     "used (Hugging Face cache, open_clip's LAION models there, A1111's "
                     "interrogator's ViT-L-14.pt), --clip-model names one (downloaded if it "
                     "is not there). FID (--fid-reference) needs torch-fidelity and "
                     "torchmetrics.")
-    evaluation.add_argument("models", nargs="+", help="A1111 checkpoints, the teacher first")
+    evaluation.add_argument("models", nargs="+", metavar="MODEL[@SAMPLER:STEPS[:CFG]]",
+                            help="A1111 checkpoints, the teacher first; each optionally at "
+                                 "its own sampler, steps and CFG scale")
     add_settings(evaluation, EvalSettings)
     evaluation.add_argument("--clip-model", dest="clip_model", default=None,
                             help="a transformers CLIPModel folder, Hugging Face repository "
@@ -61,7 +67,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 def render(result: Dict[str, Any]) -> str:
     from ..measure.compare import EXPLANATIONS, FID_EXPLANATION, ModelScores, table
 
-    lines = [table([ModelScores(**r) for r in result["results"]])]
+    lines = list(result.get("notes", []))
+    lines.append(table([ModelScores(**r) for r in result["results"]]))
     explanations = dict(EXPLANATIONS)
     if any(r.get("fid") is not None for r in result["results"]):
         explanations["FID"] = FID_EXPLANATION + (

@@ -31,7 +31,7 @@ EXPLANATIONS = {
 FID_EXPLANATION = ("Fréchet Inception distance of the model's images to the reference "
                    "folder's (lower is closer; biased on few images: compare models only at "
                    "equal image counts)")
-CSV_COLUMNS = ("model", "preset", "unet_params", "images", "seconds_per_image", "psnr", "ssim",
+CSV_COLUMNS = ("model", "preset", "sampler", "steps", "cfg_scale", "unet_params", "images", "seconds_per_image", "psnr", "ssim",
                "clip_score", "clip_model")
 
 Case = Tuple[str, int]  # (prompt, seed)
@@ -49,6 +49,10 @@ class ModelImages:
     unet_params: int
     images: List[Any]  # PIL images
     seconds: List[float] = field(default_factory=list)  # per image, when timed
+    # The draw point: the sampler as whoever drew names it (diffusers' table or A1111).
+    sampler: str = ""
+    steps: Optional[int] = None
+    cfg_scale: Optional[float] = None
 
 
 @dataclass
@@ -63,6 +67,9 @@ class ModelScores:
     clip_score: Optional[float] = None
     clip_model: str = ""
     fid: Optional[float] = None
+    sampler: str = ""
+    steps: Optional[int] = None
+    cfg_scale: Optional[float] = None
 
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -94,7 +101,8 @@ def score_models(runs: Sequence[ModelImages], cases: Sequence[Case],
             clip_score=(float(clip.score(to_tensor(run.images), prompts).mean())
                         if clip is not None else None),
             clip_model=clip.name if clip is not None else "",
-            fid=fid.score(run.images) if fid is not None else None))
+            fid=fid.score(run.images) if fid is not None else None,
+            sampler=run.sampler, steps=run.steps, cfg_scale=run.cfg_scale))
     return results
 
 
@@ -162,15 +170,16 @@ def _rounded(value: Any) -> Any:
 
 
 def table_rows(scores: Sequence[ModelScores]) -> List[List[Any]]:
-    """What the Compare tab and `bksdm eval` show: model, preset, U-Net params, s/image,
-    PSNR, SSIM, CLIP score (or how to get one)."""
-    return [[r.model, r.preset, format(r.unet_params, ","),
+    """What the Compare tab and `bksdm eval` show: model, preset, draw point, U-Net params,
+    s/image, PSNR, SSIM, CLIP score (or how to get one)."""
+    return [[r.model, r.preset, r.sampler, _rounded(r.steps), _rounded(r.cfg_scale),
+             format(r.unet_params, ","),
              "-" if r.seconds_per_image is None else "%.3f" % r.seconds_per_image,
              "inf" if math.isinf(r.psnr) else "%.2f" % r.psnr, "%.4f" % r.ssim,
              "-" if r.clip_score is None else "%.2f" % r.clip_score] for r in scores]
 
 
-HEADERS = ["model", "preset", "U-Net params", "s/image", "PSNR (dB)", "SSIM", "CLIP score"]
+HEADERS = ["model", "preset", "sampler", "steps", "CFG", "U-Net params", "s/image", "PSNR (dB)", "SSIM", "CLIP score"]
 
 
 def table(scores: Sequence[ModelScores]) -> str:

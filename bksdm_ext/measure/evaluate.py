@@ -1,5 +1,7 @@
 """`bksdm eval`: teacher and students render the same prompts and seeds with diffusers,
-then are scored (compare.py).  As a background job (the Compare tab's larger sets) the run
+then are scored (compare.py).  Each model draws at its own point (``MODEL@SAMPLER:STEPS[:CFG]``;
+a few-step student whose metadata recommends one, at that; else the settings' sampler and
+steps), so a 4-step LCM student is compared with the teacher at its 25 steps.  As a background job (the Compare tab's larger sets) the run
 folder gets the runner's event file, the grid, the CSV and the scores as JSON.
 """
 import json
@@ -13,7 +15,8 @@ import torch
 from ..errors import BadInput
 from ..jobs.events import EventLog, start_event
 from ..jobs.runs import RunPaths, event, failures_reported, progress_bar, stop_run
-from ..model.samplers import DEFAULT_SAMPLER, SAMPLERS
+from ..model.safetensors_io import SafetensorsReader
+from ..model.samplers import DEFAULT_SAMPLER, SAMPLERS, DrawPoint
 from ..model.staging import check_writable
 from ..scores.clip import ClipScorer, find_scorer
 from ..scores.eval_prompts import BUILTIN, cases as make_cases, load_prompts
@@ -71,17 +74,74 @@ class EvalSettings:
                               format(PIXELS_IN_THE_WEBUI // 512 ** 2, ",")))
 
 
-def render(path: Path, cases: Sequence[Case], settings: EvalSettings, device: torch.device,
+@dataclass(frozen=True)
+class ModelAt:
+    """A model of the comparison, the point it draws at (its CFG scale filled in) and why
+    there: "given" (``MODEL@POINT``), "recommended" (its metadata) or "settings"."""
+
+    path: Path
+    point: DrawPoint
+    chosen_by: str
+
+    def note(self) -> Optional[str]:
+        """What the output says of a point the user did not type."""
+        if self.chosen_by != "recommended":
+            return None
+        return ("%s: drawn at %s, the point its metadata recommends (%s@SAMPLER:STEPS[:CFG] "
+                "draws it elsewhere)" % (self.path.name, self.point.describe(), self.path.name))
+
+
+def split_model(text: str) -> Tuple[str, Optional[DrawPoint]]:
+    """``MODEL`` or ``MODEL@SAMPLER:STEPS[:CFG]``; a file whose own name holds an @ is taken
+    whole.  BadInput for a bad point."""
+    if "@" not in text or Path(text).is_file():
+        return text, None
+    model, point = text.rsplit("@", 1)
+    try:
+        return model, DrawPoint.parse(point)
+    except BadInput as e:
+        raise BadInput("%s: %s" % (text, e)) from None
+
+
+def recommended_point(path: Path) -> Optional[DrawPoint]:
+    """The point a .safetensors file's metadata recommends (an LCM student's), if any."""
+    if path.suffix.lower() != ".safetensors" or not path.is_file():
+        return None
+    return DrawPoint.from_metadata(SafetensorsReader(path).metadata)
+
+
+def model_at(path: Path, given: Optional[DrawPoint], settings: EvalSettings) -> ModelAt:
+    """Where a model draws: its given point, else its recommended one, else the settings';
+    the CFG scale the settings' where the point names none."""
+    point, chosen_by = given, "given"
+    if point is None:
+        point, chosen_by = recommended_point(path), "recommended"
+    if point is None:
+        point, chosen_by = DrawPoint(settings.sampler, settings.steps), "settings"
+    if point.cfg_scale is None:
+        point = DrawPoint(point.sampler, point.steps, settings.cfg_scale)
+    return ModelAt(path, point, chosen_by)
+
+
+def models_at(models: Sequence[str], settings: EvalSettings) -> List[ModelAt]:
+    """`bksdm eval`'s model list (``MODEL[@SAMPLER:STEPS[:CFG]]``), each where it draws."""
+    return [model_at(Path(name), point, settings)
+            for name, point in (split_model(text) for text in models)]
+
+
+def render(model: ModelAt, cases: Sequence[Case], settings: EvalSettings, device: torch.device,
            on_image: Callable[[], None]) -> ModelImages:
-    """One model's image per case, each timed (the GPU synchronised)."""
-    pipe, info = load_pipeline(path, settings.sampler, device)
-    run = ModelImages(model=path.name, preset=info.preset, unet_params=info.unet_params,
-                      images=[])
+    """One model's image per case at its point, each timed (the GPU synchronised)."""
+    point = model.point
+    pipe, info = load_pipeline(model.path, point.sampler, device)
+    run = ModelImages(model=model.path.name, preset=info.preset, unet_params=info.unet_params,
+                      images=[], sampler=point.sampler, steps=point.steps,
+                      cfg_scale=point.cfg_scale)
     for prompt, seed in cases:
         started = time.perf_counter()
         image = pipe(prompt, negative_prompt=settings.negative_prompt or None,
                      height=settings.size, width=settings.size,
-                     num_inference_steps=settings.steps, guidance_scale=settings.cfg_scale,
+                     num_inference_steps=point.steps, guidance_scale=point.cfg_scale,
                      generator=torch.Generator().manual_seed(seed)).images[0]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -94,7 +154,7 @@ def render(path: Path, cases: Sequence[Case], settings: EvalSettings, device: to
     return run
 
 
-def evaluate(models: Sequence[str], settings: EvalSettings, clip: Optional[ClipScorer] = None,
+def evaluate(models: Sequence[ModelAt], settings: EvalSettings, clip: Optional[ClipScorer] = None,
              on_image: Callable[[int, int], None] = lambda done, total: None,
              device: Optional[torch.device] = None, fid: Optional[FidScorer] = None
              ) -> Tuple[List[Case], List[ModelImages], List[ModelScores]]:
@@ -108,11 +168,11 @@ def evaluate(models: Sequence[str], settings: EvalSettings, clip: Optional[ClipS
         done[0] += 1
         on_image(done[0], total)
 
-    runs = [render(Path(model), cases, settings, device, count) for model in models]
+    runs = [render(model, cases, settings, device, count) for model in models]
     return cases, runs, score_models(runs, cases, clip, fid)
 
 
-def evaluate_run(models: Sequence[str], settings: EvalSettings, out: Path,
+def evaluate_run(models: Sequence[ModelAt], settings: EvalSettings, out: Path,
                  clip_model: Optional[str] = None, fid_reference: Optional[Path] = None,
                  fid_weights: Optional[Path] = None
                  ) -> Tuple[List[ModelScores], Path, Path]:
@@ -128,7 +188,9 @@ def evaluate_run(models: Sequence[str], settings: EvalSettings, out: Path,
         fid = (FidScorer.load(Path(fid_reference), fid_weights, device)
                if fid_reference is not None else None)
         cases = settings.cases()
-        event(log, "start", **start_event(len(cases) * len(models)), models=list(models),
+        event(log, "start", **start_event(len(cases) * len(models)),
+              models=[str(m.path) for m in models],
+              points=[dict(asdict(m.point), chosen_by=m.chosen_by) for m in models],
               settings=asdict(settings), clip_model=clip.name if clip else None,
               **fid_columns(fid))
         started = time.perf_counter()
@@ -159,26 +221,29 @@ def compare(models: Sequence[str], settings: EvalSettings, clip_model: Optional[
             say: Callable[[str], None] = lambda text: None) -> Dict[str, Any]:
     """``bksdm eval``: the scores (and the grid and CSV written) as a dict; with `out` as
     the background job (`evaluate_run`).  Wrong settings are refused before any model
-    loads."""
+    loads; so is a bad draw point."""
+    chosen = models_at(models, settings)
+    notes = [note for note in (m.note() for m in chosen) if note]
     cases = settings.cases()  # a bad prompt file fails before any model loads
     if fid_weights and not fid_reference:
         raise BadInput("--fid-weights is for FID: give --fid-reference DIR too")
     if fid_reference:
         check_count(len(cases), "each model makes %d image(s) (prompts x --seeds)" % len(cases))
     if out is not None:
-        scores, grid_path, csv_path = evaluate_run(models, settings, out, clip_model,
+        scores, grid_path, csv_path = evaluate_run(chosen, settings, out, clip_model,
                                                    fid_reference, fid_weights)
         return {"results": [s.as_dict() for s in scores], "grid": str(grid_path),
-                "csv": str(csv_path)}
+                "csv": str(csv_path), "notes": notes}
     check_writable([p for p in (grid_file, csv_file) if p], overwrite)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     clip = find_scorer(clip_model, device, say)
     fid = (FidScorer.load(Path(fid_reference), fid_weights, device, say)
            if fid_reference else None)
-    cases, runs, scores = evaluate(models, settings, clip,
+    cases, runs, scores = evaluate(chosen, settings, clip,
                                    lambda done, total: say("image %d/%d" % (done, total)),
                                    device, fid)
-    result: Dict[str, Any] = {"results": [s.as_dict() for s in scores], **fid_columns(fid)}
+    result: Dict[str, Any] = {"results": [s.as_dict() for s in scores], "notes": notes,
+                              **fid_columns(fid)}
     if fid is not None and fid.skipped:
         result["fid_reference_skipped"] = fid.skipped
     if grid_file:
@@ -197,6 +262,5 @@ def fid_columns(fid: Optional[FidScorer]) -> dict:
 
 def _settings_columns(settings: EvalSettings) -> dict:
     return {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "prompts": settings.prompts,
-            "seeds": settings.seeds, "steps": settings.steps, "sampler": settings.sampler,
-            "size": settings.size, "cfg_scale": settings.cfg_scale}
+            "seeds": settings.seeds, "size": settings.size}
 

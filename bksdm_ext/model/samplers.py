@@ -2,7 +2,7 @@
 sampler/steps/CFG a model was made for; importable without torch, so the command line
 lists them in its help and choices."""
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import BadInput
 from ..settings import GUIDANCE, SAMPLER_STEPS, form_number
@@ -40,15 +40,17 @@ class DrawPoint:
     cfg_scale: Optional[float] = None
 
     @classmethod
-    def parse(cls, text: str) -> "DrawPoint":
-        """``sampler:steps[:cfg]``; BadInput saying which and what to write."""
+    def parse(cls, text: str, known: Collection[str] = tuple(SAMPLERS),
+              example: str = "euler_a:25 or lcm:4:1") -> "DrawPoint":
+        """``sampler:steps[:cfg]``, the sampler one of `known` (this table's names, or
+        A1111's where a tab draws through it); BadInput saying which and what to write."""
         parts = [part.strip() for part in text.split(":")]
         if len(parts) not in (2, 3) or not parts[0]:
-            raise BadInput("draw point %r: write sampler:steps or sampler:steps:cfg, e.g. "
-                           "euler_a:25 or lcm:4:1" % text)
-        if parts[0] not in SAMPLERS:
+            raise BadInput("draw point %r: write sampler:steps or sampler:steps:cfg, e.g. %s"
+                           % (text, example))
+        if parts[0] not in known:
             raise BadInput("draw point %r: unknown sampler %r; one of %s"
-                           % (text, parts[0], ", ".join(SAMPLERS)))
+                           % (text, parts[0], ", ".join(known)))
         try:
             steps = form_number(parts[1], "steps", whole=True)
             SAMPLER_STEPS.check("steps", steps)
@@ -75,11 +77,18 @@ class DrawPoint:
         except ValueError:
             return None
 
+    def spec(self) -> str:
+        """As `parse` reads it."""
+        return "%s:%d%s" % (self.sampler, self.steps,
+                            "" if self.cfg_scale is None else ":%g" % self.cfg_scale)
+
     def describe(self) -> str:
         return "%s, %d steps%s" % (A1111_NAMES.get(self.sampler, self.sampler), self.steps,
                                    "" if self.cfg_scale is None else ", CFG %g" % self.cfg_scale)
 
 
-def parse_points(texts: Sequence[str]) -> List[DrawPoint]:
+def parse_points(texts: Sequence[str], known: Collection[str] = tuple(SAMPLERS),
+                 example: str = "euler_a:25 or lcm:4:1") -> List[DrawPoint]:
     """Draw points from texts, each one or several separated by commas."""
-    return [DrawPoint.parse(text) for entry in texts for text in entry.split(",") if text.strip()]
+    return [DrawPoint.parse(text, known, example)
+            for entry in texts for text in entry.split(",") if text.strip()]

@@ -4,9 +4,13 @@ seconds per image beside them.
 
 A quick look runs here, through A1111's own txt2img (as the Latency tab times it), with
 the original checkpoint loaded again afterwards; a larger set runs as a background job
-(`bksdm eval` in its own process, followed in the Jobs tab).  Every comparison is
-appended to a CSV history.
+(`bksdm eval` in its own process, followed in the Jobs tab).  Each checkpoint draws at its
+own point ("Draw points": a 4-step LCM student beside its teacher at 20 steps), by default
+the one its metadata recommends, else the form's steps.  Every comparison is appended to a
+CSV history.
 """
+import csv
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,16 +22,18 @@ from ..errors import BadInput, size_text
 from ..measure.compare import (EXPLANATIONS, HEADERS, ModelImages, grid, score_models,
                                table_rows, write_csv, write_grid)
 from ..measure import device_info
-from ..measure.evaluate import EvalSettings
-from ..measure.latency import LatencySettings
+from ..measure.evaluate import EvalSettings, ModelAt, model_at
+from ..measure.latency import LatencySettings, at_point
 from ..model.checkpoint import Checkpoint
 from ..model.detect import inspect_checkpoint
+from ..model.samplers import DrawPoint
+from ..model.staging import staged
 from ..scores.clip import DEFAULT_DOWNLOAD, HOW_TO_ENABLE, KNOWN_MODELS, fetch, find_scorer
 from ..scores.eval_prompts import BUILTIN, load_prompts, prompt_lines
 from ..settings import form_number, from_form, label
 from . import a1111, checkpoints, client_files, job_form, setting_fields
 from .clip_choice import local_clip
-from .txt2img import SAMPLER, txt2img
+from .txt2img import SAMPLER, a1111_sampler, txt2img
 from .messages import message
 
 SOURCES = ("Built-in set (30 prompts)", "Prompt file", "Typed lines")
@@ -93,6 +99,27 @@ def download_clip() -> Tuple[str, str]:
                                   % (DEFAULT_DOWNLOAD, files))
 
 
+def draw_points(titles: Sequence[str], text: str, form: EvalSettings) -> List[ModelAt]:
+    """Each chosen checkpoint and where it draws: the form's "Draw points"
+    (``FILE=sampler:steps[:cfg]``, comma- or line-separated), else the point its metadata
+    recommends, else the form's steps with `bksdm eval`'s sampler (SAMPLER)."""
+    paths = [checkpoints.filename(title) for title in titles]
+    given: Dict[str, DrawPoint] = {}
+    for entry in filter(None, (e.strip() for e in re.split(r"[,\n]", text or ""))):
+        name, equals, point = entry.partition("=")
+        if not equals or not name.strip():
+            raise BadInput("Draw points: %r: write FILE=sampler:steps[:cfg], e.g. "
+                           "student-lcm.safetensors=lcm:4:1" % entry)
+        if name.strip() not in {path.name for path in paths}:
+            raise BadInput("Draw points: %s is not a chosen checkpoint; one of %s"
+                           % (name.strip(), ", ".join(path.name for path in paths)))
+        try:
+            given[name.strip()] = DrawPoint.parse(point)
+        except BadInput as e:
+            raise BadInput("Draw points: %s: %s" % (name.strip(), e)) from None
+    return [model_at(path, given.get(path.name), form) for path in paths]
+
+
 def render_loaded(title: str, cases: Sequence[Tuple[str, int]], settings: LatencySettings,
                   sampler: str) -> ModelImages:
     """Every case with the loaded checkpoint through A1111's txt2img, each timed."""
@@ -101,7 +128,8 @@ def render_loaded(title: str, cases: Sequence[Tuple[str, int]], settings: Latenc
     model = shared.sd_model
     info = inspect_checkpoint(Checkpoint(model.sd_checkpoint_info.filename))
     run = ModelImages(model=title.split(" [")[0], preset=info.preset,
-                      unet_params=info.unet_params, images=[])
+                      unet_params=info.unet_params, images=[], sampler=sampler,
+                      steps=settings.steps, cfg_scale=settings.cfg_scale)
     for prompt, seed in cases:
         p = txt2img(replace(settings, prompt=prompt, seed=seed), sampler)
         started = time.perf_counter()
@@ -117,18 +145,19 @@ def render_loaded(title: str, cases: Sequence[Tuple[str, int]], settings: Latenc
 
 
 def compare_here(titles: Sequence[str], cases: Sequence[Tuple[str, int]],
-                 settings: LatencySettings, sampler: str = SAMPLER
-                 ) -> List[ModelImages]:
-    """Each checkpoint in turn, then the original one again, whatever happens."""
+                 settings: LatencySettings, points: Sequence[DrawPoint]) -> List[ModelImages]:
+    """Each checkpoint in turn at its draw point (its CFG scale, else the settings'), then
+    the original one again, whatever happens."""
     from modules import shared
 
+    samplers = [a1111_sampler(point.sampler) for point in points]  # all, before any loads
     original = a1111.loaded_model()
     shared.state.job_count = len(titles) * len(cases)
     runs = []
     try:
-        for title in titles:
+        for title, point, sampler in zip(titles, points, samplers):
             a1111.load_checkpoint(title)
-            runs.append(render_loaded(title, cases, settings, sampler))
+            runs.append(render_loaded(title, cases, at_point(settings, point), sampler))
     finally:
         if original is not None:
             a1111.load_checkpoint(original.title)
@@ -140,28 +169,45 @@ def history_path() -> Path:
 
 
 def _append_history(csv_file: Path) -> Path:
-    """The comparison's rows appended to the history (its header once)."""
+    """The comparison's rows appended to the history (its header once).  A history with
+    other columns (an older version's) is rewritten with both versions' columns, its rows
+    kept."""
     history = history_path()
     lines = csv_file.read_text(encoding="utf-8").splitlines(keepends=True)
-    with open(history, "a", encoding="utf-8", newline="") as f:
-        f.writelines(lines if not history.is_file() or history.stat().st_size == 0
-                     else lines[1:])
+    header = next(csv.reader(lines[:1]))
+    fresh = not history.is_file() or history.stat().st_size == 0
+    old_header = header
+    if not fresh:
+        with open(history, encoding="utf-8", newline="") as f:
+            old_header = next(csv.reader(f), header)
+    if old_header == header:
+        with open(history, "a", encoding="utf-8", newline="") as f:
+            f.writelines(lines if fresh else lines[1:])
+        return history
+    with open(history, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f)) + list(csv.DictReader(lines))
+    with staged([history], overwrite=True) as (temp,):
+        with open(temp, "w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, old_header + [c for c in header if c not in old_header])
+            writer.writeheader()
+            writer.writerows(rows)
     return history
 
 
 def run_from_ui(id_task: str, titles: List[str], source: str, prompt_file: Any, typed: str,
                 max_prompts: float, seeds: float, steps: float, size: float,
-                cfg_scale: float) -> List[Any]:
+                cfg_scale: float, points: str = "") -> List[Any]:
     """[grid, table, grid file, CSV, history, message]."""
     nothing: List[Any] = [None, None, None, None, None]
     try:
         form = _form_settings(seeds, steps, size, cfg_scale)
         prompts = _form_prompts(titles, source, prompt_file, typed, max_prompts)
+        chosen = draw_points(titles, points, form)
         cases = form.cases_of(prompts)
         form.check_in_the_webui(len(titles), len(cases))
         settings = LatencySettings(steps=form.steps, size=form.size, cfg_scale=form.cfg_scale)
         clip = find_scorer(None, folders=a1111.clip_folders())
-        runs = compare_here(titles, cases, settings)
+        runs = compare_here(titles, cases, settings, [m.point for m in chosen])
     except InterruptedError:
         return nothing + [message("error", "Interrupted; the original checkpoint is loaded "
                                            "again.")]
@@ -175,10 +221,11 @@ def run_from_ui(id_task: str, titles: List[str], source: str, prompt_file: Any, 
     csv_file = write_csv(scores, folder / ("scores-%s.csv" % stamp), overwrite=True, extra={
         "time": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_info.software()["gpu"],
         "webui": a1111.webui_version(), "prompts": len(prompts), "seeds": form.seeds,
-        "steps": settings.steps, "sampler": SAMPLER, "size": settings.size,
-        "cfg_scale": settings.cfg_scale})
+        "size": settings.size})
     text = "Compared %d checkpoints on %d images each; the original checkpoint is loaded " \
            "again." % (len(runs), len(cases))
+    text += "".join(" %s: drawn at %s, the point its metadata recommends." % (
+        m.path.name, m.point.describe()) for m in chosen if m.chosen_by == "recommended")
     if clip is None:
         text += " CLIP score: " + HOW_TO_ENABLE + "."
     return [str(grid_file), {"headers": HEADERS, "data": table_rows(scores)}, str(grid_file),
@@ -187,17 +234,21 @@ def run_from_ui(id_task: str, titles: List[str], source: str, prompt_file: Any, 
 
 def submit_job(titles: List[str], source: str, prompt_file: Any, typed: str,
                max_prompts: float, seeds: float, steps: float, size: float,
-               cfg_scale: float) -> str:
-    """The same comparison as a background `bksdm eval` job (diffusers, its own process)."""
+               cfg_scale: float, points: str = "") -> str:
+    """The same comparison as a background `bksdm eval` job (diffusers, its own process),
+    each model given as MODEL@POINT where the form gives it one (`bksdm eval` itself picks a
+    recommended one up)."""
     try:
         form = _form_settings(seeds, steps, size, cfg_scale)
         prompts = _form_prompts(titles, source, prompt_file, typed, max_prompts)
+        chosen = draw_points(titles, points, form)
         form.cases_of(prompts)  # the job's own check, before anything is written
         folder = a1111.data_dir() / "compare"
         folder.mkdir(parents=True, exist_ok=True)
         prompt_file_path = folder / ("prompts-%s.txt" % time.strftime("%Y%m%d-%H%M%S"))
         prompt_file_path.write_text("\n".join(prompts) + "\n", encoding="utf-8")
-        models = [str(checkpoints.filename(title)) for title in titles]
+        models = [str(m.path) + ("@" + m.point.spec() if m.chosen_by == "given" else "")
+                  for m in chosen]
         job = job_form.submit("eval", replace(form, prompts=str(prompt_file_path)),
                               "compare %d models" % len(models), False,
                               options={"clip_model": local_clip()}, positional=models)
@@ -246,6 +297,11 @@ def build() -> None:
             label(defaults, "steps"), SAMPLER))
         size = setting_fields.number(defaults, "size", precision=0, elem_id="bksdm_compare_size")
         cfg_scale = setting_fields.number(defaults, "cfg_scale")
+    points = gr.Textbox(label="Draw points (FILE=sampler:steps[:CFG], one a line or "
+                              "comma-separated; a checkpoint not named draws at the point its "
+                              "metadata recommends, else at %s and the Steps above)" % SAMPLER,
+                        placeholder="student-lcm.safetensors=lcm:4:1", lines=1,
+                        elem_id="bksdm_compare_points")
     with gr.Row():
         clip_text = gr.Markdown(clip_status(), elem_id="bksdm_compare_clip")
         download = gr.Button("Download CLIP", elem_id="bksdm_compare_download", scale=0)
@@ -272,7 +328,8 @@ def build() -> None:
         titles, preselected = candidates()
         return gr.update(choices=titles, value=preselected)
 
-    form = [models, source, prompt_file, typed, max_prompts, seeds, steps, size, cfg_scale]
+    form = [models, source, prompt_file, typed, max_prompts, seeds, steps, size, cfg_scale,
+            points]
     refresh.click(refreshed, outputs=[models])
     download.click(download_clip, outputs=[clip_text, result])
     start.click(wrap_gradio_gpu_call(run_from_ui, extra_outputs=[None] * 5),

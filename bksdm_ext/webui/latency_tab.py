@@ -4,14 +4,15 @@ pipeline on this device, next to the paper's Jetson AGX Orin figures.
 The end-to-end seconds are what A1111's "Time taken" shows; the parts (U-Net per step
 with its CFG batch, VAE decode, text encoder) are timed by hooks on the loaded model.
 Checkpoints are switched for the user and the original one is loaded again afterwards,
-also when a run fails or is interrupted.
+also when a run fails or is interrupted.  Each checkpoint may be timed at several draw
+points in A1111's sampler names ("Euler a:25, LCM:4:1"): one table of model × sampler × steps.
 """
 import csv
 import html
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import gradio as gr
 import torch
@@ -21,10 +22,11 @@ from ..model.checkpoint import Checkpoint
 from ..model.detect import inspect_checkpoint
 from ..errors import BadInput
 from ..settings import from_form, label
-from ..measure.latency import (PAPER_ORIN_SECONDS, LatencyResult, LatencySettings, set_speedups,
-                       table, time_generation)
+from ..measure.latency import (PAPER_ORIN_SECONDS, LatencyResult, LatencySettings, at_point,
+                               set_speedups, table, time_generation)
+from ..model.samplers import DrawPoint, parse_points
 from . import a1111, checkpoints, setting_fields
-from .txt2img import SAMPLER, txt2img
+from .txt2img import SAMPLER, sampler_names, txt2img
 from .messages import message
 
 HISTORY_COLUMNS = ("time", "device", "board", "power_mode", "webui", "model", "preset",
@@ -76,21 +78,31 @@ def measure_loaded(title: str, settings: LatencySettings, sampler: str) -> Laten
                          **timings)
 
 
-def run(titles: Sequence[str], settings: LatencySettings, sampler: str = SAMPLER
-        ) -> List[LatencyResult]:
-    """Time each checkpoint in turn, then load the original one again, whatever happens."""
+def parse_a1111_points(text: str) -> List[DrawPoint]:
+    """The form's draw points, in A1111's sampler names ("Euler a:25, LCM:4:1"); BadInput
+    as `bksdm bench --at` says it."""
+    return parse_points([text or ""], sampler_names(), example="Euler a:25 or LCM:4:1")
+
+
+def run(titles: Sequence[str], settings: LatencySettings, sampler: str = SAMPLER,
+        points: Optional[Sequence[DrawPoint]] = None) -> List[LatencyResult]:
+    """Time each checkpoint in turn at each draw point (none: `sampler` at the settings'
+    steps), then load the original one again, whatever happens."""
     from modules import shared
 
+    at = [at_point(settings, point)
+          for point in points or [DrawPoint(sampler, settings.steps)]]
     original = a1111.loaded_model()
-    shared.state.job_count = len(titles) * (settings.warmup + settings.runs)
+    shared.state.job_count = len(titles) * len(at) * (settings.warmup + settings.runs)
     results = []
     try:
         for title in titles:
             a1111.load_checkpoint(title)
-            with device_info.TegraMonitor() as monitor:
-                result = measure_loaded(title, settings, sampler)
-            result.settings["tegra"] = monitor.peak()
-            results.append(result)
+            for each in at:
+                with device_info.TegraMonitor() as monitor:
+                    result = measure_loaded(title, each, each.sampler)
+                result.settings["tegra"] = monitor.peak()
+                results.append(result)
     finally:
         if original is not None:
             a1111.load_checkpoint(original.title)
@@ -105,8 +117,9 @@ def history_path() -> Path:
     return a1111.data_dir() / "latency_history.csv"
 
 
-def append_history(results: Sequence[LatencyResult], sampler: str) -> Path:
-    """One row per model with the device and settings, so runs stay comparable later."""
+def append_history(results: Sequence[LatencyResult]) -> Path:
+    """One row per model and draw point with the device and settings, so runs stay
+    comparable later."""
     path = history_path()
     jetson = device_info.jetson_status() or {}
     new = not path.is_file()
@@ -120,7 +133,7 @@ def append_history(results: Sequence[LatencyResult], sampler: str) -> Path:
                 "time": time.strftime("%Y-%m-%d %H:%M:%S"), "device": r.device,
                 "board": jetson.get("board", ""), "power_mode": jetson.get("power_mode", ""),
                 "webui": a1111.webui_version(), "model": r.model, "preset": r.preset,
-                "unet_params": r.unet_params, "steps": s["steps"], "sampler": sampler,
+                "unet_params": r.unet_params, "steps": s["steps"], "sampler": s["sampler"],
                 "size": s["size"], "cfg_scale": s["cfg_scale"], "batch": s["batch"],
                 "runs": s["runs"], "seconds_per_image": round(r.seconds_per_image.median, 4),
                 "seconds_low": round(r.seconds_per_image.low, 4),
@@ -140,7 +153,9 @@ def chart(results: Sequence[LatencyResult]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [r.model for r in results] + ["paper (Orin): %s" % k for k in PAPER_ORIN_SECONDS]
+    labels = ["%s (%s, %d steps)" % (r.model, r.settings["sampler"],
+                                     r.settings["steps"]) for r in results]
+    labels += ["paper (Orin): %s" % k for k in PAPER_ORIN_SECONDS]
     seconds = [r.seconds_per_image.median for r in results] + list(PAPER_ORIN_SECONDS.values())
     colors = ["#3b7dd8"] * len(results) + ["#b0b0b0"] * len(PAPER_ORIN_SECONDS)
     figure, axes = plt.subplots(figsize=(8, 0.5 + 0.45 * len(labels)))
@@ -172,28 +187,30 @@ def device_panel() -> str:
 
 
 def run_from_ui(id_task: str, titles: List[str], steps: float, size: float, cfg_scale: float,
-                runs: float, warmup: float, seed: float) -> Tuple[Any, ...]:
+                runs: float, warmup: float, seed: float, points: str = "") -> Tuple[Any, ...]:
     """[table rows, chart, CSV, message]."""
     if not titles:
         return None, None, None, message("error", "Choose at least one checkpoint.")
     try:
         settings = from_form(LatencySettings, steps=steps, size=size, cfg_scale=cfg_scale,
                              runs=runs, warmup=warmup, seed=seed)
-        results = run(titles, settings)
+        results = run(titles, settings, points=parse_a1111_points(points))
     except InterruptedError:
         return None, None, None, message("error", "Interrupted; the original checkpoint is "
                                                    "loaded again.")
     except BadInput as e:
         return None, None, None, message("error", str(e))
-    rows = [[r.model, r.preset, r.unet_params, round(r.seconds_per_image.median, 3),
+    rows = [[r.model, r.preset, r.settings["sampler"], r.settings["steps"], r.unet_params,
+             round(r.seconds_per_image.median, 3),
              "%.3f–%.3f" % (r.seconds_per_image.low, r.seconds_per_image.high),
              round(r.unet_ms_per_step.median, 1), round(r.vae_decode_ms.median, 1),
              round(r.text_encoder_ms.median, 1),
              "" if r.peak_memory_gib is None else round(r.peak_memory_gib, 2),
              "%.2fx" % r.speedup] for r in results]
-    history = append_history(results, SAMPLER)
+    history = append_history(results)
     print("[BK-SDM] latency\n" + table(results))
-    text = "Measured %d checkpoints; the original checkpoint is loaded again." % len(results)
+    text = "Measured %d checkpoints at %d draw point(s); the original checkpoint is loaded " \
+           "again." % (len(titles), len(results) // len(titles))
     for r in results:  # Jetson readings during the run (jtop or tegrastats), when there are any
         tegra = r.settings.get("tegra") or {}
         if tegra:
@@ -203,7 +220,7 @@ def run_from_ui(id_task: str, titles: List[str], steps: float, size: float, cfg_
     return rows, str(chart(results)), str(history), message("success", text)
 
 
-HEADERS = ["model", "preset", "U-Net params", "s/image", "min–max", "U-Net ms/step", "VAE ms",
+HEADERS = ["model", "preset", "sampler", "steps", "U-Net params", "s/image", "min–max", "U-Net ms/step", "VAE ms",
            "text ms", "peak GiB", "speed-up"]
 
 
@@ -224,6 +241,9 @@ def build() -> None:
         cfg_scale = setting_fields.number(defaults, "cfg_scale")
         runs, warmup, seed = [setting_fields.number(defaults, name, precision=0)
                               for name in ("runs", "warmup", "seed")]
+    points = gr.Textbox(label="Draw points (sampler:steps[:CFG], comma-separated; empty: %s at "
+                              "the Steps above)" % SAMPLER,
+                        placeholder="Euler a:25, LCM:4:1", elem_id="bksdm_latency_points")
     id_task = gr.Textbox(visible=False)
     start = gr.Button("Measure", variant="primary", elem_id="bksdm_latency_run")
     gr.HTML(elem_id="bksdm_latency_progress")
@@ -241,5 +261,5 @@ def build() -> None:
     refresh.click(refreshed, outputs=[models])
     start.click(wrap_gradio_gpu_call(run_from_ui, extra_outputs=[None, None, None]),
                 _js="bksdm_latency_submit",
-                inputs=[id_task, models, steps, size, cfg_scale, runs, warmup, seed],
+                inputs=[id_task, models, steps, size, cfg_scale, runs, warmup, seed, points],
                 outputs=[results, picture, history, message])

@@ -4,6 +4,7 @@ does not."""
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from PIL import Image
 from bksdm_ext.cli import main
 from bksdm_ext.jobs.events import read_events
 from bksdm_ext.model.convert import convert_checkpoint
+from bksdm_ext.model.samplers import DrawPoint
 from bksdm_ext.scores.eval_prompts import EVAL_PROMPTS, load_prompts
 from test_scores import tiny_clip
 
@@ -123,3 +125,72 @@ def test_a_stop_file_ends_an_eval_job_after_the_current_image(models, prompts, t
     last = read_events(out / "events.jsonl")[-1]
     assert (last["event"], last["step"]) == ("stopped", 1)
     assert not (out / "grid.png").exists() and not (out / "STOP").exists()
+
+
+def with_recommendation(source: Path, target: Path, point: DrawPoint) -> Path:
+    """A copy of a student whose metadata recommends `point`, as an LCM student's does."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(source), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+    save_file(load_file(str(source)), str(target), dict(metadata, **point.metadata()))
+    if source.with_suffix(".yaml").is_file():  # the config A1111 loads a student with
+        shutil.copyfile(source.with_suffix(".yaml"), target.with_suffix(".yaml"))
+    return target
+
+
+def test_each_model_draws_at_its_own_point_and_a_recommended_one_is_taken_and_said(
+        models, prompts, tmp_path, capsys):
+    teacher, student = models
+    lcm = with_recommendation(student, tmp_path / "student-lcm.safetensors",
+                              DrawPoint("lcm", 2, 1.0))
+    table_file = tmp_path / "scores.csv"
+    assert main(["eval", "%s@euler_a:3" % teacher, "%s@euler:2:5" % student, str(lcm),
+                 "--prompts", str(prompts), *SMALL, "--csv", str(table_file)]) == 0
+    out = capsys.readouterr().out
+    assert ("student-lcm.safetensors: drawn at LCM, 2 steps, CFG 1, the point its metadata "
+            "recommends (student-lcm.safetensors@SAMPLER:STEPS[:CFG] draws it elsewhere)") in out
+    with open(table_file, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["sampler"], r["steps"], r["cfg_scale"]) for r in rows] == [
+        (teacher.name, "euler_a", "3", "7.0"), (student.name, "euler", "2", "5.0"),
+        (lcm.name, "lcm", "2", "1.0")]
+    # Against the teacher at its own point: itself identical, each student scored apart.
+    assert rows[0]["psnr"] == "inf" and all(0 < float(r["ssim"]) < 1 for r in rows[1:])
+    table_lines = [line.split() for line in out.splitlines() if line.startswith(lcm.name)]
+    assert table_lines[-1][1:5] == ["small", "lcm", "2", "1.0"]
+    # Told otherwise, the recommended student draws where it is told.
+    assert main(["eval", str(teacher), "%s@euler:1" % lcm, "--prompts", str(prompts), *SMALL,
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["notes"] == []
+    assert [(r["sampler"], r["steps"], r["cfg_scale"]) for r in result["results"]] == [
+        ("dpmpp_2m_karras", 1, 7.0), ("euler", 1, 7.0)]
+
+
+def test_the_draw_point_drawing_changes_the_student_images(models, prompts, tmp_path,
+                                                           capsys):
+    """The point reaches the pipeline: the same student at another sampler agrees less."""
+    teacher, student = models
+    assert main(["eval", str(teacher), "%s@dpmpp_2m_karras:1" % teacher,
+                 "%s@euler_a:2" % teacher, "--prompts", str(prompts), *SMALL, "--json"]) == 0
+    same, other = json.loads(capsys.readouterr().out)["results"][1:]
+    assert math.isinf(same["psnr"]) and math.isfinite(other["psnr"])
+
+
+@pytest.mark.parametrize("text, said", [
+    ("@lcm", "@lcm: draw point 'lcm': write sampler:steps or sampler:steps:cfg"),
+    ("@heun:4", "@heun:4: draw point 'heun:4': unknown sampler 'heun'; one of"),
+    ("@lcm:0", "@lcm:0: draw point 'lcm:0': --steps 0: give a whole number from 1"),
+])
+def test_a_bad_draw_point_exits_2_before_any_model_loads(models, prompts, text, said, capsys,
+                                                         monkeypatch):
+    from bksdm_ext.measure import evaluate
+
+    monkeypatch.setattr(evaluate, "render", lambda *a: pytest.fail("rendered"))
+    teacher, student = models
+    assert main(["eval", str(teacher), str(student) + text, "--prompts", str(prompts),
+                 *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert str(student) + said in err and err.count("draw point") == 1

@@ -301,12 +301,15 @@ def test_latency_tab_in_the_browser(browser, webui, tmp_path):
                              ("Warm-up runs", "0")):
             box = page.locator("#bksdm_tab_latency").get_by_label(re.compile("^" + re.escape(field)))
             box.fill(value)
+        page.locator("#bksdm_latency_points textarea").fill("Euler:2, DPM++ 2M:1")
         page.locator("#bksdm_latency_run").click()
         result = page.locator("#bksdm_latency_result").first
-        expect(result.locator(".bksdm-success")).to_contain_text("Measured 2 checkpoints")
+        expect(result.locator(".bksdm-success")).to_contain_text("Measured 2 checkpoints at 2 "
+                                                                 "draw point(s)")
         rows = page.locator("#bksdm_latency_table tbody tr")
-        expect(rows).to_have_count(2)
-        expect(rows.nth(1)).to_contain_text("tiny")
+        expect(rows).to_have_count(4)  # each checkpoint at each draw point
+        expect(rows.nth(1)).to_contain_text("DPM++ 2M")
+        expect(rows.nth(3)).to_contain_text("tiny")
         expect(page.locator("#bksdm_latency_chart img")).to_have_count(1)
         _screenshot(page, tmp_path / "latency.png", "/tmp/bksdm-latency-tab.png")
         assert _loaded_file() == webui / "teacher.safetensors"

@@ -2,6 +2,7 @@
 prompts and seeds through A1111's own txt2img, are scored against the teacher, and the
 original checkpoint comes back; the same comparison runs as a background eval job."""
 import csv
+import html
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ from PIL import Image
 from bksdm_ext.demo import write_tiny_teacher
 from bksdm_ext.jobs.runner import SUCCEEDED
 from bksdm_ext.model.convert import convert_checkpoint
+from bksdm_ext.model.samplers import DrawPoint
+from test_eval import with_recommendation
 from test_jobs import wait
 from webui_env import load, standin_app, start_webui, stop_jobs
 
@@ -61,10 +64,12 @@ def test_compare_here_scores_the_student_against_the_teacher(webui, a1111_machin
     assert "bksdm-success" in text, text
     assert _loaded_name() == "teacher.safetensors"  # the original is loaded again
     teacher_row, student_row = table["data"]
-    assert (teacher_row[1], teacher_row[4], teacher_row[5]) == ("teacher", "inf", "1.0000")
-    assert student_row[1] == "small" and float(student_row[5]) < 0.999
-    assert float(teacher_row[3]) > 0 and float(student_row[3]) > 0  # seconds per image
-    assert teacher_row[6] == student_row[6] == "-" and "pass --clip-model" in text
+    assert (teacher_row[1], teacher_row[7], teacher_row[8]) == ("teacher", "inf", "1.0000")
+    assert student_row[1] == "small" and float(student_row[8]) < 0.999
+    assert float(teacher_row[6]) > 0 and float(student_row[6]) > 0  # seconds per image
+    assert teacher_row[9] == student_row[9] == "-" and "pass --clip-model" in text
+    # Neither names a draw point: both at the form's steps with bksdm eval's sampler.
+    assert [row[2:5] for row in table["data"]] == [["DPM++ 2M Karras", 2, 7.0]] * 2
     assert "No CLIP model on this machine" in compare_tab.clip_status()
     with Image.open(picture) as image:  # 1 prompt (the first N = 1) x 2 seeds, 2 models
         assert image.size == (220 + 2 * 256, 28 + 2 * 256)
@@ -88,6 +93,95 @@ def test_bad_forms_say_what_to_do(webui):
     assert "Type at least one prompt" in text
     text = compare_tab.submit_job(chosen, compare_tab.SOURCES[1], None, "", **FORM)
     assert "Upload a prompt file" in text
+
+
+def test_each_checkpoint_draws_at_its_point_the_recommended_one_by_default(webui):
+    """A student whose metadata recommends a point draws there unless the form names one;
+    the table and the CSV say where each drew; the job passes the given points on."""
+    from bksdm_ext.webui import a1111, compare_tab, jobs_service
+
+    student = webui / "teacher-bk-small.safetensors"
+    with_recommendation(student, webui / "student-lcm.safetensors", DrawPoint("euler", 1, 2.0))
+    a1111.refresh_checkpoints()
+
+    def chosen():  # their titles, which gain a hash once A1111 has loaded them
+        return [next(t for t in compare_tab.candidates()[0] if t.split(" [")[0] == name)
+                for name in ("teacher.safetensors", "student-lcm.safetensors")]
+
+    titles = chosen()
+    picture, table, grid_file, csv_file, history, text = compare_tab.run_from_ui(
+        "task(1)", titles, compare_tab.SOURCES[2], None, "a red cube", **FORM,
+        points="teacher.safetensors=dpmpp_2m:3")
+    assert "bksdm-success" in text, text
+    assert "student-lcm.safetensors: drawn at Euler, 1 steps, CFG 2, the point its metadata " \
+           "recommends" in text
+    assert [row[:5] for row in table["data"]] == [
+        ["teacher.safetensors", "teacher", "DPM++ 2M", 3, 7.0],
+        ["student-lcm.safetensors", "small", "Euler", 1, 2.0]]
+    assert table["data"][0][7] == "inf" and float(table["data"][1][8]) < 0.999
+    with open(csv_file, newline="") as f:
+        assert [(r["sampler"], r["steps"], r["cfg_scale"]) for r in csv.DictReader(f)] == [
+            ("DPM++ 2M", "3", "7.0"), ("Euler", "1", "2.0")]
+    # Told otherwise, the student draws where it is told.
+    *_, text = compare_tab.run_from_ui(
+        "task(2)", chosen(), compare_tab.SOURCES[2], None, "a red cube", **FORM,
+        points="student-lcm.safetensors=euler:2")
+    assert "recommends" not in text
+    text = compare_tab.submit_job(chosen(), compare_tab.SOURCES[2], None, "a red cube",
+                                  **FORM, points="teacher.safetensors = euler_a:3:5")
+    assert "bksdm-success" in text, text
+    argv = jobs_service.runner().jobs()[-1].argv
+    assert argv[-2:] == [str(webui / "teacher.safetensors") + "@euler_a:3:5",
+                         str(webui / "student-lcm.safetensors")]
+
+
+@pytest.mark.parametrize("points, said", [
+    ("teacher.safetensors:lcm:4", "Draw points: 'teacher.safetensors:lcm:4': write "
+                                  "FILE=sampler:steps[:cfg], e.g. student-lcm.safetensors=lcm:4:1"),
+    ("nobody.safetensors=lcm:4", "Draw points: nobody.safetensors is not a chosen checkpoint; "
+                                 "one of teacher.safetensors, teacher-bk-small.safetensors"),
+    ("teacher.safetensors=heun:4", "Draw points: teacher.safetensors: draw point 'heun:4': "
+                                   "unknown sampler 'heun'; one of"),
+    ("teacher.safetensors=lcm:4:-1", "Draw points: teacher.safetensors: draw point 'lcm:4:-1': "
+                                     "--cfg-scale -1"),
+])
+def test_a_bad_draw_point_is_one_message_and_nothing_is_drawn_or_queued(webui, monkeypatch,
+                                                                      points, said):
+    from bksdm_ext.webui import compare_tab, jobs_service
+
+    monkeypatch.setattr(compare_tab, "render_loaded", lambda *a: pytest.fail("rendered"))
+    _, chosen = compare_tab.candidates()
+    *nothing, text = compare_tab.run_from_ui("task(1)", chosen, compare_tab.SOURCES[0], None,
+                                             "", **FORM, points=points)
+    assert nothing == [None] * 5 and "bksdm-error" in text and said in html.unescape(text)
+    text = compare_tab.submit_job(chosen, compare_tab.SOURCES[0], None, "", **FORM,
+                                  points=points)
+    assert "bksdm-error" in text and said in html.unescape(text)
+    assert jobs_service.runner().jobs() == []
+
+
+def test_a_sampler_a1111_lacks_is_refused_here_before_any_checkpoint_loads(webui, monkeypatch):
+    from bksdm_ext.webui import a1111, compare_tab
+
+    monkeypatch.setattr(a1111, "load_checkpoint", lambda *a: pytest.fail("loaded"))
+    _, chosen = compare_tab.candidates()
+    *_, text = compare_tab.run_from_ui("task(1)", chosen, compare_tab.SOURCES[0], None, "",
+                                       **FORM, points="teacher-bk-small.safetensors=pndm:4")
+    assert "sampler pndm has no A1111 equivalent to draw with here" in text
+
+
+def test_an_older_history_keeps_its_rows_under_both_versions_columns(webui):
+    from bksdm_ext.webui import compare_tab
+
+    compare_tab.history_path().write_text("time,model,steps\n2026-01-01,old.safetensors,20\n",
+                                          encoding="utf-8")
+    _, chosen = compare_tab.candidates()
+    *_, history, text = compare_tab.run_from_ui("task(1)", chosen[:1], compare_tab.SOURCES[2],
+                                                None, "a red cube", **FORM)
+    with open(history, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["steps"], r["preset"]) for r in rows] == [
+        ("old.safetensors", "20", ""), ("teacher.safetensors", "2", "teacher")]
 
 
 @pytest.mark.slow
@@ -142,7 +236,7 @@ def compare():
         "task(1)", compare_tab.candidates()[1], compare_tab.SOURCES[2], None, "a red cube",
         max_prompts=1, seeds=1, steps=2, size=32, cfg_scale=7)
     return {"grid": Path(picture).is_file(),
-            "column": [row[6] for row in table["data"]], "text": text}
+            "column": [row[9] for row in table["data"]], "text": text}
 
 
 before = {"status": blocks["bksdm_compare_clip"].value, "compare": compare()}

@@ -2,6 +2,7 @@
 teacher and students, the original checkpoint comes back, results land in a table, a chart
 and a CSV history."""
 import csv
+import html
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,8 @@ def test_panel_times_each_model_and_loads_the_original_again(webui):
     assert [(row[0].split(" [")[0], row[1]) for row in rows] == [
         ("teacher.safetensors", "teacher"), ("teacher-bk-small.safetensors", "small"),
         ("teacher-bk-tiny.safetensors", "tiny")]
-    assert rows[0][-1] == "1.00x" and all(row[3] > 0 and row[5] > 0 for row in rows)
-    assert all(row[7] > 0 for row in rows)  # the text encoder ran in every timed run
+    assert rows[0][-1] == "1.00x" and all(row[5] > 0 and row[7] > 0 for row in rows)
+    assert all(row[9] > 0 for row in rows)  # the text encoder ran in every timed run
     assert Path(chart).is_file() and Path(chart).stat().st_size > 1000
     with open(history, newline="") as f:
         recorded = list(csv.DictReader(f))
@@ -54,6 +55,45 @@ def test_panel_times_each_model_and_loads_the_original_again(webui):
                             warmup=0, seed=1)
     with open(history, newline="") as f:
         assert len(list(csv.DictReader(f))) == 4  # history grows, nothing is overwritten
+
+
+def test_each_checkpoint_is_timed_at_each_draw_point_in_one_table(webui):
+    from bksdm_ext.webui import latency_tab
+
+    titles = latency_tab.candidates()[:2]
+    rows, _, history, message = latency_tab.run_from_ui(
+        "task(1)", titles, steps=3, size=32, cfg_scale=7, runs=1, warmup=0, seed=1,
+        points="Euler:2, DPM++ 2M:1:3")
+    assert "at 2 draw point(s)" in message and _loaded_name() == "teacher.safetensors"
+    assert [(row[0].split(" [")[0], row[2], row[3]) for row in rows] == [
+        ("teacher.safetensors", "Euler", 2), ("teacher.safetensors", "DPM++ 2M", 1),
+        ("teacher-bk-small.safetensors", "Euler", 2),
+        ("teacher-bk-small.safetensors", "DPM++ 2M", 1)]
+    assert rows[0][-1] == "1.00x" and all(row[5] > 0 for row in rows)
+    with open(history, newline="") as f:
+        recorded = list(csv.DictReader(f))
+    assert [(r["preset"], r["sampler"], r["steps"], r["cfg_scale"]) for r in recorded] == [
+        ("teacher", "Euler", "2", "7.0"), ("teacher", "DPM++ 2M", "1", "3.0"),
+        ("small", "Euler", "2", "7.0"), ("small", "DPM++ 2M", "1", "3.0")]
+
+
+@pytest.mark.parametrize("points, said", [
+    ("Euler a:25:x", "draw point 'Euler a:25:x': cfg_scale: enter a number"),
+    ("euler_a:25", "draw point 'euler_a:25': unknown sampler 'euler_a'; one of DPM++ 2M, "),
+    ("Euler:", "draw point 'Euler:': steps"),
+    ("LCM", "draw point 'LCM': write sampler:steps or sampler:steps:cfg, e.g. Euler a:25 or "
+            "LCM:4:1"),
+])
+def test_a_bad_draw_point_is_one_message_and_nothing_is_timed(webui, monkeypatch, points,
+                                                              said):
+    from bksdm_ext.webui import latency_tab
+
+    monkeypatch.setattr(latency_tab, "measure_loaded", lambda *a: pytest.fail("timed"))
+    rows, chart, history, message = latency_tab.run_from_ui(
+        "task(1)", latency_tab.candidates()[:1], steps=3, size=32, cfg_scale=7, runs=1,
+        warmup=0, seed=1, points=points)
+    assert (rows, chart, history) == (None, None, None)
+    assert "bksdm-error" in message and said in html.unescape(message)
 
 
 def test_a_loaded_student_brings_its_teacher_along(webui):
