@@ -5,7 +5,7 @@ from typing import Any, Dict
 
 from ..measure.block_scan import ScanSettings
 from .convert import UNIT_NAMES
-from .flags import add_json, add_settings, settings_from
+from .flags import add_clip_folder, add_json, add_settings, settings_from
 
 
 def add(commands: Any) -> None:
@@ -28,11 +28,7 @@ def add(commands: Any) -> None:
                              "transformers CLIPModel folder or Hugging Face repository "
                              "(downloaded if not cached; default: one already on the machine, "
                              "if any)")
-    blocks.add_argument("--clip-folder", dest="clip_folders", action="append", default=[],
-                        help="another folder to look for a CLIP file in when --clip-model is "
-                             "not given (the WebUI passes its interrogator's); repeatable. A "
-                             "CLIP found is optional: one that cannot be read leaves the CLIP "
-                             "score empty")
+    add_clip_folder(blocks)
     blocks.add_argument("--cache-dir", default="~/.cache/bksdm/blocks")
     blocks.add_argument("--csv", help="write the ranked table here")
     blocks.add_argument("--plot", help="write the bar chart (PNG) here")
@@ -53,7 +49,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         settings.prompts = read_prompts(Path(args.prompts))
     return scan_teacher(args.teacher, settings, Path(args.cache_dir).expanduser(),
                         args.clip_model, Path(args.out) if args.out else None, args.resume,
-                        args.csv, args.plot, [Path(f) for f in args.clip_folders])
+                        args.csv, args.plot, args.clip_folders)
 
 
 def render(result: Dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from ..measure.evaluate import EvalSettings
-from .flags import add_json, add_settings, settings_from
+from .flags import add_clip_folder, add_json, add_settings, settings_from
 
 
 def add(commands: Any) -> None:
@@ -33,6 +33,7 @@ def add(commands: Any) -> None:
                             help="a transformers CLIPModel folder, Hugging Face repository "
                                  "(e.g. openai/clip-vit-large-patch14, 1.7 GB, downloaded when "
                                  "not in the cache) or OpenAI/open_clip ViT checkpoint file")
+    add_clip_folder(evaluation)
     evaluation.add_argument("--fid-reference", dest="fid_reference", default=None,
                             metavar="DIR",
                             help="FID of each model's images against the images in DIR and "
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     return compare(args.models, settings_from(args, EvalSettings), args.clip_model,
                    args.fid_reference, args.fid_weights, Path(args.out) if args.out else None,
                    Path(args.grid) if args.grid else None, Path(args.csv) if args.csv else None,
-                   args.overwrite, say)
+                   args.overwrite, say, args.clip_folders)
 
 
 def render(result: Dict[str, Any]) -> str:

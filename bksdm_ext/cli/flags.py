@@ -7,6 +7,7 @@ user left out, and the help texts show the dataclass's defaults.
 """
 import argparse
 import os
+from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional, Type, TypeVar
 
 from ..errors import BadInput
@@ -107,3 +108,14 @@ def render_info(info: Any) -> str:
     width = max(map(len, info))
     return "\n".join("%-*s  %s" % (width, k, format(v, ",") if isinstance(v, int) and not
                                    isinstance(v, bool) else v) for k, v in info.items())
+
+
+def add_clip_folder(parser: argparse.ArgumentParser) -> None:
+    """``--clip-folder``: where else a CLIP found, not named, may be (as optional as one in
+    the Hugging Face cache)."""
+    parser.add_argument("--clip-folder", dest="clip_folders", action="append", default=[],
+                        type=Path, metavar="DIR",
+                        help="another folder to look for a CLIP file in when --clip-model is "
+                             "not given (the WebUI passes its interrogator's); repeatable. A "
+                             "CLIP found is optional: one that cannot be read leaves the CLIP "
+                             "score empty")

@@ -174,7 +174,7 @@ def evaluate(models: Sequence[ModelAt], settings: EvalSettings, clip: Optional[C
 
 def evaluate_run(models: Sequence[ModelAt], settings: EvalSettings, out: Path,
                  clip_model: Optional[str] = None, fid_reference: Optional[Path] = None,
-                 fid_weights: Optional[Path] = None
+                 fid_weights: Optional[Path] = None, clip_folders: Sequence[Path] = ()
                  ) -> Tuple[List[ModelScores], Path, Path]:
     """The background job: ``out`` gets events.jsonl (an event per image, so the Jobs tab
     shows progress and ETA; STOP ends it), grid.png, scores.csv and scores.json (with FID
@@ -184,7 +184,7 @@ def evaluate_run(models: Sequence[ModelAt], settings: EvalSettings, out: Path,
     with failures_reported(paths.out):
         log = EventLog(paths.events)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        clip = find_scorer(clip_model, device)
+        clip = find_scorer(clip_model, device, folders=clip_folders)
         fid = (FidScorer.load(Path(fid_reference), fid_weights, device)
                if fid_reference is not None else None)
         cases = settings.cases()
@@ -218,10 +218,12 @@ def compare(models: Sequence[str], settings: EvalSettings, clip_model: Optional[
             fid_reference: Optional[str] = None, fid_weights: Optional[str] = None,
             out: Optional[Path] = None, grid_file: Optional[Path] = None,
             csv_file: Optional[Path] = None, overwrite: bool = False,
-            say: Callable[[str], None] = lambda text: None) -> Dict[str, Any]:
+            say: Callable[[str], None] = lambda text: None,
+            clip_folders: Sequence[Path] = ()) -> Dict[str, Any]:
     """``bksdm eval``: the scores (and the grid and CSV written) as a dict; with `out` as
     the background job (`evaluate_run`).  Wrong settings are refused before any model
-    loads; so is a bad draw point."""
+    loads; so is a bad draw point.  Without `clip_model` a CLIP already on the machine (or
+    in `clip_folders`) scores, if one is readable."""
     chosen = models_at(models, settings)
     notes = [note for note in (m.note() for m in chosen) if note]
     cases = settings.cases()  # a bad prompt file fails before any model loads
@@ -231,12 +233,12 @@ def compare(models: Sequence[str], settings: EvalSettings, clip_model: Optional[
         check_count(len(cases), "each model makes %d image(s) (prompts x --seeds)" % len(cases))
     if out is not None:
         scores, grid_path, csv_path = evaluate_run(chosen, settings, out, clip_model,
-                                                   fid_reference, fid_weights)
+                                                   fid_reference, fid_weights, clip_folders)
         return {"results": [s.as_dict() for s in scores], "grid": str(grid_path),
                 "csv": str(csv_path), "notes": notes}
     check_writable([p for p in (grid_file, csv_file) if p], overwrite)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    clip = find_scorer(clip_model, device, say)
+    clip = find_scorer(clip_model, device, say, clip_folders)
     fid = (FidScorer.load(Path(fid_reference), fid_weights, device, say)
            if fid_reference else None)
     cases, runs, scores = evaluate(chosen, settings, clip,

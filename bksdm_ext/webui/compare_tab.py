@@ -251,7 +251,9 @@ def submit_job(titles: List[str], source: str, prompt_file: Any, typed: str,
                   for m in chosen]
         job = job_form.submit("eval", replace(form, prompts=str(prompt_file_path)),
                               "compare %d models" % len(models), False,
-                              options={"clip_model": local_clip()}, positional=models)
+                              # a CLIP found here is looked for, not named: optional there too
+                              options={"clip_folder": [str(f) for f in a1111.clip_folders()]},
+                              positional=models)
     except BadInput as e:
         return message("error", str(e))
     return job_form.submitted(job)

@@ -185,9 +185,15 @@ def test_an_older_history_keeps_its_rows_under_both_versions_columns(webui):
 
 
 @pytest.mark.slow
-def test_a_background_comparison_runs_bksdm_eval_as_a_job(webui, tmp_path):
-    from bksdm_ext.webui import compare_tab, job_scores, jobs_service
+def test_a_background_comparison_runs_bksdm_eval_as_a_job(webui, tmp_path, monkeypatch):
+    """...looking for CLIP where the WebUI's interrogator keeps it: a file there cut short
+    leaves the CLIP column empty (found, not named: issue 21), the job succeeds."""
+    from bksdm_ext.webui import a1111, compare_tab, job_scores, jobs_service
 
+    interrogate = tmp_path / "interrogate"
+    interrogate.mkdir()
+    (interrogate / "ViT-L-14.pt").write_bytes(b"PK\x03\x04 cut short")
+    monkeypatch.setattr(a1111, "clip_folders", lambda: [interrogate])
     _, chosen = compare_tab.candidates()
     prompts = tmp_path / "mine.txt"
     prompts.write_text("a green tree\na yellow car\n")
@@ -198,6 +204,8 @@ def test_a_background_comparison_runs_bksdm_eval_as_a_job(webui, tmp_path):
     job = runner.jobs()[-1]
     assert job.kind == "eval" and str(webui / "teacher.safetensors") in job.argv
     assert job.argv.index("--") < job.argv.index(str(webui / "teacher.safetensors"))
+    assert "--clip-folder=%s" % interrogate in job.argv
+    assert not any(a.startswith("--clip-model") for a in job.argv)
     job = wait(runner, job.id, lambda j: j.state not in ("queued", "running"))
     assert job.state == SUCCEEDED, runner.log_tail(job.id)
     assert Path(job.result) == runner.folder(job.id) / "grid.png" and not job.registered
