@@ -17,6 +17,7 @@ from . import a1111
 
 POLL_SECONDS = 2.0
 _lock = threading.Lock()
+_vram_lock = threading.Lock()  # the check and the change of _vram_freed go together
 _runner: Optional[JobRunner] = None
 _vram_freed = False  # a job start moved the WebUI's model out of GPU memory
 
@@ -26,11 +27,12 @@ def jobs_root() -> Path:
 
 
 def runner() -> JobRunner:
-    """The runner of this WebUI's data folder (a new one after the folder changes)."""
+    """The runner of this WebUI's data folder (a new one after the folder changes, or after
+    it was deleted: a new runner makes it again)."""
     global _runner
     root = jobs_root()
     with _lock:
-        if _runner is None or _runner.root != root:
+        if _runner is None or _runner.root != root or not root.is_dir():
             _runner = JobRunner(root, on_start=_job_started, on_finish=_job_finished)
             threading.Thread(target=_poll_forever, args=(_runner,), daemon=True,
                              name="bksdm-jobs").start()
@@ -55,20 +57,23 @@ def _poll_forever(owner: JobRunner) -> None:
 
 def _job_started(job: Job) -> None:
     global _vram_freed
-    if job.free_vram and job.device.startswith("cuda") and not _vram_freed:
-        with a1111.queue_lock():  # never under a generation that is running
-            a1111.free_vram()
-        _vram_freed = True
-        print("[BK-SDM] moved the WebUI's model out of GPU memory for job %s" % job.id)
+    with _vram_lock:
+        if job.free_vram and job.device.startswith("cuda") and not _vram_freed:
+            with a1111.queue_lock():  # never under a generation that is running
+                a1111.free_vram()
+            _vram_freed = True
+            print("[BK-SDM] moved the WebUI's model out of GPU memory for job %s" % job.id)
 
 
 def _give_vram_back(owner: JobRunner) -> None:
     global _vram_freed
-    if _vram_freed and not any(job.state == RUNNING and job.free_vram for job in owner.jobs()):
-        with a1111.queue_lock():
-            a1111.restore_vram()
-        _vram_freed = False
-        print("[BK-SDM] the WebUI's model is back in GPU memory")
+    with _vram_lock:
+        if _vram_freed and not any(job.state == RUNNING and job.free_vram
+                                   for job in owner.jobs()):
+            with a1111.queue_lock():
+                a1111.restore_vram()
+            _vram_freed = False
+            print("[BK-SDM] the WebUI's model is back in GPU memory")
 
 
 def _job_finished(job: Job) -> None:

@@ -72,7 +72,8 @@ def distilled(teacher, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("effect")
     data = make_dataset(folder / "pairs")
-    return {arch: distill(config(teacher, data, folder / arch, arch=arch, steps=40, batch_size=4))
+    return {arch: distill(config(teacher, data, folder / arch, preset=arch, steps=40,
+                                 batch_size=4))
             for arch in ("small", "tiny")}
 
 

@@ -287,11 +287,17 @@ def _event(page, elem_id: str, trigger: str) -> int:
 
 def _send(page, elem_id: str, trigger: str, inputs):
     """What a client's request for the event gets, through gradio 3.41's own process_api
-    (the components' preprocessing included)."""
+    (the components' preprocessing included).  On a loop of its own, left as it was:
+    Python 3.8's asyncio.run leaves the main thread without one, and the next gradio page
+    built in this process could not make its locks."""
     import asyncio
 
-    return asyncio.run(page.process_api(fn_index=_event(page, elem_id, trigger),
-                                        inputs=inputs, state={}))["data"]
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(page.process_api(
+            fn_index=_event(page, elem_id, trigger), inputs=inputs, state={}))["data"]
+    finally:
+        loop.close()
 
 
 def _sent_file(path) -> dict:
@@ -323,7 +329,7 @@ def test_a_file_entry_naming_a_server_path_is_refused(exposed, tmp_path, monkeyp
              str(gradio_uploads / "token")]
     for name in names:
         text = _send(page, "bksdm_compare_job", "click",
-                     form + [_sent_file(name), "", 4, 1, 2, 32, 7])[0]
+                     form + [_sent_file(name), "", 4, 1, 2, 32, 7, ""])[0]
         assert "bksdm-error" in text and "not a file uploaded from this page" in text, text
         assert SECRET not in text
     assert _no_jobs() and not list(a1111.data_dir().rglob("prompts-*.txt"))

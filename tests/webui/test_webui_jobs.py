@@ -11,7 +11,7 @@ from bksdm_ext.jobs.runner import CANCELLED, SUCCEEDED
 from test_convert import ldm_from_yaml, load_file, unet_part
 from test_distill import make_dataset
 from test_jobs import wait
-from webui_env import allow_data_root, installed_webui
+from webui_env import allow_data_root, installed_webui, stop_jobs
 
 FAST = dict(steps=6, batch_size=2, grad_accum=1, lr=1e-3, resolution=32, precision="no",
             gradient_checkpointing=False, ema=False, use_8bit_adam=False, save_every=3,
@@ -497,3 +497,16 @@ def test_the_queue_says_nothing_while_its_folder_is_gone(webui, capsys, monkeypa
     shutil.rmtree(str(runner.root))
     time.sleep(0.5)
     assert "job queue" not in capsys.readouterr().out
+
+
+def test_a_job_is_queued_after_the_jobs_folder_was_deleted(webui):
+    """Deleted by hand while the WebUI runs: the next submit makes it again (it failed with
+    FileNotFoundError on the folder's lock file)."""
+    import shutil
+
+    from bksdm_ext.webui import jobs_service
+
+    shutil.rmtree(str(jobs_service.runner().root))
+    job = jobs_service.runner().submit("distill", ["--teacher", "x"], device="cpu", title="t")
+    assert jobs_service.runner().folder(job.id).is_dir()
+    stop_jobs()
