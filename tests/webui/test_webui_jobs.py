@@ -506,7 +506,10 @@ def test_a_job_is_queued_after_the_jobs_folder_was_deleted(webui):
 
     from bksdm_ext.webui import jobs_service
 
-    shutil.rmtree(str(jobs_service.runner().root))
-    job = jobs_service.runner().submit("distill", ["--teacher", "x"], device="cpu", title="t")
-    assert jobs_service.runner().folder(job.id).is_dir()
+    runner = jobs_service.runner()
+    shutil.rmtree(str(runner.root))
+    again = jobs_service.runner()
+    assert again is not runner and again.root.is_dir()
+    job = again.submit("distill", ["--teacher", "x"], device="cpu", title="t")
+    assert job.id in again.ids()
     stop_jobs()
