@@ -5,6 +5,13 @@ from pathlib import Path
 
 import pytest
 
+# One OpenMP thread for the whole run and the processes it starts (read when torch is first
+# imported, after this file): the tiny models run many times faster without threads handing off
+# work on a shared 2-core machine, and the count never changes mid-run. A test that lowered it to
+# one and raised it again left MKL's batched LU factorisation (torch.inverse, as OFT LoRAs use)
+# spinning forever in a later test (torch 2.13 with MKL 2024.2, tests/webui).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Tests never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -97,14 +104,3 @@ def teacher(tmp_path_factory):
     path = folder / "tiny-sd-v1.safetensors"
     write_tiny_teacher(path)
     return path
-
-
-@pytest.fixture
-def one_thread():
-    """One torch thread: a tiny U-Net on a busy machine is dominated by thread hand-offs."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -39,7 +39,7 @@ def teacher(tmp_path_factory):
 
 @NEEDS_MATPLOTLIB
 @pytest.mark.slow
-def test_scan_ranks_every_unit_and_writes_table_and_chart(teacher, tmp_path, one_thread, capsys,
+def test_scan_ranks_every_unit_and_writes_table_and_chart(teacher, tmp_path, capsys,
                                                           monkeypatch):
     out = tmp_path / "job"
     argv = ["blocks", str(teacher), "--steps", "2", "--size", "32", "--cache-dir",
@@ -121,7 +121,7 @@ def agreeable_clip(folder: Path) -> Path:
 
 
 def test_a_clip_found_in_a_clip_folder_that_cannot_be_read_leaves_the_score_empty(
-        teacher, tmp_path, one_thread, capsys, a1111_machine):
+        teacher, tmp_path, capsys, a1111_machine):
     """What the WebUI's scan job gets: its interrogator's folder, not a CLIP named; a
     ViT-L-14.pt cut short there is no reason to fail the scan."""
     folder = tmp_path / "interrogate"
@@ -140,7 +140,7 @@ def test_a_clip_found_in_a_clip_folder_that_cannot_be_read_leaves_the_score_empt
 @NEEDS_MATPLOTLIB
 @pytest.mark.slow
 def test_clip_scores_join_the_scan_and_a_clip_less_cached_scan_is_redone(
-        teacher, tmp_path, one_thread, capsys, monkeypatch, a1111_machine):
+        teacher, tmp_path, capsys, monkeypatch, a1111_machine):
     """First with the Hugging Face cache A1111 leaves (CLIP's config without weights): no
     CLIP score, the table says how to get one; then with a CLIP named."""
     from PIL import Image
@@ -187,7 +187,7 @@ def test_clip_scores_join_the_scan_and_a_clip_less_cached_scan_is_redone(
 
 @pytest.mark.slow
 def test_a_stopped_scan_resumes_where_it_stopped_and_matches_an_uninterrupted_one(
-        teacher, tmp_path, one_thread, capsys, monkeypatch):
+        teacher, tmp_path, capsys, monkeypatch):
     """Each unit's row is checkpointed as it is measured (issue 22 #11): a resumed scan
     renders only the units it had not measured and ends as an uninterrupted scan does."""
     from bksdm_ext.cli import EXIT_STOPPED

@@ -48,7 +48,7 @@ def test_distill_remove_alone_cuts_the_teacher(teacher, data, tmp_path, capsys):
     assert "stage 2 removes 1 down and 0 up layers" in capsys.readouterr().err
 
 
-def test_bench_times_a_custom_student(teacher, tmp_path, capsys, one_thread):
+def test_bench_times_a_custom_student(teacher, tmp_path, capsys):
     import json
 
     from bksdm_ext.model.convert import convert_checkpoint
@@ -83,7 +83,7 @@ def _dreambooth_config(model, instances, out, **changes):
 
 
 def test_dreambooth_full_finetunes_a_custom_student_and_exports_it_loadable(
-        custom_student, instances, tmp_path, one_thread):  # noqa: F811
+        custom_student, instances, tmp_path):  # noqa: F811
     from bksdm_ext.train.dreambooth import dreambooth
 
     final = dreambooth(_dreambooth_config(custom_student, instances, tmp_path / "full"))
@@ -98,7 +98,7 @@ def test_dreambooth_full_finetunes_a_custom_student_and_exports_it_loadable(
 
 
 def test_dreambooth_lora_on_a_custom_student_resolves_onto_its_own_unet(
-        custom_student, instances, tmp_path, one_thread):  # noqa: F811
+        custom_student, instances, tmp_path):  # noqa: F811
     from pathlib import Path
 
     from bksdm_ext.jobs.events import read_events
@@ -128,7 +128,7 @@ def test_dreambooth_lora_on_a_custom_student_resolves_onto_its_own_unet(
 
 
 def test_eval_compares_a_custom_student_with_its_teacher(teacher, custom_student, tmp_path,
-                                                        capsys, one_thread):
+                                                        capsys):
     import json
     import math
 

@@ -29,15 +29,6 @@ V1_TEXT = "cond_stage_model.transformer."
 V2_TEXT = "cond_stage_model.model."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models run 40x faster without OpenMP threads fighting over a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def student(teacher) -> Path:
     path = teacher.with_name("tiny-sd-v1-bk-small.safetensors")

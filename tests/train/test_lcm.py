@@ -28,7 +28,6 @@ from bksdm_ext.train.memory_plan import Settings, distill_peak_gib, distill_stat
 from test_convert import ldm_from_yaml, load_file, unet_part
 from test_distill import TINY_V2_V, assert_resumes_exactly, config, make_dataset, steps
 from test_dreambooth import DIFFUSERS_PATTERNS, a1111_lora_target
-from test_dreambooth import one_thread  # noqa: F401  (module-wide, autouse: one torch thread)
 
 
 @pytest.fixture(scope="module")

@@ -110,7 +110,7 @@ def correlation(a, b):
 @pytest.mark.parametrize("arch", ["small", "tiny"])
 @pytest.mark.slow
 def test_the_teachers_controlnet_moves_the_student_as_it_moves_the_teacher(
-        teacher, distilled, arch, one_thread):
+        teacher, distilled, arch):
     import sys
 
     sys.path.insert(0, str(A1111_STANDIN))

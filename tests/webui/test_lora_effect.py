@@ -61,7 +61,7 @@ def webui(tmp_path):
 
 @pytest.mark.slow
 def test_an_adapted_teacher_lora_moves_the_student_toward_teacher_plus_lora(
-        webui, teacher, tmp_path, monkeypatch, one_thread):
+        webui, teacher, tmp_path, monkeypatch):
     folder, loras = webui
     student = distill(config(teacher, make_dataset(tmp_path / "circles"), tmp_path / "s",
                              steps=10))
