@@ -41,7 +41,8 @@ def runner() -> JobRunner:
 
 def _poll_forever(owner: JobRunner) -> None:
     """Until another runner replaces it; while its folder is missing (deleted by hand, or
-    before the first job makes it) there is nothing to poll, and nothing worth printing."""
+    before the first job makes it) there is nothing to poll, and nothing worth printing,
+    also when the folder went while a poll was reading it."""
     while _runner is owner:
         if not owner.root.is_dir():
             time.sleep(POLL_SECONDS)
@@ -51,7 +52,8 @@ def _poll_forever(owner: JobRunner) -> None:
             register_finished_elsewhere(owner)
             _give_vram_back(owner)
         except Exception as e:  # a bad job folder must not stop the queue for good
-            print("[BK-SDM] job queue: %s: %s" % (type(e).__name__, e))
+            if owner.root.is_dir():
+                print("[BK-SDM] job queue: %s: %s" % (type(e).__name__, e))
         time.sleep(POLL_SECONDS)
 
 
