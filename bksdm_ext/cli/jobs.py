@@ -29,6 +29,8 @@ def add(commands: Any) -> None:
     submit.add_argument("--device", default=None,
                         help="cuda:N or cpu (default cuda:0 when there is a GPU)")
     submit.add_argument("--processes", type=int, default=1, help="GPUs (accelerate, DDP)")
+    submit.add_argument("--after", default="", metavar="JOB",
+                        help="start only once job JOB has succeeded (cancelled if it does not)")
     submit.add_argument("kind", choices=list(KINDS))
     submit.add_argument("argv", nargs=argparse.REMAINDER)
     cancel = actions.add_parser("cancel", parents=[common], help="stop a job at its next step")
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             raise BadInput("leave out --out: the job's folder under %s is its run folder"
                            % runner.root)
         runner.submit(args.kind, args.argv, device=args.device, title=args.title,
-                      processes=args.processes)
+                      processes=args.processes, after=args.after)
     elif args.action == "cancel":
         runner.cancel(args.job, save=args.save)
     elif args.action == "resume":
@@ -75,7 +77,7 @@ def _rows(runner: Any) -> List[Dict[str, Any]]:
         progress = progress_of(runner.events(job.id))
         rows.append({"id": job.id, "kind": job.kind, "state": job.state, "title": job.title,
                      "step": progress.step, "total": progress.total, "eta_s": progress.eta_s,
-                     "reason": job.reason, "result": job.result})
+                     "reason": job.reason, "result": job.result, "after": job.after})
     return rows
 
 
@@ -85,5 +87,15 @@ def render(result: Any) -> str:
         return "no jobs"
     return "\n".join("%-34s %-10s %-11s %9s  %s%s" % (
         row["id"], row["kind"], row["state"],
-        "%s/%s" % (row["step"], row["total"] or "?"), row["title"],
-        "  (%s)" % row["reason"] if row["reason"] else "") for row in rows)
+        "%s/%s" % (row["step"], row["total"] or "?"), row["title"], _note(row)) for row in rows)
+
+
+def _note(row: Dict[str, Any]) -> str:
+    """Why a job did not succeed, or the job a queued one waits for."""
+    from ..jobs.runner import QUEUED
+
+    if row["reason"]:
+        return "  (%s)" % row["reason"]
+    if row["state"] == QUEUED and row.get("after"):
+        return "  (after %s)" % row["after"]
+    return ""

@@ -125,9 +125,8 @@ def start(teacher_title: str, preset_label: str, source: str, folder: str, synth
         arch = which_student(model.arch.teacher, cfg.preset, cfg.remove)
         then.init_student = str(jobs_service.runner().folder(first.id)
                                 / kd_result_name(cfg.teacher, arch))
-        second = job_form.submit("distill", then, title + " · KD then LCM, 2 of 2: LCM "
-                                 "(after %s)" % first.id, free_vram, gpus, options=options,
-                                 after=first.id)
+        second = job_form.submit("distill", then, title + " · KD then LCM, 2 of 2: LCM",
+                                 free_vram, gpus, options=options, after=first.id)
     except BadInput as e:
         return message("error", str(e))
     return job_form.submitted(first, second)

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import gradio as gr
 
 from ..errors import BadInput
-from ..jobs.runner import RUNNING, SUCCEEDED, Job, Progress, progress_of
+from ..jobs.runner import QUEUED, RUNNING, SUCCEEDED, Job, Progress, progress_of
 from . import a1111, job_scores, jobs_service
 from .job_status import STATE_ICONS, act, duration, progress_bar_html
 
@@ -34,8 +34,11 @@ def jobs_table(jobs: List[Job]) -> Dict[str, Any]:
 
 def state_cell(job: Job) -> str:
     """The table's state, with the reason for a run that did not succeed (the first line of
-    the log of one that could not start)."""
+    the log of one that could not start), and the job a queued one waits for ("KD then LCM"
+    queues its LCM run behind its KD run, which may take days)."""
     text = "%s %s" % (STATE_ICONS[job.state], job.state)
+    if job.state == QUEUED and job.after:
+        text += ", after job " + job.after
     if job.reason and job.state != SUCCEEDED:
         text += ": " + (job.reason if len(job.reason) <= 120 else job.reason[:119] + "…")
     return text

@@ -123,6 +123,25 @@ def test_jobs_list_cancel_and_resume_never_start_a_job(tmp_path, capsys):
     assert not (tmp_path / "jobs" / job.id / "log.txt").exists()  # never started
 
 
+def test_jobs_submit_after_waits_for_that_job_and_the_list_says_so(tmp_path, capsys):
+    from bksdm_ext.cli.jobs import render
+
+    root = str(tmp_path / "jobs")
+    first = JobRunner(root, drive=False).submit("distill", BAD_ARGS, device="cpu")
+    assert main(["jobs", "submit", "--root", root, "--device", "cpu", "--after", first.id,
+                 "--json", "distill"] + BAD_ARGS) == 0
+    second = next(job for job in JobRunner(root, drive=False).jobs() if job.id != first.id)
+    assert second.after == first.id
+    row = dict(json.loads(capsys.readouterr().out)["jobs"][-1], state=QUEUED, reason="")
+    assert row["after"] == first.id and render([row]).endswith("  (after %s)" % first.id)
+    settled = {job.id: job for job in wait_settled(JobRunner(root))}
+    assert settled[first.id].state == FAILED
+    assert settled[second.id].state == "cancelled" and first.id in settled[second.id].reason
+    capsys.readouterr()
+    assert main(["jobs", "submit", "--root", root, "--after", "nope", "distill"] + BAD_ARGS) == 2
+    assert "no job 'nope'" in capsys.readouterr().err
+
+
 def kill_worker(pid, folder):
     """SIGKILL a job's worker and wait until no reader of the job list takes it for running
     (a killed process takes a moment to end, more on a loaded machine)."""

@@ -443,7 +443,7 @@ def test_each_objective_queues_its_runs_with_their_settings(monkeypatch, webui, 
     assert lcm_args.lr is None  # the LCM objective's own rate, not the KD box's
     assert second.after == first.id and not first.after
     assert first.title.endswith("KD then LCM, 1 of 2: KD")
-    assert second.title.endswith("KD then LCM, 2 of 2: LCM (after %s)" % first.id)
+    assert second.title.endswith("KD then LCM, 2 of 2: LCM")
     assert "starts from its result once it has succeeded" in message
 
     refused = start_distill(distill_tab, title, data, start_from=(
@@ -472,6 +472,9 @@ def test_kd_then_lcm_runs_the_lcm_job_from_the_kd_result_after_it(webui, tmp_pat
     assert "bksdm-success" in message, message
     first, second = runner.jobs()[-2:]
     assert runner.job(second.id).state == "queued"
+    from bksdm_ext.webui.jobs_tab import state_cell
+
+    assert state_cell(runner.job(second.id)).endswith("queued, after job " + first.id)
     second = wait(runner, second.id, lambda j: j.state not in ("queued", "running"))
     first = runner.job(first.id)
     assert first.state == SUCCEEDED and second.state == SUCCEEDED, runner.log_tail(second.id)
