@@ -86,8 +86,10 @@ JETSON_REQS  := torch==2.0.1 safetensors==0.3.1 numpy==1.23.5 diffusers==0.30.3 
                 "pydantic<2" omegaconf==2.2.3 einops==0.4.1 peft==0.13.2 pytorch_lightning==1.9.4 \
                 setuptools==75.3.0 PyYAML tqdm ftfy pytest
 
-# `make test-fast`: the suite but its `slow` and `browser` tests, for day-to-day work.
+# `make test-fast`: the suite but its `slow` and `browser` tests, for day-to-day work, on
+# FAST_WORKERS pytest-xdist workers (each test process has one torch thread, tests/conftest.py).
 FAST_MARKERS := not slow and not browser
+FAST_WORKERS ?= 2
 
 .PHONY: .venv test test-fast demo test-latest test-wheel test-jetson
 
@@ -122,7 +124,7 @@ test: .venv
 	$(PY) -m pytest -q
 
 test-fast: .venv
-	$(PY) -m pytest -q -p no:cacheprovider -m "$(FAST_MARKERS)"
+	$(PY) -m pytest -q -p no:cacheprovider -m "$(FAST_MARKERS)" -n $(FAST_WORKERS)
 
 demo: .venv
 	$(PY) -m bksdm_ext demo
